@@ -1,0 +1,39 @@
+# The few commands everyone uses. `make serve` and `make test` work on a fresh Debian 12 / Python 3.11 machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PROTO_SRC := protos/ecgregen/v1/ecgregen.proto
+PROTO_OUT := ecgregen/v1/ecgregen_pb2.py
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test proto venv clean
+
+serve: $(STAMP) $(PROTO_OUT)
+	$(BIN)/ecgregen serve
+
+test: $(STAMP) $(PROTO_OUT)
+	$(BIN)/python -m pytest -q
+
+venv: $(STAMP)
+
+# gRPC stubs are generated at build time from protos/ (into ecgregen/v1/), never edited by hand.
+define GEN_PROTO
+	mkdir -p ecgregen/v1
+	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+	touch ecgregen/v1/__init__.py
+endef
+
+# Everything pinned in requirements.lock (torch 2.13.0 is the CPU wheel; an unpinned torch pulls a CUDA build).
+$(STAMP): requirements.lock pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(GEN_PROTO)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $@
+
+proto $(PROTO_OUT): $(PROTO_SRC) | $(STAMP)
+	$(GEN_PROTO)
+
+clean:
+	rm -rf $(VENV) ecgregen/v1 var .pytest_cache

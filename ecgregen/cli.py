@@ -1,0 +1,219 @@
+"""The `ecgregen` command: serve, index, client {report, ask, insert, delete, stats}.
+
+Flag names are a stable interface (acceptance checks and users' scripts use them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from ecgregen.records import PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+DEMO_PTBXL = Path(__file__).resolve().parent / "demo_corpus" / "ptbxl"
+
+
+def _add_store_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", type=Path, default=Path("./var"), help="embedded Qdrant store location (default ./var)")
+    p.add_argument(
+        "--qdrant-url", default=None,
+        help="Qdrant server/cluster (http://host:6333) instead of the embedded store; "
+        "':memory:' or 'local:PATH' use qdrant-client's local mode",
+    )
+    p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: seeded random encoder)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ecgregen", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the gRPC server")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=50051)
+    serve.add_argument("--metrics-port", type=int, default=9464)
+    serve.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (loopback by default)")
+    serve.add_argument("--no-demo", action="store_true", help="do not index the demo corpus into an empty store")
+    _add_store_flags(serve)
+
+    index = sub.add_parser("index", help="embed records and upsert them into the corpus")
+    index.add_argument("files", nargs="*", help="WFDB record paths (without extension)")
+    index.add_argument("--ptbxl", type=Path, help="a folder in PTB-XL layout")
+    index.add_argument("--folds", default="1-8", help="strat folds to index with --ptbxl (default 1-8)")
+    index.add_argument("--server", help="send to a running server (HOST:PORT) instead of writing the store directly")
+    index.add_argument("--batch-size", type=int, default=64)
+    index.add_argument("--no-resume", action="store_true", help="re-embed records that are already indexed")
+    index.add_argument("--source", default=None, help="source name for FILES (default 'custom')")
+    index.add_argument("--report", default=None, help="report for FILES (default: the header's '# report:' comment)")
+    index.add_argument("--scp-codes", default="{}", help='labels for FILES as JSON, e.g. \'{"NORM": 100}\'')
+    index.add_argument("--patient-id", default="")
+    _add_store_flags(index)
+
+    client = sub.add_parser("client", help="call a running server")
+    csub = client.add_subparsers(dest="client_command", required=True)
+
+    def client_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = csub.add_parser(name, help=help_text)
+        p.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        return p
+
+    report = client_parser("report", "generate a report for a WFDB record")
+    report.add_argument("record", help="WFDB record path without extension")
+    report.add_argument("--k", type=int, default=3)
+    report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
+    report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
+    report.add_argument("--ptbxl", type=Path, action="append", default=[],
+                        help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot (the demo corpus is always looked in)")
+
+    ask = client_parser("ask", "answer a question about a WFDB record")
+    ask.add_argument("record")
+    ask.add_argument("question")
+    ask.add_argument("--options", default="", help="allowed answers, comma-separated (e.g. yes,no,not sure)")
+    ask.add_argument("--answerer", default="labels", choices=["labels", "llm"])
+    ask.add_argument("--k", type=int, default=3)
+
+    insert = client_parser("insert", "insert WFDB records with their report and labels")
+    insert.add_argument("records", nargs="+")
+    insert.add_argument("--report", default="")
+    insert.add_argument("--scp-codes", default="{}", help='JSON, e.g. \'{"NORM": 100}\'')
+    insert.add_argument("--ecg-id", default=None, help="id of the record (default: the file name)")
+    insert.add_argument("--patient-id", default="")
+    insert.add_argument("--source", default="custom")
+
+    delete = client_parser("delete", "delete records by ecg_id")
+    delete.add_argument("ecg_ids", nargs="+")
+    delete.add_argument("--source", default="custom")
+
+    client_parser("stats", "corpus statistics")
+    return parser
+
+
+def _scp_codes(text: str) -> dict[str, float]:
+    try:
+        codes = json.loads(text)
+        if not isinstance(codes, dict):
+            raise ValueError
+        return {str(k): float(v) for k, v in codes.items()}
+    except (ValueError, TypeError):
+        raise SystemExit(f'--scp-codes must be a JSON object of code -> likelihood, got {text!r}') from None
+
+
+def _records_from_files(args: argparse.Namespace) -> list[EcgRecord]:
+    records = []
+    for f in args.files:
+        path = Path(f).with_suffix("") if Path(f).suffix in {".hea", ".dat"} else Path(f)
+        report = args.report
+        if report is None:
+            comments = wfdb_comments(path)
+            report = next((c.split(":", 1)[1].strip() for c in comments if c.lower().startswith("report:")), "")
+        records.append(
+            EcgRecord(
+                ecg_id=path.name, patient_id=args.patient_id, report=report, scp_codes=_scp_codes(args.scp_codes),
+                source=args.source or "custom", path=path,
+            )
+        )
+    return records
+
+
+def _find_signal(ecg_id: str, folders: list[Path]):  # noqa: ANN202
+    """A neighbour's ECG from a PTB-XL-layout folder, for plotting (None if not found)."""
+    if not ecg_id.isdigit():
+        return None
+    n = int(ecg_id)
+    for folder in folders:
+        path = folder / "records100" / f"{n // 1000 * 1000:05d}" / f"{n:05d}_lr"
+        if path.with_suffix(".hea").exists():
+            return read_wfdb(path)
+    return None
+
+
+def run_index(args: argparse.Namespace) -> None:
+    from ecgregen.indexer.build import GrpcSink, LocalSink, index_records
+
+    if bool(args.ptbxl) == bool(args.files):
+        raise SystemExit("give either --ptbxl DIR or record FILES")
+    records = load_ptbxl(args.ptbxl, parse_folds(args.folds)) if args.ptbxl else _records_from_files(args)
+    if not records:
+        raise SystemExit(f"no records with signals found ({args.ptbxl or args.files}, folds {args.folds})")
+    if args.server:
+        report = index_records(records, GrpcSink(args.server), batch_size=args.batch_size, resume=False)
+    else:
+        from ecgregen.server.app import build_pipeline
+
+        pipeline = build_pipeline(args.data_dir, args.qdrant_url, args.checkpoint)
+        try:
+            report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume)
+        finally:
+            pipeline.store.close()
+    print(report.summary())
+
+
+def run_client(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    cmd = args.client_command
+    if cmd == "report":
+        result, ecg = client.report(args.server, args.record, args.k, args.exclude_patient)
+        if args.plot:
+            folders = [*args.ptbxl, DEMO_PTBXL]
+            neighbours = [_find_signal(n["ecg_id"], folders) if n["source"] == PTBXL_SOURCE else None
+                          for n in result["neighbours"][:3]]
+            client.plot_report(ecg, Path(args.record).name, result, neighbours, args.plot)
+        print(client.dumps(result) if args.json else client.format_report(result))
+        if args.plot and not args.json:
+            print(f"plot written to {args.plot}")
+    elif cmd == "ask":
+        options = [o.strip() for o in args.options.split(",") if o.strip()]
+        result = client.ask(args.server, args.record, args.question, options, args.answerer, args.k)
+        print(client.dumps(result) if args.json else client.format_answer(result))
+    elif cmd == "insert":
+        result = client.insert(
+            args.server, args.records, report_text=args.report, scp_codes=_scp_codes(args.scp_codes),
+            ecg_id=args.ecg_id, patient_id=args.patient_id, source=args.source,
+        )
+        print(client.dumps(result) if args.json else
+              f"inserted {result['inserted']}, updated {result['updated']}, rejected {result['rejected']}"
+              + "".join(f"\n  record {r['index']} ({r['ecg_id']}): {r['reason']}" for r in result["rejections"]))
+    elif cmd == "delete":
+        result = client.delete(args.server, args.ecg_ids, args.source)
+        print(client.dumps(result) if args.json else f"deleted {result['deleted']}")
+    elif cmd == "stats":
+        result = client.stats(args.server)
+        print(client.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    from ecgregen.client import ClientError
+    from ecgregen.store import StoreError
+
+    try:
+        if args.command == "serve":
+            from ecgregen.server.app import ServeSettings, serve
+
+            settings = ServeSettings(
+                host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+                seed_demo=not args.no_demo,
+            )
+            asyncio.run(serve(settings))
+        elif args.command == "index":
+            run_index(args)
+        else:
+            run_client(args)
+    except (ClientError, StoreError, FileNotFoundError, ValueError) as exc:
+        print(str(exc), file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

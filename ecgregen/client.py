@@ -1,0 +1,199 @@
+"""Client side of the CLI: read a WFDB record, call the server, print for a person or as JSON, plot.
+
+Errors surface as the gRPC status name and message (``INVALID_ARGUMENT: expected 12 leads, got 3``) and a
+non-zero exit, raised as :class:`ClientError` for the CLI to print.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.records import read_wfdb
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
+from ecgregen.wire import ecg_to_proto, neighbour_to_dict
+
+DEFAULT_TIMEOUT_S = 60.0
+
+
+class ClientError(RuntimeError):
+    """A failed call, worded for the terminal."""
+
+
+@dataclass
+class Connection:
+    address: str
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    def __enter__(self) -> pb_grpc.EcgReGenStub:
+        self._channel = grpc.insecure_channel(self.address)
+        return pb_grpc.EcgReGenStub(self._channel)
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+
+def call(method, request, timeout_s: float):  # noqa: ANN001 - any unary or stream-unary stub method
+    try:
+        return method(request, timeout=timeout_s)
+    except grpc.RpcError as exc:
+        raise ClientError(f"{exc.code().name}: {exc.details()}") from None
+
+
+def load_record(path: str) -> Ecg:
+    try:
+        return read_wfdb(path)
+    except FileNotFoundError as exc:
+        raise ClientError(str(exc)) from None
+
+
+def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
+    return {
+        "preprocess": round(latency.preprocess_ms, 3), "encode": round(latency.encode_ms, 3),
+        "search": round(latency.search_ms, 3), "answer": round(latency.answer_ms, 3),
+        "total": round(latency.total_ms, 3),
+    }
+
+
+def report(address: str, record: str, k: int, exclude_patient: str | None = None) -> tuple[dict, Ecg]:
+    ecg = load_record(record)
+    request = pb.GenerateReportRequest(
+        ecg=ecg_to_proto(ecg), k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or "")
+    )
+    with Connection(address) as stub:
+        response = call(stub.GenerateReport, request, DEFAULT_TIMEOUT_S)
+    result = {
+        "report": response.report,
+        "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
+        "latency_ms": latency_dict(response.latency),
+        "warnings": list(response.warnings),
+        "encoder_id": response.encoder_id,
+    }
+    return result, ecg
+
+
+def ask(address: str, record: str, question: str, options: Sequence[str], answerer: str, k: int) -> dict:
+    ecg = load_record(record)
+    request = pb.AnswerQuestionRequest(ecg=ecg_to_proto(ecg), question=question, options=options, answerer=answerer, k=k)
+    with Connection(address) as stub:
+        response = call(stub.AnswerQuestion, request, DEFAULT_TIMEOUT_S)
+    return {
+        "answer": list(response.answer),
+        "answerer": response.answerer,
+        "rationale": response.rationale,
+        "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
+        "latency_ms": latency_dict(response.latency),
+        "warnings": list(response.warnings),
+    }
+
+
+def insert(address: str, records: Sequence[str], *, report_text: str, scp_codes: dict[str, float],
+           ecg_id: str | None, patient_id: str, source: str) -> dict:
+    if ecg_id and len(records) > 1:
+        raise ClientError("--ecg-id names one record; give one RECORD or leave it out (the file name is used)")
+
+    def messages() -> Iterator[pb.InsertRecordsRequest]:
+        for path in records:
+            yield pb.InsertRecordsRequest(
+                record=pb.Record(
+                    ecg_id=ecg_id or Path(path).name, patient_id=patient_id, report=report_text,
+                    scp_codes=scp_codes, source=source, ecg=ecg_to_proto(load_record(path)),
+                )
+            )
+
+    with Connection(address) as stub:
+        response = call(stub.InsertRecords, messages(), DEFAULT_TIMEOUT_S)
+    return {
+        "inserted": response.inserted, "updated": response.updated, "rejected": response.rejected,
+        "rejections": [{"index": r.index, "ecg_id": r.ecg_id, "reason": r.reason} for r in response.rejections],
+    }
+
+
+def delete(address: str, ecg_ids: Sequence[str], source: str) -> dict:
+    request = pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id=i, source=source) for i in ecg_ids])
+    with Connection(address) as stub:
+        response = call(stub.DeleteRecords, request, DEFAULT_TIMEOUT_S)
+    return {"deleted": response.deleted}
+
+
+def stats(address: str) -> dict:
+    with Connection(address) as stub:
+        s = call(stub.GetCorpusStats, pb.GetCorpusStatsRequest(), DEFAULT_TIMEOUT_S)
+    return {
+        "points": s.points, "indexed_vectors": s.indexed_vectors, "dim": s.dim, "encoder_id": s.encoder_id,
+        "engine": s.engine, "status": s.status,
+    }
+
+
+def format_neighbours(neighbours: list[dict]) -> str:
+    lines = []
+    for rank, n in enumerate(neighbours, 1):
+        codes = ", ".join(f"{c} {v:g}" for c, v in sorted(n["scp_codes"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  {rank}. ecg {n['ecg_id']} (patient {n['patient_id'] or '?'}) score {n['score']:.4f}  [{codes}]")
+        lines.append(f"     {n['report']}")
+    return "\n".join(lines)
+
+
+def format_report(result: dict) -> str:
+    text = f"Report: {result['report']}\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
+    text += f"\n\nLatency (ms): {result['latency_ms']}"
+    for warning in result["warnings"]:
+        text += f"\nwarning: {warning}"
+    return text
+
+
+def format_answer(result: dict) -> str:
+    text = f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}]"
+    text += f"\nWhy: {result['rationale']}\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
+    for warning in result["warnings"]:
+        text += f"\nwarning: {warning}"
+    return text
+
+
+def plot_report(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ecg | None], out: Path) -> None:
+    """The query's 12 leads beside its top-3 neighbours, each titled with report and score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [(f"query {query_name}", query)] + [
+        (f"#{i + 1} ecg {n['ecg_id']}  score {n['score']:.3f}\n{_wrap(n['report'])}", ecg)
+        for i, (n, ecg) in enumerate(zip(result["neighbours"][:3], neighbour_ecgs))
+    ]
+    fig, axes = plt.subplots(12, len(columns), figsize=(4.2 * len(columns), 11), sharex="col", squeeze=False)
+    for col, (title, ecg) in enumerate(columns):
+        axes[0, col].set_title(title, fontsize=8, loc="left")
+        for row, lead in enumerate(STANDARD_LEADS):
+            ax = axes[row, col]
+            if ecg is not None:
+                t = np.arange(ecg.n_samples) / ecg.sampling_rate_hz
+                ax.plot(t, ecg.signal[row], lw=0.6, color="black" if col == 0 else "tab:blue")
+            else:
+                ax.text(0.5, 0.5, "signal not available here", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            ax.set_yticks([])
+            ax.tick_params(labelsize=6)
+            if col == 0:
+                ax.set_ylabel(lead, rotation=0, labelpad=14, fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("s", fontsize=7)
+    fig.suptitle(f"Generated report: {_wrap(result['report'], 120)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    return "\n".join(textwrap.wrap(text, width)[:3])
+
+
+def dumps(obj: dict) -> str:
+    return json.dumps(obj, ensure_ascii=False, indent=2)

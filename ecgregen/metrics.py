@@ -1,0 +1,65 @@
+"""Prometheus metrics: one registry for the process, names by Prometheus conventions (base units, _total).
+
+Buckets span sub-millisecond searches to multi-second calls so one histogram family serves every stage.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+REGISTRY = CollectorRegistry()
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)
+
+RPC_REQUESTS = Counter(
+    "ecgregen_rpc_requests_total",
+    "gRPC requests handled, by method and status code.",
+    ["method", "code"],
+    registry=REGISTRY,
+)
+RPC_LATENCY = Histogram(
+    "ecgregen_rpc_duration_seconds",
+    "Time to handle a gRPC request, by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+STAGE_LATENCY = Histogram(
+    "ecgregen_stage_duration_seconds",
+    "Time spent in one pipeline stage (preprocess, encode, search, answer, upsert).",
+    ["stage"],
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
+RECORDS_WRITTEN = Counter(
+    "ecgregen_records_written_total",
+    "Corpus writes by outcome (inserted, updated, rejected, deleted).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+CORPUS_POINTS = Gauge("ecgregen_corpus_points", "Records in the corpus.", registry=REGISTRY)
+BUILD_INFO = Info("ecgregen_build", "Version and encoder of this server.", registry=REGISTRY)
+
+
+@contextmanager
+def stage_timer(stage: str, into: dict[str, float] | None = None) -> Iterator[None]:
+    """Observe the block's wall time in the stage histogram (and record it in `into`, in seconds)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        elapsed = time.perf_counter() - start
+        STAGE_LATENCY.labels(stage).observe(elapsed)
+        if into is not None:
+            into[stage] = into.get(stage, 0.0) + elapsed
+
+
+def serve_metrics(port: int, host: str = "127.0.0.1") -> None:
+    """Expose /metrics on its own port (loopback by default: metrics are for the operator's scraper)."""
+    start_http_server(port, addr=host, registry=REGISTRY)

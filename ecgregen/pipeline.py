@@ -1,0 +1,139 @@
+"""ECG in -> preprocess -> encode -> search -> answer: the retrieval pipeline, independent of transport.
+
+The gRPC server, the indexer and the evaluation harness all call this class, so the numbers a reviewer
+measures come from the same code path that serves clinicians. Methods are blocking; the asyncio server runs
+them in worker threads.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+
+from ecgregen.answer import Answer, LabelVoteAnswerer
+from ecgregen.ecg import Ecg, EcgInputError
+from ecgregen.encoder import InProcessEncoder
+from ecgregen.metrics import CORPUS_POINTS, RECORDS_WRITTEN, stage_timer
+from ecgregen.preprocess import preprocess
+from ecgregen.store import Hit, SearchFilter, StoredRecord, VectorStore, point_id
+
+MAX_K = 100
+
+
+class EmptyCorpusError(RuntimeError):
+    """A search on a corpus with no records: the operator must index something first."""
+
+
+@dataclass
+class Retrieval:
+    """Neighbours of one query, with what happened on the way."""
+
+    hits: list[Hit]
+    warnings: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)  # per stage
+
+
+@dataclass(frozen=True)
+class RecordToInsert:
+    ecg: Ecg
+    ecg_id: str
+    patient_id: str
+    report: str
+    scp_codes: dict[str, float]
+    source: str
+
+
+@dataclass
+class InsertOutcome:
+    inserted: int = 0
+    updated: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (position in the batch, reason)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RetrievalPipeline:
+    def __init__(self, encoder: InProcessEncoder, store: VectorStore, answerer: LabelVoteAnswerer) -> None:
+        self.encoder = encoder
+        self.store = store
+        self.answerer = answerer
+
+    def embed(self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Unit-vector embeddings of `ecgs` and, per ECG, the preprocessing warnings."""
+        with stage_timer("preprocess", seconds):
+            prepared = [preprocess(e, self.encoder.preprocess_config) for e in ecgs]
+        with stage_timer("encode", seconds):
+            vectors = self.encoder.encode([p.signal for p in prepared])
+        return vectors, [list(p.warnings) for p in prepared]
+
+    def search(self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False) -> Retrieval:
+        seconds: dict[str, float] = {}
+        vectors, warnings = self.embed([ecg], seconds)
+        with stage_timer("search", seconds):
+            hits = self.store.search(vectors[0], k, filt, exact=exact)
+        if not hits and self.store.count() == 0:
+            raise EmptyCorpusError("the corpus is empty; index records first (ecgregen index ...)")
+        return Retrieval(hits, warnings[0], seconds)
+
+    def generate_report(self, ecg: Ecg, k: int, filt: SearchFilter | None = None) -> tuple[str, Retrieval]:
+        """The paper's report generation: the closest record's report."""
+        retrieval = self.search(ecg, k, filt)
+        with stage_timer("answer", retrieval.seconds):
+            report = retrieval.hits[0].report if retrieval.hits else ""
+        if not retrieval.hits:
+            retrieval.warnings.append("no record matches the filter; no report")
+        return report, retrieval
+
+    def answer(
+        self, ecg: Ecg, question: str, options: Sequence[str], k: int, filt: SearchFilter | None = None
+    ) -> tuple[Answer, Retrieval]:
+        retrieval = self.search(ecg, k, filt)
+        with stage_timer("answer", retrieval.seconds):
+            answer = self.answerer.answer(question, options, retrieval.hits)
+        return answer, retrieval
+
+    def insert(self, records: Sequence[RecordToInsert]) -> InsertOutcome:
+        """Encode and upsert; durable when it returns. Ids come from (source, ecg_id), so repeats update.
+
+        A record whose signal cannot be encoded (e.g. every lead flat) is rejected by its position in
+        `records` while the others are written.
+        """
+        outcome = InsertOutcome()
+        usable: list[tuple[RecordToInsert, np.ndarray]] = []
+        with stage_timer("preprocess"):
+            for index, record in enumerate(records):
+                try:
+                    usable.append((record, preprocess(record.ecg, self.encoder.preprocess_config).signal))
+                except EcgInputError as exc:
+                    outcome.rejected.append((index, str(exc)))
+        if usable:
+            with stage_timer("encode"):
+                vectors = self.encoder.encode([signal for _, signal in usable])
+            now = utc_now()
+            stored = [
+                StoredRecord(
+                    vector=vec, ecg_id=r.ecg_id, patient_id=r.patient_id, report=r.report,
+                    scp_codes=dict(r.scp_codes), source=r.source, inserted_at=now,
+                )
+                for (r, _), vec in zip(usable, vectors)
+            ]
+            with stage_timer("upsert"):
+                result = self.store.upsert(stored)
+            outcome.inserted, outcome.updated = result.inserted, result.updated
+        RECORDS_WRITTEN.labels("inserted").inc(outcome.inserted)
+        RECORDS_WRITTEN.labels("updated").inc(outcome.updated)
+        RECORDS_WRITTEN.labels("rejected").inc(len(outcome.rejected))
+        CORPUS_POINTS.set(self.store.count())
+        return outcome
+
+    def delete(self, keys: Sequence[tuple[str, str]]) -> int:
+        """Delete by (source, ecg_id); returns how many existed."""
+        deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
+        RECORDS_WRITTEN.labels("deleted").inc(deleted)
+        CORPUS_POINTS.set(self.store.count())
+        return deleted

@@ -1,0 +1,126 @@
+"""Reading ECGs from disk: plain WFDB records and datasets in PTB-XL layout.
+
+PTB-XL layout = ``ptbxl_database.csv`` (one row per ECG: ecg_id, patient_id, report, scp_codes, strat_fold,
+filename_lr/filename_hr) beside the WFDB folders it points to. Any folder in that layout works - the shared
+subset, a user's full PTB-XL, or the demo corpus shipped in this package.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import wfdb
+
+from ecgregen.ecg import Ecg, EcgInputError, ecg_from_array
+
+PTBXL_SOURCE = "ptbxl"
+
+
+@dataclass(frozen=True)
+class EcgRecord:
+    """An ECG with the report and labels that make it a retrieval target."""
+
+    ecg_id: str
+    patient_id: str
+    report: str
+    scp_codes: dict[str, float]
+    source: str
+    path: Path  # WFDB record path without extension
+    fold: int | None = None
+
+    def load_ecg(self) -> Ecg:
+        return read_wfdb(self.path)
+
+
+def read_wfdb(path: str | Path) -> Ecg:
+    """Read a WFDB record (``path`` without extension) at whatever rate it was recorded.
+
+    Units come from the header, so raw mV records and PTB-XL's pre-processed "NU" records are both accepted.
+    """
+    path = Path(path)
+    if path.suffix in {".hea", ".dat"}:
+        path = path.with_suffix("")
+    if not path.with_suffix(".hea").exists():
+        raise FileNotFoundError(f"no WFDB header {path.with_suffix('.hea')}")
+    record = wfdb.rdrecord(str(path))
+    if record.p_signal is None:
+        raise EcgInputError(f"{path}: record has no physical signal")
+    return ecg_from_array(
+        np.asarray(record.p_signal, dtype=np.float64).T,
+        float(record.fs),
+        list(record.sig_name),
+        [u or "mV" for u in record.units],
+    )
+
+
+def wfdb_comments(path: str | Path) -> list[str]:
+    """Header comment lines of a WFDB record (where plain records keep their report, if any)."""
+    return list(wfdb.rdheader(str(Path(path).with_suffix(""))).comments)
+
+
+def parse_folds(spec: str) -> list[int]:
+    """'1-8' -> [1..8]; '1-3,9' -> [1, 2, 3, 9]."""
+    folds: set[int] = set()
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        try:
+            start, end = int(lo), int(hi or lo)
+        except ValueError:
+            raise ValueError(f"bad fold list {spec!r}: use numbers and ranges like 1-8,10") from None
+        if start > end:
+            raise ValueError(f"bad fold range {part!r}")
+        folds.update(range(start, end + 1))
+    if not folds:
+        raise ValueError(f"empty fold list {spec!r}")
+    return sorted(folds)
+
+
+def load_ptbxl(root: str | Path, folds: Iterable[int] | None = None, *, prefer: str = "lr") -> list[EcgRecord]:
+    """Records of a PTB-XL-layout folder, restricted to `folds` (strat_fold), with signals present on disk.
+
+    `prefer` picks records100 ("lr") or records500 ("hr") when both exist; the other is used as a fallback.
+    Rows whose signal files are missing are skipped (the shared metadata lists more ECGs than it has signals).
+    """
+    root = Path(root)
+    table = root / "ptbxl_database.csv"
+    if not table.exists():
+        raise FileNotFoundError(f"{root} is not in PTB-XL layout: {table} is missing")
+    df = pd.read_csv(table)
+    if folds is not None:
+        df = df[df["strat_fold"].isin(list(folds))]
+    columns = ["filename_lr", "filename_hr"] if prefer == "lr" else ["filename_hr", "filename_lr"]
+    records: list[EcgRecord] = []
+    for row in df.itertuples(index=False):
+        path = next(
+            (root / str(getattr(row, c)) for c in columns if isinstance(getattr(row, c), str)
+             and (root / f"{getattr(row, c)}.hea").exists()),
+            None,
+        )
+        if path is None:
+            continue
+        records.append(
+            EcgRecord(
+                ecg_id=str(int(row.ecg_id)),
+                patient_id=str(int(row.patient_id)) if pd.notna(row.patient_id) else "",
+                report=str(row.report) if pd.notna(row.report) else "",
+                scp_codes={str(k): float(v) for k, v in ast.literal_eval(row.scp_codes).items()},
+                source=PTBXL_SOURCE,
+                path=path,
+                fold=int(row.strat_fold),
+            )
+        )
+    return records
+
+
+def scp_statements(root: str | Path) -> dict[str, str]:
+    """SCP code -> description from a PTB-XL-layout folder's ``scp_statements.csv``."""
+    df = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
+    return {str(code): str(desc) for code, desc in df["description"].items()}

@@ -1,0 +1,80 @@
+"""Conversions between the ``ecgregen.v1`` protobuf messages and the library's own types.
+
+Shared by the server (proto -> domain, with validation that becomes INVALID_ARGUMENT) and the client CLI
+(domain -> proto). Kept apart from the generated code, which is never edited by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.pipeline import RecordToInsert
+from ecgregen.store import Hit, SearchFilter
+from ecgregen.v1 import ecgregen_pb2 as pb
+
+DEFAULT_SOURCE = "custom"
+
+
+def ecg_from_proto(msg: pb.Ecg) -> Ecg:
+    """Validate and convert an ``Ecg`` message; raises :class:`EcgInputError` saying what is wrong."""
+    if not msg.leads:
+        raise EcgInputError("ECG has no leads")
+    leads = []
+    for i, lead in enumerate(msg.leads):
+        label = lead.name or f"#{i}"
+        if lead.samples and lead.digital:
+            raise EcgInputError(f"lead {label}: give either samples or digital, not both")
+        if lead.digital:
+            if lead.gain <= 0 or not np.isfinite(lead.gain):
+                raise EcgInputError(f"lead {label}: digital samples need a positive gain, got {lead.gain:g}")
+            values = (np.asarray(lead.digital, dtype=np.float64) - lead.baseline) / lead.gain
+        else:
+            values = np.asarray(lead.samples, dtype=np.float64)
+        leads.append((lead.name, values, lead.units))
+    return assemble_ecg(leads, msg.sampling_rate_hz)
+
+
+def ecg_to_proto(ecg: Ecg, units: str = "mV") -> pb.Ecg:
+    return pb.Ecg(
+        sampling_rate_hz=ecg.sampling_rate_hz,
+        leads=[pb.Lead(name=name, samples=row.tolist(), units=units) for name, row in zip(STANDARD_LEADS, ecg.signal)],
+    )
+
+
+def filter_from_proto(msg: pb.SearchFilter) -> SearchFilter | None:
+    codes = tuple(c.strip() for c in msg.scp_codes_any if c.strip())
+    if not (msg.exclude_patient_id or msg.source or codes):
+        return None
+    return SearchFilter(exclude_patient_id=msg.exclude_patient_id or None, source=msg.source or None, scp_codes_any=codes)
+
+
+def neighbour_to_proto(hit: Hit) -> pb.Neighbour:
+    return pb.Neighbour(
+        ecg_id=hit.ecg_id, patient_id=hit.patient_id, score=hit.score, report=hit.report,
+        scp_codes=hit.scp_codes, source=hit.source, inserted_at=hit.inserted_at,
+    )
+
+
+def neighbour_to_dict(n: pb.Neighbour) -> dict:
+    """The JSON shape the CLI prints (stable: acceptance checks read it)."""
+    return {
+        "ecg_id": n.ecg_id, "patient_id": n.patient_id, "score": round(float(n.score), 6), "report": n.report,
+        "scp_codes": dict(n.scp_codes), "source": n.source,
+    }
+
+
+def record_from_proto(msg: pb.Record) -> RecordToInsert:
+    """Validate one record of an InsertRecords stream."""
+    ecg_id = msg.ecg_id.strip()
+    if not ecg_id:
+        raise EcgInputError("record has no ecg_id")
+    if not msg.HasField("ecg"):
+        raise EcgInputError("record has no ECG")
+    for code, likelihood in msg.scp_codes.items():
+        if not code.strip() or not 0.0 <= likelihood <= 100.0:
+            raise EcgInputError(f"SCP code {code!r} has likelihood {likelihood:g}; expected a code with 0-100")
+    return RecordToInsert(
+        ecg=ecg_from_proto(msg.ecg), ecg_id=ecg_id, patient_id=msg.patient_id.strip(), report=msg.report,
+        scp_codes=dict(msg.scp_codes), source=msg.source.strip() or DEFAULT_SOURCE,
+    )

@@ -1,0 +1,111 @@
+"""Start-up and shutdown of the gRPC server: encoder + store + pipeline, demo seeding, health, reflection, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from ecgregen import __version__
+from ecgregen.answer import LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
+from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.records import load_ptbxl
+from ecgregen.store import open_store
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
+from ecgregen.indexer.build import LocalSink, index_records
+from ecgregen.server.service import EcgReGenService
+
+log = logging.getLogger("ecgregen.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
+DEMO_CORPUS = Path(__file__).resolve().parent.parent / "ecgregen" / "demo_corpus" / "ptbxl"
+DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 5-minute 12-lead ECG at 1 kHz as float32 is ~15 MB
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9464
+    data_dir: Path = Path("./var")
+    qdrant_url: str | None = None
+    checkpoint: Path | None = None
+    seed_demo: bool = True
+    shutdown_grace_s: float = 10.0
+
+
+def build_pipeline(data_dir: Path, qdrant_url: str | None, checkpoint: Path | None) -> RetrievalPipeline:
+    """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share."""
+    bundle = load_encoder(checkpoint)
+    store = open_store(data_dir, qdrant_url)
+    store.ensure_collection(bundle.model.config.dim, bundle.encoder_id)
+    vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
+    return RetrievalPipeline(InProcessEncoder(bundle), store, LabelVoteAnswerer(vocabulary))
+
+
+def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
+    """First start on an empty store: index the shipped demo corpus so the service answers at once."""
+    records = load_ptbxl(DEMO_CORPUS, DEMO_FOLDS)
+    log.info("empty corpus: indexing the %d-record demo corpus (%s)", len(records), DEMO_CORPUS)
+    report = index_records(records, LocalSink(pipeline), description="demo index")
+    log.info("demo corpus indexed: %s", report.summary())
+
+
+async def serve(settings: ServeSettings) -> None:
+    pipeline = build_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
+    try:
+        if settings.seed_demo and pipeline.store.count() == 0:
+            await asyncio.to_thread(seed_demo_corpus, pipeline)
+        CORPUS_POINTS.set(pipeline.store.count())
+        BUILD_INFO.info({"version": __version__, "encoder_id": pipeline.encoder.encoder_id})
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline), server)
+        health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+            server,
+        )
+        address = f"{settings.host}:{settings.port}"
+        try:
+            server.add_insecure_port(address)
+        except RuntimeError as exc:
+            raise SystemExit(f"cannot listen on {address}: {exc}") from None
+        serve_metrics(settings.metrics_port, settings.metrics_host)
+        await server.start()
+        for name in ("", SERVICE_NAME):
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving ecgregen.v1 on %s (metrics http://%s:%d/metrics), %d records, encoder %s, store %s",
+            address, settings.metrics_host, settings.metrics_port, pipeline.store.count(),
+            pipeline.encoder.encoder_id, pipeline.store.stats().engine,
+        )
+
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("shutting down: draining calls for up to %.0f s", settings.shutdown_grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(settings.shutdown_grace_s)
+    finally:
+        pipeline.store.close()
+        log.info("store closed")
