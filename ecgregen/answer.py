@@ -32,8 +32,8 @@ _NOT_HYPERTROPHY = {"LAO/LAE", "RAO/RAE"}
 
 
 def normalise(text: str) -> str:
-    """Lower case, hyphens as spaces, single spaces: the form phrases are matched in."""
-    return re.sub(r"\s+", " ", text.lower().replace("-", " ")).strip()
+    """Lower case, punctuation as spaces (except the '/' of "st/t"), single spaces: the form phrases are matched in."""
+    return re.sub(r"[^a-z0-9/]+", " ", text.lower()).strip()
 
 
 @dataclass(frozen=True)

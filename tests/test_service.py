@@ -1,0 +1,255 @@
+"""The gRPC service end to end: real servers (both Qdrant engines), real PTB-XL records, generated stubs."""
+
+from __future__ import annotations
+
+import math
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from ecgregen.records import EcgRecord
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.wire import ecg_to_proto
+from tests.conftest import ServerProcess
+
+
+def record_proto(record: EcgRecord, *, ecg_id: str | None = None, source: str = "test") -> pb.Record:
+    return pb.Record(
+        ecg_id=ecg_id or record.ecg_id, patient_id=record.patient_id, report=record.report,
+        scp_codes=record.scp_codes, source=source, ecg=ecg_to_proto(record.load_ecg()),
+    )
+
+
+def insert(server: ServerProcess, records: list[pb.Record]) -> pb.InsertRecordsResponse:
+    return server.stub().InsertRecords(iter([pb.InsertRecordsRequest(record=r) for r in records]), timeout=60)
+
+
+def points(server: ServerProcess) -> int:
+    return server.stub().GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10).points
+
+
+def check_neighbours(response: pb.GenerateReportResponse, k: int) -> None:
+    assert len(response.neighbours) == k
+    scores = [n.score for n in response.neighbours]
+    assert scores == sorted(scores, reverse=True)
+    assert all(-1.0001 <= s <= 1.0001 for s in scores)
+    assert response.report == response.neighbours[0].report
+    for n in response.neighbours:
+        assert n.ecg_id and n.report and n.source == "ptbxl" and n.inserted_at
+        assert n.scp_codes and all(0 <= v <= 100 for v in n.scp_codes.values())
+
+
+def test_health_serving_and_reflection(edge_server: ServerProcess) -> None:
+    with grpc.insecure_channel(edge_server.address) as channel:
+        for service in ("", "ecgregen.v1.EcgReGen"):
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=5
+        )
+        names = {s.name for s in next(stream).list_services_response.service}
+    assert "ecgregen.v1.EcgReGen" in names and "grpc.health.v1.Health" in names
+
+
+def test_demo_corpus_is_indexed_on_first_start(demo_server: ServerProcess) -> None:
+    stats = demo_server.stub().GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
+    assert stats.points >= 270  # the 270 fold 1-8 demo records (tests may have added some)
+    assert stats.dim == 256 and stats.encoder_id.startswith("small-random-seed0-")
+    assert "demo index" in demo_server.log()
+
+
+def test_report_on_demo_queries(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    stub = demo_server.stub()
+    for record in demo_queries[:5]:
+        response = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), k=3), timeout=30)
+        check_neighbours(response, 3)
+        assert response.latency.total_ms > 0 and response.latency.encode_ms > 0
+
+
+def test_report_on_shared_ptbxl_fold9(ptbxl_server: ServerProcess, ptbxl_queries: list[EcgRecord]) -> None:
+    stub = ptbxl_server.stub()
+    assert points(ptbxl_server) > 1500  # folds 1-8 of the shared subset (1,773 records)
+    for record in ptbxl_queries[:10]:
+        response = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), k=5), timeout=30)
+        check_neighbours(response, 5)
+
+
+def test_indexed_record_finds_itself_and_patient_filter_excludes_it(ptbxl_server: ServerProcess) -> None:
+    from ecgregen.records import load_ptbxl
+    from tests.conftest import SHARED_PTBXL
+
+    record = load_ptbxl(SHARED_PTBXL, [3])[7]
+    stub = ptbxl_server.stub()
+    request = pb.SearchRequest(ecg=ecg_to_proto(record.load_ecg()), k=5)
+    top = stub.Search(request, timeout=30).neighbours[0]
+    assert (top.ecg_id, top.patient_id) == (record.ecg_id, record.patient_id) and top.score > 0.999
+    request.filter.exclude_patient_id = record.patient_id
+    assert all(n.patient_id != record.patient_id for n in stub.Search(request, timeout=30).neighbours)
+
+
+def test_insert_search_reinsert_delete(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    stub = demo_server.stub()
+    record = demo_queries[0]
+    before = points(demo_server)
+
+    first = insert(demo_server, [record_proto(record, ecg_id="ins-1")])
+    assert (first.inserted, first.updated, first.rejected) == (1, 0, 0)
+    assert points(demo_server) == before + 1
+
+    search = pb.SearchRequest(ecg=ecg_to_proto(record.load_ecg()), k=3)
+    top = stub.Search(search, timeout=30).neighbours[0]
+    assert (top.ecg_id, top.source) == ("ins-1", "test") and top.score > 0.999
+
+    changed = record_proto(record, ecg_id="ins-1")
+    changed.report = "updated report text"
+    again = insert(demo_server, [changed])
+    assert (again.inserted, again.updated) == (0, 1)
+    assert points(demo_server) == before + 1
+    assert stub.Search(search, timeout=30).neighbours[0].report == "updated report text"
+
+    search.filter.source = "test"
+    assert [n.ecg_id for n in stub.Search(search, timeout=30).neighbours] == ["ins-1"]
+
+    deleted = stub.DeleteRecords(pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id="ins-1", source="test")]), timeout=10)
+    assert deleted.deleted == 1
+    assert points(demo_server) == before
+    assert stub.Search(search, timeout=30).neighbours == []
+    again = stub.DeleteRecords(pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id="ins-1", source="test")]), timeout=10)
+    assert again.deleted == 0
+
+
+def test_partially_bad_stream_lands_the_good_records(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    good = record_proto(demo_queries[1], ecg_id="mix-good")
+    bad = record_proto(demo_queries[2], ecg_id="mix-bad")
+    del bad.ecg.leads[3:]
+    before = points(demo_server)
+    response = insert(demo_server, [bad, good])
+    assert (response.inserted, response.rejected) == (1, 1)
+    assert response.rejections[0].index == 0 and response.rejections[0].ecg_id == "mix-bad"
+    assert response.rejections[0].reason == "expected 12 leads, got 3"
+    assert points(demo_server) == before + 1
+    demo_server.stub().DeleteRecords(pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id="mix-good", source="test")]), timeout=10)
+
+
+def _bad_ecgs(good: pb.Ecg) -> dict[str, tuple[pb.Ecg, str]]:
+    """name -> (broken copy of `good`, text the error must contain)."""
+    cases: dict[str, tuple[pb.Ecg, str]] = {}
+
+    def variant(name: str, expected: str):  # noqa: ANN202
+        ecg = pb.Ecg()
+        ecg.CopyFrom(good)
+        cases[name] = (ecg, expected)
+        return ecg
+
+    del variant("three_leads", "expected 12 leads, got 3").leads[3:]
+    nan = variant("nan", "lead V2 has 1 non-finite samples (NaN or infinity)")
+    nan.leads[7].samples[10] = math.nan
+    short = variant("three_samples", "ECG too short: 3 samples")
+    for lead in short.leads:
+        del lead.samples[3:]
+    variant("unknown_lead", "unknown lead name 'X9'").leads[4].name = "X9"
+    variant("absurd_rate", "sampling_rate_hz must be between 50 and 1000 Hz, got 1e+06").sampling_rate_hz = 1e6
+    variant("no_leads", "ECG has no leads").ClearField("leads")
+    return cases
+
+
+@pytest.mark.parametrize("case", ["three_leads", "nan", "three_samples", "unknown_lead", "absurd_rate", "no_leads"])
+def test_bad_input_is_invalid_argument_and_changes_nothing(
+    demo_server: ServerProcess, demo_queries: list[EcgRecord], case: str
+) -> None:
+    stub = demo_server.stub()
+    ecg, expected = _bad_ecgs(ecg_to_proto(demo_queries[3].load_ecg()))[case]
+    before = points(demo_server)
+    with pytest.raises(grpc.RpcError) as report_error:
+        stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg, k=3), timeout=30)
+    assert report_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in report_error.value.details()
+
+    record = pb.Record(ecg_id="bad-1", source="test", report="x", ecg=ecg)
+    with pytest.raises(grpc.RpcError) as insert_error:
+        insert(demo_server, [record])
+    assert insert_error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert expected in insert_error.value.details() and "ecg_id 'bad-1'" in insert_error.value.details()
+    assert points(demo_server) == before
+
+
+def test_empty_insert_stream_is_invalid_argument(demo_server: ServerProcess) -> None:
+    before = points(demo_server)
+    with pytest.raises(grpc.RpcError) as error:
+        insert(demo_server, [])
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "empty stream: no records to insert"
+    assert points(demo_server) == before
+
+
+def test_digital_samples_with_gain_equal_physical(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    """int16 + gain/baseline (WFDB style) is decoded to the same ECG as float samples."""
+    ecg = demo_queries[4].load_ecg()
+    physical = ecg_to_proto(ecg)
+    digital = pb.Ecg(sampling_rate_hz=ecg.sampling_rate_hz)
+    for lead, row in zip(physical.leads, ecg.signal):
+        digital.leads.add(name=lead.name, digital=np.round(row * 1000 + 7).astype(int).tolist(), gain=1000, baseline=7)
+    stub = edge_server.stub()
+    a = stub.Search(pb.SearchRequest(ecg=physical, k=3), timeout=30).neighbours
+    b = stub.Search(pb.SearchRequest(ecg=digital, k=3), timeout=30).neighbours
+    assert [n.ecg_id for n in a] == [n.ecg_id for n in b]
+    assert [n.score for n in a] == pytest.approx([n.score for n in b], abs=1e-4)
+
+
+def test_k_out_of_range_is_invalid_argument(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        edge_server.stub().Search(pb.SearchRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), k=1000), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.value.details() == "k must be between 1 and 100, got 1000"
+
+
+def test_answer_question_by_label_vote(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    request = pb.AnswerQuestionRequest(
+        ecg=ecg_to_proto(demo_queries[5].load_ecg()), question="Does this ECG show sinus rhythm?",
+        options=["yes", "no", "not sure"],
+    )
+    response = edge_server.stub().AnswerQuestion(request, timeout=30)
+    assert response.answerer == "labels" and len(response.neighbours) == 3
+    carriers = sum("SR" in n.scp_codes for n in response.neighbours)
+    assert response.answer == (["yes"] if carriers >= 2 else ["no"])
+    assert "sinus rhythm" in response.rationale
+
+
+def test_unknown_answerer_is_invalid_argument(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    request = pb.AnswerQuestionRequest(
+        ecg=ecg_to_proto(demo_queries[0].load_ecg()), question="Is this a normal ECG?", answerer="oracle"
+    )
+    with pytest.raises(grpc.RpcError) as error:
+        edge_server.stub().AnswerQuestion(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unknown answerer 'oracle'" in error.value.details()
+
+
+def test_metrics_expose_rpc_and_stage_histograms(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    edge_server.stub().GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[6].load_ecg())), timeout=30)
+    text = urllib.request.urlopen(edge_server.metrics_url, timeout=5).read().decode()
+    assert 'ecgregen_rpc_duration_seconds_bucket{le="0.05",method="GenerateReport"}' in text
+    assert 'ecgregen_rpc_requests_total{code="OK",method="GenerateReport"}' in text
+    for stage in ("preprocess", "encode", "search", "answer"):
+        count = next(line for line in text.splitlines() if line.startswith(f'ecgregen_stage_duration_seconds_count{{stage="{stage}"}}'))
+        assert float(count.split()[-1]) >= 1
+    assert "ecgregen_corpus_points" in text and "ecgregen_build_info{" in text
+
+
+def test_sigterm_stops_cleanly_and_store_persists(tmp_path) -> None:  # noqa: ANN001
+    from tests.conftest import start_server
+
+    first = start_server(tmp_path, "--data-dir", str(tmp_path / "var"))
+    count = points(first)
+    assert first.stop() == 0
+    assert "store closed" in first.log()
+    second = start_server(tmp_path, "--data-dir", str(tmp_path / "var"))
+    try:
+        assert points(second) == count
+        assert "demo index" not in second.log()  # not re-indexed: the store was persisted
+    finally:
+        second.stop()
