@@ -29,6 +29,20 @@ _SUPERCLASS_PHRASES = {
     "HYP": "hypertrophy",
 }
 _NOT_HYPERTROPHY = {"LAO/LAE", "RAO/RAE"}
+# ECG-QA words a few statements differently from PTB-XL's scp_statements.csv.
+_ECGQA_WORDING = {
+    "BIGU": "bigeminal pattern (unknown origin, supraventricular, or ventricular)",
+    "TRIGU": "trigeminal pattern (unknown origin, supraventricular, or ventricular)",
+    "LOWT": "low amplitude t-wave",
+}
+# ECG-QA's group attributes -> the statement flag they cover; the normal statements (NORM, SR) never count.
+_GROUP_PHRASES = {
+    "any diagnostic symptoms": "diagnostic",
+    "any form-related symptoms": "form",
+    "any rhythm-related symptoms": "rhythm",
+    "any kind of abnormal symptoms": None,  # every statement
+}
+_NORMAL_CODES = {"NORM", "SR"}
 
 
 def normalise(text: str) -> str:
@@ -66,10 +80,16 @@ class LabelVocabulary:
             mi = re.fullmatch(r"(\w+) myocardial infarction", description)
             if mi:  # ECG-QA says "myocardial infarction in inferior leads" for PTB-XL's "inferior myocardial infarction"
                 add(f"myocardial infarction in {mi.group(1)} leads", code)
+            if code in _ECGQA_WORDING:
+                add(_ECGQA_WORDING[code], code)
             superclass = row.get("diagnostic_class")
             if isinstance(superclass, str) and superclass in _SUPERCLASS_PHRASES:
                 if not (superclass == "HYP" and code in _NOT_HYPERTROPHY):
                     add(_SUPERCLASS_PHRASES[superclass], code)
+            if code not in _NORMAL_CODES:
+                for phrase, flag in _GROUP_PHRASES.items():
+                    if flag is None or row.get(flag) == 1:
+                        add(phrase, code)
         return cls({p: frozenset(c) for p, c in phrases.items()})
 
     def find(self, text: str) -> list[tuple[str, frozenset[str]]]:

@@ -48,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--server", help="send to a running server (HOST:PORT) instead of writing the store directly")
     index.add_argument("--batch-size", type=int, default=64)
     index.add_argument("--no-resume", action="store_true", help="re-embed records that are already indexed")
+    index.add_argument("--recreate", action="store_true",
+                       help="empty the store first (needed after changing the encoder)")
     index.add_argument("--source", default=None, help="source name for FILES (default 'custom')")
     index.add_argument("--report", default=None, help="report for FILES (default: the header's '# report:' comment)")
     index.add_argument("--scp-codes", default="{}", help='labels for FILES as JSON, e.g. \'{"NORM": 100}\'')
@@ -142,11 +144,13 @@ def run_index(args: argparse.Namespace) -> None:
     if not records:
         raise SystemExit(f"no records with signals found ({args.ptbxl or args.files}, folds {args.folds})")
     if args.server:
+        if args.recreate:
+            raise SystemExit("--recreate works on a store (--data-dir/--qdrant-url), not through --server")
         report = index_records(records, GrpcSink(args.server), batch_size=args.batch_size, resume=False)
     else:
-        from ecgregen.server.app import build_pipeline
+        from ecgregen.pipeline import open_pipeline
 
-        pipeline = build_pipeline(args.data_dir, args.qdrant_url, args.checkpoint)
+        pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate)
         try:
             report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume)
         finally:

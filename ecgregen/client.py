@@ -15,11 +15,11 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from ecgregen.ecg import STANDARD_LEADS, Ecg
-from ecgregen.records import read_wfdb
+from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
+from ecgregen.records import WfdbSignal, read_wfdb_signal
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.wire import ecg_to_proto, neighbour_to_dict
+from ecgregen.wire import neighbour_to_dict, signal_to_proto
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -48,11 +48,17 @@ def call(method, request, timeout_s: float):  # noqa: ANN001 - any unary or stre
         raise ClientError(f"{exc.code().name}: {exc.details()}") from None
 
 
-def load_record(path: str) -> Ecg:
+def load_record(path: str) -> WfdbSignal:
     try:
-        return read_wfdb(path)
+        return read_wfdb_signal(path)
     except FileNotFoundError as exc:
         raise ClientError(str(exc)) from None
+
+
+def record_proto(path: str) -> tuple[pb.Ecg, WfdbSignal]:
+    """The record as stored (leads, rate and units untouched): the server checks it and says what is wrong."""
+    raw = load_record(path)
+    return signal_to_proto(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw
 
 
 def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
@@ -64,9 +70,9 @@ def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
 
 
 def report(address: str, record: str, k: int, exclude_patient: str | None = None) -> tuple[dict, Ecg]:
-    ecg = load_record(record)
+    ecg_msg, raw = record_proto(record)
     request = pb.GenerateReportRequest(
-        ecg=ecg_to_proto(ecg), k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or "")
+        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or "")
     )
     with Connection(address) as stub:
         response = call(stub.GenerateReport, request, DEFAULT_TIMEOUT_S)
@@ -77,12 +83,12 @@ def report(address: str, record: str, k: int, exclude_patient: str | None = None
         "warnings": list(response.warnings),
         "encoder_id": response.encoder_id,
     }
-    return result, ecg
+    # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.
+    return result, ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units)
 
 
 def ask(address: str, record: str, question: str, options: Sequence[str], answerer: str, k: int) -> dict:
-    ecg = load_record(record)
-    request = pb.AnswerQuestionRequest(ecg=ecg_to_proto(ecg), question=question, options=options, answerer=answerer, k=k)
+    request = pb.AnswerQuestionRequest(ecg=record_proto(record)[0], question=question, options=options, answerer=answerer, k=k)
     with Connection(address) as stub:
         response = call(stub.AnswerQuestion, request, DEFAULT_TIMEOUT_S)
     return {
@@ -105,7 +111,7 @@ def insert(address: str, records: Sequence[str], *, report_text: str, scp_codes:
             yield pb.InsertRecordsRequest(
                 record=pb.Record(
                     ecg_id=ecg_id or Path(path).name, patient_id=patient_id, report=report_text,
-                    scp_codes=scp_codes, source=source, ecg=ecg_to_proto(load_record(path)),
+                    scp_codes=scp_codes, source=source, ecg=record_proto(path)[0],
                 )
             )
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 import numpy as np
 
-from ecgregen.answer import Answer, LabelVoteAnswerer
+from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
 from ecgregen.ecg import Ecg, EcgInputError
-from ecgregen.encoder import InProcessEncoder
+from ecgregen.encoder import InProcessEncoder, load_encoder
 from ecgregen.metrics import CORPUS_POINTS, RECORDS_WRITTEN, stage_timer
 from ecgregen.preprocess import preprocess
-from ecgregen.store import Hit, SearchFilter, StoredRecord, VectorStore, point_id
+from ecgregen.store import Hit, SearchFilter, StoredRecord, StoreMismatchError, VectorStore, open_store, point_id
 
 MAX_K = 100
 
@@ -137,3 +138,24 @@ class RetrievalPipeline:
         RECORDS_WRITTEN.labels("deleted").inc(deleted)
         CORPUS_POINTS.set(self.store.count())
         return deleted
+
+
+def open_pipeline(
+    data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, recreate: bool = False
+) -> RetrievalPipeline:
+    """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
+
+    A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
+    """
+    bundle = load_encoder(checkpoint)
+    store = open_store(data_dir, qdrant_url)
+    try:
+        store.ensure_collection(bundle.model.config.dim, bundle.encoder_id, recreate=recreate)
+    except StoreMismatchError as exc:
+        store.close()
+        raise StoreMismatchError(
+            f"{exc}. The corpus was embedded with another encoder: re-embed it with "
+            "`ecgregen index ... --recreate` (same --data-dir/--qdrant-url), or point at another store."
+        ) from None
+    vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
+    return RetrievalPipeline(InProcessEncoder(bundle), store, LabelVoteAnswerer(vocabulary))

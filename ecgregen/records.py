@@ -37,11 +37,18 @@ class EcgRecord:
         return read_wfdb(self.path)
 
 
-def read_wfdb(path: str | Path) -> Ecg:
-    """Read a WFDB record (``path`` without extension) at whatever rate it was recorded.
+@dataclass(frozen=True)
+class WfdbSignal:
+    """A WFDB record as stored: any leads, any rate, its own units (not yet checked for the service)."""
 
-    Units come from the header, so raw mV records and PTB-XL's pre-processed "NU" records are both accepted.
-    """
+    signal: np.ndarray  # float64, (n_leads, n_samples), physical units
+    sampling_rate_hz: float
+    lead_names: list[str]
+    units: list[str]
+
+
+def read_wfdb_signal(path: str | Path) -> WfdbSignal:
+    """Read a WFDB record (``path`` with or without extension) as it is, for a client to send unchanged."""
     path = Path(path)
     if path.suffix in {".hea", ".dat"}:
         path = path.with_suffix("")
@@ -50,12 +57,19 @@ def read_wfdb(path: str | Path) -> Ecg:
     record = wfdb.rdrecord(str(path))
     if record.p_signal is None:
         raise EcgInputError(f"{path}: record has no physical signal")
-    return ecg_from_array(
-        np.asarray(record.p_signal, dtype=np.float64).T,
-        float(record.fs),
-        list(record.sig_name),
+    return WfdbSignal(
+        np.asarray(record.p_signal, dtype=np.float64).T, float(record.fs), list(record.sig_name),
         [u or "mV" for u in record.units],
     )
+
+
+def read_wfdb(path: str | Path) -> Ecg:
+    """Read a WFDB record at whatever rate it was recorded, checked as the service checks any ECG.
+
+    Units come from the header, so raw mV records and PTB-XL's pre-processed "NU" records are both accepted.
+    """
+    raw = read_wfdb_signal(path)
+    return ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units)
 
 
 def wfdb_comments(path: str | Path) -> list[str]:

@@ -6,6 +6,8 @@ Shared by the server (proto -> domain, with validation that becomes INVALID_ARGU
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
@@ -35,11 +37,16 @@ def ecg_from_proto(msg: pb.Ecg) -> Ecg:
     return assemble_ecg(leads, msg.sampling_rate_hz)
 
 
-def ecg_to_proto(ecg: Ecg, units: str = "mV") -> pb.Ecg:
+def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str]) -> pb.Ecg:
+    """Any (n_leads, n_samples) signal as an ``Ecg`` message, unchecked: the server is the judge."""
     return pb.Ecg(
-        sampling_rate_hz=ecg.sampling_rate_hz,
-        leads=[pb.Lead(name=name, samples=row.tolist(), units=units) for name, row in zip(STANDARD_LEADS, ecg.signal)],
+        sampling_rate_hz=sampling_rate_hz,
+        leads=[pb.Lead(name=n, samples=row.tolist(), units=u) for n, row, u in zip(lead_names, signal, units)],
     )
+
+
+def ecg_to_proto(ecg: Ecg) -> pb.Ecg:
+    return signal_to_proto(ecg.signal, ecg.sampling_rate_hz, STANDARD_LEADS, ["mV"] * len(STANDARD_LEADS))
 
 
 def filter_from_proto(msg: pb.SearchFilter) -> SearchFilter | None:

@@ -13,12 +13,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
-from ecgregen.answer import LabelVocabulary, LabelVoteAnswerer, default_scp_statements
-from ecgregen.encoder import InProcessEncoder, load_encoder
 from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
-from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import load_ptbxl
-from ecgregen.store import open_store
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.indexer.build import LocalSink, index_records
@@ -45,15 +42,6 @@ class ServeSettings:
     shutdown_grace_s: float = 10.0
 
 
-def build_pipeline(data_dir: Path, qdrant_url: str | None, checkpoint: Path | None) -> RetrievalPipeline:
-    """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share."""
-    bundle = load_encoder(checkpoint)
-    store = open_store(data_dir, qdrant_url)
-    store.ensure_collection(bundle.model.config.dim, bundle.encoder_id)
-    vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
-    return RetrievalPipeline(InProcessEncoder(bundle), store, LabelVoteAnswerer(vocabulary))
-
-
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
     """First start on an empty store: index the shipped demo corpus so the service answers at once."""
     records = load_ptbxl(DEMO_CORPUS, DEMO_FOLDS)
@@ -63,7 +51,7 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 
 
 async def serve(settings: ServeSettings) -> None:
-    pipeline = build_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
+    pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
     try:
         if settings.seed_demo and pipeline.store.count() == 0:
             await asyncio.to_thread(seed_demo_corpus, pipeline)

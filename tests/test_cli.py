@@ -1,0 +1,118 @@
+"""The `ecgregen` command as a person uses it: client calls against a real server, indexing, error output."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import wfdb
+
+from ecgregen.ecg import STANDARD_LEADS
+from ecgregen.encoder import random_encoder, save_checkpoint
+from ecgregen.records import EcgRecord
+from tests.conftest import DEMO_PTBXL, ECGREGEN, ServerProcess, free_port
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    result = subprocess.run([*ECGREGEN, *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        pytest.fail(f"ecgregen {' '.join(args)} exited {result.returncode}:\n{result.stderr}")
+    return result
+
+
+def write_record(directory: Path, name: str, leads: list[str], seconds: float = 10, rate: int = 500) -> Path:
+    signal = np.random.default_rng(zlib.crc32(name.encode())).normal(size=(int(seconds * rate), len(leads))) * 0.3
+    wfdb.wrsamp(name, fs=rate, units=["mV"] * len(leads), sig_name=leads, p_signal=signal, fmt=["16"] * len(leads),
+                write_dir=str(directory), comments=["report: synthetic test record"])
+    return directory / name
+
+
+def test_client_report_json(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    out = run("client", "report", str(demo_queries[0].path), "--server", edge_server.address, "--k", "3", "--json")
+    result = json.loads(out.stdout)
+    assert set(result) >= {"report", "neighbours", "latency_ms"}
+    assert len(result["neighbours"]) == 3 and result["report"] == result["neighbours"][0]["report"]
+    first = result["neighbours"][0]
+    assert set(first) >= {"ecg_id", "patient_id", "score", "report", "scp_codes"}
+    assert isinstance(first["score"], float) and isinstance(first["scp_codes"], dict)
+    assert result["latency_ms"]["total"] > 0
+
+
+def test_client_report_text_and_plot(edge_server: ServerProcess, demo_queries: list[EcgRecord], tmp_path: Path) -> None:
+    png = tmp_path / "report.png"
+    out = run("client", "report", str(demo_queries[1].path), "--server", edge_server.address, "--plot", str(png))
+    assert out.stdout.startswith("Report: ") and "Neighbours:" in out.stdout and f"plot written to {png}" in out.stdout
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def test_client_ask(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    out = run("client", "ask", str(demo_queries[2].path), "Is this a normal ECG?", "--server", edge_server.address,
+              "--options", "yes,no", "--json")
+    result = json.loads(out.stdout)
+    assert result["answerer"] == "labels" and result["answer"] in (["yes"], ["no"]) and len(result["neighbours"]) == 3
+
+
+def test_client_insert_then_report_then_delete(edge_server: ServerProcess, tmp_path: Path) -> None:
+    record = write_record(tmp_path, "synthetic1", list(STANDARD_LEADS))
+    out = run("client", "insert", str(record), "--server", edge_server.address, "--report", "synthetic report",
+              "--scp-codes", '{"NORM": 100}', "--ecg-id", "cli-1", "--patient-id", "p-cli", "--source", "cli", "--json")
+    assert json.loads(out.stdout) == {"inserted": 1, "updated": 0, "rejected": 0, "rejections": []}
+    result = json.loads(run("client", "report", str(record), "--server", edge_server.address, "--json").stdout)
+    assert result["report"] == "synthetic report" and result["neighbours"][0]["ecg_id"] == "cli-1"
+    out = run("client", "delete", "cli-1", "--source", "cli", "--server", edge_server.address)
+    assert out.stdout.strip() == "deleted 1"
+
+
+def test_errors_print_status_and_message(edge_server: ServerProcess, tmp_path: Path) -> None:
+    three_leads = write_record(tmp_path, "three", ["I", "II", "III"])
+    out = run("client", "report", str(three_leads), "--server", edge_server.address, check=False)
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr.strip() == "INVALID_ARGUMENT: expected 12 leads, got 3"
+
+    out = run("client", "report", str(tmp_path / "missing"), "--server", edge_server.address, check=False)
+    assert out.returncode == 1 and "no WFDB header" in out.stderr
+
+    nobody = f"127.0.0.1:{free_port()}"
+    out = run("client", "stats", "--server", nobody, check=False)
+    assert out.returncode == 1 and out.stderr.startswith("UNAVAILABLE: ")
+
+
+def test_index_files_through_the_server(edge_server: ServerProcess, tmp_path: Path) -> None:
+    files = [write_record(tmp_path, f"file{i}", list(STANDARD_LEADS), rate=250) for i in range(2)]
+    out = run("index", *map(str, files), "--server", edge_server.address, "--source", "files",
+              "--scp-codes", '{"SR": 0}')
+    assert out.stdout.startswith("inserted 2, updated 0")
+    again = run("index", *map(str, files), "--server", edge_server.address, "--source", "files")
+    assert again.stdout.startswith("inserted 0, updated 2")  # idempotent: same ids, no duplicates
+    result = json.loads(run("client", "report", str(files[0]), "--server", edge_server.address, "--json").stdout)
+    assert result["neighbours"][0]["ecg_id"] == "file0"
+    assert result["report"] == "synthetic test record"  # taken from the header's "report:" comment
+    run("client", "delete", "file0", "file1", "--source", "files", "--server", edge_server.address)
+
+
+def test_local_index_resumes_and_refuses_another_encoder(tmp_path: Path) -> None:
+    data_dir = str(tmp_path / "var")
+    first = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", data_dir)
+    assert first.stdout.startswith("inserted 30, updated 0, skipped 0")
+    second = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", data_dir)
+    assert second.stdout.startswith("inserted 0, updated 0, skipped 30 already indexed")
+
+    other = tmp_path / "other.pt"
+    save_checkpoint(random_encoder(seed=1), other)
+    refused = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", data_dir,
+                  "--checkpoint", str(other), check=False)
+    assert refused.returncode == 1 and "--recreate" in refused.stderr and "encoder_id" in refused.stderr
+    redone = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", data_dir,
+                 "--checkpoint", str(other), "--recreate")
+    assert redone.stdout.startswith("inserted 30, updated 0, skipped 0")
+
+
+def test_index_refuses_a_store_in_use(edge_server: ServerProcess) -> None:
+    """The running server holds its embedded store; a second writer is told so instead of corrupting it."""
+    data_dir = edge_server.log_path.parent / "var"
+    out = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", str(data_dir), check=False)
+    assert out.returncode == 1 and "in use by another process" in out.stderr
