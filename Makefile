@@ -26,7 +26,6 @@ endef
 # Everything pinned in requirements.lock (torch 2.13.0 is the CPU wheel; an unpinned torch pulls a CUDA build).
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.lock
 	$(GEN_PROTO)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
