@@ -185,7 +185,7 @@ class LabelVoteAnswerer:
         asked = self.vocabulary.find(question)
         counts = Counter(code for h in neighbours for code in h.scp_codes)
         candidates = frozenset().union(*(c for _, c in asked)) if asked else frozenset(counts)
-        codes = sorted((c for c in candidates if counts[c] > majority), key=lambda c: -counts[c])
+        codes = sorted((c for c in candidates if counts[c] > majority), key=lambda c: (-counts[c], c))
         return Answer(codes, f"SCP codes carried by a majority of {len(neighbours)} neighbours: {dict(counts)}")
 
 

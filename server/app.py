@@ -53,11 +53,6 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 async def serve(settings: ServeSettings) -> None:
     pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
     try:
-        if settings.seed_demo and pipeline.store.count() == 0:
-            await asyncio.to_thread(seed_demo_corpus, pipeline)
-        CORPUS_POINTS.set(pipeline.store.count())
-        BUILD_INFO.info({"version": __version__, "encoder_id": pipeline.encoder.encoder_id})
-
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -76,7 +71,15 @@ async def serve(settings: ServeSettings) -> None:
             server.add_insecure_port(address)
         except RuntimeError as exc:
             raise SystemExit(f"cannot listen on {address}: {exc}") from None
-        serve_metrics(settings.metrics_port, settings.metrics_host)
+        try:
+            serve_metrics(settings.metrics_port, settings.metrics_host)
+        except OSError as exc:
+            raise SystemExit(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}") from None
+        # Ports are bound first so a conflict is reported at once, not after indexing the demo corpus.
+        if settings.seed_demo and pipeline.store.count() == 0:
+            await asyncio.to_thread(seed_demo_corpus, pipeline)
+        CORPUS_POINTS.set(pipeline.store.count())
+        BUILD_INFO.info({"version": __version__, "encoder_id": pipeline.encoder.encoder_id})
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

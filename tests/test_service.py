@@ -253,3 +253,29 @@ def test_sigterm_stops_cleanly_and_store_persists(tmp_path) -> None:  # noqa: AN
         assert "demo index" not in second.log()  # not re-indexed: the store was persisted
     finally:
         second.stop()
+
+
+def test_concurrent_requests_all_succeed(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    """Blocking work runs off the event loop: a burst of parallel calls is answered, each correctly."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    stub = edge_server.stub()
+    requests = [pb.SearchRequest(ecg=ecg_to_proto(r.load_ecg()), k=3) for r in demo_queries[:16]]
+    sequential = [stub.Search(r, timeout=30).neighbours[0].ecg_id for r in requests]
+    with ThreadPoolExecutor(16) as pool:
+        parallel = list(pool.map(lambda r: stub.Search(r, timeout=30).neighbours[0].ecg_id, requests))
+    assert parallel == sequential
+
+
+def test_empty_corpus_is_failed_precondition(tmp_path, demo_queries: list[EcgRecord]) -> None:  # noqa: ANN001
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-demo")
+    try:
+        assert points(server) == 0
+        with pytest.raises(grpc.RpcError) as error:
+            server.stub().GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg())), timeout=30)
+        assert error.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "corpus is empty" in error.value.details()
+    finally:
+        server.stop()
