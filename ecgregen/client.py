@@ -148,20 +148,19 @@ def format_neighbours(neighbours: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _with_warnings(text: str, warnings: list[str]) -> str:
+    return text + "".join(f"\nwarning: {w}" for w in warnings)
+
+
 def format_report(result: dict) -> str:
     text = f"Report: {result['report']}\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
-    text += f"\n\nLatency (ms): {result['latency_ms']}"
-    for warning in result["warnings"]:
-        text += f"\nwarning: {warning}"
-    return text
+    return _with_warnings(f"{text}\n\nLatency (ms): {result['latency_ms']}", result["warnings"])
 
 
 def format_answer(result: dict) -> str:
     text = f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}]"
     text += f"\nWhy: {result['rationale']}\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
-    for warning in result["warnings"]:
-        text += f"\nwarning: {warning}"
-    return text
+    return _with_warnings(text, result["warnings"])
 
 
 def plot_report(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ecg | None], out: Path) -> None:

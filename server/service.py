@@ -16,10 +16,10 @@ from typing import Any, TypeVar
 
 import grpc
 
-from ecgregen.ecg import EcgInputError
+from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.metrics import RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline
-from ecgregen.store import StoreError
+from ecgregen.store import SearchFilter, StoreError
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import DEFAULT_SOURCE, ecg_from_proto, filter_from_proto, neighbour_to_proto, record_from_proto
@@ -90,9 +90,11 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     )
 
 
-def require_ecg(request: Any) -> None:
+def parse_query(request: Any, default_k: int) -> tuple[Ecg, int, SearchFilter | None]:
+    """The ECG, k and filter every query request carries, checked."""
     if not request.HasField("ecg"):
         raise EcgInputError("request has no ECG")
+    return ecg_from_proto(request.ecg), check_k(request.k, default_k), filter_from_proto(request.filter)
 
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
@@ -102,12 +104,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
-        require_ecg(request)
-        ecg = ecg_from_proto(request.ecg)
-        k = check_k(request.k, 3)
-        report, retrieval = await asyncio.to_thread(
-            self.pipeline.generate_report, ecg, k, filter_from_proto(request.filter)
-        )
+        ecg, k, filt = parse_query(request, default_k=3)
+        report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
         return pb.GenerateReportResponse(
             report=report, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
             latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
@@ -117,12 +115,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         start = time.perf_counter()
-        require_ecg(request)
-        ecg = ecg_from_proto(request.ecg)
-        k = check_k(request.k, 10)
-        retrieval = await asyncio.to_thread(
-            self.pipeline.search, ecg, k, filter_from_proto(request.filter), exact=request.exact
-        )
+        ecg, k, filt = parse_query(request, default_k=10)
+        retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt, exact=request.exact)
         return pb.SearchResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings,
@@ -131,16 +125,14 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def AnswerQuestion(self, request: pb.AnswerQuestionRequest, context: grpc.aio.ServicerContext) -> pb.AnswerQuestionResponse:
         start = time.perf_counter()
-        require_ecg(request)
+        ecg, k, filt = parse_query(request, default_k=3)
         if not request.question.strip():
             raise EcgInputError("question is empty")
         answerer = request.answerer or "labels"
         if answerer not in ANSWERERS:
             raise EcgInputError(f"unknown answerer {answerer!r}; available: {', '.join(ANSWERERS)}")
-        ecg = ecg_from_proto(request.ecg)
-        k = check_k(request.k, 3)
         answer, retrieval = await asyncio.to_thread(
-            self.pipeline.answer, ecg, request.question, list(request.options), k, filter_from_proto(request.filter)
+            self.pipeline.answer, ecg, request.question, list(request.options), k, filt
         )
         return pb.AnswerQuestionResponse(
             answer=answer.answer, answerer=answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
