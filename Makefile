@@ -6,13 +6,17 @@ PROTO_SRC := protos/ecgregen/v1/ecgregen.proto
 PROTO_OUT := ecgregen/v1/ecgregen_pb2.py
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test proto venv clean
+.PHONY: serve test proto venv clean system-deps
 
 serve: $(STAMP) $(PROTO_OUT)
 	$(BIN)/ecgregen serve
 
-test: $(STAMP) $(PROTO_OUT)
+test: system-deps $(STAMP) $(PROTO_OUT)
 	$(BIN)/python -m pytest -q
+
+# METEOR (evaluation) runs a Java jar; Debian's headless JRE is installed where no java is found.
+system-deps:
+	@command -v java >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends default-jre-headless; }
 
 venv: $(STAMP)
 

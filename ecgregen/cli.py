@@ -1,4 +1,4 @@
-"""The `ecgregen` command: serve, index, client {report, ask, insert, delete, stats}.
+"""The `ecgregen` command: serve, index, evaluate {report, qa}, qa-generate, client {report, ask, insert, delete, stats}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """
@@ -55,6 +55,36 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--scp-codes", default="{}", help='labels for FILES as JSON, e.g. \'{"NORM": 100}\'')
     index.add_argument("--patient-id", default="")
     _add_store_flags(index)
+
+    evaluate = sub.add_parser("evaluate", help="the paper's tables: report generation (I) and ECG-QA (II)")
+    esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
+    ev_report = esub.add_parser("report", help="Table I: retrieved reports vs ground truth, with baselines")
+    ev_report.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (index, and test unless --mimic)")
+    ev_report.add_argument("--index-folds", default="1-8")
+    ev_report.add_argument("--test-folds", default="9")
+    ev_report.add_argument("--mimic", type=Path, help="MIMIC-IV-ECG-layout folder to take the test queries from (cross-domain)")
+    ev_report.add_argument("--limit", type=int, help="at most N test records (the first N by id)")
+    ev_report.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (the slowest metric)")
+    ev_qa = esub.add_parser("qa", help="Table II: ECG-QA exact match per question type")
+    ev_qa.add_argument("--ptbxl", type=Path, required=True)
+    ev_qa.add_argument("--questions", type=Path, nargs="+", required=True, help="ECG-QA JSON files or folders")
+    ev_qa.add_argument("--index-folds", default="1-8")
+    ev_qa.add_argument("--answerer", default="labels", choices=["labels", "llm"])
+    ev_qa.add_argument("--k", type=int, default=3)
+    ev_qa.add_argument("--limit", type=int, help="at most N questions")
+    for p in (ev_report, ev_qa):
+        p.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
+        p.add_argument("--data-dir", type=Path, default=Path("./var/eval"), help="where the cached evaluation index lives")
+        p.add_argument("--qdrant-url", default=None)
+        p.add_argument("--checkpoint", type=Path, default=None)
+    ev_report.add_argument("--markdown", type=Path, help="write the table as markdown")
+    ev_report.add_argument("--plot", type=Path, help="write a bar chart PNG")
+
+    generate = sub.add_parser("qa-generate", help="ECG-QA-style questions from PTB-XL metadata")
+    generate.add_argument("--ptbxl", type=Path, required=True)
+    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--folds", default=None, help="only records of these folds (default: all)")
+    generate.add_argument("--seed", type=int, default=0)
 
     client = sub.add_parser("client", help="call a running server")
     csub = client.add_subparsers(dest="client_command", required=True)
@@ -158,6 +188,50 @@ def run_index(args: argparse.Namespace) -> None:
     print(report.summary())
 
 
+def run_evaluate(args: argparse.Namespace) -> None:
+    if args.evaluate_command == "report":
+        from ecgregen.evaluate.report import evaluate_reports, markdown_table, write_outputs
+        from ecgregen.records import load_mimic_ecg
+
+        index_folds = parse_folds(args.index_folds)
+        index = load_ptbxl(args.ptbxl, index_folds)
+        if args.mimic:
+            queries, test = load_mimic_ecg(args.mimic, args.limit), f"MIMIC-IV-ECG {args.mimic}"
+        else:
+            test_folds = parse_folds(args.test_folds)
+            queries = sorted(load_ptbxl(args.ptbxl, test_folds), key=lambda r: int(r.ecg_id))[: args.limit]
+            test = f"{args.ptbxl} folds {args.test_folds}"
+        if not index or not queries:
+            raise SystemExit(f"nothing to evaluate: {len(index)} index records, {len(queries)} test records")
+        result = evaluate_reports(
+            index, queries, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+            bertscore=not args.no_bertscore,
+        )
+        result.update(index_folds=index_folds, index=f"{args.ptbxl} folds {args.index_folds}", test=test)
+        if not args.mimic:
+            result["test_folds"] = parse_folds(args.test_folds)
+        write_outputs(result, args.json_out, args.markdown, args.plot)
+        print(markdown_table(result))
+    else:
+        from ecgregen.evaluate.qa import evaluate_qa, format_qa
+
+        result = evaluate_qa(
+            args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
+            limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+        )
+        if args.json_out:
+            args.json_out.write_text(json.dumps(result, indent=2))
+        print(format_qa(result))
+
+
+def run_qa_generate(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.ecgqa import write_generated
+
+    folds = parse_folds(args.folds) if args.folds else None
+    summary = write_generated(args.ptbxl, args.out, folds=folds, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+
+
 def run_client(args: argparse.Namespace) -> None:
     from ecgregen import client
 
@@ -212,6 +286,10 @@ def main(argv: list[str] | None = None) -> None:
             asyncio.run(serve(settings))
         elif args.command == "index":
             run_index(args)
+        elif args.command == "evaluate":
+            run_evaluate(args)
+        elif args.command == "qa-generate":
+            run_qa_generate(args)
         else:
             run_client(args)
     except (ClientError, StoreError, FileNotFoundError, ValueError) as exc:

@@ -141,14 +141,15 @@ class RetrievalPipeline:
 
 
 def open_pipeline(
-    data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, recreate: bool = False
+    data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
+    recreate: bool = False,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     """
     bundle = load_encoder(checkpoint)
-    store = open_store(data_dir, qdrant_url)
+    store = open_store(data_dir, qdrant_url, collection)
     try:
         store.ensure_collection(bundle.model.config.dim, bundle.encoder_id, recreate=recreate)
     except StoreMismatchError as exc:

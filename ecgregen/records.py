@@ -138,3 +138,45 @@ def scp_statements(root: str | Path) -> dict[str, str]:
     """SCP code -> description from a PTB-XL-layout folder's ``scp_statements.csv``."""
     df = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
     return {str(code): str(desc) for code, desc in df["description"].items()}
+
+
+MIMIC_SOURCE = "mimic-iv-ecg"
+
+
+def load_mimic_ecg(root: str | Path, limit: int | None = None) -> list[EcgRecord]:
+    """Records of a MIMIC-IV-ECG-layout folder: ``record_list.csv`` (subject_id, study_id, path) and
+    ``machine_measurements.csv`` (subject_id, study_id, report_0 ... report_17), WFDB files under ``files/``.
+
+    The machine report lines report_0..report_17 are joined into one report, as the paper did. MIMIC-IV-ECG has
+    no SCP codes, so ``scp_codes`` is empty. Studies are taken in ``record_list.csv`` order; `limit` keeps the
+    first N whose signal is on disk.
+    """
+    root = Path(root)
+    for name in ("record_list.csv", "machine_measurements.csv"):
+        if not (root / name).exists():
+            raise FileNotFoundError(f"{root} is not in MIMIC-IV-ECG layout: {root / name} is missing")
+    records_table = pd.read_csv(root / "record_list.csv")
+    measurements = pd.read_csv(root / "machine_measurements.csv", low_memory=False)
+    report_columns = sorted(
+        (c for c in measurements.columns if c.startswith("report_")), key=lambda c: int(c.split("_")[1])
+    )
+    reports = {
+        int(row.study_id): " ".join(
+            str(getattr(row, c)).strip() for c in report_columns if pd.notna(getattr(row, c)) and str(getattr(row, c)).strip()
+        )
+        for row in measurements.itertuples(index=False)
+    }
+    records: list[EcgRecord] = []
+    for row in records_table.itertuples(index=False):
+        path = root / str(row.path)
+        if int(row.study_id) not in reports or not path.with_suffix(".hea").exists():
+            continue
+        records.append(
+            EcgRecord(
+                ecg_id=str(int(row.study_id)), patient_id=str(int(row.subject_id)), report=reports[int(row.study_id)],
+                scp_codes={}, source=MIMIC_SOURCE, path=path,
+            )
+        )
+        if limit is not None and len(records) >= limit:
+            break
+    return records

@@ -1,0 +1,41 @@
+"""The evaluation index: the index folds embedded with the current encoder, cached between runs.
+
+Each set of index records gets its own collection (named by a digest of their ids), so re-running an evaluation
+reuses the embeddings, and an index built by another encoder is rebuilt rather than searched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from ecgregen.indexer.build import LocalSink, index_records
+from ecgregen.pipeline import RetrievalPipeline, open_pipeline
+from ecgregen.records import EcgRecord
+from ecgregen.store import StoreMismatchError
+
+DEFAULT_EVAL_DIR = Path("./var/eval")
+
+
+def eval_collection(index: Sequence[EcgRecord]) -> str:
+    digest = hashlib.sha1("\n".join(sorted(f"{r.source}/{r.ecg_id}" for r in index)).encode()).hexdigest()[:12]
+    return f"eval-{digest}"
+
+
+def open_eval_index(
+    index: Sequence[EcgRecord], *, data_dir: Path = DEFAULT_EVAL_DIR, qdrant_url: str | None = None,
+    checkpoint: Path | None = None, progress: bool = True,
+) -> RetrievalPipeline:
+    """A pipeline whose store holds exactly `index` (embedding whatever is missing); the caller closes its store."""
+    collection = eval_collection(index)
+    try:
+        pipeline = open_pipeline(data_dir, qdrant_url, checkpoint, collection=collection)
+    except StoreMismatchError:  # made by another encoder: it is only a cache
+        pipeline = open_pipeline(data_dir, qdrant_url, checkpoint, collection=collection, recreate=True)
+    try:
+        index_records(index, LocalSink(pipeline), progress=progress, description="index")
+    except BaseException:
+        pipeline.store.close()
+        raise
+    return pipeline

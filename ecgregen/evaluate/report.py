@@ -1,0 +1,199 @@
+"""Table I: report generation by retrieval, scored against the ground-truth reports, beside its baselines.
+
+Retrieval goes through :class:`~ecgregen.pipeline.RetrievalPipeline` - the code path the server uses - with exact
+search (numbers comparable with the paper's FAISS flat index) and the query's own patient excluded (the folds are
+patient-disjoint, but a user may overlap them; one patient's ECGs would leak the answer). The baselines are
+computed on the same test set in the same run: Random (a random index report), Common (the most frequent index
+report) and raw-signal nearest neighbour (the preprocessed signal itself as the embedding).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, score_reports
+from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.preprocess import preprocess
+from ecgregen.records import EcgRecord
+from ecgregen.store import SearchFilter
+
+METHODS = ("retrieval", "random", "common", "raw_knn")
+RAW_KNN_DECIMATION = 4  # 100 Hz -> 25 Hz: keeps the waveform's shape, 3,000 numbers per ECG
+
+# The paper's Table I (PTB-XL, in-domain); split and report language are not stated there.
+PAPER_TABLE_I = {
+    "ECG-ReGen (paper)": {"bleu1": 0.801, "bleu2": 0.768, "bleu3": 0.737, "bleu4": 0.700, "meteor": 0.836,
+                          "rouge_l": 0.836, "bertscore_f1": 0.920},
+    "Random (paper)": {"bleu1": 0.152, "bleu2": 0.091, "bleu3": 0.060, "bleu4": 0.049},
+    "Common (paper)": {"bleu1": 0.212, "bleu2": 0.150, "bleu3": 0.134, "bleu4": 0.132},
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    report: str
+    scp_codes: frozenset[str]
+    ecg_id: str
+    patient_id: str
+
+
+def retrieve_top1(pipeline: RetrievalPipeline, queries: Sequence[EcgRecord], progress: bool = True) -> list[Prediction]:
+    predictions = []
+    for record in tqdm(queries, desc="retrieval", unit="ecg", disable=not progress, dynamic_ncols=True):
+        filt = SearchFilter(exclude_patient_id=record.patient_id) if record.patient_id else None
+        hits = pipeline.search(record.load_ecg(), 1, filt, exact=True).hits
+        top = hits[0]
+        predictions.append(Prediction(top.report, frozenset(top.scp_codes), top.ecg_id, top.patient_id))
+    return predictions
+
+
+def _raw_features(pipeline: RetrievalPipeline, records: Sequence[EcgRecord]) -> np.ndarray:
+    config = pipeline.encoder.preprocess_config
+    rows = []
+    for record in records:
+        x = preprocess(record.load_ecg(), config).signal
+        n = x.shape[1] // RAW_KNN_DECIMATION * RAW_KNN_DECIMATION
+        x = x[:, :n].reshape(12, -1, RAW_KNN_DECIMATION).mean(axis=2)
+        padded = np.zeros((12, config.window_samples // RAW_KNN_DECIMATION), np.float32)
+        padded[:, : x.shape[1]] = x
+        rows.append(padded.ravel())
+    features = np.stack(rows)
+    return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def raw_knn(pipeline: RetrievalPipeline, index: Sequence[EcgRecord], queries: Sequence[EcgRecord]) -> list[Prediction]:
+    """Nearest neighbour by cosine on the preprocessed, decimated signal (no encoder), same patient excluded."""
+    index_features = _raw_features(pipeline, index)
+    query_features = _raw_features(pipeline, queries)
+    index_patients = np.array([r.patient_id for r in index])
+    predictions = []
+    for record, q in zip(queries, query_features):
+        scores = index_features @ q
+        if record.patient_id:
+            scores[index_patients == record.patient_id] = -np.inf
+        best = index[int(np.argmax(scores))]
+        predictions.append(Prediction(best.report, frozenset(best.scp_codes), best.ecg_id, best.patient_id))
+    return predictions
+
+
+def random_baseline(index: Sequence[EcgRecord], n: int, seed: int = 0) -> list[Prediction]:
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(index), size=n)
+    return [Prediction(index[i].report, frozenset(index[i].scp_codes), index[i].ecg_id, index[i].patient_id) for i in picks]
+
+
+def common_baseline(index: Sequence[EcgRecord], n: int) -> list[Prediction]:
+    """The most frequent index report for every query; its codes are the commonest code set among its records."""
+    report, _ = Counter(r.report for r in index).most_common(1)[0]
+    codes, _ = Counter(frozenset(r.scp_codes) for r in index if r.report == report).most_common(1)[0]
+    return [Prediction(report, codes, "", "")] * n
+
+
+def evaluate_reports(
+    index: Sequence[EcgRecord],
+    queries: Sequence[EcgRecord],
+    *,
+    data_dir: Path,
+    qdrant_url: str | None = None,
+    checkpoint: Path | None = None,
+    bertscore: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Index (or reuse), retrieve, score every method; returns the JSON-ready result."""
+    start = time.perf_counter()
+    queries = [q for q in queries if q.report.strip()]  # a record without a report cannot be scored
+    if not queries:
+        raise ValueError("no test record with a report")
+    pipeline = open_eval_index(index, data_dir=data_dir, qdrant_url=qdrant_url, checkpoint=checkpoint, progress=progress)
+    try:
+        encoder_id = pipeline.encoder.encoder_id
+        predictions = {
+            "retrieval": retrieve_top1(pipeline, queries, progress),
+            "random": random_baseline(index, len(queries)),
+            "common": common_baseline(index, len(queries)),
+            "raw_knn": raw_knn(pipeline, index, queries),
+        }
+    finally:
+        pipeline.store.close()
+    leaks = [
+        (q.ecg_id, p.ecg_id) for method in ("retrieval", "raw_knn") for q, p in zip(queries, predictions[method])
+        if q.patient_id and p.patient_id == q.patient_id
+    ]
+    if leaks:  # the filter makes this impossible; a leak would silently inflate every score
+        raise RuntimeError(f"retrieved the query's own patient: {leaks[:5]}")
+    references = [q.report for q in queries]
+    has_codes = any(q.scp_codes for q in queries)
+    true_codes = [frozenset(q.scp_codes) for q in queries] if has_codes else None
+    methods = {}
+    for name in METHODS:
+        hypotheses = [p.report for p in predictions[name]]
+        predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
+        methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
+    return {
+        "n": len(queries),
+        "n_index": len(index),
+        "encoder": encoder_id,
+        "bertscore_model": BERTSCORE_MODEL_NAME if bertscore else None,
+        "methods": methods,
+        "examples": [
+            {"ecg_id": q.ecg_id, "truth": q.report, "retrieved_ecg_id": p.ecg_id, "retrieved": p.report}
+            for q, p in list(zip(queries, predictions["retrieval"]))[:5]
+        ],
+        "wall_time_s": round(time.perf_counter() - start, 1),
+    }
+
+
+def markdown_table(result: dict) -> str:
+    """Our methods beside the paper's Table I rows."""
+    keys = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "bertscore_f1", "scp_f1_micro", "scp_f1_macro"]
+    header = "| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
+    rows = []
+    for name, scores in [*result["methods"].items(), *PAPER_TABLE_I.items()]:
+        cells = [f"{scores[k]:.3f}" if scores.get(k) is not None else "-" for k in keys]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    notes = (
+        f"\nn = {result['n']} test records ({result.get('test', '?')}), index = {result['n_index']} records "
+        f"({result.get('index', '?')}), encoder `{result['encoder']}`, BERTScore model: {result['bertscore_model']}, "
+        f"wall time {result['wall_time_s']} s. Paper rows are copied from its Table I (PTB-XL, split and report "
+        "language not stated there).\n"
+    )
+    return header + "\n".join(rows) + "\n" + notes
+
+
+def plot_scores(result: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in ("bleu1", "bleu4", "meteor", "rouge_l", "bertscore_f1", "scp_f1_micro", "scp_f1_macro")
+            if all(k in m for m in result["methods"].values())]
+    fig, ax = plt.subplots(figsize=(10, 4))
+    width = 0.8 / len(result["methods"])
+    for i, (name, scores) in enumerate(result["methods"].items()):
+        ax.bar(np.arange(len(keys)) + i * width, [scores[k] for k in keys], width, label=name)
+    ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Report generation, n = {result['n']} ({result['encoder']})", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_outputs(result: dict, json_path: Path | None, markdown_path: Path | None, plot_path: Path | None) -> None:
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    if markdown_path:
+        markdown_path.write_text(markdown_table(result))
+    if plot_path:
+        plot_scores(result, plot_path)

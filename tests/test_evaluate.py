@@ -1,0 +1,136 @@
+"""The evaluation harness end to end on real records: Table I (report generation) and Table II (ECG-QA)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import wfdb
+
+from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.report import retrieve_top1
+from ecgregen.preprocess import resample
+from ecgregen.records import MIMIC_SOURCE, load_mimic_ecg, load_ptbxl
+from ecgregen.store import SearchFilter
+from tests.conftest import DEMO_PTBXL, REPO, shared_ptbxl
+from tests.test_cli import run
+
+METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "bertscore_f1", "scp_f1_micro", "scp_f1_macro"}
+ECGQA_SAMPLE = REPO.parent / "shared" / "data" / "ecgqa" / "ptbxl" / "single_sample.json"
+
+
+@pytest.fixture(scope="module")
+def eval_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One evaluation cache for the module: later runs reuse the index the first one built."""
+    return tmp_path_factory.mktemp("eval")
+
+
+def make_mimic_layout(root: Path, n: int) -> list[str]:
+    """A tiny folder in MIMIC-IV-ECG's exact layout, from real PTB-XL signals resampled to MIMIC's 500 Hz."""
+    sources = load_ptbxl(DEMO_PTBXL, [9])[:n]
+    rows, measurements = [], []
+    for i, record in enumerate(sources):
+        subject, study = 10000000 + i, 40000000 + i
+        rel = f"files/p{str(subject)[:4]}/p{subject}/s{study}/{study}"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        ecg = record.load_ecg()
+        signal = resample(ecg.signal.astype(np.float64), 100, 500).T
+        wfdb.wrsamp(str(study), fs=500, units=["mV"] * 12,
+                    sig_name=["I", "II", "III", "aVR", "aVF", "aVL", "V1", "V2", "V3", "V4", "V5", "V6"],
+                    p_signal=signal[:, [0, 1, 2, 3, 5, 4, 6, 7, 8, 9, 10, 11]], fmt=["16"] * 12,
+                    write_dir=str((root / rel).parent))
+        rows.append({"subject_id": subject, "study_id": study, "file_name": study,
+                     "ecg_time": "2180-07-23 08:44:00", "path": rel})
+        lines = {f"report_{j}": None for j in range(18)}
+        lines.update(report_0="Sinus rhythm", report_1="Normal ECG" if i % 2 else "Borderline ECG")
+        measurements.append({"subject_id": subject, "study_id": study, "cart_id": 6848296, **lines})
+    pd.DataFrame(rows).to_csv(root / "record_list.csv", index=False)
+    pd.DataFrame(measurements).to_csv(root / "machine_measurements.csv", index=False)
+    return [str(r["study_id"]) for r in rows]
+
+
+def test_mimic_reader_joins_report_lines(tmp_path: Path) -> None:
+    ids = make_mimic_layout(tmp_path, 4)
+    records = load_mimic_ecg(tmp_path)
+    assert [r.ecg_id for r in records] == ids
+    assert records[0].report == "Sinus rhythm Borderline ECG" and records[1].report == "Sinus rhythm Normal ECG"
+    assert records[0].source == MIMIC_SOURCE and records[0].scp_codes == {} and records[0].patient_id == "10000000"
+    ecg = records[0].load_ecg()
+    assert ecg.sampling_rate_hz == 500 and ecg.signal.shape == (12, 5000)
+    assert len(load_mimic_ecg(tmp_path, limit=2)) == 2
+
+
+def test_patient_filter_keeps_the_query_out_of_its_own_neighbours(eval_dir: Path) -> None:
+    """Index = all demo folds, queries included: unfiltered the query finds itself; the harness never does."""
+    index = load_ptbxl(DEMO_PTBXL)
+    queries = load_ptbxl(DEMO_PTBXL, [9])[:8]
+    pipeline = open_eval_index(index, data_dir=eval_dir, progress=False)
+    try:
+        unfiltered = [pipeline.search(q.load_ecg(), 1, None, exact=True).hits[0] for q in queries]
+        assert [h.ecg_id for h in unfiltered] == [q.ecg_id for q in queries]
+        predictions = retrieve_top1(pipeline, queries, progress=False)
+        for query, prediction in zip(queries, predictions):
+            assert prediction.patient_id != query.patient_id and prediction.ecg_id != query.ecg_id
+        own = pipeline.search(queries[0].load_ecg(), 5, SearchFilter(exclude_patient_id=queries[0].patient_id)).hits
+        assert all(h.patient_id != queries[0].patient_id for h in own)
+    finally:
+        pipeline.store.close()
+
+
+def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
+    args = ["evaluate", "report", "--ptbxl", str(DEMO_PTBXL), "--index-folds", "1-8", "--test-folds", "9",
+            "--limit", "12", "--data-dir", str(eval_dir)]
+    out = run(*args, "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"),
+              "--plot", str(tmp_path / "a.png"))
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["n"] == 12 and result["index_folds"] == list(range(1, 9)) and result["test_folds"] == [9]
+    assert result["encoder"].startswith("small-random-seed0-") and "MiniLM" in result["bertscore_model"]
+    assert set(result["methods"]) == {"retrieval", "random", "common", "raw_knn"}
+    for scores in result["methods"].values():
+        assert set(scores) >= METRICS
+        assert all(0.0 <= scores[m] <= 1.0 for m in METRICS)
+    assert "| retrieval |" in out.stdout and "ECG-ReGen (paper)" in out.stdout
+    assert (tmp_path / "a.md").read_text().startswith("| method |")
+    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
+
+    run(*args, "--json", str(tmp_path / "b.json"))  # deterministic: same index (reused), same numbers
+    assert json.loads((tmp_path / "b.json").read_text())["methods"] == result["methods"]
+
+
+def test_evaluate_report_cross_domain_on_mimic_layout(eval_dir: Path, tmp_path: Path) -> None:
+    make_mimic_layout(tmp_path / "mimic", 6)
+    run("evaluate", "report", "--ptbxl", str(DEMO_PTBXL), "--index-folds", "1-8", "--mimic", str(tmp_path / "mimic"),
+        "--no-bertscore", "--data-dir", str(eval_dir), "--json", str(tmp_path / "m.json"))
+    result = json.loads((tmp_path / "m.json").read_text())
+    assert result["n"] == 6 and "MIMIC" in result["test"]
+    retrieval = result["methods"]["retrieval"]
+    assert "scp_f1_micro" not in retrieval and 0 <= retrieval["bleu1"] <= 1  # MIMIC has no SCP codes
+
+
+def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "generated.json"
+    run("qa-generate", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--out", str(out))
+    questions = json.loads(out.read_text())
+    assert questions and all(q["generated"] and q["ecg_id"][0] for q in questions)
+    run("evaluate", "qa", "--ptbxl", str(DEMO_PTBXL), "--questions", str(out), "--index-folds", "1-8",
+        "--data-dir", str(eval_dir), "--json", str(tmp_path / "qa.json"))
+    result = json.loads((tmp_path / "qa.json").read_text())
+    assert result["generated"] is True and result["answerer"] == "labels"
+    assert set(result["by_type"]) == {"single-verify", "single-choose", "single-query"}
+    for part in ("by_type", "majority"):
+        for scores in result[part].values():
+            assert scores["n"] > 0 and 0.0 <= scores["exact_match"] <= 1.0
+
+
+def test_evaluate_qa_on_real_ecgqa_questions(tmp_path: Path) -> None:
+    root = shared_ptbxl()
+    if not ECGQA_SAMPLE.exists():
+        pytest.skip(f"ECG-QA questions not found at {ECGQA_SAMPLE}")
+    out = run("evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
+              "--data-dir", str(tmp_path / "eval"), "--json", str(tmp_path / "qa.json"))
+    result = json.loads((tmp_path / "qa.json").read_text())
+    assert result["generated"] is False and result["n"] > 100  # real questions whose ECG has a signal here
+    assert "S-Verify" in out.stdout and "ECG-ReGen + GPT-4o mini (paper)" in out.stdout
