@@ -85,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--out", type=Path, required=True)
     generate.add_argument("--folds", default=None, help="only records of these folds (default: all)")
     generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--check", type=Path, nargs="+",
+                          help="real ECG-QA question files to validate the answer rules against")
 
     client = sub.add_parser("client", help="call a running server")
     csub = client.add_subparsers(dest="client_command", required=True)
@@ -229,6 +231,13 @@ def run_qa_generate(args: argparse.Namespace) -> None:
 
     folds = parse_folds(args.folds) if args.folds else None
     summary = write_generated(args.ptbxl, args.out, folds=folds, seed=args.seed)
+    if args.check:
+        from ecgregen.evaluate.ecgqa import PtbxlMetadata, check_against_real, load_questions
+
+        # The fullest metadata table the folder has: the real questions refer to ECGs without signals too.
+        table = args.ptbxl / "ptbxl_database_all_reports.csv"
+        metadata = PtbxlMetadata.from_csv(table if table.exists() else args.ptbxl / "ptbxl_database.csv")
+        summary["check"] = check_against_real(load_questions(args.check), metadata)
     print(json.dumps(summary, indent=2))
 
 

@@ -34,7 +34,9 @@ from typing import Any
 
 import pandas as pd
 
-LEADS = ("I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6")
+from ecgregen.ecg import STANDARD_LEADS
+
+LEADS = STANDARD_LEADS  # ECG-QA names leads as PTB-XL does
 
 # ECG-QA's wording of the PTB-XL SCP statements it asks about, in scp_statements.csv order (the order of a query
 # question's attribute list). Lower-cased descriptions, except: "X myocardial infarction" -> "myocardial infarction
