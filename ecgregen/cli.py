@@ -88,6 +88,22 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--check", type=Path, nargs="+",
                           help="real ECG-QA question files to validate the answer rules against")
 
+    pretrain = sub.add_parser("pretrain", help="self-supervised pre-training of the ECG encoder")
+    pretrain.add_argument("--ptbxl", type=Path, required=True)
+    pretrain.add_argument("--folds", default="1-8")
+    pretrain.add_argument("--val-folds", default="9")
+    pretrain.add_argument("--config", default="small", help="encoder size: small (CPU) or paper (768-d, 12 layers)")
+    pretrain.add_argument("--recipe", default="paper+contrastive",
+                          help="losses: paper (MEM+MLM+ETM), mem-only, paper+contrastive (default)")
+    pretrain.add_argument("--out", type=Path, required=True, help="run folder (log.jsonl, last.pt, encoder.pt)")
+    pretrain.add_argument("--epochs", type=int, default=10)
+    pretrain.add_argument("--batch-size", type=int, default=32)
+    pretrain.add_argument("--lr", type=float, default=3e-4)
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--text-model", default="", help="local BERT folder (default: bundled all-MiniLM-L6-v2)")
+    pretrain.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    pretrain.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (smoke runs)")
+
     client = sub.add_parser("client", help="call a running server")
     csub = client.add_subparsers(dest="client_command", required=True)
 
@@ -241,6 +257,25 @@ def run_qa_generate(args: argparse.Namespace) -> None:
     print(json.dumps(summary, indent=2))
 
 
+def run_pretrain(args: argparse.Namespace) -> None:
+    from ecgregen.encoder import CONFIGS
+    from ecgregen.pretrain.model import RECIPES
+    from ecgregen.pretrain.train import TrainSettings, pretrain
+
+    if args.config not in CONFIGS or args.recipe not in RECIPES:
+        raise SystemExit(f"--config is one of {', '.join(CONFIGS)}; --recipe one of {', '.join(RECIPES)}")
+    train, val = load_ptbxl(args.ptbxl, parse_folds(args.folds)), load_ptbxl(args.ptbxl, parse_folds(args.val_folds))
+    if len(train) < args.batch_size or len(val) < 2:
+        raise SystemExit(f"too few records: {len(train)} training (folds {args.folds}), {len(val)} validation")
+    settings = TrainSettings(
+        encoder=args.config, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        seed=args.seed, text_model=args.text_model,
+    )
+    summary = pretrain(train, val, args.out, settings, resume=args.resume, max_steps=args.max_steps)
+    if summary:
+        print(json.dumps(summary, indent=2))
+
+
 def run_client(args: argparse.Namespace) -> None:
     from ecgregen import client
 
@@ -299,6 +334,8 @@ def main(argv: list[str] | None = None) -> None:
             run_evaluate(args)
         elif args.command == "qa-generate":
             run_qa_generate(args)
+        elif args.command == "pretrain":
+            run_pretrain(args)
         else:
             run_client(args)
     except (ClientError, StoreError, FileNotFoundError, ValueError) as exc:

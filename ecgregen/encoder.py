@@ -75,17 +75,27 @@ class EcgEncoder(nn.Module):
     def downsample(self) -> int:
         return 2 ** self.config.conv_layers
 
-    def tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """Contextualised ECG tokens (batch, samples // 16, dim); pre-training heads work on these."""
-        h = self.patch_embed(x).transpose(1, 2)
-        h = self.project(self.patch_norm(h))
+    def patches(self, x: torch.Tensor) -> torch.Tensor:
+        """Patch embeddings (batch, samples // 16, dim) before any context: where pre-training masks tokens."""
+        return self.project(self.patch_norm(self.patch_embed(x).transpose(1, 2)))
+
+    def contextualize(self, h: torch.Tensor) -> torch.Tensor:
+        """Positional encoding + transformer over patch embeddings."""
         pos = self.pos_conv(h.transpose(1, 2))[..., : h.shape[1]]
         h = h + nn.functional.gelu(pos).transpose(1, 2)
         return self.final_norm(self.transformer(h))
 
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """Contextualised ECG tokens (batch, samples // 16, dim); pre-training heads work on these."""
+        return self.contextualize(self.patches(x))
+
+    @staticmethod
+    def pool(tokens: torch.Tensor) -> torch.Tensor:
+        """Global max pooling over tokens, L2-normalised: the embedding that is indexed and searched."""
+        return nn.functional.normalize(tokens.max(dim=1).values, dim=-1)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.tokens(x).max(dim=1).values
-        return nn.functional.normalize(pooled, dim=-1)
+        return self.pool(self.tokens(x))
 
 
 @dataclass(frozen=True)
@@ -145,9 +155,15 @@ def load_checkpoint(path: str | Path) -> EncoderBundle:
     return EncoderBundle(model, preprocess, str(payload["encoder_id"]))
 
 
+# The pre-trained encoder shipped with the package (see ecgregen/models/MODEL_CARD.md); the served default.
+SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "models" / "encoder-small.pt"
+
+
 def load_encoder(checkpoint: str | Path | None) -> EncoderBundle:
-    """The checkpoint if given, else the seeded random default."""
-    return load_checkpoint(checkpoint) if checkpoint else random_encoder()
+    """The given checkpoint; else the shipped pre-trained one; else (no file shipped) the seeded random encoder."""
+    if checkpoint:
+        return load_checkpoint(checkpoint)
+    return load_checkpoint(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.exists() else random_encoder()
 
 
 class InProcessEncoder:

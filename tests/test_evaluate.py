@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import wfdb
 
+from ecgregen.encoder import load_encoder
 from ecgregen.evaluate.corpus import open_eval_index
 from ecgregen.evaluate.report import retrieve_top1
 from ecgregen.preprocess import resample
@@ -87,7 +88,7 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
               "--plot", str(tmp_path / "a.png"))
     result = json.loads((tmp_path / "a.json").read_text())
     assert result["n"] == 12 and result["index_folds"] == list(range(1, 9)) and result["test_folds"] == [9]
-    assert result["encoder"].startswith("small-random-seed0-") and "MiniLM" in result["bertscore_model"]
+    assert result["encoder"] == load_encoder(None).encoder_id and "MiniLM" in result["bertscore_model"]
     assert set(result["methods"]) == {"retrieval", "random", "common", "raw_knn"}
     for scores in result["methods"].values():
         assert set(scores) >= METRICS
