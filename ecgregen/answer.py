@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ecgregen.records import DEMO_PTBXL
 from ecgregen.store import Hit
 
 VERIFY_OPTIONS = frozenset({"yes", "no", "not sure"})
@@ -191,4 +192,4 @@ class LabelVoteAnswerer:
 
 def default_scp_statements() -> Path:
     """The scp_statements.csv shipped with the demo corpus (the PTB-XL one)."""
-    return Path(__file__).parent / "demo_corpus" / "ptbxl" / "scp_statements.csv"
+    return DEMO_PTBXL / "scp_statements.csv"

@@ -12,10 +12,9 @@ import logging
 import sys
 from pathlib import Path
 
-from ecgregen.records import PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
+from ecgregen.records import DEMO_PTBXL, PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
 
 DEFAULT_SERVER = "127.0.0.1:50051"
-DEMO_PTBXL = Path(__file__).resolve().parent / "demo_corpus" / "ptbxl"
 
 
 def _add_store_flags(p: argparse.ArgumentParser) -> None:
@@ -25,7 +24,7 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
         help="Qdrant server/cluster (http://host:6333) instead of the embedded store; "
         "':memory:' or 'local:PATH' use qdrant-client's local mode",
     )
-    p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: seeded random encoder)")
+    p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: the shipped pre-trained encoder)")
 
 
 def build_parser() -> argparse.ArgumentParser:

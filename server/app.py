@@ -9,22 +9,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from ecgregen.indexer.build import LocalSink, index_records
+from ecgregen.server.service import EcgReGenService
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
 from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
-from ecgregen.records import load_ptbxl
+from ecgregen.records import DEMO_PTBXL, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.indexer.build import LocalSink, index_records
-from ecgregen.server.service import EcgReGenService
 
 log = logging.getLogger("ecgregen.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
-DEMO_CORPUS = Path(__file__).resolve().parent.parent / "ecgregen" / "demo_corpus" / "ptbxl"
 DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 5-minute 12-lead ECG at 1 kHz as float32 is ~15 MB
 
@@ -44,8 +43,8 @@ class ServeSettings:
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
     """First start on an empty store: index the shipped demo corpus so the service answers at once."""
-    records = load_ptbxl(DEMO_CORPUS, DEMO_FOLDS)
-    log.info("empty corpus: indexing the %d-record demo corpus (%s)", len(records), DEMO_CORPUS)
+    records = load_ptbxl(DEMO_PTBXL, DEMO_FOLDS)
+    log.info("empty corpus: indexing the %d-record demo corpus (%s)", len(records), DEMO_PTBXL)
     report = index_records(records, LocalSink(pipeline), description="demo index")
     log.info("demo corpus indexed: %s", report.summary())
 

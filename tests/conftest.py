@@ -21,11 +21,10 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 
 REPO = Path(__file__).resolve().parent.parent
-DEMO_PTBXL = REPO / "ecgregen" / "demo_corpus" / "ptbxl"
 SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl"
 ECGREGEN = [str(Path(sys.executable).parent / "ecgregen")]  # the installed console script
 

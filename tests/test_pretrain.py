@@ -17,9 +17,9 @@ import torch
 
 from ecgregen.ecg import STANDARD_LEADS, ecg_from_array
 from ecgregen.encoder import InProcessEncoder, load_checkpoint, load_encoder
+from ecgregen.preprocess import PreprocessConfig, preprocess, resample
 from ecgregen.pretrain.model import RECIPES, patch_targets, random_mask
 from ecgregen.pretrain.train import EcgReportDataset, TrainSettings, build_model, collate, save_serving
-from ecgregen.preprocess import PreprocessConfig, preprocess, resample
 from ecgregen.records import load_ptbxl
 from tests.conftest import DEMO_PTBXL
 from tests.test_cli import run

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
 from ecgregen.encoder import CONFIGS, EncoderBundle, save_checkpoint, weights_digest
-from ecgregen.pretrain.model import RECIPES, PretrainModel
 from ecgregen.preprocess import PreprocessConfig, preprocess
+from ecgregen.pretrain.model import RECIPES, PretrainModel
 from ecgregen.records import EcgRecord
 
 
@@ -134,8 +134,9 @@ def embed(model: PretrainModel, signals: Sequence[np.ndarray], device: torch.dev
 def retrieval_metrics(model: PretrainModel, train: EcgReportDataset, val: EcgReportDataset,
                       train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord], device: torch.device) -> dict:
     """Top-1 retrieval of val queries over the train index (own patient excluded): SCP micro-F1 and BLEU-4."""
-    from ecgregen.evaluate.text_metrics import scp_f1, tokenize
     from pycocoevalcap.bleu.bleu import Bleu
+
+    from ecgregen.evaluate.text_metrics import scp_f1, tokenize
 
     index, queries = embed(model, train.signals, device), embed(model, val.signals, device)
     scores = queries @ index.T
