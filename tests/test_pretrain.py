@@ -134,3 +134,13 @@ def test_pretrain_under_torchrun_with_gloo(tmp_path: Path) -> None:
     assert len(log) == 1 and log[0]["step"] == 1  # rank 0 alone logs
     assert set(log[0]["train"]) == {"mem", "mlm", "etm", "contrastive"}
     shutil.rmtree(tmp_path / "ddp")
+
+
+def test_pretraining_is_reproducible_for_a_seed(tmp_path: Path) -> None:
+    """Same data, seed and settings -> the same weights (the encoder id carries a digest of them)."""
+    ids = []
+    for name in ("a", "b"):
+        run("pretrain", "--ptbxl", str(DEMO_PTBXL), "--folds", "1", "--val-folds", "9", "--recipe", "mem-only",
+            "--batch-size", "16", "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / name))
+        ids.append(load_checkpoint(tmp_path / name / "encoder.pt").encoder_id)
+    assert ids[0] == ids[1]

@@ -58,7 +58,7 @@ class EcgReportDataset(Dataset):
     """Preprocessed signals (computed once) and tokenised reports."""
 
     def __init__(self, records: Sequence[EcgRecord], tokenizer, preprocess_config: PreprocessConfig,  # noqa: ANN001
-                 max_tokens: int, augment: bool) -> None:
+                 max_tokens: int, augment: bool, seed: int = 0) -> None:
         self.signals = [preprocess(r.load_ecg(), preprocess_config).signal for r in tqdm(records, desc="preprocess", unit="ecg")]
         self.reports = [r.report for r in records]
         encoded = tokenizer(self.reports, truncation=True, max_length=max_tokens, padding="max_length", return_tensors="pt")
@@ -66,6 +66,7 @@ class EcgReportDataset(Dataset):
         report_index = {text: i for i, text in enumerate(dict.fromkeys(self.reports))}
         self.report_ids = torch.tensor([report_index[t] for t in self.reports])
         self.augment = augment
+        self.rng = np.random.default_rng(seed)  # seeded: a run's augmentations repeat exactly (with num_workers=0)
 
     def __len__(self) -> int:
         return len(self.signals)
@@ -73,7 +74,7 @@ class EcgReportDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.signals[i].copy()
         if self.augment:
-            x = augment(x, np.random.default_rng())
+            x = augment(x, self.rng)
         return torch.from_numpy(x), self.ids[i], self.attention[i], self.report_ids[i]
 
 
@@ -167,7 +168,8 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
     model.to(device)
     pre_config = PreprocessConfig()
     recipe = RECIPES[settings.recipe]
-    train_set = EcgReportDataset(train_records, tokenizer, pre_config, recipe.max_text_tokens, settings.augment)
+    train_set = EcgReportDataset(train_records, tokenizer, pre_config, recipe.max_text_tokens, settings.augment,
+                                 seed=settings.seed + rank)
     val_set = EcgReportDataset(val_records, tokenizer, pre_config, recipe.max_text_tokens, augment=False)
     sampler = DistributedSampler(train_set, seed=settings.seed) if distributed else None
     loader = DataLoader(train_set, batch_size=settings.batch_size, shuffle=sampler is None, sampler=sampler,
@@ -187,6 +189,7 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
         scheduler.load_state_dict(state["scheduler"])
         start_epoch, step, best = state["epoch"], state["step"], state["best"]
         torch.set_rng_state(state["torch_rng"])
+        train_set.rng = np.random.default_rng([settings.seed + rank, start_epoch])
     train_model = DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
     generator = torch.Generator().manual_seed(settings.seed + rank + 1000 * start_epoch)
     started = time.perf_counter()
