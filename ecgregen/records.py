@@ -136,12 +136,6 @@ def load_ptbxl(root: str | Path, folds: Iterable[int] | None = None, *, prefer: 
     return records
 
 
-def scp_statements(root: str | Path) -> dict[str, str]:
-    """SCP code -> description from a PTB-XL-layout folder's ``scp_statements.csv``."""
-    df = pd.read_csv(Path(root) / "scp_statements.csv", index_col=0)
-    return {str(code): str(desc) for code, desc in df["description"].items()}
-
-
 MIMIC_SOURCE = "mimic-iv-ecg"
 
 

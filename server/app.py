@@ -9,15 +9,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from ecgregen.indexer.build import LocalSink, index_records
-from ecgregen.server.service import EcgReGenService
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
+from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from ecgregen.server.service import EcgReGenService
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 

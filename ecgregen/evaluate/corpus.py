@@ -13,7 +13,7 @@ from pathlib import Path
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import EcgRecord
-from ecgregen.store import StoreMismatchError
+from ecgregen.store import Hit, SearchFilter, StoreMismatchError
 
 DEFAULT_EVAL_DIR = Path("./var/eval")
 
@@ -39,3 +39,13 @@ def open_eval_index(
         pipeline.store.close()
         raise
     return pipeline
+
+
+def neighbours_excluding_patient(pipeline: RetrievalPipeline, record: EcgRecord, k: int) -> list[Hit]:
+    """Exact top-k of `record` with its own patient left out: the folds may overlap, and a patient's other ECGs
+    (or the ECG itself) would leak the answer. A leak despite the filter raises rather than inflate the scores."""
+    filt = SearchFilter(exclude_patient_id=record.patient_id) if record.patient_id else None
+    hits = pipeline.search(record.load_ecg(), k, filt, exact=True).hits
+    if record.patient_id and any(h.patient_id == record.patient_id for h in hits):
+        raise RuntimeError(f"ECG {record.ecg_id}: a neighbour is the query's own patient {record.patient_id}")
+    return hits

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
 from ecgregen.evaluate.ecgqa import (
     PtbxlMetadata,
     UnsupportedTemplate,
@@ -28,7 +28,7 @@ from ecgregen.evaluate.ecgqa import (
     question_lead,
 )
 from ecgregen.records import load_ptbxl
-from ecgregen.store import Hit, SearchFilter
+from ecgregen.store import Hit
 
 SINGLE_TYPES = ("single-verify", "single-choose", "single-query")
 
@@ -85,15 +85,10 @@ def evaluate_qa(
         for q in tqdm(questions, desc="questions", unit="q", disable=not progress, dynamic_ncols=True):
             ecg_id = str(q["ecg_id"][0])
             if ecg_id not in neighbours:
-                record = with_signal[ecg_id]
-                filt = SearchFilter(exclude_patient_id=record.patient_id) if record.patient_id else None
-                neighbours[ecg_id] = pipeline.search(record.load_ecg(), k, filt, exact=True).hits
+                neighbours[ecg_id] = neighbours_excluding_patient(pipeline, with_signal[ecg_id], k)
         results = []
         for q in questions:
             hits = neighbours[str(q["ecg_id"][0])]
-            own_patient = with_signal[str(q["ecg_id"][0])].patient_id
-            if any(h.patient_id == own_patient for h in hits if own_patient):
-                raise RuntimeError(f"question {q['question_id']}: a neighbour is the question's own patient")
             lead = question_lead(q["question"]) if needs_lead(q["template_id"]) else None
             try:
                 predicted = vote([

@@ -19,12 +19,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
 from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, score_reports
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
-from ecgregen.store import SearchFilter
 
 METHODS = ("retrieval", "random", "common", "raw_knn")
 RAW_KNN_DECIMATION = 4  # 100 Hz -> 25 Hz: keeps the waveform's shape, 3,000 numbers per ECG
@@ -49,9 +48,7 @@ class Prediction:
 def retrieve_top1(pipeline: RetrievalPipeline, queries: Sequence[EcgRecord], progress: bool = True) -> list[Prediction]:
     predictions = []
     for record in tqdm(queries, desc="retrieval", unit="ecg", disable=not progress, dynamic_ncols=True):
-        filt = SearchFilter(exclude_patient_id=record.patient_id) if record.patient_id else None
-        hits = pipeline.search(record.load_ecg(), 1, filt, exact=True).hits
-        top = hits[0]
+        top = neighbours_excluding_patient(pipeline, record, 1)[0]
         predictions.append(Prediction(top.report, frozenset(top.scp_codes), top.ecg_id, top.patient_id))
     return predictions
 
@@ -125,11 +122,10 @@ def evaluate_reports(
     finally:
         pipeline.store.close()
     leaks = [
-        (q.ecg_id, p.ecg_id) for method in ("retrieval", "raw_knn") for q, p in zip(queries, predictions[method])
-        if q.patient_id and p.patient_id == q.patient_id
+        (q.ecg_id, p.ecg_id) for q, p in zip(queries, predictions["raw_knn"]) if q.patient_id and p.patient_id == q.patient_id
     ]
-    if leaks:  # the filter makes this impossible; a leak would silently inflate every score
-        raise RuntimeError(f"retrieved the query's own patient: {leaks[:5]}")
+    if leaks:  # raw_knn masks the patient itself (retrieval is checked by neighbours_excluding_patient)
+        raise RuntimeError(f"raw kNN retrieved the query's own patient: {leaks[:5]}")
     references = [q.report for q in queries]
     has_codes = any(q.scp_codes for q in queries)
     true_codes = [frozenset(q.scp_codes) for q in queries] if has_codes else None
