@@ -60,8 +60,9 @@ class Answer:
 class LabelVocabulary:
     """Phrase -> SCP codes, built from a PTB-XL ``scp_statements.csv``."""
 
-    def __init__(self, phrases: dict[str, frozenset[str]]) -> None:
+    def __init__(self, phrases: dict[str, frozenset[str]], descriptions: dict[str, str] | None = None) -> None:
         self.phrases = phrases
+        self.descriptions = descriptions or {}  # code -> PTB-XL's wording, for showing labels to an LLM
         # Longest first, so "myocardial infarction in inferior leads" wins over "myocardial infarction".
         self._ordered = sorted(phrases, key=len, reverse=True)
 
@@ -69,6 +70,7 @@ class LabelVocabulary:
     def from_scp_statements(cls, path: str | Path) -> LabelVocabulary:
         df = pd.read_csv(path, index_col=0)
         phrases: dict[str, set[str]] = {}
+        descriptions = {str(code): str(text) for code, text in df["description"].items()}
 
         def add(phrase: str, code: str) -> None:
             phrases.setdefault(normalise(phrase), set()).add(code)
@@ -91,7 +93,7 @@ class LabelVocabulary:
                 for phrase, flag in _GROUP_PHRASES.items():
                     if flag is None or row.get(flag) == 1:
                         add(phrase, code)
-        return cls({p: frozenset(c) for p, c in phrases.items()})
+        return cls({p: frozenset(c) for p, c in phrases.items()}, descriptions)
 
     def find(self, text: str) -> list[tuple[str, frozenset[str]]]:
         """Statements named in `text`, each once, longest phrases first and not overlapping."""

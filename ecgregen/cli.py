@@ -1,4 +1,5 @@
-"""The `ecgregen` command: serve, index, evaluate {report, qa}, qa-generate, client {report, ask, insert, delete, stats}.
+"""The `ecgregen` command: serve, index, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert,
+delete, stats, info}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """
@@ -12,6 +13,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ecgregen.llm.stage import add_llm_flags, llm_config_from_args
 from ecgregen.records import DEMO_PTBXL, PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -39,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (loopback by default)")
     serve.add_argument("--no-demo", action="store_true", help="do not index the demo corpus into an empty store")
     _add_store_flags(serve)
+    add_llm_flags(serve)
 
     index = sub.add_parser("index", help="embed records and upsert them into the corpus")
     index.add_argument("files", nargs="*", help="WFDB record paths (without extension)")
@@ -71,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev_qa.add_argument("--answerer", default="labels", choices=["labels", "llm"])
     ev_qa.add_argument("--k", type=int, default=3)
     ev_qa.add_argument("--limit", type=int, help="at most N questions")
+    add_llm_flags(ev_qa)
     for p in (ev_report, ev_qa):
         p.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
         p.add_argument("--data-dir", type=Path, default=Path("./var/eval"), help="where the cached evaluation index lives")
@@ -117,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--k", type=int, default=3)
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
     report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
+    report.add_argument("--refine", action="store_true",
+                        help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
     report.add_argument("--ptbxl", type=Path, action="append", default=[],
                         help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot (the demo corpus is always looked in)")
 
@@ -126,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--options", default="", help="allowed answers, comma-separated (e.g. yes,no,not sure)")
     ask.add_argument("--answerer", default="labels", choices=["labels", "llm"])
     ask.add_argument("--k", type=int, default=3)
+    ask.add_argument("--question-type", default="", choices=["", "single-verify", "single-choose", "single-query"],
+                     help="ECG-QA question type (default: inferred from the options and wording)")
 
     insert = client_parser("insert", "insert WFDB records with their report and labels")
     insert.add_argument("records", nargs="+")
@@ -140,6 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     delete.add_argument("--source", default="custom")
 
     client_parser("stats", "corpus statistics")
+    client_parser("info", "server version, encoder and LLM state")
     return parser
 
 
@@ -280,7 +289,15 @@ def run_client(args: argparse.Namespace) -> None:
 
     cmd = args.client_command
     if cmd == "report":
-        result, ecg = client.report(args.server, args.record, args.k, args.exclude_patient)
+        streaming = args.refine and not args.json
+        if streaming:
+            print("Refining: ", end="", flush=True)
+        result, ecg = client.report(
+            args.server, args.record, args.k, args.exclude_patient, refine=args.refine,
+            on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None,
+        )
+        if streaming:
+            print("\n")
         if args.plot:
             folders = [*args.ptbxl, DEMO_PTBXL]
             neighbours = [_find_signal(n["ecg_id"], folders) if n["source"] == PTBXL_SOURCE else None
@@ -291,7 +308,7 @@ def run_client(args: argparse.Namespace) -> None:
             print(f"plot written to {args.plot}")
     elif cmd == "ask":
         options = [o.strip() for o in args.options.split(",") if o.strip()]
-        result = client.ask(args.server, args.record, args.question, options, args.answerer, args.k)
+        result = client.ask(args.server, args.record, args.question, options, args.answerer, args.k, args.question_type)
         print(client.dumps(result) if args.json else client.format_answer(result))
     elif cmd == "insert":
         result = client.insert(
@@ -304,8 +321,8 @@ def run_client(args: argparse.Namespace) -> None:
     elif cmd == "delete":
         result = client.delete(args.server, args.ecg_ids, args.source)
         print(client.dumps(result) if args.json else f"deleted {result['deleted']}")
-    elif cmd == "stats":
-        result = client.stats(args.server)
+    elif cmd in ("stats", "info"):
+        result = client.stats(args.server) if cmd == "stats" else client.info(args.server)
         print(client.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
 
 
@@ -324,7 +341,7 @@ def main(argv: list[str] | None = None) -> None:
             settings = ServeSettings(
                 host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
-                seed_demo=not args.no_demo,
+                seed_demo=not args.no_demo, llm=llm_config_from_args(args),
             )
             asyncio.run(serve(settings))
         elif args.command == "index":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,17 +65,11 @@ def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
     return {
         "preprocess": round(latency.preprocess_ms, 3), "encode": round(latency.encode_ms, 3),
         "search": round(latency.search_ms, 3), "answer": round(latency.answer_ms, 3),
-        "total": round(latency.total_ms, 3),
+        "llm": round(latency.llm_ms, 3), "total": round(latency.total_ms, 3),
     }
 
 
-def report(address: str, record: str, k: int, exclude_patient: str | None = None) -> tuple[dict, Ecg]:
-    ecg_msg, raw = record_proto(record)
-    request = pb.GenerateReportRequest(
-        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or "")
-    )
-    with Connection(address) as stub:
-        response = call(stub.GenerateReport, request, DEFAULT_TIMEOUT_S)
+def report_dict(response: pb.GenerateReportResponse) -> dict:
     result = {
         "report": response.report,
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
@@ -83,12 +77,46 @@ def report(address: str, record: str, k: int, exclude_patient: str | None = None
         "warnings": list(response.warnings),
         "encoder_id": response.encoder_id,
     }
+    if response.llm_model or response.fallback_reason:  # refinement was asked for
+        result.update(retrieved_report=response.retrieved_report, refined=response.refined,
+                      fallback_reason=response.fallback_reason, llm_model=response.llm_model)
+    return result
+
+
+def report(
+    address: str, record: str, k: int, exclude_patient: str | None = None, *, refine: bool = False,
+    on_delta: Callable[[str], None] | None = None,
+) -> tuple[dict, Ecg]:
+    """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives."""
+    ecg_msg, raw = record_proto(record)
+    request = pb.GenerateReportRequest(
+        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine
+    )
+    with Connection(address) as stub:
+        if not refine:
+            response = call(stub.GenerateReport, request, DEFAULT_TIMEOUT_S)
+        else:
+            response = None
+            try:
+                for event in stub.GenerateReportStream(request, timeout=DEFAULT_TIMEOUT_S):
+                    if event.HasField("delta") and on_delta:
+                        on_delta(event.delta)
+                    elif event.HasField("done"):
+                        response = event.done
+            except grpc.RpcError as exc:
+                raise ClientError(f"{exc.code().name}: {exc.details()}") from None
+            if response is None:
+                raise ClientError("the server closed the report stream without a final result")
     # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.
-    return result, ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units)
+    return report_dict(response), ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units)
 
 
-def ask(address: str, record: str, question: str, options: Sequence[str], answerer: str, k: int) -> dict:
-    request = pb.AnswerQuestionRequest(ecg=record_proto(record)[0], question=question, options=options, answerer=answerer, k=k)
+def ask(address: str, record: str, question: str, options: Sequence[str], answerer: str, k: int,
+        question_type: str = "") -> dict:
+    request = pb.AnswerQuestionRequest(
+        ecg=record_proto(record)[0], question=question, options=options, answerer=answerer, k=k,
+        question_type=question_type,
+    )
     with Connection(address) as stub:
         response = call(stub.AnswerQuestion, request, DEFAULT_TIMEOUT_S)
     return {
@@ -98,6 +126,8 @@ def ask(address: str, record: str, question: str, options: Sequence[str], answer
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
         "latency_ms": latency_dict(response.latency),
         "warnings": list(response.warnings),
+        "fallback_reason": response.fallback_reason,
+        "llm_model": response.llm_model,
     }
 
 
@@ -139,6 +169,16 @@ def stats(address: str) -> dict:
     }
 
 
+def info(address: str) -> dict:
+    with Connection(address) as stub:
+        i = call(stub.GetServerInfo, pb.GetServerInfoRequest(), DEFAULT_TIMEOUT_S)
+    return {
+        "version": i.version, "encoder_id": i.encoder_id,
+        "llm": {"enabled": i.llm.enabled, "model": i.llm.model, "endpoint": i.llm.endpoint, "circuit": i.llm.circuit,
+                "detail": i.llm.detail},
+    }
+
+
 def format_neighbours(neighbours: list[dict]) -> str:
     lines = []
     for rank, n in enumerate(neighbours, 1):
@@ -153,12 +193,20 @@ def _with_warnings(text: str, warnings: list[str]) -> str:
 
 
 def format_report(result: dict) -> str:
-    text = f"Report: {result['report']}\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
+    text = f"Report: {result['report']}"
+    if result.get("refined"):
+        text += f"\n(refined by {result['llm_model']}; retrieved report: {result['retrieved_report']})"
+    elif result.get("fallback_reason"):
+        text += f"\n(not refined: {result['fallback_reason']}; this is the retrieved report)"
+    text += f"\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(f"{text}\n\nLatency (ms): {result['latency_ms']}", result["warnings"])
 
 
 def format_answer(result: dict) -> str:
-    text = f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}]"
+    text = f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}"
+    text += f", {result['llm_model']}]" if result["answerer"] == "llm" else "]"
+    if result["fallback_reason"]:
+        text += f"\n(LLM answer unusable: {result['fallback_reason']}; retrieval-only answer given)"
     text += f"\nWhy: {result['rationale']}\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(text, result["warnings"])
 

@@ -32,7 +32,7 @@ RPC_LATENCY = Histogram(
 )
 STAGE_LATENCY = Histogram(
     "ecgregen_stage_duration_seconds",
-    "Time spent in one pipeline stage (preprocess, encode, search, answer, upsert).",
+    "Time spent in one pipeline stage (preprocess, encode, search, answer, llm, upsert).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -44,6 +44,30 @@ RECORDS_WRITTEN = Counter(
     registry=REGISTRY,
 )
 CORPUS_POINTS = Gauge("ecgregen_corpus_points", "Records in the corpus.", registry=REGISTRY)
+LLM_CALLS = Counter(
+    "ecgregen_llm_requests_total",
+    "Attempts to call the LLM endpoint by outcome (ok, timeout, connection, rate_limited, server_error, rejected, "
+    "busy, circuit_open).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+LLM_TOKENS = Counter(
+    "ecgregen_llm_tokens_total", "Tokens sent to (prompt) and received from (completion) the LLM.", ["direction"],
+    registry=REGISTRY,
+)
+LLM_FALLBACKS = Counter(
+    "ecgregen_llm_fallbacks_total",
+    "LLM answers replaced by the retrieval-only answer, by reason (endpoint failure or unusable reply).",
+    ["reason"],
+    registry=REGISTRY,
+)
+LLM_BREAKER_OPEN = Gauge(
+    "ecgregen_llm_circuit_open", "1 while the LLM circuit breaker is open (endpoint not called).", registry=REGISTRY
+)
+DEPENDENCY_UP = Gauge(
+    "ecgregen_dependency_up", "1 if the last call to the dependency succeeded, 0 if it failed.", ["dependency"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("ecgregen_build", "Version and encoder of this server.", registry=REGISTRY)
 
 

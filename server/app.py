@@ -1,4 +1,5 @@
-"""Start-up and shutdown of the gRPC server: encoder + store + pipeline, demo seeding, health, reflection, metrics."""
+"""Start-up and shutdown of the gRPC server: encoder + store + pipeline, LLM stage, demo seeding, health, reflection,
+metrics."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
 from ecgregen.indexer.build import LocalSink, index_records
+from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
@@ -24,6 +26,7 @@ from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 log = logging.getLogger("ecgregen.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
+LLM_HEALTH_NAME = "ecgregen.v1.llm"  # SERVING when the LLM stage is up; NOT_SERVING when retrieval-only
 DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 5-minute 12-lead ECG at 1 kHz as float32 is ~15 MB
 
@@ -39,6 +42,7 @@ class ServeSettings:
     checkpoint: Path | None = None
     seed_demo: bool = True
     shutdown_grace_s: float = 10.0
+    llm: LlmConfig = LlmConfig()
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -51,6 +55,7 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 
 async def serve(settings: ServeSettings) -> None:
     pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
+    llm: LlmStage | None = None
     try:
         server = grpc.aio.server(
             options=[
@@ -58,7 +63,8 @@ async def serve(settings: ServeSettings) -> None:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline), server)
+        llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
+        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline, llm), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -82,6 +88,13 @@ async def serve(settings: ServeSettings) -> None:
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(
+            LLM_HEALTH_NAME,
+            health_pb2.HealthCheckResponse.SERVING if llm.answerer else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        log.info(
+            "LLM: %s", f"{llm.model} at {llm.endpoint}" if llm.answerer else f"none, retrieval-only ({llm.detail})"
+        )
         log.info(
             "serving ecgregen.v1 on %s (metrics http://%s:%d/metrics), %d records, encoder %s, store %s",
             address, settings.metrics_host, settings.metrics_port, pipeline.store.count(),
@@ -97,5 +110,7 @@ async def serve(settings: ServeSettings) -> None:
         await health_servicer.enter_graceful_shutdown()
         await server.stop(settings.shutdown_grace_s)
     finally:
+        if llm is not None:
+            await llm.close()
         pipeline.store.close()
         log.info("store closed")

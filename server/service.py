@@ -8,16 +8,24 @@ one place, :func:`rpc`, which also records the per-RPC metrics.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import grpc
 
+from ecgregen import __version__
 from ecgregen.ecg import Ecg, EcgInputError
-from ecgregen.metrics import RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS
+from ecgregen.llm.answerer import QaResult
+from ecgregen.llm.client import LlmUnavailable
+from ecgregen.llm.prompts import QUESTION_TYPES
+from ecgregen.llm.stage import LlmStage
+from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, stage_timer
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline
 from ecgregen.store import SearchFilter, StoreError
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -27,48 +35,67 @@ from ecgregen.wire import DEFAULT_SOURCE, ecg_from_proto, filter_from_proto, nei
 log = logging.getLogger("ecgregen.server")
 
 INSERT_BATCH = 64
-ANSWERERS = ("labels",)
+ANSWERERS = ("labels", "llm")
+MAX_QUESTION_CHARS = 2000
+MAX_OPTIONS = 100
+MAX_OPTION_CHARS = 200
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
 
-def rpc(handler: Handler) -> Handler:
+@contextlib.asynccontextmanager
+async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Time the call, count it by status code, and map domain errors to status codes.
 
     Bad input -> INVALID_ARGUMENT; empty corpus -> FAILED_PRECONDITION; store failures -> UNAVAILABLE;
     anything else -> INTERNAL with the details logged here and not leaked to the caller.
     """
+    start = time.perf_counter()
+    code = grpc.StatusCode.OK
+    try:
+        yield
+    except EcgInputError as exc:
+        code = grpc.StatusCode.INVALID_ARGUMENT
+        await context.abort(code, str(exc))
+    except EmptyCorpusError as exc:
+        code = grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(exc))
+    except StoreError as exc:
+        code = grpc.StatusCode.UNAVAILABLE
+        log.warning("%s: vector store error: %s", method, exc)
+        await context.abort(code, f"vector store unavailable: {exc}")
+    except (asyncio.CancelledError, GeneratorExit):
+        code = grpc.StatusCode.CANCELLED
+        raise
+    except grpc.aio.AbortError:
+        code = context.code() or grpc.StatusCode.UNKNOWN
+        raise
+    except Exception:
+        code = grpc.StatusCode.INTERNAL
+        log.exception("%s failed", method)
+        await context.abort(code, "internal error; see the server log")
+    finally:
+        RPC_REQUESTS.labels(method, code.name).inc()
+        RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
+
+
+def rpc(handler: Handler) -> Handler:
+    """Run a unary or server-streaming handler inside :func:`_call_scope`."""
     method = handler.__name__
+    if inspect.isasyncgenfunction(handler):
+
+        @functools.wraps(handler)
+        async def stream_wrapper(self: EcgReGenService, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            async with _call_scope(method, context):
+                async for item in handler(self, request, context):
+                    yield item
+
+        return stream_wrapper  # type: ignore[return-value]
 
     @functools.wraps(handler)
     async def wrapper(self: EcgReGenService, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        start = time.perf_counter()
-        code = grpc.StatusCode.OK
-        try:
+        async with _call_scope(method, context):
             return await handler(self, request, context)
-        except EcgInputError as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            await context.abort(code, str(exc))
-        except EmptyCorpusError as exc:
-            code = grpc.StatusCode.FAILED_PRECONDITION
-            await context.abort(code, str(exc))
-        except StoreError as exc:
-            code = grpc.StatusCode.UNAVAILABLE
-            log.warning("%s: vector store error: %s", method, exc)
-            await context.abort(code, f"vector store unavailable: {exc}")
-        except asyncio.CancelledError:
-            code = grpc.StatusCode.CANCELLED
-            raise
-        except grpc.aio.AbortError:
-            code = context.code() or grpc.StatusCode.UNKNOWN
-            raise
-        except Exception:
-            code = grpc.StatusCode.INTERNAL
-            log.exception("%s failed", method)
-            await context.abort(code, "internal error; see the server log")
-        finally:
-            RPC_REQUESTS.labels(method, code.name).inc()
-            RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
 
     return wrapper  # type: ignore[return-value]
 
@@ -85,7 +112,7 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     s = retrieval.seconds
     return pb.StageLatency(
         preprocess_ms=s.get("preprocess", 0.0) * 1e3, encode_ms=s.get("encode", 0.0) * 1e3,
-        search_ms=s.get("search", 0.0) * 1e3, answer_ms=s.get("answer", 0.0) * 1e3,
+        search_ms=s.get("search", 0.0) * 1e3, answer_ms=s.get("answer", 0.0) * 1e3, llm_ms=s.get("llm", 0.0) * 1e3,
         total_ms=(time.perf_counter() - start) * 1e3,
     )
 
@@ -97,20 +124,102 @@ def parse_query(request: Any, default_k: int) -> tuple[Ecg, int, SearchFilter | 
     return ecg_from_proto(request.ecg), check_k(request.k, default_k), filter_from_proto(request.filter)
 
 
+def check_question(request: pb.AnswerQuestionRequest) -> tuple[str, list[str], str]:
+    """Question, options and question type, bounded: the question reaches an LLM prompt."""
+    question = request.question.strip()
+    if not question:
+        raise EcgInputError("question is empty")
+    if len(question) > MAX_QUESTION_CHARS:
+        raise EcgInputError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS}")
+    options = [o.strip() for o in request.options if o.strip()]
+    if len(options) > MAX_OPTIONS or any(len(o) > MAX_OPTION_CHARS for o in options):
+        raise EcgInputError(f"at most {MAX_OPTIONS} options of at most {MAX_OPTION_CHARS} characters each")
+    if request.question_type and request.question_type not in QUESTION_TYPES:
+        raise EcgInputError(f"unknown question_type {request.question_type!r}; one of {', '.join(QUESTION_TYPES)}")
+    return question, options, request.question_type
+
+
+@dataclass
+class Refinement:
+    """Outcome of one refinement: the text received, or why the retrieved report stands."""
+
+    parts: list[str] = field(default_factory=list)
+    reason: str = ""
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts).strip()
+
+    def fail(self, reason: str, detail: str, retrieval: Retrieval) -> None:
+        self.reason = reason
+        LLM_FALLBACKS.labels(reason).inc()
+        retrieval.warnings.append(f"report not refined ({detail}); the retrieved report is returned")
+
+
 class EcgReGenService(pb_grpc.EcgReGenServicer):
-    def __init__(self, pipeline: RetrievalPipeline) -> None:
+    def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage) -> None:
         self.pipeline = pipeline
+        self.llm = llm
+
+    def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
+        retrieved = retrieval.hits[0].report if retrieval.hits else ""
+        fields.setdefault("report", retrieved)
+        return pb.GenerateReportResponse(
+            neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
+            warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=retrieved,
+            **fields,
+        )
+
+    async def _refine(self, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
+        """Deltas of the refined report as they come; `outcome` ends with the text or why there is none."""
+        if self.llm.answerer is None:
+            outcome.fail("llm_disabled", f"LLM {self.llm.detail}", retrieval)
+            return
+        if not retrieval.hits:
+            outcome.fail("no_neighbours", "no neighbours to refine", retrieval)
+            return
+        try:
+            with stage_timer("llm", retrieval.seconds):
+                async for delta in self.llm.answerer.refine(retrieval.hits):
+                    outcome.parts.append(delta)
+                    yield delta
+        except LlmUnavailable as exc:
+            outcome.fail(exc.reason, str(exc), retrieval)
+            return
+        if not outcome.text:
+            outcome.fail("empty", "the LLM returned no text", retrieval)
+
+    def _refined_fields(self, outcome: Refinement) -> dict[str, Any]:
+        fields: dict[str, Any] = {"fallback_reason": outcome.reason, "llm_model": self.llm.model}
+        if not outcome.reason:
+            fields.update(report=outcome.text, refined=True)
+        return fields
 
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
         ecg, k, filt = parse_query(request, default_k=3)
-        report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
-        return pb.GenerateReportResponse(
-            report=report, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
-            latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
-            encoder_id=self.pipeline.encoder.encoder_id,
-        )
+        _, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
+        if not request.refine:
+            return self._report_response(retrieval, start)
+        outcome = Refinement()
+        async for _ in self._refine(retrieval, outcome):
+            pass
+        return self._report_response(retrieval, start, **self._refined_fields(outcome))
+
+    @rpc
+    async def GenerateReportStream(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReportEvent]:
+        start = time.perf_counter()
+        ecg, k, filt = parse_query(request, default_k=3)
+        _, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
+        yield pb.ReportEvent(retrieval=self._report_response(retrieval, start))
+        fields: dict[str, Any] = {}
+        if request.refine:
+            outcome = Refinement()
+            async for delta in self._refine(retrieval, outcome):
+                yield pb.ReportEvent(delta=delta)
+            fields = self._refined_fields(outcome)
+        yield pb.ReportEvent(done=self._report_response(retrieval, start, **fields))
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -126,17 +235,25 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     async def AnswerQuestion(self, request: pb.AnswerQuestionRequest, context: grpc.aio.ServicerContext) -> pb.AnswerQuestionResponse:
         start = time.perf_counter()
         ecg, k, filt = parse_query(request, default_k=3)
-        if not request.question.strip():
-            raise EcgInputError("question is empty")
+        question, options, question_type = check_question(request)
         answerer = request.answerer or "labels"
         if answerer not in ANSWERERS:
             raise EcgInputError(f"unknown answerer {answerer!r}; available: {', '.join(ANSWERERS)}")
-        answer, retrieval = await asyncio.to_thread(
-            self.pipeline.answer, ecg, request.question, list(request.options), k, filt
-        )
+        if answerer == "labels":
+            answer, retrieval = await asyncio.to_thread(self.pipeline.answer, ecg, question, options, k, filt)
+            result = QaResult(answer.answer, "labels", answer.rationale)
+        elif self.llm.answerer is None:
+            answer, retrieval = await asyncio.to_thread(self.pipeline.answer, ecg, question, options, k, filt)
+            LLM_FALLBACKS.labels("llm_disabled").inc()
+            result = QaResult(answer.answer, "labels", f"LLM {self.llm.detail}; label vote: {answer.rationale}",
+                              fallback_reason="llm_disabled")
+        else:
+            retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt)
+            result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds)
         return pb.AnswerQuestionResponse(
-            answer=answer.answer, answerer=answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
-            rationale=answer.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
+            answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
+            rationale=result.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
+            fallback_reason=result.fallback_reason, llm_model=result.model,
         )
 
     @rpc
@@ -200,4 +317,13 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         return pb.CorpusStats(
             points=stats.points, indexed_vectors=stats.indexed_vectors, dim=stats.dim, encoder_id=stats.encoder_id,
             engine=stats.engine, status=stats.status,
+        )
+
+    @rpc
+    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        llm = self.llm
+        return pb.ServerInfo(
+            version=__version__, encoder_id=self.pipeline.encoder.encoder_id,
+            llm=pb.LlmInfo(enabled=llm.answerer is not None, model=llm.model, endpoint=llm.endpoint,
+                           circuit=llm.circuit(), detail=llm.detail),
         )

@@ -1,0 +1,128 @@
+"""The LLM stages: zero-shot QA over the top-k neighbours, and refinement of the top-1 report.
+
+The LLM never decides alone whether a request fails. A reply is parsed strictly and normalised onto the allowed
+options; anything unusable (endpoint down, circuit open, malformed JSON, an answer outside the options) falls
+back to the retrieval-only label vote, and the result says so (``fallback_reason``) and counts it in
+``ecgregen_llm_fallbacks_total``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from ecgregen.answer import LabelVoteAnswerer, normalise
+from ecgregen.llm.client import LlmClient, LlmUnavailable
+from ecgregen.llm.prompts import QUESTION_TYPES, infer_question_type, qa_answer_schema, qa_messages, refine_messages
+from ecgregen.metrics import LLM_FALLBACKS, stage_timer
+from ecgregen.store import Hit
+
+log = logging.getLogger("ecgregen.llm")
+
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+class UnusableAnswer(ValueError):
+    """The reply cannot be turned into allowed options; `reason` tags it for the fallback metric."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class QaResult:
+    answer: list[str]
+    answerer: str  # who produced the answer: "llm", or "labels" after a fallback
+    rationale: str
+    fallback_reason: str = ""  # empty when the requested answerer answered
+    model: str = ""
+
+
+def parse_answer(text: str, options: Sequence[str], question_type: str) -> list[str]:
+    """The options a reply names, in option order. Strict: one JSON object (a ```json fence is tolerated) with
+    an "answer" that is a string, a boolean (verify questions) or a list of them, each matching an option
+    after case and punctuation folding. With no options, any non-empty strings are taken as they are."""
+    body = text.strip()
+    fenced = _FENCE.match(body)
+    if fenced:
+        body = fenced.group(1)
+    try:
+        data = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise UnusableAnswer("malformed", f"reply is not JSON ({exc.msg}): {text[:120]!r}") from None
+    if not isinstance(data, dict) or "answer" not in data:
+        raise UnusableAnswer("malformed", f'reply has no "answer": {text[:120]!r}')
+    raw = data["answer"]
+    items = raw if isinstance(raw, list) else [raw]
+    allowed = {normalise(o): o for o in options}
+    chosen: list[str] = []
+    for item in items:
+        if isinstance(item, bool) and question_type == "single-verify":
+            item = "yes" if item else "no"
+        if not isinstance(item, str) or not item.strip():
+            raise UnusableAnswer("malformed", f"answer item {item!r} is not a non-empty string")
+        if not options:
+            value = item.strip()
+        elif normalise(item) in allowed:
+            value = allowed[normalise(item)]
+        else:
+            raise UnusableAnswer("out_of_options", f"{item!r} is not one of {list(options)}")
+        if value not in chosen:
+            chosen.append(value)
+    if not chosen:
+        raise UnusableAnswer("empty", "the answer list is empty")
+    if question_type == "single-verify" and len(chosen) > 1:
+        raise UnusableAnswer("out_of_options", f"a verify question takes one answer, got {chosen}")
+    order = {o: i for i, o in enumerate(options)}
+    return sorted(chosen, key=lambda o: order.get(o, len(order)))
+
+
+class LlmAnswerer:
+    """QA and refinement through an OpenAI-compatible endpoint, falling back to the label vote."""
+
+    name = "llm"
+
+    def __init__(self, client: LlmClient, fallback: LabelVoteAnswerer, descriptions: Mapping[str, str]) -> None:
+        self.client = client
+        self.fallback = fallback
+        self.descriptions = descriptions
+
+    async def answer(
+        self, question: str, options: Sequence[str], neighbours: Sequence[Hit], question_type: str = "",
+        seconds: dict[str, float] | None = None,
+    ) -> QaResult:
+        options = [o.strip() for o in options if o.strip()]
+        qtype = question_type or infer_question_type(question, options)
+        if qtype not in QUESTION_TYPES:
+            raise ValueError(f"unknown question type {qtype!r}; one of {', '.join(QUESTION_TYPES)}")
+        if not neighbours:
+            return self._fall_back("no_neighbours", "no neighbours to show the LLM", question, options, neighbours)
+        messages = qa_messages(question, options, qtype, neighbours, self.descriptions)
+        try:
+            with stage_timer("llm", seconds):
+                completion = await self.client.complete(messages, qa_answer_schema(options, qtype))
+            chosen = parse_answer(completion.text, options, qtype)
+        except (LlmUnavailable, UnusableAnswer) as exc:
+            return self._fall_back(exc.reason, str(exc), question, options, neighbours)
+        return QaResult(
+            chosen, self.name, f"{self.client.model} ({qtype}, top-{len(neighbours)} reports and diagnoses) "
+            f"replied {completion.text.strip()[:200]}", model=self.client.model,
+        )
+
+    def _fall_back(self, reason: str, detail: str, question: str, options: list[str], neighbours: Sequence[Hit]) -> QaResult:
+        LLM_FALLBACKS.labels(reason).inc()
+        log.info("LLM answer unusable (%s); answering from labels", detail)
+        labels = self.fallback.answer(question, options, neighbours)
+        return QaResult(
+            labels.answer, self.fallback.name, f"LLM unusable ({detail}); label vote: {labels.rationale}",
+            fallback_reason=reason, model=self.client.model,
+        )
+
+    async def refine(self, neighbours: Sequence[Hit]) -> AsyncIterator[str]:
+        """Deltas of the top-1 report rewritten against the top-k evidence (raises LlmUnavailable)."""
+        async for delta in self.client.stream(refine_messages(neighbours, self.descriptions)):
+            yield delta
