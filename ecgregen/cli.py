@@ -244,6 +244,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         result = evaluate_qa(
             args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
             limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+            llm=llm_config_from_args(args),
         )
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2))
@@ -331,6 +332,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for noisy in ("httpx", "httpx2"):  # one INFO line per LLM request otherwise
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     from ecgregen.client import ClientError
     from ecgregen.store import StoreError
 

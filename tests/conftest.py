@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
+from tests.scripted_llm import ScriptedLlm
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl"
@@ -59,14 +60,14 @@ class ServerProcess:
             raise
 
 
-def start_server(tmp: Path, *extra: str, timeout_s: float = 120.0) -> ServerProcess:
+def start_server(tmp: Path, *extra: str, timeout_s: float = 120.0, env: dict[str, str] | None = None) -> ServerProcess:
     """Start a server and wait until gRPC health says SERVING (fails with the server's log if it does not)."""
     port, metrics_port = free_port(), free_port()
     log_path = tmp / "server.log"
     process = subprocess.Popen(
         [*ECGREGEN, "serve", "--port", str(port), "--metrics-port", str(metrics_port), *extra],
         stdout=log_path.open("w"), stderr=subprocess.STDOUT, cwd=tmp,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
     )
     server = ServerProcess(process, f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", log_path)
     deadline = time.monotonic() + timeout_s
@@ -89,7 +90,7 @@ def start_server(tmp: Path, *extra: str, timeout_s: float = 120.0) -> ServerProc
 
 @pytest.fixture(scope="session")
 def edge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    """Default configuration: embedded qdrant-edge store, seeded with the demo corpus on first start."""
+    """Default configuration: embedded qdrant-edge store seeded with the demo corpus, and the local LLM."""
     tmp = tmp_path_factory.mktemp("edge")
     server = start_server(tmp, "--data-dir", str(tmp / "var"))
     yield server
@@ -100,7 +101,7 @@ def edge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def client_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """Same service on qdrant-client (local mode runs the client code path used against a Qdrant server)."""
     tmp = tmp_path_factory.mktemp("qclient")
-    server = start_server(tmp, "--qdrant-url", f"local:{tmp / 'qdrant'}")
+    server = start_server(tmp, "--qdrant-url", f"local:{tmp / 'qdrant'}", "--no-llm")
     yield server
     server.stop()
 
@@ -127,7 +128,30 @@ def ptbxl_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
         [*ECGREGEN, "index", "--ptbxl", str(root), "--folds", "1-8", "--data-dir", str(data_dir)],
         check=True, cwd=tmp, capture_output=True, text=True,
     )
-    server = start_server(tmp, "--data-dir", str(data_dir), "--no-demo")
+    server = start_server(tmp, "--data-dir", str(data_dir), "--no-demo", "--no-llm")
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scripted_llm() -> Iterator[ScriptedLlm]:
+    with ScriptedLlm() as llm:
+        yield llm
+
+
+# Failure handling made quick to observe: 1 s per attempt, 1 retry, breaker opens after 3 failures for 2 s.
+SCRIPTED_LLM_FLAGS = ("--llm-timeout", "1", "--llm-retries", "1", "--llm-breaker-failures", "3",
+                      "--llm-breaker-reset", "2")
+
+
+@pytest.fixture(scope="session")
+def scripted_llm_server(tmp_path_factory: pytest.TempPathFactory, scripted_llm: ScriptedLlm) -> Iterator[ServerProcess]:
+    """A server whose LLM endpoint is the scripted one (its corpus: the demo corpus)."""
+    tmp = tmp_path_factory.mktemp("scripted")
+    server = start_server(
+        tmp, "--data-dir", str(tmp / "var"), "--llm-base-url", scripted_llm.base_url, "--llm-model", "scripted",
+        *SCRIPTED_LLM_FLAGS,
+    )
     yield server
     server.stop()
 

@@ -17,6 +17,7 @@ from ecgregen.preprocess import resample
 from ecgregen.records import MIMIC_SOURCE, load_mimic_ecg, load_ptbxl
 from ecgregen.store import SearchFilter
 from tests.conftest import DEMO_PTBXL, REPO, shared_ptbxl
+from tests.scripted_llm import ScriptedLlm
 from tests.test_cli import run
 
 METRICS = {"bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "bertscore_f1", "scp_f1_micro", "scp_f1_macro"}
@@ -135,3 +136,16 @@ def test_evaluate_qa_on_real_ecgqa_questions(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "qa.json").read_text())
     assert result["generated"] is False and result["n"] > 100  # real questions whose ECG has a signal here
     assert "S-Verify" in out.stdout and "ECG-ReGen + GPT-4o mini (paper)" in out.stdout
+
+    # The LLM answerer against an endpoint (scripted: it answers "yes" to everything), on the same cached index.
+    with ScriptedLlm() as llm:
+        run("evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
+            "--data-dir", str(tmp_path / "eval"), "--json", str(tmp_path / "llm.json"), "--answerer", "llm",
+            "--llm-base-url", llm.base_url, "--llm-model", "scripted", "--limit", "30")
+        prompts = [r["messages"][1]["content"] for r in llm.requests]
+    result = json.loads((tmp_path / "llm.json").read_text())
+    assert result["n"] == 30 and len(prompts) == 30 and result["llm"]["model"] == "scripted"
+    # "yes" is an option of verify questions only; the others fall back to the label vote, and are counted.
+    verify = result["by_type"]["single-verify"]["n"]
+    assert result["answered_from"] == {"llm": verify, "fallback:out_of_options": 30 - verify}
+    assert all(p.startswith("Question Specific Prompt: ") and "\nOptions: " in p for p in prompts)

@@ -244,11 +244,11 @@ def test_metrics_expose_rpc_and_stage_histograms(edge_server: ServerProcess, dem
 def test_sigterm_stops_cleanly_and_store_persists(tmp_path) -> None:  # noqa: ANN001
     from tests.conftest import start_server
 
-    first = start_server(tmp_path, "--data-dir", str(tmp_path / "var"))
+    first = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm")
     count = points(first)
     assert first.stop() == 0
     assert "store closed" in first.log()
-    second = start_server(tmp_path, "--data-dir", str(tmp_path / "var"))
+    second = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm")
     try:
         assert points(second) == count
         assert "demo index" not in second.log()  # not re-indexed: the store was persisted
@@ -271,7 +271,7 @@ def test_concurrent_requests_all_succeed(edge_server: ServerProcess, demo_querie
 def test_empty_corpus_is_failed_precondition(tmp_path, demo_queries: list[EcgRecord]) -> None:  # noqa: ANN001
     from tests.conftest import start_server
 
-    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-demo")
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-demo", "--no-llm")
     try:
         assert points(server) == 0
         with pytest.raises(grpc.RpcError) as error:

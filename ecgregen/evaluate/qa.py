@@ -5,10 +5,15 @@ neighbours are retrieved (own patient excluded, so neither the ECG nor its sibli
 The `labels` answerer then lets each neighbour answer the question from its own PTB-XL metadata - with the same
 rules that define ECG-QA's ground truth - and takes the majority (ties: the closer neighbour). Questions whose
 template cannot be read from metadata fall back to the SCP-statement vote of :mod:`ecgregen.answer`.
+
+The `llm` answerer is the paper's: the top-k reports and diagnoses go into its zero-shot prompt with the question
+and the template's answer options, to whatever OpenAI-compatible endpoint is configured (the local model by
+default); replies it cannot use are answered by the label vote and counted under ``answered_from``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
@@ -16,6 +21,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from ecgregen.answer import LabelVoteAnswerer
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
 from ecgregen.evaluate.ecgqa import (
     PtbxlMetadata,
@@ -27,6 +33,8 @@ from ecgregen.evaluate.ecgqa import (
     needs_lead,
     question_lead,
 )
+from ecgregen.llm.stage import LlmConfig, LlmStage
+from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.records import load_ptbxl
 from ecgregen.store import Hit
 
@@ -53,6 +61,64 @@ def _exact(predicted: frozenset[str], truth: Sequence[str]) -> bool:
     return predicted == frozenset(truth)
 
 
+def _answer_from_metadata(
+    questions: list[dict], neighbours: dict[str, list[Hit]], metadata: PtbxlMetadata, templates: dict,
+    pipeline: RetrievalPipeline,
+) -> list[tuple[dict, frozenset[str], str]]:
+    """Each neighbour answers from its own PTB-XL metadata by ECG-QA's rules; the majority wins."""
+    results = []
+    for q in questions:
+        hits = neighbours[str(q["ecg_id"][0])]
+        lead = question_lead(q["question"]) if needs_lead(q["template_id"]) else None
+        try:
+            predicted = vote([
+                frozenset(answer_from_metadata(q["template_id"], q["attribute"], metadata.row(h.ecg_id), lead=lead))
+                for h in hits
+            ])
+            how = "metadata"
+        except UnsupportedTemplate:
+            options = answer_options(q["template_id"], q["attribute"], templates)
+            predicted = frozenset(pipeline.answerer.answer(q["question"], options, hits).answer)
+            how = "scp-vote"
+        results.append((q, predicted, how))
+    return results
+
+
+async def _answer_with_llm(
+    questions: list[dict], neighbours: dict[str, list[Hit]], templates: dict, fallback: LabelVoteAnswerer,
+    config: LlmConfig, progress: bool,
+) -> tuple[list[tuple[dict, frozenset[str], str]], dict]:
+    """The paper's zero-shot QA: the LLM reads the top-k reports and diagnoses (label vote where it fails)."""
+    stage = await LlmStage.start(config, fallback)
+    if stage.answerer is None:
+        raise ValueError(f"the LLM is not available: {stage.detail}")
+    try:
+        bar = tqdm(total=len(questions), desc=f"LLM {stage.model}", unit="q", disable=not progress, dynamic_ncols=True)
+
+        pending = list(enumerate(questions))
+        results: list[tuple[dict, frozenset[str], str]] = [None] * len(questions)  # type: ignore[list-item]
+
+        async def worker() -> None:
+            # As many workers as the client's concurrency limit, so no call waits in its queue past the timeout.
+            while pending:
+                i, q = pending.pop(0)
+                options = answer_options(q["template_id"], q["attribute"], templates)
+                hits = neighbours[str(q["ecg_id"][0])]
+                result = await stage.answerer.answer(q["question"], options, hits, q["question_type"])
+                how = f"fallback:{result.fallback_reason}" if result.fallback_reason else "llm"
+                results[i] = (q, frozenset(result.answer), how)
+                bar.update()
+
+        await asyncio.gather(*(worker() for _ in range(stage.answerer.client.settings.concurrency)))
+        bar.close()
+        settings = stage.answerer.client.settings
+        summary = {"model": stage.model, "endpoint": stage.endpoint, "temperature": settings.temperature,
+                   "max_tokens": settings.max_tokens, "json_mode": settings.json_mode}
+    finally:
+        await stage.close()
+    return results, summary
+
+
 def evaluate_qa(
     ptbxl_dir: Path,
     question_paths: Sequence[Path],
@@ -65,9 +131,10 @@ def evaluate_qa(
     qdrant_url: str | None = None,
     checkpoint: Path | None = None,
     progress: bool = True,
+    llm: LlmConfig | None = None,
 ) -> dict:
-    if answerer != "labels":
-        raise ValueError(f"answerer {answerer!r} is not available yet (the LLM answerer arrives with the LLM stage)")
+    if answerer not in ("labels", "llm"):
+        raise ValueError(f"unknown answerer {answerer!r}; labels or llm")
     start = time.perf_counter()
     with_signal = {r.ecg_id: r for r in load_ptbxl(ptbxl_dir)}
     questions = [
@@ -86,21 +153,12 @@ def evaluate_qa(
             ecg_id = str(q["ecg_id"][0])
             if ecg_id not in neighbours:
                 neighbours[ecg_id] = neighbours_excluding_patient(pipeline, with_signal[ecg_id], k)
-        results = []
-        for q in questions:
-            hits = neighbours[str(q["ecg_id"][0])]
-            lead = question_lead(q["question"]) if needs_lead(q["template_id"]) else None
-            try:
-                predicted = vote([
-                    frozenset(answer_from_metadata(q["template_id"], q["attribute"], metadata.row(h.ecg_id), lead=lead))
-                    for h in hits
-                ])
-                how = "metadata"
-            except UnsupportedTemplate:
-                options = answer_options(q["template_id"], q["attribute"], templates)
-                predicted = frozenset(pipeline.answerer.answer(q["question"], options, hits).answer)
-                how = "scp-vote"
-            results.append((q, predicted, how))
+        if answerer == "llm":
+            results, llm_summary = asyncio.run(
+                _answer_with_llm(questions, neighbours, templates, pipeline.answerer, llm or LlmConfig(), progress)
+            )
+        else:
+            results, llm_summary = _answer_from_metadata(questions, neighbours, metadata, templates, pipeline), None
     finally:
         pipeline.store.close()
 
@@ -134,6 +192,7 @@ def evaluate_qa(
         "majority": summary(majority),
         "by_template": summary(by_template),
         "answered_from": dict(Counter(how for _, _, how in results)),
+        "llm": llm_summary,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
 
@@ -142,7 +201,8 @@ def format_qa(result: dict) -> str:
     """Markdown table of exact match (%) per type, beside the paper's Table II."""
     kind = "generated" if result["generated"] else "ECG-QA"
     lines = ["| method | S-Verify | S-Choose | S-Query |", "|---|---|---|---|"]
-    for name, scores in ((f"retrieval + {result['answerer']} (ours)", result["by_type"]),
+    method = f"LLM {result['llm']['model']}" if result.get("llm") else result["answerer"]
+    for name, scores in ((f"retrieval + {method} (ours)", result["by_type"]),
                          ("per-type majority (ours)", result["majority"])):
         cells = [f"{100 * scores[t]['exact_match']:.2f} (n={scores[t]['n']})" if t in scores else "-" for t in SINGLE_TYPES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")

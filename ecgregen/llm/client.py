@@ -28,8 +28,9 @@ from ecgregen.metrics import DEPENDENCY_UP, LLM_BREAKER_OPEN, LLM_CALLS, LLM_TOK
 log = logging.getLogger("ecgregen.llm")
 
 JSON_MODES = ("json_schema", "json_object", "off")
-# What one failed attempt can raise: the client's own errors, and the transport's when a stream is cut mid-way.
-ATTEMPT_ERRORS = (TimeoutError, openai.OpenAIError, httpx.HTTPError)
+# What one failed attempt can raise: the client's own errors, the transport's when a stream is cut mid-way, and
+# ValueError (JSON decoding, pydantic validation) when the endpoint's body is not the OpenAI wire format.
+ATTEMPT_ERRORS = (TimeoutError, openai.OpenAIError, httpx.HTTPError, ValueError)
 
 
 class LlmUnavailable(RuntimeError):
@@ -118,6 +119,8 @@ def _describe(exc: Exception) -> tuple[str, str]:
     if isinstance(exc, openai.APIStatusError):
         reason = "rate_limited" if exc.status_code == 429 else "server_error" if exc.status_code >= 500 else "rejected"
         return reason, f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
+    if isinstance(exc, ValueError):
+        return "bad_response", f"the endpoint's reply is not an OpenAI chat completion ({str(exc)[:200]})"
     return "error", f"{type(exc).__name__}: {exc}"
 
 

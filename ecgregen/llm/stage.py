@@ -93,7 +93,7 @@ class LlmStage:
                 local = await asyncio.to_thread(
                     start_local_model, threads=config.threads, log_path=(log_dir / "llm.log") if log_dir else None
                 )
-            except LocalModelError as exc:
+            except (LocalModelError, OSError) as exc:  # OSError: e.g. the cache folder cannot be written
                 log.error("local LLM could not start (%s): serving retrieval-only", exc)
                 return cls(None, LOCAL, f"local model could not start: {exc}", None)
             settings = replace(settings, base_url=local.base_url, model=local.model)
