@@ -214,6 +214,25 @@ def test_failed_trial_reopens_the_circuit(llm: ScriptedLlm) -> None:
     assert run(go()) == ("server_error", "open")
 
 
+def test_cancelled_trial_does_not_wedge_the_breaker(llm: ScriptedLlm) -> None:
+    llm.script(Step("status", status=500), Step(delay_s=2.0))
+
+    async def go() -> str:
+        client = LlmClient(settings(llm, retries=0, breaker_failures=1, timeout_s=5.0))
+        try:
+            with pytest.raises(LlmUnavailable):
+                await client.complete([{"role": "user", "content": "q"}])
+            await asyncio.sleep(0.6)  # half-open: the next call is the trial
+            with pytest.raises(TimeoutError):  # the caller gives up (e.g. its gRPC deadline) mid-trial
+                await asyncio.wait_for(client.complete([{"role": "user", "content": "q"}]), 0.3)
+            await client.complete([{"role": "user", "content": "q"}])  # another trial may go: and succeeds
+            return client.breaker.state
+        finally:
+            await client.close()
+
+    assert run(go()) == "closed"
+
+
 def test_concurrency_limit_queues_calls(llm: ScriptedLlm) -> None:
     llm.script(Step(delay_s=0.3), Step(delay_s=0.3), Step(delay_s=0.3))
 

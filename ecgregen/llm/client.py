@@ -93,6 +93,10 @@ class CircuitBreaker:
             return True
         return False
 
+    def abandon(self) -> None:
+        """A call ended without a verdict (cancelled): free the half-open trial slot for the next caller."""
+        self._trial_running = False
+
     def record(self, ok: bool) -> None:
         self._trial_running = False
         if ok:
@@ -208,7 +212,8 @@ class LlmClient:
         request = self._request(messages, schema)
         await self._acquire()
         try:
-            for attempt in range(self.settings.retries + 1):
+            attempt = 0
+            while True:
                 self._gate()
                 try:
                     response = await self._api.chat.completions.create(**request)
@@ -217,13 +222,16 @@ class LlmClient:
                     if not _retryable(exc) or attempt == self.settings.retries:
                         raise LlmUnavailable(reason, detail) from None
                     await self._backoff(attempt)
+                    attempt += 1
                     continue
+                except BaseException:  # cancelled (the caller's deadline): no verdict on the endpoint
+                    self.breaker.abandon()
+                    raise
                 usage = response.usage
-                text = response.choices[0].message.content or "" if response.choices else ""
+                text = (response.choices[0].message.content or "") if response.choices else ""
                 prompt, completion = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
                 self._succeeded(prompt, completion)
                 return Completion(text, prompt, completion)
-            raise AssertionError("unreachable")
         finally:
             self._slots.release()
 
@@ -232,7 +240,8 @@ class LlmClient:
         request = {**self._request(messages, None), "stream": True}
         await self._acquire()
         try:
-            for attempt in range(self.settings.retries + 1):
+            attempt = 0
+            while True:
                 self._gate()
                 yielded = 0
                 try:
@@ -247,7 +256,11 @@ class LlmClient:
                     if yielded or not _retryable(exc) or attempt == self.settings.retries:
                         raise LlmUnavailable(reason, detail + (f" after {yielded} chunks" if yielded else "")) from None
                     await self._backoff(attempt)
+                    attempt += 1
                     continue
+                except BaseException:  # cancelled, or the consumer stopped reading: no verdict on the endpoint
+                    self.breaker.abandon()
+                    raise
                 self._succeeded(0, yielded)  # streamed replies carry no usage from every server: count chunks
                 return
         finally:

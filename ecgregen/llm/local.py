@@ -138,8 +138,14 @@ def start_local_model(
     command = [sys.executable, "-m", "ecgregen.llm.local", "--model", str(gguf), "--port", str(port)]
     if threads:
         command += ["--threads", str(threads)]
+    if log_path:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
     output = log_path.open("ab") if log_path else subprocess.DEVNULL
-    process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    finally:
+        if log_path:
+            output.close()  # the child holds its own descriptor
     server = LocalModelServer(process, port)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
