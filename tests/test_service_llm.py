@@ -222,3 +222,9 @@ def test_local_model_that_cannot_start_leaves_a_retrieval_only_server(tmp_path: 
         assert reply.answerer == "labels" and reply.fallback_reason == "llm_disabled"
     finally:
         assert server.stop() == 0
+
+
+def test_bad_stream_request_is_invalid_argument(client_server: ServerProcess) -> None:
+    with pytest.raises(grpc.RpcError) as error:
+        list(client_server.stub().GenerateReportStream(pb.GenerateReportRequest(refine=True), timeout=10))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details() == "request has no ECG"
