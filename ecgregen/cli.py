@@ -1,5 +1,5 @@
-"""The `ecgregen` command: serve, index, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert,
-delete, stats, info}.
+"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, evaluate
+{report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """
@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from ecgregen.llm.stage import add_llm_flags, llm_config_from_args
 from ecgregen.records import DEMO_PTBXL, PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
+from ecgregen.store import QUANTIZATIONS, IndexSettings
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -29,6 +32,25 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: the shipped pre-trained encoder)")
 
 
+def _add_index_flags(p: argparse.ArgumentParser) -> None:
+    d = IndexSettings()
+    g = p.add_argument_group("collection settings (used when the collection is created)")
+    g.add_argument("--hnsw-m", type=int, default=d.hnsw_m, help="HNSW graph degree")
+    g.add_argument("--hnsw-ef-construct", type=int, default=d.hnsw_ef_construct, help="HNSW build beam width")
+    g.add_argument("--full-scan-threshold-kb", type=int, default=d.full_scan_threshold_kb,
+                   help="segments smaller than this are searched exhaustively (exact, faster there)")
+    g.add_argument("--on-disk", action="store_true", help="keep vectors memory-mapped on disk instead of in RAM")
+    g.add_argument("--quantization", default=d.quantization, choices=QUANTIZATIONS,
+                   help="int8: scalar-quantised vectors in RAM (4x smaller), candidates rescored exactly")
+
+
+def _index_settings(args: argparse.Namespace) -> IndexSettings:
+    return IndexSettings(
+        hnsw_m=args.hnsw_m, hnsw_ef_construct=args.hnsw_ef_construct, full_scan_threshold_kb=args.full_scan_threshold_kb,
+        on_disk=args.on_disk, quantization=args.quantization,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ecgregen", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -41,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (loopback by default)")
     serve.add_argument("--no-demo", action="store_true", help="do not index the demo corpus into an empty store")
     _add_store_flags(serve)
+    _add_index_flags(serve)
     add_llm_flags(serve)
 
     index = sub.add_parser("index", help="embed records and upsert them into the corpus")
@@ -56,7 +79,29 @@ def build_parser() -> argparse.ArgumentParser:
     index.add_argument("--report", default=None, help="report for FILES (default: the header's '# report:' comment)")
     index.add_argument("--scp-codes", default="{}", help='labels for FILES as JSON, e.g. \'{"NORM": 100}\'')
     index.add_argument("--patient-id", default="")
+    index.add_argument("--batch-id", default=None, help="id of this insert, for rollback (default: a new one)")
+    index.add_argument("--migrate-to", metavar="URL",
+                       help="copy the whole store (--data-dir/--qdrant-url) into the Qdrant at URL, vectors and "
+                            "payloads as they are (no re-embedding)")
     _add_store_flags(index)
+    _add_index_flags(index)
+
+    corpus = sub.add_parser("corpus", help="operate on a store directly (the server must not hold it)")
+    corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
+    for name, text in (("stats", "points, HNSW coverage, optimizer state, index settings"),
+                       ("batches", "the inserts the corpus holds, oldest first"),
+                       ("optimize", "build the HNSW index over points written since the last build")):
+        _add_store_flags(corpus_sub.add_parser(name, help=text))
+    rollback = corpus_sub.add_parser("rollback", help="delete every record one insert wrote")
+    rollback.add_argument("batch_id")
+    _add_store_flags(rollback)
+    snapshot = corpus_sub.add_parser("snapshot", help="write the embedded store to one tar file")
+    snapshot.add_argument("--out", type=Path, required=True)
+    _add_store_flags(snapshot)
+    restore = corpus_sub.add_parser("restore", help="replace the embedded store by a snapshot")
+    restore.add_argument("archive", type=Path)
+    restore.add_argument("--force", action="store_true", help="replace an existing store")
+    _add_store_flags(restore)
 
     evaluate = sub.add_parser("evaluate", help="the paper's tables: report generation (I) and ECG-QA (II)")
     esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
@@ -149,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     client_parser("stats", "corpus statistics")
     client_parser("info", "server version, encoder and LLM state")
+    client_parser("batches", "the inserts the corpus holds")
+    client_rollback = client_parser("rollback", "delete every record one insert wrote")
+    client_rollback.add_argument("batch_id")
+    client_parser("snapshot", "back up the server's embedded store (written on the server host)")
     return parser
 
 
@@ -202,16 +251,62 @@ def run_index(args: argparse.Namespace) -> None:
     if args.server:
         if args.recreate:
             raise SystemExit("--recreate works on a store (--data-dir/--qdrant-url), not through --server")
-        report = index_records(records, GrpcSink(args.server), batch_size=args.batch_size, resume=False)
+        report = index_records(records, GrpcSink(args.server), batch_size=args.batch_size, resume=False,
+                               batch_id=args.batch_id)
     else:
         from ecgregen.pipeline import open_pipeline
 
-        pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate)
+        pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate,
+                                 index=_index_settings(args))
         try:
-            report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume)
+            report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume,
+                                   batch_id=args.batch_id)
         finally:
             pipeline.store.close()
     print(report.summary())
+
+
+def run_migrate(args: argparse.Namespace) -> None:
+    from ecgregen.indexer.migrate import migrate
+    from ecgregen.store import open_store
+
+    if args.files or args.ptbxl:
+        raise SystemExit("--migrate-to copies a whole store; give no FILES or --ptbxl")
+    with open_store(args.data_dir, args.qdrant_url) as source, open_store(args.data_dir, args.migrate_to) as target:
+        print(migrate(source, target).summary())
+
+
+def run_corpus(args: argparse.Namespace) -> None:
+    from ecgregen.store import open_store, restore_snapshot
+
+    cmd = args.corpus_command
+    if cmd == "restore":
+        if args.qdrant_url:
+            raise SystemExit("restore writes the embedded store (--data-dir); a Qdrant server restores its own snapshots")
+        target = args.data_dir / "qdrant-edge" / "ecgregen"
+        restore_snapshot(args.archive, target, force=args.force)
+        with open_store(args.data_dir) as store:
+            print(f"restored {args.archive} into {target}: {store.count()} points")
+        return
+    with open_store(args.data_dir, args.qdrant_url) as store:
+        if cmd == "stats":
+            print("\n".join(f"{k}: {v}" for k, v in dataclasses.asdict(store.stats()).items()))
+        elif cmd == "batches":
+            batches = store.batches()
+            for b in batches:
+                print(f"{b.batch_id or '(no batch id)'}  {b.points} points  {b.first_inserted_at} .. {b.last_inserted_at}")
+            print(f"{len(batches)} batches")
+        elif cmd == "rollback":
+            print(f"deleted {store.delete_batch(args.batch_id)} records of batch {args.batch_id}")
+        elif cmd == "optimize":
+            start = time.perf_counter()
+            store.optimize()
+            stats = store.stats()
+            print(f"optimized in {time.perf_counter() - start:.1f} s: {stats.indexed_vectors} of {stats.points} "
+                  f"points indexed, {stats.segments} segments")
+        elif cmd == "snapshot":
+            path = store.snapshot(args.out)
+            print(f"snapshot of {store.count()} points written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -317,14 +412,23 @@ def run_client(args: argparse.Namespace) -> None:
             ecg_id=args.ecg_id, patient_id=args.patient_id, source=args.source,
         )
         print(client.dumps(result) if args.json else
-              f"inserted {result['inserted']}, updated {result['updated']}, rejected {result['rejected']}"
+              f"inserted {result['inserted']}, updated {result['updated']}, rejected {result['rejected']} "
+              f"(batch {result['batch_id']})"
               + "".join(f"\n  record {r['index']} ({r['ecg_id']}): {r['reason']}" for r in result["rejections"]))
     elif cmd == "delete":
         result = client.delete(args.server, args.ecg_ids, args.source)
         print(client.dumps(result) if args.json else f"deleted {result['deleted']}")
-    elif cmd in ("stats", "info"):
-        result = client.stats(args.server) if cmd == "stats" else client.info(args.server)
+    elif cmd in ("stats", "info", "snapshot"):
+        result = {"stats": client.stats, "info": client.info, "snapshot": client.snapshot}[cmd](args.server)
         print(client.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    elif cmd == "batches":
+        result = client.batches(args.server)
+        print(client.dumps(result) if args.json else "\n".join(
+            f"{b['batch_id'] or '(no batch id)'}  {b['points']} points  {b['first_inserted_at']} .. {b['last_inserted_at']}"
+            for b in result["batches"]) + f"\n{len(result['batches'])} batches")
+    elif cmd == "rollback":
+        result = client.rollback(args.server, args.batch_id)
+        print(client.dumps(result) if args.json else f"deleted {result['deleted']} records of batch {args.batch_id}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -344,11 +448,13 @@ def main(argv: list[str] | None = None) -> None:
             settings = ServeSettings(
                 host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
-                seed_demo=not args.no_demo, llm=llm_config_from_args(args),
+                seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
             )
             asyncio.run(serve(settings))
         elif args.command == "index":
-            run_index(args)
+            run_migrate(args) if args.migrate_to else run_index(args)
+        elif args.command == "corpus":
+            run_corpus(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "qa-generate":

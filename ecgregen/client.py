@@ -148,6 +148,7 @@ def insert(address: str, records: Sequence[str], *, report_text: str, scp_codes:
     with Connection(address) as stub:
         response = call(stub.InsertRecords, messages(), DEFAULT_TIMEOUT_S)
     return {
+        "batch_id": response.batch_id,
         "inserted": response.inserted, "updated": response.updated, "rejected": response.rejected,
         "rejections": [{"index": r.index, "ecg_id": r.ecg_id, "reason": r.reason} for r in response.rejections],
     }
@@ -165,8 +166,32 @@ def stats(address: str) -> dict:
         s = call(stub.GetCorpusStats, pb.GetCorpusStatsRequest(), DEFAULT_TIMEOUT_S)
     return {
         "points": s.points, "indexed_vectors": s.indexed_vectors, "dim": s.dim, "encoder_id": s.encoder_id,
-        "engine": s.engine, "status": s.status,
+        "engine": s.engine, "status": s.status, "optimizer": s.optimizer, "segments": s.segments,
+        "index": {"hnsw_m": s.index.hnsw_m, "hnsw_ef_construct": s.index.hnsw_ef_construct,
+                  "full_scan_threshold_kb": s.index.full_scan_threshold_kb, "on_disk": s.index.on_disk,
+                  "quantization": s.index.quantization},
     }
+
+
+def batches(address: str) -> dict:
+    with Connection(address) as stub:
+        response = call(stub.ListBatches, pb.ListBatchesRequest(), DEFAULT_TIMEOUT_S)
+    return {"batches": [
+        {"batch_id": b.batch_id, "points": b.points, "first_inserted_at": b.first_inserted_at,
+         "last_inserted_at": b.last_inserted_at} for b in response.batches
+    ]}
+
+
+def rollback(address: str, batch_id: str) -> dict:
+    with Connection(address) as stub:
+        response = call(stub.DeleteRecords, pb.DeleteRecordsRequest(batch_id=batch_id), DEFAULT_TIMEOUT_S)
+    return {"deleted": response.deleted}
+
+
+def snapshot(address: str) -> dict:
+    with Connection(address) as stub:
+        s = call(stub.CreateSnapshot, pb.CreateSnapshotRequest(), 600.0)
+    return {"path": s.path, "bytes": s.bytes, "points": s.points}
 
 
 def info(address: str) -> dict:

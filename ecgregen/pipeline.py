@@ -7,6 +7,7 @@ them in worker threads.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -19,7 +20,16 @@ from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoder import InProcessEncoder, load_encoder
 from ecgregen.metrics import CORPUS_POINTS, RECORDS_WRITTEN, stage_timer
 from ecgregen.preprocess import preprocess
-from ecgregen.store import Hit, SearchFilter, StoredRecord, StoreMismatchError, VectorStore, open_store, point_id
+from ecgregen.store import (
+    Hit,
+    IndexSettings,
+    SearchFilter,
+    StoredRecord,
+    StoreMismatchError,
+    VectorStore,
+    open_store,
+    point_id,
+)
 
 MAX_K = 100
 
@@ -72,11 +82,13 @@ class RetrievalPipeline:
             vectors = self.encoder.encode([p.signal for p in prepared])
         return vectors, [list(p.warnings) for p in prepared]
 
-    def search(self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False) -> Retrieval:
+    def search(
+        self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
+    ) -> Retrieval:
         seconds: dict[str, float] = {}
         vectors, warnings = self.embed([ecg], seconds)
         with stage_timer("search", seconds):
-            hits = self.store.search(vectors[0], k, filt, exact=exact)
+            hits = self.store.search(vectors[0], k, filt, exact=exact, hnsw_ef=hnsw_ef)
         if not hits and self.store.count() == 0:
             raise EmptyCorpusError("the corpus is empty; index records first (ecgregen index ...)")
         return Retrieval(hits, warnings[0], seconds)
@@ -98,11 +110,11 @@ class RetrievalPipeline:
             answer = self.answerer.answer(question, options, retrieval.hits)
         return answer, retrieval
 
-    def insert(self, records: Sequence[RecordToInsert]) -> InsertOutcome:
+    def insert(self, records: Sequence[RecordToInsert], batch_id: str = "") -> InsertOutcome:
         """Encode and upsert; durable when it returns. Ids come from (source, ecg_id), so repeats update.
 
         A record whose signal cannot be encoded (e.g. every lead flat) is rejected by its position in
-        `records` while the others are written.
+        `records` while the others are written. `batch_id` is kept with each record, for rollback.
         """
         outcome = InsertOutcome()
         usable: list[tuple[RecordToInsert, np.ndarray]] = []
@@ -119,7 +131,7 @@ class RetrievalPipeline:
             stored = [
                 StoredRecord(
                     vector=vec, ecg_id=r.ecg_id, patient_id=r.patient_id, report=r.report,
-                    scp_codes=dict(r.scp_codes), source=r.source, inserted_at=now,
+                    scp_codes=dict(r.scp_codes), source=r.source, inserted_at=now, batch_id=batch_id,
                 )
                 for (r, _), vec in zip(usable, vectors)
             ]
@@ -132,26 +144,35 @@ class RetrievalPipeline:
         CORPUS_POINTS.set(self.store.count())
         return outcome
 
-    def delete(self, keys: Sequence[tuple[str, str]]) -> int:
-        """Delete by (source, ecg_id); returns how many existed."""
-        deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
+    def delete(self, keys: Sequence[tuple[str, str]] = (), batch_id: str = "") -> int:
+        """Delete by (source, ecg_id), or every record of one insert (`batch_id`); returns how many existed."""
+        if batch_id:
+            deleted = self.store.delete_batch(batch_id)
+        else:
+            deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
         RECORDS_WRITTEN.labels("deleted").inc(deleted)
         CORPUS_POINTS.set(self.store.count())
         return deleted
 
 
+def new_batch_id() -> str:
+    """Sortable by time, unique: 20261125T130501Z-1f3a9c2e."""
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
-    recreate: bool = False,
+    recreate: bool = False, index: IndexSettings | None = None,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
+    `index` applies when the collection is created (an existing one keeps its settings).
     """
     bundle = load_encoder(checkpoint)
     store = open_store(data_dir, qdrant_url, collection)
     try:
-        store.ensure_collection(bundle.model.config.dim, bundle.encoder_id, recreate=recreate)
+        store.ensure_collection(bundle.model.config.dim, bundle.encoder_id, recreate=recreate, index=index)
     except StoreMismatchError as exc:
         store.close()
         raise StoreMismatchError(

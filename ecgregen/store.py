@@ -13,29 +13,73 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
 import fcntl
 import json
+import logging
 import os
+import random
 import shutil
+import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import qdrant_edge as qe
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+log = logging.getLogger("ecgregen.store")
 
 NAMESPACE = uuid.UUID("a1b1281c-8c3a-4e74-8a93-d507a8a944d1")
 
-HNSW_M = 16
-HNSW_EF_CONSTRUCT = 100
-# Payload fields the search filters match on; indexed so the query planner can estimate filter cardinality.
-KEYWORD_FIELDS = ("patient_id", "source", "scp_code_list", "ecg_id")
+# Payload fields the search filters and rollbacks match on; indexed so the query planner can estimate filter
+# cardinality (and so a filter does not fall back to a full scan).
+KEYWORD_FIELDS = ("patient_id", "source", "scp_code_list", "ecg_id", "batch_id")
 ENCODER_ID_KEY = "encoder_id"
+INDEX_KEY = "index"
+QUANTIZATIONS = ("none", "int8")
+SCROLL_PAGE = 256
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a collection is indexed. Fixed when the collection is created and kept with it, so a store reopens
+    with the settings it was built with (flags given later for an existing collection are ignored, with a log).
+
+    ``full_scan_threshold_kb``: segments with fewer KB of vectors are searched by brute force even when indexed,
+    which is faster there and exact (Qdrant's default 10 MB). ``on_disk``: vectors memory-mapped instead of in RAM.
+    ``quantization="int8"``: scalar quantisation (4x smaller vectors in RAM); searches rescore the candidates with
+    the original vectors.
+    """
+
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    full_scan_threshold_kb: int = 10_000
+    on_disk: bool = False
+    quantization: str = "none"
+
+    def __post_init__(self) -> None:
+        if self.hnsw_m < 2 or self.hnsw_ef_construct < 4 or self.full_scan_threshold_kb < 0:
+            raise ValueError("HNSW m must be >= 2, ef_construct >= 4 and full_scan_threshold_kb >= 0")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> IndexSettings:
+        """Settings kept with a collection; a collection made before they were kept used the defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
 def point_id(source: str, ecg_id: str) -> str:
@@ -45,6 +89,10 @@ def point_id(source: str, ecg_id: str) -> str:
 
 class StoreError(RuntimeError):
     """The engine or the disk failed, the store is closed, or it has no collection yet."""
+
+
+class StoreUnsupported(StoreError):
+    """The operation exists for another engine only (e.g. file snapshots of the embedded store)."""
 
 
 class StoreMismatchError(StoreError):
@@ -60,6 +108,7 @@ class StoredRecord:
     scp_codes: dict[str, float]  # SCP code -> likelihood (0-100)
     source: str  # e.g. "ptbxl"
     inserted_at: str  # ISO-8601 UTC
+    batch_id: str = ""  # the insert (InsertRecords stream or index run) that wrote it: what a rollback removes
 
     @property
     def point_id(self) -> str:
@@ -83,6 +132,7 @@ class Hit:
     scp_codes: dict[str, float]
     source: str
     inserted_at: str
+    batch_id: str = ""
 
 
 @dataclass(frozen=True)
@@ -98,7 +148,10 @@ class StoreStats:
     indexed_vectors: int  # vectors covered by an HNSW index
     dim: int
     encoder_id: str
-    status: str  # what the engine can tell: Qdrant's "green"/"yellow"/"grey"/"red", or "ok" for Qdrant Edge
+    status: str  # Qdrant's green (ready) / yellow (optimizing) / grey (optimization pending) / red (failed)
+    optimizer: str  # what the optimizer is doing or needs, in words, for operators
+    segments: int
+    index: IndexSettings
 
 
 @dataclass(frozen=True)
@@ -107,6 +160,17 @@ class _Collection:
 
     dim: int
     encoder_id: str
+    index: IndexSettings = IndexSettings()
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """One insert as the corpus remembers it: for operators to see what came when, and to roll it back."""
+
+    batch_id: str
+    points: int
+    first_inserted_at: str
+    last_inserted_at: str
 
 
 class VectorStore(abc.ABC):
@@ -155,6 +219,12 @@ class VectorStore(abc.ABC):
         """(point id, score, payload) of the k nearest points, best first."""
 
     @abc.abstractmethod
+    def _scroll(
+        self, batch_id: str | None, with_vectors: bool, offset: Any, limit: int
+    ) -> tuple[list[tuple[Any, list[float] | None, dict[str, Any]]], Any]:
+        """One page of (point id, vector, payload) in id order, optionally of one batch; and the next offset."""
+
+    @abc.abstractmethod
     def _count(self) -> int: ...
 
     @abc.abstractmethod
@@ -169,8 +239,11 @@ class VectorStore(abc.ABC):
 
     # ---- public API ----
 
-    def ensure_collection(self, dim: int, encoder_id: str, *, recreate: bool = False) -> None:
-        """Create the collection if absent; refuse one built for another dimension or encoder.
+    def ensure_collection(
+        self, dim: int, encoder_id: str, *, recreate: bool = False, index: IndexSettings | None = None
+    ) -> None:
+        """Create the collection if absent (with ``index`` settings); refuse one built for another dimension or
+        encoder. An existing collection keeps the index settings it was created with.
 
         ``recreate=True`` drops the existing collection (all its points) and creates an empty one instead.
         """
@@ -178,16 +251,19 @@ class VectorStore(abc.ABC):
             raise ValueError(f"dim must be positive, got {dim}")
         if not encoder_id:
             raise ValueError("encoder_id must not be empty")
-        wanted = _Collection(dim=dim, encoder_id=encoder_id)
+        wanted = _Collection(dim=dim, encoder_id=encoder_id, index=index or IndexSettings())
         with self._lock, self._engine_errors():
             self._check_open()
             current = self._read_collection()
             if current is not None and not recreate:
-                if current != wanted:
+                if (current.dim, current.encoder_id) != (dim, encoder_id):
                     raise StoreMismatchError(
                         f"{self.engine}: the collection holds dim={current.dim} encoder_id={current.encoder_id!r}, "
                         f"but dim={dim} encoder_id={encoder_id!r} was asked for; re-index with recreate=True"
                     )
+                if index is not None and index != current.index:
+                    log.warning("%s: the collection keeps the index settings it was created with (%s); "
+                                "recreate it to apply %s", self.engine, current.index, index)
                 self._collection = current
                 return
             if current is not None:
@@ -245,6 +321,34 @@ class VectorStore(abc.ABC):
                 found = self._query(query, k, filt, exact, hnsw_ef)
         return [_hit(str(pid), score, payload) for pid, score, payload in found]
 
+    def scroll(self, *, batch_id: str | None = None, with_vectors: bool = True) -> Iterator[StoredRecord]:
+        """Every stored record (optionally of one batch), page by page: for migration, backup and audits."""
+        offset = None
+        while True:
+            with self._operation(write=False) as collection, self._engine_errors():
+                page, offset = self._scroll(batch_id, with_vectors, offset, SCROLL_PAGE)
+            for _, vector, payload in page:
+                yield _stored(payload, np.asarray(vector if vector is not None else np.zeros(collection.dim), np.float32))
+            if offset is None or not page:
+                return
+
+    def batches(self) -> list[BatchInfo]:
+        """The inserts the corpus holds, oldest first (records written before batches existed: batch_id "")."""
+        seen: dict[str, list[Any]] = {}
+        for record in self.scroll(with_vectors=False):
+            entry = seen.setdefault(record.batch_id, [0, record.inserted_at, record.inserted_at])
+            entry[0] += 1
+            entry[1], entry[2] = min(entry[1], record.inserted_at), max(entry[2], record.inserted_at)
+        return sorted((BatchInfo(b, n, first, last) for b, (n, first, last) in seen.items()),
+                      key=lambda b: (b.first_inserted_at, b.batch_id))
+
+    def delete_batch(self, batch_id: str) -> int:
+        """Roll back one insert: delete every record it wrote (durable on return); returns how many."""
+        if not batch_id:
+            raise ValueError("batch_id must not be empty")
+        ids = [r.point_id for r in self.scroll(batch_id=batch_id, with_vectors=False)]
+        return self.delete(ids)
+
     def count(self) -> int:
         with self._operation(write=False), self._engine_errors():
             return self._count()
@@ -253,8 +357,16 @@ class VectorStore(abc.ABC):
         with self._operation(write=False) as collection, self._engine_errors():
             return self._stats(collection)
 
+    def begin_bulk_load(self) -> None:
+        """About to write many points: defer index building until :meth:`optimize` (where the engine allows)."""
+
     def optimize(self) -> None:
         """Build HNSW indexes and merge segments where the engine leaves that to the caller (Qdrant Edge)."""
+
+    def snapshot(self, out: Path) -> Path:
+        """A backup of the collection as one file (the embedded engine; a Qdrant server has its own snapshots)."""
+        raise StoreUnsupported(f"{self.engine}: snapshots of a Qdrant server are taken with its snapshot API "
+                         "(POST /collections/NAME/snapshots); ecgregen snapshots the embedded store")
 
     def close(self) -> None:
         """Release the engine (and, for local engines, the directory). Calling it again does nothing."""
@@ -313,15 +425,11 @@ class EdgeStore(VectorStore):
 
     engine = "qdrant-edge"
 
-    def __init__(self, path: Path, *, full_scan_threshold_kb: int = 10_000) -> None:
-        """``full_scan_threshold_kb``: segments with fewer KB of vectors are searched by brute force even when
-        indexed, which is faster and exact (Qdrant's default). Applies to shards created by this store.
-        """
+    def __init__(self, path: Path) -> None:
         super().__init__()
         self._path = Path(path)
         self._shard_dir = self._path / "shard"
         self._meta_file = self._path / "store.json"
-        self._full_scan_threshold_kb = full_scan_threshold_kb
         self._shard: qe.EdgeShard | None = None
         self._path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self._path / "store.lock")
@@ -336,9 +444,11 @@ class EdgeStore(VectorStore):
         if not self._meta_file.exists():
             return None
         meta = json.loads(self._meta_file.read_text())
-        collection = _Collection(dim=int(meta["dim"]), encoder_id=str(meta[ENCODER_ID_KEY]))
+        collection = _Collection(
+            dim=int(meta["dim"]), encoder_id=str(meta[ENCODER_ID_KEY]), index=IndexSettings.from_json(meta.get(INDEX_KEY))
+        )
         # Passing the vector config makes the engine check it against the segments on disk.
-        self._shard = qe.EdgeShard.load(str(self._shard_dir), qe.EdgeConfig(vectors=_edge_vectors(collection.dim)))
+        self._shard = qe.EdgeShard.load(str(self._shard_dir), qe.EdgeConfig(vectors=_edge_vectors(collection)))
         return collection
 
     def _read_collection(self) -> _Collection | None:
@@ -349,10 +459,11 @@ class EdgeStore(VectorStore):
         # A shard without store.json is left from an interrupted create and holds nothing committed.
         self._close_shard()
         shutil.rmtree(self._shard_dir, ignore_errors=True)
+        index = collection.index
         config = qe.EdgeConfig(
-            vectors=_edge_vectors(collection.dim),
+            vectors=_edge_vectors(collection),
             hnsw_config=qe.HnswIndexConfig(
-                m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT, full_scan_threshold=self._full_scan_threshold_kb
+                m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, full_scan_threshold=index.full_scan_threshold_kb
             ),
             # Qdrant Edge never optimizes on its own; a 1 KB threshold makes optimize() index every segment,
             # whatever the store's size, instead of only segments above Qdrant's default 10 MB.
@@ -362,7 +473,10 @@ class EdgeStore(VectorStore):
         for field in KEYWORD_FIELDS:
             self._shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
         self._shard.flush()
-        _write_json_atomic(self._meta_file, {"dim": collection.dim, ENCODER_ID_KEY: collection.encoder_id})
+        _write_json_atomic(
+            self._meta_file,
+            {"dim": collection.dim, ENCODER_ID_KEY: collection.encoder_id, INDEX_KEY: collection.index.to_json()},
+        )
 
     def _drop(self) -> None:
         # store.json goes first: a crash part-way then leaves "no collection", never a half-deleted one.
@@ -388,28 +502,58 @@ class EdgeStore(VectorStore):
     def _query(
         self, vector: list[float], k: int, filt: SearchFilter | None, exact: bool, hnsw_ef: int | None
     ) -> list[tuple[Any, float, dict[str, Any]]]:
+        quantized = self._collection is not None and self._collection.index.quantization != "none"
         request = qe.QueryRequest(
             limit=k,
             query=qe.Query.Nearest(vector),
             filter=_edge_filter(filt),
-            params=qe.SearchParams(hnsw_ef=hnsw_ef, exact=exact),
+            params=qe.SearchParams(
+                hnsw_ef=hnsw_ef, exact=exact,
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if quantized else None,
+            ),
             with_payload=True,
         )
         return [(p.id, p.score, p.payload or {}) for p in self._live_shard().query(request)]
+
+    def _scroll(
+        self, batch_id: str | None, with_vectors: bool, offset: Any, limit: int
+    ) -> tuple[list[tuple[Any, list[float] | None, dict[str, Any]]], Any]:
+        where = qe.Filter(must=[qe.FieldCondition("batch_id", match=qe.MatchValue(batch_id))]) if batch_id else None
+        records, next_offset = self._live_shard().scroll(
+            qe.ScrollRequest(offset=offset, limit=limit, filter=where, with_payload=True, with_vector=with_vectors)
+        )
+        return [(r.id, _edge_vector(r.vector) if with_vectors else None, r.payload or {}) for r in records], next_offset
 
     def _count(self) -> int:
         return self._live_shard().count(qe.CountRequest(exact=True))
 
     def _stats(self, collection: _Collection) -> StoreStats:
         info = self._live_shard().info()
+        pending = info.points_count - info.indexed_vectors_count
+        # Qdrant Edge never optimizes by itself: points written since the last optimize() sit in plain segments
+        # and are searched exhaustively (correct, slower as they grow) until `ecgregen optimize` or a bulk load.
         return StoreStats(
-            engine=self.engine,
-            points=info.points_count,
-            indexed_vectors=info.indexed_vectors_count,
-            dim=collection.dim,
-            encoder_id=collection.encoder_id,
-            status="ok",  # Qdrant Edge has no status; indexed_vectors < points means optimize() has work to do
+            engine=self.engine, points=info.points_count, indexed_vectors=info.indexed_vectors_count,
+            dim=collection.dim, encoder_id=collection.encoder_id,
+            status="green" if pending <= 0 else "grey",
+            optimizer="ok" if pending <= 0 else (
+                f"{pending} points not in the HNSW index yet (searched exhaustively); run `ecgregen optimize`"
+            ),
+            segments=info.segments_count, index=collection.index,
         )
+
+    def snapshot(self, out: Path) -> Path:
+        """A consistent copy of the store as one tar file, taken online: writes wait while it is made."""
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = out.with_name(out.name + ".partial")
+        with self._operation(write=True), self._engine_errors():
+            self._live_shard().flush()
+            with tarfile.open(partial, "w") as tar:
+                tar.add(self._meta_file, arcname="store.json")
+                tar.add(self._shard_dir, arcname="shard")
+        os.replace(partial, out)
+        return out
 
     def optimize(self) -> None:
         """Build HNSW over everything written so far and merge segments; blocks (and holds the GIL) until done."""
@@ -438,20 +582,30 @@ class QdrantClientStore(VectorStore):
     """A collection on a Qdrant server/cluster (``http(s)://host:port``), or qdrant-client's local mode
     (``":memory:"``, or ``"local:PATH"`` persisted in PATH).
 
-    The encoder id is kept in the collection's own metadata (Qdrant's collection ``metadata``, which local mode
-    persists too), so nothing else needs excluding from counts or searches. Local mode always searches by brute
-    force and has no HNSW; it is not thread-safe, so there every call holds the lock.
+    Remote: gRPC preferred (port 6334 beside the REST port), TLS with ``https://``, the API key from
+    ``$QDRANT_API_KEY``, a timeout per request, and idempotent calls (upserts with fixed ids, deletes, reads)
+    retried with backoff on connection errors and 5xx/UNAVAILABLE. Writes wait for the server (``wait=True``).
+    The encoder id and index settings are kept in the collection's own metadata. Local mode always searches by
+    brute force and has no HNSW; it is not thread-safe, so there every call holds the lock.
     """
 
     UPSERT_BATCH = 256  # points per request, well under the server's default 32 MB request limit
+    DEFAULT_INDEXING_THRESHOLD_KB = 10_000  # Qdrant's default; set to 0 (no indexing) during a bulk load
 
-    def __init__(self, location: str, collection: str = "ecgregen") -> None:
+    def __init__(
+        self, location: str, collection: str = "ecgregen", *, timeout_s: float = 10.0, retries: int = 3,
+        prefer_grpc: bool = True, api_key_env: str = "QDRANT_API_KEY",
+    ) -> None:
         super().__init__()
         self._name = collection
         self._remote = location.startswith(("http://", "https://"))
+        self._retries = retries if self._remote else 0
         if self._remote:
             self.engine = f"qdrant-client ({location})"
-            client_args: dict[str, Any] = {"url": location}
+            client_args: dict[str, Any] = {
+                "url": location, "prefer_grpc": prefer_grpc, "timeout": max(1, round(timeout_s)),
+                "api_key": os.environ.get(api_key_env) or None, "https": location.startswith("https://"),
+            }
         elif location == ":memory:":
             self.engine = "qdrant-client (local :memory:)"
             client_args = {"location": ":memory:"}
@@ -474,34 +628,61 @@ class QdrantClientStore(VectorStore):
             self._client.close()
             raise
 
+    def _call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A client call, retried with jittered backoff when a remote server hiccups (calls here are idempotent)."""
+        attempt = 0
+        while True:
+            try:
+                return fn(*args, **kwargs)
+            except Exception as exc:
+                if attempt == self._retries or not _transient(exc):
+                    raise
+                delay = min(2.0, 0.1 * 2**attempt) * (0.5 + random.random())
+                log.warning("%s: %s; retrying in %.2f s", self.engine, exc, delay)
+                time.sleep(delay)
+                attempt += 1
+
     def _reads_need_lock(self) -> bool:
         return not self._remote
 
     def _read_collection(self) -> _Collection | None:
-        if not self._client.collection_exists(self._name):
+        if not self._call(self._client.collection_exists, self._name):
             return None
-        config = self._client.get_collection(self._name).config
+        config = self._call(self._client.get_collection, self._name).config
         vectors = config.params.vectors
         if not isinstance(vectors, qm.VectorParams):
             raise StoreError(f"{self.engine}: collection {self._name!r} has named vectors; ecgregen did not make it")
-        return _Collection(dim=vectors.size, encoder_id=str((config.metadata or {}).get(ENCODER_ID_KEY, "")))
+        metadata = config.metadata or {}
+        return _Collection(
+            dim=vectors.size, encoder_id=str(metadata.get(ENCODER_ID_KEY, "")),
+            index=IndexSettings.from_json(metadata.get(INDEX_KEY)),
+        )
 
     def _create(self, collection: _Collection) -> None:
+        index = collection.index
+        quantization = (
+            qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, quantile=0.99, always_ram=True))
+            if index.quantization == "int8" else None
+        )
         self._client.create_collection(
             self._name,
-            vectors_config=qm.VectorParams(size=collection.dim, distance=qm.Distance.COSINE),
-            hnsw_config=qm.HnswConfigDiff(m=HNSW_M, ef_construct=HNSW_EF_CONSTRUCT),
-            metadata={ENCODER_ID_KEY: collection.encoder_id},
+            vectors_config=qm.VectorParams(size=collection.dim, distance=qm.Distance.COSINE, on_disk=index.on_disk),
+            hnsw_config=qm.HnswConfigDiff(
+                m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, full_scan_threshold=index.full_scan_threshold_kb
+            ),
+            quantization_config=quantization,
+            metadata={ENCODER_ID_KEY: collection.encoder_id, INDEX_KEY: index.to_json()},
         )
         if self._remote:  # local mode has no payload indexes and warns when asked for one
             for field in KEYWORD_FIELDS:
-                self._client.create_payload_index(self._name, field, qm.PayloadSchemaType.KEYWORD, wait=True)
+                self._call(self._client.create_payload_index, self._name, field, qm.PayloadSchemaType.KEYWORD, wait=True)
 
     def _drop(self) -> None:
         self._client.delete_collection(self._name)
 
     def _retrieve_ids(self, ids: list[str]) -> set[str]:
-        return {str(r.id) for r in self._client.retrieve(self._name, ids, with_payload=False, with_vectors=False)}
+        found = self._call(self._client.retrieve, self._name, ids, with_payload=False, with_vectors=False)
+        return {str(r.id) for r in found}
 
     def _upsert(self, records: list[StoredRecord]) -> None:
         for start in range(0, len(records), self.UPSERT_BATCH):
@@ -509,30 +690,49 @@ class QdrantClientStore(VectorStore):
                 qm.PointStruct(id=r.point_id, vector=np.asarray(r.vector, np.float32).tolist(), payload=_payload(r))
                 for r in records[start : start + self.UPSERT_BATCH]
             ]
-            self._client.upsert(self._name, points, wait=True)
+            self._call(self._client.upsert, self._name, points, wait=True)
 
     def _delete(self, ids: list[str]) -> None:
-        self._client.delete(self._name, qm.PointIdsList(points=ids), wait=True)
+        self._call(self._client.delete, self._name, qm.PointIdsList(points=ids), wait=True)
 
     def _query(
         self, vector: list[float], k: int, filt: SearchFilter | None, exact: bool, hnsw_ef: int | None
     ) -> list[tuple[Any, float, dict[str, Any]]]:
-        response = self._client.query_points(
+        quantized = self._collection is not None and self._collection.index.quantization != "none"
+        params = qm.SearchParams(
+            hnsw_ef=hnsw_ef, exact=exact,
+            quantization=qm.QuantizationSearchParams(rescore=True, oversampling=2.0) if quantized else None,
+        )
+        response = self._call(
+            self._client.query_points,
             self._name,
             query=vector,
             limit=k,
             query_filter=_client_filter(filt),
             # Local mode is always exact and warns about search params, so they only go to a server.
-            search_params=qm.SearchParams(hnsw_ef=hnsw_ef, exact=exact) if self._remote else None,
+            search_params=params if self._remote else None,
             with_payload=True,
         )
         return [(p.id, p.score, p.payload or {}) for p in response.points]
 
+    def _scroll(
+        self, batch_id: str | None, with_vectors: bool, offset: Any, limit: int
+    ) -> tuple[list[tuple[Any, list[float] | None, dict[str, Any]]], Any]:
+        where = (
+            qm.Filter(must=[qm.FieldCondition(key="batch_id", match=qm.MatchValue(value=batch_id))]) if batch_id else None
+        )
+        records, next_offset = self._call(
+            self._client.scroll, self._name, scroll_filter=where, limit=limit, offset=offset, with_payload=True,
+            with_vectors=with_vectors,
+        )
+        return [(r.id, list(r.vector) if with_vectors else None, r.payload or {}) for r in records], next_offset
+
     def _count(self) -> int:
-        return self._client.count(self._name, exact=True).count
+        return self._call(self._client.count, self._name, exact=True).count
 
     def _stats(self, collection: _Collection) -> StoreStats:
-        info = self._client.get_collection(self._name)
+        info = self._call(self._client.get_collection, self._name)
+        optimizer = info.optimizer_status
         return StoreStats(
             engine=self.engine,
             points=info.points_count or 0,
@@ -540,10 +740,39 @@ class QdrantClientStore(VectorStore):
             dim=collection.dim,
             encoder_id=collection.encoder_id,
             status=str(info.status.value),
+            optimizer=optimizer if isinstance(optimizer, str) else f"error: {getattr(optimizer, 'error', optimizer)}",
+            segments=info.segments_count or 0,
+            index=collection.index,
         )
+
+    def begin_bulk_load(self) -> None:
+        """Qdrant's bulk-load recipe: no HNSW building while points stream in (``optimize`` turns it back on)."""
+        if self._remote:
+            with self._operation(write=True), self._engine_errors():
+                self._call(self._client.update_collection, self._name,
+                           optimizers_config=qm.OptimizersConfigDiff(indexing_threshold=0))
+
+    def optimize(self) -> None:
+        """Re-enable indexing after a bulk load; the server then builds HNSW in the background (status yellow)."""
+        if self._remote:
+            with self._operation(write=True), self._engine_errors():
+                self._call(self._client.update_collection, self._name, optimizers_config=qm.OptimizersConfigDiff(
+                    indexing_threshold=self.DEFAULT_INDEXING_THRESHOLD_KB))
 
     def _close(self) -> None:
         self._client.close()
+
+
+def _transient(exc: Exception) -> bool:
+    """Worth retrying: the server was unreachable, overloaded or restarting (not a bad request)."""
+    if isinstance(exc, ResponseHandlingException):  # connection refused/reset, timeout
+        return True
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code in (429, 502, 503, 504)
+    code = getattr(exc, "code", None)  # grpc.RpcError
+    if callable(code):
+        return code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
+    return False
 
 
 def open_store(data_dir: Path, qdrant_url: str | None = None, collection: str = "ecgregen") -> VectorStore:
@@ -575,7 +804,16 @@ def _payload(record: StoredRecord) -> dict[str, Any]:
         "scp_code_list": sorted(record.scp_codes),  # MatchAny needs a list; the object above keeps likelihoods
         "source": record.source,
         "inserted_at": record.inserted_at,
+        "batch_id": record.batch_id,
     }
+
+
+def _stored(payload: dict[str, Any], vector: np.ndarray) -> StoredRecord:
+    return StoredRecord(
+        vector=vector, ecg_id=payload["ecg_id"], patient_id=payload["patient_id"], report=payload["report"],
+        scp_codes={code: float(value) for code, value in payload["scp_codes"].items()}, source=payload["source"],
+        inserted_at=payload["inserted_at"], batch_id=payload.get("batch_id", ""),
+    )
 
 
 def _hit(pid: str, score: float, payload: dict[str, Any]) -> Hit:
@@ -588,11 +826,64 @@ def _hit(pid: str, score: float, payload: dict[str, Any]) -> Hit:
         scp_codes={code: float(value) for code, value in payload["scp_codes"].items()},
         source=payload["source"],
         inserted_at=payload["inserted_at"],
+        batch_id=payload.get("batch_id", ""),
     )
 
 
-def _edge_vectors(dim: int) -> qe.EdgeVectorParams:
-    return qe.EdgeVectorParams(size=dim, distance=qe.Distance.Cosine)
+def _edge_vectors(collection: _Collection) -> qe.EdgeVectorParams:
+    index = collection.index
+    quantization = (
+        qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+        if index.quantization == "int8" else None
+    )
+    return qe.EdgeVectorParams(
+        size=collection.dim, distance=qe.Distance.Cosine, on_disk=index.on_disk or None,
+        quantization_config=quantization,
+    )
+
+
+def _edge_vector(vector: Any) -> list[float]:
+    """A record's vector as Qdrant Edge returns it (the unnamed vector, possibly keyed by "")."""
+    if isinstance(vector, dict):
+        vector = next(iter(vector.values()))
+    return list(vector)
+
+
+def restore_snapshot(archive: Path, path: Path, *, force: bool = False) -> None:
+    """Unpack a snapshot made by :meth:`EdgeStore.snapshot` into ``path`` (a store directory, not in use).
+
+    The archive is unpacked beside the target and checked (its store.json, the shard loads) before it replaces
+    anything, so a bad archive leaves the current store as it was.
+    """
+    path = Path(path)
+    if (path / "store.json").exists() and not force:
+        raise StoreError(f"{path} already holds a store; restore into an empty directory or pass force")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f"{path.name}.restore-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        with tarfile.open(archive, "r") as tar:
+            names = tar.getnames()
+            if "store.json" not in names or not any(n == "shard" or n.startswith("shard/") for n in names):
+                raise StoreError(f"{archive} is not an ecgregen store snapshot (no store.json and shard/)")
+            tar.extractall(staging, filter="data")
+        EdgeStore(staging).close()  # loads the shard against store.json: fails here, not after the swap
+        if path.exists():
+            lock = _lock_directory(path / "store.lock") if path.is_dir() else None  # refuse a store in use
+            try:
+                old = path.with_name(f"{path.name}.old-{int(time.time())}")
+                path.rename(old)
+            finally:
+                if lock is not None:
+                    os.close(lock)
+            staging.rename(path)
+            shutil.rmtree(old)
+        else:
+            staging.rename(path)
+    except (tarfile.TarError, OSError) as exc:
+        raise StoreError(f"cannot restore {archive}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _edge_filter(filt: SearchFilter | None) -> qe.Filter | None:

@@ -59,7 +59,7 @@ def filter_from_proto(msg: pb.SearchFilter) -> SearchFilter | None:
 def neighbour_to_proto(hit: Hit) -> pb.Neighbour:
     return pb.Neighbour(
         ecg_id=hit.ecg_id, patient_id=hit.patient_id, score=hit.score, report=hit.report,
-        scp_codes=hit.scp_codes, source=hit.source, inserted_at=hit.inserted_at,
+        scp_codes=hit.scp_codes, source=hit.source, inserted_at=hit.inserted_at, batch_id=hit.batch_id,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -16,7 +17,7 @@ import grpc
 from tqdm import tqdm
 
 from ecgregen.ecg import EcgInputError
-from ecgregen.pipeline import InsertOutcome, RecordToInsert, RetrievalPipeline
+from ecgregen.pipeline import InsertOutcome, RecordToInsert, RetrievalPipeline, new_batch_id
 from ecgregen.records import EcgRecord
 from ecgregen.store import point_id
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -26,6 +27,7 @@ from ecgregen.wire import ecg_to_proto
 
 @dataclass
 class IndexReport:
+    batch_id: str = ""
     inserted: int = 0
     updated: int = 0
     skipped: int = 0  # already present (resume)
@@ -40,7 +42,8 @@ class IndexReport:
     def summary(self) -> str:
         text = (
             f"inserted {self.inserted}, updated {self.updated}, skipped {self.skipped} already indexed, "
-            f"rejected {len(self.rejected)} in {self.seconds:.1f} s ({self.records_per_second:.0f} records/s)"
+            f"rejected {len(self.rejected)} in {self.seconds:.1f} s ({self.records_per_second:.0f} records/s); "
+            f"batch {self.batch_id}"
         )
         for ecg_id, reason in self.rejected[:10]:
             text += f"\n  rejected {ecg_id}: {reason}"
@@ -55,7 +58,10 @@ class Sink(Protocol):
     def existing(self, records: Sequence[EcgRecord]) -> set[str]:
         """Point ids of `records` that are already stored (empty if the sink cannot tell)."""
 
-    def write(self, batch: Sequence[RecordToInsert]) -> InsertOutcome:
+    def start(self) -> None:
+        """Called once before the first batch."""
+
+    def write(self, batch: Sequence[RecordToInsert], batch_id: str) -> InsertOutcome:
         """Upsert; rejected records are reported by their position in `batch`."""
 
     def finish(self) -> None:
@@ -71,8 +77,11 @@ class LocalSink:
     def existing(self, records: Sequence[EcgRecord]) -> set[str]:
         return self.pipeline.store.existing_ids([point_id(r.source, r.ecg_id) for r in records])
 
-    def write(self, batch: Sequence[RecordToInsert]) -> InsertOutcome:
-        return self.pipeline.insert(batch)
+    def start(self) -> None:
+        self.pipeline.store.begin_bulk_load()
+
+    def write(self, batch: Sequence[RecordToInsert], batch_id: str) -> InsertOutcome:
+        return self.pipeline.insert(batch, batch_id)
 
     def finish(self) -> None:
         # Build the HNSW graph once at the end of a bulk load rather than while inserting.
@@ -90,13 +99,17 @@ class GrpcSink:
     def existing(self, records: Sequence[EcgRecord]) -> set[str]:
         return set()
 
-    def write(self, batch: Sequence[RecordToInsert]) -> InsertOutcome:
+    def start(self) -> None:
+        pass
+
+    def write(self, batch: Sequence[RecordToInsert], batch_id: str) -> InsertOutcome:
         messages = (
             pb.InsertRecordsRequest(
                 record=pb.Record(
                     ecg_id=r.ecg_id, patient_id=r.patient_id, report=r.report, scp_codes=r.scp_codes,
                     source=r.source, ecg=ecg_to_proto(r.ecg),
-                )
+                ),
+                batch_id=batch_id,
             )
             for r in batch
         )
@@ -120,38 +133,63 @@ def _batches(records: Sequence[EcgRecord], size: int) -> Iterator[Sequence[EcgRe
         yield records[i : i + size]
 
 
+def _load(chunk: Sequence[EcgRecord], present: set[str], report: IndexReport) -> list[RecordToInsert]:
+    """Read the chunk's signals (skipping what is stored already); unreadable records are reported, not fatal."""
+    batch: list[RecordToInsert] = []
+    for record in chunk:
+        if point_id(record.source, record.ecg_id) in present:
+            report.skipped += 1
+            continue
+        try:
+            ecg = record.load_ecg()
+        except (EcgInputError, OSError, ValueError) as exc:
+            report.rejected.append((record.ecg_id, str(exc)))
+            continue
+        batch.append(
+            RecordToInsert(
+                ecg=ecg, ecg_id=record.ecg_id, patient_id=record.patient_id, report=record.report,
+                scp_codes=record.scp_codes, source=record.source,
+            )
+        )
+    return batch
+
+
 def index_records(
     records: Sequence[EcgRecord], sink: Sink, *, batch_size: int = 64, resume: bool = True, progress: bool = True,
-    description: str = "indexing",
+    description: str = "indexing", batch_id: str | None = None,
 ) -> IndexReport:
-    """Embed and upsert `records` in batches with a progress bar; returns counts and throughput."""
-    report = IndexReport()
+    """Embed and upsert `records` in batches with a progress bar; returns counts and throughput.
+
+    Reading the next chunk's signals overlaps with encoding and writing the current one (a one-deep pipeline:
+    memory stays at two chunks). Everything written carries one batch id, so the whole run can be rolled back.
+    """
+    report = IndexReport(batch_id=batch_id or new_batch_id())
     start = time.perf_counter()
-    with tqdm(total=len(records), desc=description, unit="ecg", disable=not progress, dynamic_ncols=True) as bar:
+    sink.start()
+
+    def account(outcome: InsertOutcome, batch: list[RecordToInsert]) -> None:
+        report.inserted += outcome.inserted
+        report.updated += outcome.updated
+        report.rejected += [(batch[i].ecg_id, reason) for i, reason in outcome.rejected]
+
+    with (
+        tqdm(total=len(records), desc=description, unit="ecg", disable=not progress, dynamic_ncols=True) as bar,
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="index-write") as writer,
+    ):
+        in_flight: tuple[Future[InsertOutcome], list[RecordToInsert], int] | None = None
         for chunk in _batches(records, batch_size):
-            present = sink.existing(chunk) if resume else set()
-            batch: list[RecordToInsert] = []
-            for record in chunk:
-                if point_id(record.source, record.ecg_id) in present:
-                    report.skipped += 1
-                    continue
-                try:
-                    ecg = record.load_ecg()
-                except (EcgInputError, OSError, ValueError) as exc:
-                    report.rejected.append((record.ecg_id, str(exc)))
-                    continue
-                batch.append(
-                    RecordToInsert(
-                        ecg=ecg, ecg_id=record.ecg_id, patient_id=record.patient_id, report=record.report,
-                        scp_codes=record.scp_codes, source=record.source,
-                    )
-                )
+            batch = _load(chunk, sink.existing(chunk) if resume else set(), report)
+            if in_flight is not None:
+                account(in_flight[0].result(), in_flight[1])
+                bar.update(in_flight[2])
+                in_flight = None
             if batch:
-                outcome = sink.write(batch)
-                report.inserted += outcome.inserted
-                report.updated += outcome.updated
-                report.rejected += [(batch[i].ecg_id, reason) for i, reason in outcome.rejected]
-            bar.update(len(chunk))
+                in_flight = (writer.submit(sink.write, batch, report.batch_id), batch, len(chunk))
+            else:
+                bar.update(len(chunk))
+        if in_flight is not None:
+            account(in_flight[0].result(), in_flight[1])
+            bar.update(in_flight[2])
     sink.finish()
     report.seconds = time.perf_counter() - start
     return report

@@ -20,6 +20,7 @@ from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
 from ecgregen.server.service import EcgReGenService
+from ecgregen.store import IndexSettings
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 
@@ -43,6 +44,7 @@ class ServeSettings:
     seed_demo: bool = True
     shutdown_grace_s: float = 10.0
     llm: LlmConfig = LlmConfig()
+    index: IndexSettings | None = None  # for a collection this server creates
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -54,7 +56,7 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 
 
 async def serve(settings: ServeSettings) -> None:
-    pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint)
+    pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index)
     llm: LlmStage | None = None
     try:
         server = grpc.aio.server(
@@ -64,7 +66,7 @@ async def serve(settings: ServeSettings) -> None:
             ]
         )
         llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
-        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline, llm), server)
+        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline, llm, settings.data_dir / "snapshots"), server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(

@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -26,8 +30,8 @@ from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmStage
 from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, stage_timer
-from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline
-from ecgregen.store import SearchFilter, StoreError
+from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
+from ecgregen.store import SearchFilter, StoreError, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import DEFAULT_SOURCE, ecg_from_proto, filter_from_proto, neighbour_to_proto, record_from_proto
@@ -36,6 +40,8 @@ log = logging.getLogger("ecgregen.server")
 
 INSERT_BATCH = 64
 ANSWERERS = ("labels", "llm")
+MAX_HNSW_EF = 4096
+BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_QUESTION_CHARS = 2000
 MAX_OPTIONS = 100
 MAX_OPTION_CHARS = 200
@@ -47,7 +53,8 @@ Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIterator[None]:
     """Time the call, count it by status code, and map domain errors to status codes.
 
-    Bad input -> INVALID_ARGUMENT; empty corpus -> FAILED_PRECONDITION; store failures -> UNAVAILABLE;
+    Bad input -> INVALID_ARGUMENT; empty corpus or an operation this store cannot do -> FAILED_PRECONDITION;
+    store failures -> UNAVAILABLE;
     anything else -> INTERNAL with the details logged here and not leaked to the caller.
     """
     start = time.perf_counter()
@@ -58,6 +65,9 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
         code = grpc.StatusCode.INVALID_ARGUMENT
         await context.abort(code, str(exc))
     except EmptyCorpusError as exc:
+        code = grpc.StatusCode.FAILED_PRECONDITION
+        await context.abort(code, str(exc))
+    except StoreUnsupported as exc:
         code = grpc.StatusCode.FAILED_PRECONDITION
         await context.abort(code, str(exc))
     except StoreError as exc:
@@ -117,6 +127,18 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     )
 
 
+def check_hnsw_ef(hnsw_ef: int) -> int | None:
+    if hnsw_ef > MAX_HNSW_EF:
+        raise EcgInputError(f"hnsw_ef must be at most {MAX_HNSW_EF}, got {hnsw_ef}")
+    return hnsw_ef or None
+
+
+def check_batch_id(batch_id: str) -> str:
+    if not BATCH_ID.fullmatch(batch_id):
+        raise EcgInputError(f"batch_id {batch_id[:80]!r} must be 1-64 letters, digits, '-', '_', '.' or ':'")
+    return batch_id
+
+
 def parse_query(request: Any, default_k: int) -> tuple[Ecg, int, SearchFilter | None]:
     """The ECG, k and filter every query request carries, checked."""
     if not request.HasField("ecg"):
@@ -157,9 +179,10 @@ class Refinement:
 
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
-    def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage) -> None:
+    def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None) -> None:
         self.pipeline = pipeline
         self.llm = llm
+        self.snapshot_dir = snapshot_dir
 
     def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
         retrieved = retrieval.hits[0].report if retrieval.hits else ""
@@ -225,7 +248,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         start = time.perf_counter()
         ecg, k, filt = parse_query(request, default_k=10)
-        retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt, exact=request.exact)
+        retrieval = await asyncio.to_thread(
+            self.pipeline.search, ecg, k, filt, exact=request.exact, hnsw_ef=check_hnsw_ef(request.hnsw_ef)
+        )
         return pb.SearchResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings,
@@ -264,7 +289,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         seen = 0
 
         async def flush() -> None:
-            outcome = await asyncio.to_thread(self.pipeline.insert, [record for _, record in batch])
+            outcome = await asyncio.to_thread(self.pipeline.insert, [record for _, record in batch], response.batch_id)
             response.inserted += outcome.inserted
             response.updated += outcome.updated
             for position, reason in outcome.rejected:
@@ -274,6 +299,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
         async for message in request_iterator:
             index, seen = seen, seen + 1
+            if index == 0:
+                response.batch_id = check_batch_id(message.batch_id) if message.batch_id else new_batch_id()
             try:
                 if not message.HasField("record"):
                     raise EcgInputError("message has no record")
@@ -301,6 +328,12 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
     @rpc
     async def DeleteRecords(self, request: pb.DeleteRecordsRequest, context: grpc.aio.ServicerContext) -> pb.DeleteRecordsResponse:
+        if request.batch_id:
+            if request.keys:
+                raise EcgInputError("give keys or a batch_id, not both")
+            deleted = await asyncio.to_thread(self.pipeline.delete, (), check_batch_id(request.batch_id))
+            log.info("rolled back batch %s: %d records deleted", request.batch_id, deleted)
+            return pb.DeleteRecordsResponse(deleted=deleted)
         keys = []
         for i, key in enumerate(request.keys):
             if not key.ecg_id.strip():
@@ -316,8 +349,24 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         stats = await asyncio.to_thread(self.pipeline.store.stats)
         return pb.CorpusStats(
             points=stats.points, indexed_vectors=stats.indexed_vectors, dim=stats.dim, encoder_id=stats.encoder_id,
-            engine=stats.engine, status=stats.status,
+            engine=stats.engine, status=stats.status, optimizer=stats.optimizer, segments=stats.segments,
+            index=pb.IndexSettings(**dataclasses.asdict(stats.index)),
         )
+
+    @rpc
+    async def ListBatches(self, request: pb.ListBatchesRequest, context: grpc.aio.ServicerContext) -> pb.ListBatchesResponse:
+        batches = await asyncio.to_thread(self.pipeline.store.batches)
+        return pb.ListBatchesResponse(batches=[pb.Batch(**dataclasses.asdict(b)) for b in batches])
+
+    @rpc
+    async def CreateSnapshot(self, request: pb.CreateSnapshotRequest, context: grpc.aio.ServicerContext) -> pb.Snapshot:
+        if self.snapshot_dir is None:
+            raise StoreUnsupported("this server has no snapshot directory")
+        out = self.snapshot_dir / f"ecgregen-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar"
+        path = await asyncio.to_thread(self.pipeline.store.snapshot, out)
+        points = await asyncio.to_thread(self.pipeline.store.count)
+        log.info("snapshot written: %s (%d points)", path, points)
+        return pb.Snapshot(path=str(path), bytes=path.stat().st_size, points=points)
 
     @rpc
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:

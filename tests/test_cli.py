@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import zlib
 from pathlib import Path
@@ -60,11 +61,26 @@ def test_client_insert_then_report_then_delete(edge_server: ServerProcess, tmp_p
     record = write_record(tmp_path, "synthetic1", list(STANDARD_LEADS))
     out = run("client", "insert", str(record), "--server", edge_server.address, "--report", "synthetic report",
               "--scp-codes", '{"NORM": 100}', "--ecg-id", "cli-1", "--patient-id", "p-cli", "--source", "cli", "--json")
-    assert json.loads(out.stdout) == {"inserted": 1, "updated": 0, "rejected": 0, "rejections": []}
+    inserted = json.loads(out.stdout)
+    assert re.fullmatch(r"\d{8}T\d{6}Z-[0-9a-f]{8}", inserted.pop("batch_id"))
+    assert inserted == {"inserted": 1, "updated": 0, "rejected": 0, "rejections": []}
     result = json.loads(run("client", "report", str(record), "--server", edge_server.address, "--json").stdout)
     assert result["report"] == "synthetic report" and result["neighbours"][0]["ecg_id"] == "cli-1"
     out = run("client", "delete", "cli-1", "--source", "cli", "--server", edge_server.address)
     assert out.stdout.strip() == "deleted 1"
+
+
+def test_client_batches_and_rollback(edge_server: ServerProcess, tmp_path: Path) -> None:
+    records = [str(write_record(tmp_path, f"rb{i}", list(STANDARD_LEADS))) for i in range(3)]
+    out = run("client", "insert", *records, "--server", edge_server.address, "--report", "to roll back",
+              "--source", "cli-rollback", "--json")
+    batch = json.loads(out.stdout)["batch_id"]
+    listed = json.loads(run("client", "batches", "--server", edge_server.address, "--json").stdout)["batches"]
+    assert {"batch_id": batch, "points": 3} == {k: v for k, v in listed[-1].items() if k in ("batch_id", "points")}
+    out = run("client", "rollback", batch, "--server", edge_server.address)
+    assert out.stdout.strip() == f"deleted 3 records of batch {batch}"
+    listed = json.loads(run("client", "batches", "--server", edge_server.address, "--json").stdout)["batches"]
+    assert batch not in {b["batch_id"] for b in listed}
 
 
 def test_errors_print_status_and_message(edge_server: ServerProcess, tmp_path: Path) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
+import tarfile
 import textwrap
 import threading
 from collections.abc import Iterator
@@ -12,8 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from ecgregen.indexer.migrate import migrate
 from ecgregen.store import (
     EdgeStore,
+    IndexSettings,
     QdrantClientStore,
     SearchFilter,
     StoredRecord,
@@ -23,6 +27,7 @@ from ecgregen.store import (
     VectorStore,
     open_store,
     point_id,
+    restore_snapshot,
 )
 
 DIM = 32
@@ -179,8 +184,8 @@ def test_hnsw_after_optimize_agrees_with_exact_search(store: VectorStore) -> Non
 
 def test_edge_optimize_builds_a_graph_that_search_uses(tmp_path: Path) -> None:
     # A 1 KB full-scan threshold makes the engine walk the HNSW graph even for this small store.
-    with EdgeStore(tmp_path / "edge", full_scan_threshold_kb=1) as store:
-        store.ensure_collection(DIM, ENCODER)
+    with EdgeStore(tmp_path / "edge") as store:
+        store.ensure_collection(DIM, ENCODER, index=IndexSettings(full_scan_threshold_kb=1))
         vectors = random_vectors(400, seed=5)
         store.upsert([record(v, str(i)) for i, v in enumerate(vectors)])
         assert store.stats().indexed_vectors == 0
@@ -335,3 +340,94 @@ def test_open_store_picks_the_engine(tmp_path: Path) -> None:
         assert isinstance(client, QdrantClientStore)
     with pytest.raises(ValueError, match="location"):
         QdrantClientStore("ftp://nowhere")
+
+
+def batch_record(vector: np.ndarray, ecg_id: str, batch_id: str, inserted_at: str) -> StoredRecord:
+    return dataclasses.replace(record(vector, ecg_id), batch_id=batch_id, inserted_at=inserted_at)
+
+
+def test_batches_list_and_roll_back(store: VectorStore) -> None:
+    vectors = random_vectors(9, seed=11)
+    store.upsert([batch_record(v, str(i), "b-old", "2026-01-01T00:00:00+00:00") for i, v in enumerate(vectors[:5])])
+    store.upsert([batch_record(v, str(i), "b-new", "2026-02-01T00:00:00+00:00") for i, v in enumerate(vectors[5:], 5)])
+    assert [(b.batch_id, b.points) for b in store.batches()] == [("b-old", 5), ("b-new", 4)]
+    assert store.search(vectors[6], k=1)[0].batch_id == "b-new"
+
+    assert store.delete_batch("b-new") == 4
+    assert store.count() == 5 and [b.batch_id for b in store.batches()] == ["b-old"]
+    assert store.delete_batch("b-new") == 0  # a repeated rollback changes nothing
+    assert {r.ecg_id for r in store.scroll()} == {"0", "1", "2", "3", "4"}
+
+
+def test_scroll_returns_vectors_and_payloads_as_stored(store: VectorStore) -> None:
+    vectors = random_vectors(600, seed=12)  # more than one scroll page
+    store.upsert([batch_record(v, str(i), "b", "2026-03-01T00:00:00+00:00") for i, v in enumerate(vectors)])
+    got = {r.ecg_id: r for r in store.scroll()}
+    assert len(got) == 600
+    assert np.allclose(got["123"].vector, vectors[123], atol=1e-6)
+    assert (got["5"].batch_id, got["5"].inserted_at, got["5"].scp_codes) == ("b", "2026-03-01T00:00:00+00:00", {"NORM": 100.0})
+
+
+def test_index_settings_are_kept_with_the_collection(persistent_location: str) -> None:
+    settings = IndexSettings(hnsw_m=32, hnsw_ef_construct=200, full_scan_threshold_kb=1, quantization="int8")
+    vectors = random_vectors(300, seed=13)
+    with open_location(persistent_location) as store:
+        store.ensure_collection(DIM, ENCODER, index=settings)
+        store.upsert([record(v, str(i)) for i, v in enumerate(vectors)])
+        store.optimize()
+    with open_location(persistent_location) as store:
+        store.ensure_collection(DIM, ENCODER, index=IndexSettings())  # another wish does not change a built collection
+        stats = store.stats()
+        assert stats.index == settings and stats.points == 300
+        assert store.search(vectors[42], k=1)[0].ecg_id == "42"  # quantised search rescores: the exact match wins
+
+
+def test_edge_stats_tell_operators_what_is_not_indexed(tmp_path: Path) -> None:
+    with EdgeStore(tmp_path / "edge") as store:
+        store.ensure_collection(DIM, ENCODER)
+        store.upsert([record(v, str(i)) for i, v in enumerate(random_vectors(50))])
+        pending = store.stats()
+        assert (pending.status, pending.optimizer) == ("grey", "50 points not in the HNSW index yet (searched "
+                                                       "exhaustively); run `ecgregen optimize`")
+        store.optimize()
+        done = store.stats()
+        assert (done.status, done.optimizer, done.indexed_vectors) == ("green", "ok", 50)
+
+
+def test_edge_snapshot_round_trip(tmp_path: Path) -> None:
+    vectors = random_vectors(40, seed=14)
+    with EdgeStore(tmp_path / "live") as store:
+        store.ensure_collection(DIM, ENCODER, index=IndexSettings(hnsw_m=8))
+        store.upsert([record(v, str(i)) for i, v in enumerate(vectors)])
+        archive = store.snapshot(tmp_path / "backups" / "snap.tar")  # taken while the store is open
+        store.upsert([record(v, f"later-{i}") for i, v in enumerate(random_vectors(5, seed=15))])
+
+    restore_snapshot(archive, tmp_path / "restored")
+    with EdgeStore(tmp_path / "restored") as restored:
+        assert restored.count() == 40 and restored.stats().index.hnsw_m == 8
+        assert restored.search(vectors[17], k=1)[0].ecg_id == "17"
+
+    with pytest.raises(StoreError, match="already holds a store"):
+        restore_snapshot(archive, tmp_path / "restored")
+    bogus = tmp_path / "bogus.tar"
+    with tarfile.open(bogus, "w") as tar:
+        tar.add(__file__, arcname="notes.txt")
+    with pytest.raises(StoreError, match="not an ecgregen store snapshot"):
+        restore_snapshot(bogus, tmp_path / "restored", force=True)
+    with EdgeStore(tmp_path / "restored") as restored:  # a refused restore leaves the store as it was
+        assert restored.count() == 40
+
+
+def test_migrate_copies_everything_without_re_embedding(tmp_path: Path) -> None:
+    vectors = random_vectors(700, seed=16)
+    with EdgeStore(tmp_path / "edge") as source, QdrantClientStore(f"local:{tmp_path / 'target'}") as target:
+        source.ensure_collection(DIM, ENCODER, index=IndexSettings(hnsw_m=24))
+        source.upsert([batch_record(v, str(i), "b1", "2026-04-01T00:00:00+00:00") for i, v in enumerate(vectors)])
+        report = migrate(source, target, progress=False)
+        assert (report.copied, report.target_points) == (700, 700)
+        stats = target.stats()
+        assert (stats.encoder_id, stats.dim, stats.index.hnsw_m) == (ENCODER, DIM, 24)
+        for i in (0, 350, 699):
+            a, b = source.search(vectors[i], k=5, exact=True), target.search(vectors[i], k=5)
+            assert [h.point_id for h in a] == [h.point_id for h in b] and b[0].batch_id == "b1"
+        assert migrate(source, target, progress=False).target_points == 700  # repeated: converges, no duplicates

@@ -1,0 +1,1 @@
+"""Benchmarks of the service's parts at scale (vector store, ...), as libraries the CLI calls."""
