@@ -1,5 +1,6 @@
 """The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, evaluate
-{report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot}.
+{report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
+optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """
@@ -198,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     client_rollback = client_parser("rollback", "delete every record one insert wrote")
     client_rollback.add_argument("batch_id")
     client_parser("snapshot", "back up the server's embedded store (written on the server host)")
+    client_parser("optimize", "build the HNSW index over recently inserted points (the server pauses meanwhile)")
     return parser
 
 
@@ -418,8 +420,10 @@ def run_client(args: argparse.Namespace) -> None:
     elif cmd == "delete":
         result = client.delete(args.server, args.ecg_ids, args.source)
         print(client.dumps(result) if args.json else f"deleted {result['deleted']}")
-    elif cmd in ("stats", "info", "snapshot"):
-        result = {"stats": client.stats, "info": client.info, "snapshot": client.snapshot}[cmd](args.server)
+    elif cmd in ("stats", "info", "snapshot", "optimize"):
+        calls = {"stats": client.stats, "info": client.info, "snapshot": client.snapshot,
+                 "optimize": lambda address: client.stats(address, optimize=True)}
+        result = calls[cmd](args.server)
         print(client.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
     elif cmd == "batches":
         result = client.batches(args.server)

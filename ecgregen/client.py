@@ -161,9 +161,12 @@ def delete(address: str, ecg_ids: Sequence[str], source: str) -> dict:
     return {"deleted": response.deleted}
 
 
-def stats(address: str) -> dict:
+def stats(address: str, *, optimize: bool = False) -> dict:
     with Connection(address) as stub:
-        s = call(stub.GetCorpusStats, pb.GetCorpusStatsRequest(), DEFAULT_TIMEOUT_S)
+        if optimize:
+            s = call(stub.OptimizeCorpus, pb.OptimizeCorpusRequest(), 3600.0)
+        else:
+            s = call(stub.GetCorpusStats, pb.GetCorpusStatsRequest(), DEFAULT_TIMEOUT_S)
     return {
         "points": s.points, "indexed_vectors": s.indexed_vectors, "dim": s.dim, "encoder_id": s.encoder_id,
         "engine": s.engine, "status": s.status, "optimizer": s.optimizer, "segments": s.segments,

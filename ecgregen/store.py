@@ -537,7 +537,8 @@ class EdgeStore(VectorStore):
             dim=collection.dim, encoder_id=collection.encoder_id,
             status="green" if pending <= 0 else "grey",
             optimizer="ok" if pending <= 0 else (
-                f"{pending} points not in the HNSW index yet (searched exhaustively); run `ecgregen optimize`"
+                f"{pending} points not in the HNSW index yet (searched exhaustively); run OptimizeCorpus "
+                "(`ecgregen client optimize`)"
             ),
             segments=info.segments_count, index=collection.index,
         )

@@ -31,7 +31,7 @@ from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmStage
 from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, stage_timer
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
-from ecgregen.store import SearchFilter, StoreError, StoreUnsupported
+from ecgregen.store import SearchFilter, StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import DEFAULT_SOURCE, ecg_from_proto, filter_from_proto, neighbour_to_proto, record_from_proto
@@ -124,6 +124,14 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
         preprocess_ms=s.get("preprocess", 0.0) * 1e3, encode_ms=s.get("encode", 0.0) * 1e3,
         search_ms=s.get("search", 0.0) * 1e3, answer_ms=s.get("answer", 0.0) * 1e3, llm_ms=s.get("llm", 0.0) * 1e3,
         total_ms=(time.perf_counter() - start) * 1e3,
+    )
+
+
+def stats_proto(stats: StoreStats) -> pb.CorpusStats:
+    return pb.CorpusStats(
+        points=stats.points, indexed_vectors=stats.indexed_vectors, dim=stats.dim, encoder_id=stats.encoder_id,
+        engine=stats.engine, status=stats.status, optimizer=stats.optimizer, segments=stats.segments,
+        index=pb.IndexSettings(**dataclasses.asdict(stats.index)),
     )
 
 
@@ -346,12 +354,16 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
     @rpc
     async def GetCorpusStats(self, request: pb.GetCorpusStatsRequest, context: grpc.aio.ServicerContext) -> pb.CorpusStats:
+        return stats_proto(await asyncio.to_thread(self.pipeline.store.stats))
+
+    @rpc
+    async def OptimizeCorpus(self, request: pb.OptimizeCorpusRequest, context: grpc.aio.ServicerContext) -> pb.CorpusStats:
+        start = time.perf_counter()
+        await asyncio.to_thread(self.pipeline.store.optimize)
         stats = await asyncio.to_thread(self.pipeline.store.stats)
-        return pb.CorpusStats(
-            points=stats.points, indexed_vectors=stats.indexed_vectors, dim=stats.dim, encoder_id=stats.encoder_id,
-            engine=stats.engine, status=stats.status, optimizer=stats.optimizer, segments=stats.segments,
-            index=pb.IndexSettings(**dataclasses.asdict(stats.index)),
-        )
+        log.info("corpus optimized in %.1f s: %d of %d points indexed", time.perf_counter() - start,
+                 stats.indexed_vectors, stats.points)
+        return stats_proto(stats)
 
     @rpc
     async def ListBatches(self, request: pb.ListBatchesRequest, context: grpc.aio.ServicerContext) -> pb.ListBatchesResponse:

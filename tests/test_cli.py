@@ -132,3 +132,23 @@ def test_index_refuses_a_store_in_use(edge_server: ServerProcess) -> None:
     data_dir = edge_server.log_path.parent / "var"
     out = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--data-dir", str(data_dir), check=False)
     assert out.returncode == 1 and "in use by another process" in out.stderr
+
+
+def test_corpus_commands_offline(tmp_path: Path) -> None:
+    data = ["--data-dir", str(tmp_path / "var")]
+    out = run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--batch-id", "fold9", "--hnsw-m", "24", *data)
+    assert "inserted 30" in out.stdout and "batch fold9" in out.stdout
+    stats = run("corpus", "stats", *data).stdout
+    assert "points: 30" in stats and "status: green" in stats and "'hnsw_m': 24" in stats
+    assert run("corpus", "batches", *data).stdout.splitlines()[0].startswith("fold9  30 points  ")
+
+    snapshot = tmp_path / "fold9.tar"
+    assert "snapshot of 30 points written to" in run("corpus", "snapshot", "--out", str(snapshot), *data).stdout
+    out = run("index", "--migrate-to", f"local:{tmp_path / 'server'}", *data)
+    assert "copied 30 records" in out.stdout and "the target now holds 30" in out.stdout
+
+    assert run("corpus", "rollback", "fold9", *data).stdout.strip() == "deleted 30 records of batch fold9"
+    refused = run("corpus", "restore", str(snapshot), *data, check=False)
+    assert refused.returncode == 1 and "already holds a store" in refused.stderr
+    out = run("corpus", "restore", str(snapshot), "--force", *data)
+    assert out.stdout.strip().endswith(": 30 points")

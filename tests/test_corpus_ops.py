@@ -127,6 +127,8 @@ def test_stats_settings_and_hnsw_ef(tmp_path: Path, ecgs: list[pb.Ecg]) -> None:
         insert(server, [pb.Record(ecg_id="new-1", report="late", source="late", ecg=ecgs[0])])
         stats = stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
         assert stats.points == 271 and stats.status == "grey" and "1 points not in the HNSW index" in stats.optimizer
+        stats = stub.OptimizeCorpus(pb.OptimizeCorpusRequest(), timeout=120)
+        assert (stats.points, stats.indexed_vectors, stats.status) == (271, 271, "green")
     finally:
         server.stop()
 

@@ -388,7 +388,7 @@ def test_edge_stats_tell_operators_what_is_not_indexed(tmp_path: Path) -> None:
         store.upsert([record(v, str(i)) for i, v in enumerate(random_vectors(50))])
         pending = store.stats()
         assert (pending.status, pending.optimizer) == ("grey", "50 points not in the HNSW index yet (searched "
-                                                       "exhaustively); run `ecgregen optimize`")
+                                                       "exhaustively); run OptimizeCorpus (`ecgregen client optimize`)")
         store.optimize()
         done = store.stats()
         assert (done.status, done.optimizer, done.indexed_vectors) == ("green", "ok", 50)
