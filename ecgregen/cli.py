@@ -43,12 +43,14 @@ def _add_index_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--on-disk", action="store_true", help="keep vectors memory-mapped on disk instead of in RAM")
     g.add_argument("--quantization", default=d.quantization, choices=QUANTIZATIONS,
                    help="int8: scalar-quantised vectors in RAM (4x smaller), candidates rescored exactly")
+    g.add_argument("--shards", type=int, default=d.shards, help="Qdrant cluster: shards of the collection")
+    g.add_argument("--replicas", type=int, default=d.replicas, help="Qdrant cluster: replicas of each shard")
 
 
 def _index_settings(args: argparse.Namespace) -> IndexSettings:
     return IndexSettings(
         hnsw_m=args.hnsw_m, hnsw_ef_construct=args.hnsw_ef_construct, full_scan_threshold_kb=args.full_scan_threshold_kb,
-        on_disk=args.on_disk, quantization=args.quantization,
+        on_disk=args.on_disk, quantization=args.quantization, shards=args.shards, replicas=args.replicas,
     )
 
 

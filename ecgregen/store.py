@@ -65,10 +65,14 @@ class IndexSettings:
     full_scan_threshold_kb: int = 10_000
     on_disk: bool = False
     quantization: str = "none"
+    shards: int = 1  # a Qdrant cluster: shards spread over the nodes (the embedded store has one)
+    replicas: int = 1  # a Qdrant cluster: copies of each shard (2+ survives a node loss)
 
     def __post_init__(self) -> None:
         if self.hnsw_m < 2 or self.hnsw_ef_construct < 4 or self.full_scan_threshold_kb < 0:
             raise ValueError("HNSW m must be >= 2, ef_construct >= 4 and full_scan_threshold_kb >= 0")
+        if self.shards < 1 or self.replicas < 1:
+            raise ValueError("shards and replicas must be >= 1")
         if self.quantization not in QUANTIZATIONS:
             raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
 
@@ -672,6 +676,10 @@ class QdrantClientStore(VectorStore):
                 m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, full_scan_threshold=index.full_scan_threshold_kb
             ),
             quantization_config=quantization,
+            shard_number=index.shards if self._remote else None,
+            replication_factor=index.replicas if self._remote else None,
+            # A write is acknowledged once a majority of a shard's replicas has it.
+            write_consistency_factor=index.replicas // 2 + 1 if self._remote else None,
             metadata={ENCODER_ID_KEY: collection.encoder_id, INDEX_KEY: index.to_json()},
         )
         if self._remote:  # local mode has no payload indexes and warns when asked for one
