@@ -1,5 +1,5 @@
-"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, evaluate
-{report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
+"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, bench store,
+evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
 optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
@@ -155,6 +155,23 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     pretrain.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (smoke runs)")
 
+    bench = sub.add_parser("bench", help="benchmarks (results as JSON and a markdown table)")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench_store = bench_sub.add_parser("store", help="vector store at scale: recall, latency, build, memory, disk")
+    bench_store.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (real embeddings)")
+    bench_store.add_argument("--sizes", default="20000,200000", help="corpus sizes, comma-separated")
+    bench_store.add_argument("--index-folds", default="1-8")
+    bench_store.add_argument("--query-folds", default="9")
+    bench_store.add_argument("--queries", type=int, default=200)
+    bench_store.add_argument("--concurrency", default="1,4,16", help="threads searching at once, comma-separated")
+    bench_store.add_argument("--hnsw-ef", default="64,128,256", help="beam widths to measure, comma-separated")
+    bench_store.add_argument("--noise-cosine", type=float, default=0.93,
+                             help="cosine of the noisy copies (that scale the corpus) to their source")
+    bench_store.add_argument("--work-dir", type=Path, default=Path("./var/bench"))
+    bench_store.add_argument("--json", type=Path, dest="json_out")
+    bench_store.add_argument("--markdown", type=Path)
+    _add_index_flags(bench_store)
+
     client = sub.add_parser("client", help="call a running server")
     csub = client.add_subparsers(dest="client_command", required=True)
 
@@ -278,6 +295,30 @@ def run_migrate(args: argparse.Namespace) -> None:
         raise SystemExit("--migrate-to copies a whole store; give no FILES or --ptbxl")
     with open_store(args.data_dir, args.qdrant_url) as source, open_store(args.data_dir, args.migrate_to) as target:
         print(migrate(source, target).summary())
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"{flag} takes comma-separated integers, got {text!r}") from None
+
+
+def run_bench(args: argparse.Namespace) -> None:
+    from ecgregen.bench.store import format_store_bench, run_store_bench
+
+    result = run_store_bench(
+        _ints(args.sizes, "--sizes"), ptbxl_dir=args.ptbxl, index_folds=parse_folds(args.index_folds),
+        query_folds=parse_folds(args.query_folds), work_dir=args.work_dir, n_queries=args.queries,
+        concurrency=_ints(args.concurrency, "--concurrency"), index=_index_settings(args),
+        hnsw_ef=_ints(args.hnsw_ef, "--hnsw-ef"), noise_cosine=args.noise_cosine,
+    )
+    table = format_store_bench(result)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    if args.markdown:
+        args.markdown.write_text(table)
+    print(table)
 
 
 def run_corpus(args: argparse.Namespace) -> None:
@@ -461,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
             run_migrate(args) if args.migrate_to else run_index(args)
         elif args.command == "corpus":
             run_corpus(args)
+        elif args.command == "bench":
+            run_bench(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "qa-generate":

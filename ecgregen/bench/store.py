@@ -334,6 +334,9 @@ def _bench_size(
         "corpus_mb": round(corpus.nbytes / 2**20, 1),
         "truth_cosine": {"top1_mean": round(float(truth_scores[:, 0].mean()), 4),
                          f"top{K}_mean": round(float(truth_scores[:, -1].mean()), 4)},
+        # Share of the true top-k that are synthetic copies: near 0 means the copies are only distractors and
+        # the index just has to find the real records among them.
+        "truth_copy_share": round(float(np.mean(truth >= len(base))), 4),
     }
     path = work_dir / f"edge-{size}"
     shutil.rmtree(path, ignore_errors=True)
@@ -369,17 +372,21 @@ def run_store_bench(
     progress: bool = True,
     seed: int = 0,
     keep: bool = False,
+    noise_cosine: float = NOISE_COSINE,
 ) -> dict[str, Any]:
     """Benchmark Qdrant Edge at each corpus size; returns a JSON-able dict (see :func:`format_store_bench`).
 
     Index-fold embeddings are scaled to each size with noisy copies; queries are the query-fold embeddings (noisy
-    copies of them as well if ``n_queries`` asks for more). Embeddings are cached in ``work_dir``; each store is
-    built in ``work_dir / f"edge-{size}"`` and removed afterwards unless ``keep``.
+    copies of them as well if ``n_queries`` asks for more), each copy at about ``noise_cosine`` from its source.
+    Embeddings are cached in ``work_dir``; each store is built in ``work_dir / f"edge-{size}"`` and removed
+    afterwards unless ``keep``.
     """
     if not sizes or min(sizes) < K:
         raise ValueError(f"sizes must be given and each at least {K}")
     if n_queries < 1 or not concurrency or min(concurrency) < 1 or not hnsw_ef or min(hnsw_ef) < 1:
         raise ValueError("n_queries, every concurrency level and every hnsw_ef must be positive")
+    if not 0 < noise_cosine < 1:
+        raise ValueError(f"noise_cosine must be in (0, 1), got {noise_cosine}")
     started = time.perf_counter()
     say = _Progress(progress)
     work_dir = Path(work_dir)
@@ -393,7 +400,7 @@ def run_store_bench(
     base, records, cached_index = _fold_embeddings(Path(ptbxl_dir), index_folds, encoder, work_dir, say)
     query_base, _, cached_queries = _fold_embeddings(Path(ptbxl_dir), query_folds, encoder, work_dir, say)
     embed_seconds = time.perf_counter() - embed_start
-    sigma = noise_sigma(base.shape[1])
+    sigma = noise_sigma(base.shape[1], noise_cosine)
     queries, _ = _noisy_copies(query_base, n_queries, sigma, seed, QUERY_STREAM)
     first_copy = _noisy_copies(base, 2 * len(base), sigma, seed, CORPUS_STREAM)[0][len(base) :]
     measured_cosine = float(np.mean(np.sum(first_copy * base, axis=1)))
@@ -412,7 +419,7 @@ def run_store_bench(
             "query_folds": list(query_folds), "n_queries": n_queries, "k": K, "concurrency": list(concurrency),
             "hnsw_ef": list(hnsw_ef), "index": dataclasses.asdict(index), "seed": seed,
             "upsert_batch": UPSERT_BATCH, "encoder_id": bundle.encoder_id, "dim": int(base.shape[1]),
-            "noise": {"sigma": round(sigma, 5), "target_cosine": NOISE_COSINE,
+            "noise": {"sigma": round(sigma, 5), "target_cosine": noise_cosine,
                       "measured_mean_cosine": round(measured_cosine, 4)},
         },
         "embeddings": {"index_records": len(base), "query_records": len(query_base),
