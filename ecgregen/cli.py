@@ -350,8 +350,8 @@ def run_corpus(args: argparse.Namespace) -> None:
             print(f"optimized in {time.perf_counter() - start:.1f} s: {stats.indexed_vectors} of {stats.points} "
                   f"points indexed, {stats.segments} segments")
         elif cmd == "snapshot":
-            path = store.snapshot(args.out)
-            print(f"snapshot of {store.count()} points written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            path, points = store.snapshot(args.out)
+            print(f"snapshot of {points} points written to {path} ({path.stat().st_size / 1e6:.1f} MB)")
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

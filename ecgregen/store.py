@@ -367,7 +367,7 @@ class VectorStore(abc.ABC):
     def optimize(self) -> None:
         """Build HNSW indexes and merge segments where the engine leaves that to the caller (Qdrant Edge)."""
 
-    def snapshot(self, out: Path) -> Path:
+    def snapshot(self, out: Path) -> tuple[Path, int]:
         """A backup of the collection as one file (the embedded engine; a Qdrant server has its own snapshots)."""
         raise StoreUnsupported(f"{self.engine}: snapshots of a Qdrant server are taken with its snapshot API "
                          "(POST /collections/NAME/snapshots); ecgregen snapshots the embedded store")
@@ -547,18 +547,21 @@ class EdgeStore(VectorStore):
             segments=info.segments_count, index=collection.index,
         )
 
-    def snapshot(self, out: Path) -> Path:
-        """A consistent copy of the store as one tar file, taken online: writes wait while it is made."""
+    def snapshot(self, out: Path) -> tuple[Path, int]:
+        """A consistent copy of the store as one tar file, taken online (writes wait while it is made); returns
+        the file and the number of points it holds."""
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         with self._operation(write=True), self._engine_errors():
-            self._live_shard().flush()
+            shard = self._live_shard()
+            shard.flush()
+            points = self._count()
             with tarfile.open(partial, "w") as tar:
                 tar.add(self._meta_file, arcname="store.json")
                 tar.add(self._shard_dir, arcname="shard")
         os.replace(partial, out)
-        return out
+        return out, points
 
     def optimize(self) -> None:
         """Build HNSW over everything written so far and merge segments; blocks (and holds the GIL) until done."""

@@ -375,8 +375,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if self.snapshot_dir is None:
             raise StoreUnsupported("this server has no snapshot directory")
         out = self.snapshot_dir / f"ecgregen-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.tar"
-        path = await asyncio.to_thread(self.pipeline.store.snapshot, out)
-        points = await asyncio.to_thread(self.pipeline.store.count)
+        path, points = await asyncio.to_thread(self.pipeline.store.snapshot, out)
         log.info("snapshot written: %s (%d points)", path, points)
         return pb.Snapshot(path=str(path), bytes=path.stat().st_size, points=points)
 

@@ -399,7 +399,8 @@ def test_edge_snapshot_round_trip(tmp_path: Path) -> None:
     with EdgeStore(tmp_path / "live") as store:
         store.ensure_collection(DIM, ENCODER, index=IndexSettings(hnsw_m=8))
         store.upsert([record(v, str(i)) for i, v in enumerate(vectors)])
-        archive = store.snapshot(tmp_path / "backups" / "snap.tar")  # taken while the store is open
+        archive, points = store.snapshot(tmp_path / "backups" / "snap.tar")  # taken while the store is open
+        assert points == 40
         store.upsert([record(v, f"later-{i}") for i, v in enumerate(random_vectors(5, seed=15))])
 
     restore_snapshot(archive, tmp_path / "restored")

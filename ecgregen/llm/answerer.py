@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ecgregen.answer import LabelVoteAnswerer, normalise
-from ecgregen.llm.client import LlmClient, LlmUnavailable
+from ecgregen.llm.client import LlmClient, LlmFailure
 from ecgregen.llm.prompts import QUESTION_TYPES, infer_question_type, qa_answer_schema, qa_messages, refine_messages
 from ecgregen.metrics import LLM_FALLBACKS, stage_timer
 from ecgregen.store import Hit
@@ -25,12 +25,8 @@ log = logging.getLogger("ecgregen.llm")
 _FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
 
 
-class UnusableAnswer(ValueError):
-    """The reply cannot be turned into allowed options; `reason` tags it for the fallback metric."""
-
-    def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
+class UnusableAnswer(LlmFailure):
+    """A reply that cannot be turned into allowed options."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +102,7 @@ class LlmAnswerer:
             with stage_timer("llm", seconds):
                 completion = await self.client.complete(messages, qa_answer_schema(options, qtype))
             chosen = parse_answer(completion.text, options, qtype)
-        except (LlmUnavailable, UnusableAnswer) as exc:
+        except LlmFailure as exc:
             return self._fall_back(exc.reason, str(exc), question, options, neighbours)
         return QaResult(
             chosen, self.name, f"{self.client.model} ({qtype}, top-{len(neighbours)} reports and diagnoses) "

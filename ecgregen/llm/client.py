@@ -33,12 +33,16 @@ JSON_MODES = ("json_schema", "json_object", "off")
 ATTEMPT_ERRORS = (TimeoutError, openai.OpenAIError, httpx.HTTPError, ValueError)
 
 
-class LlmUnavailable(RuntimeError):
-    """No usable reply: endpoint down, slow, failing, busy, or the circuit is open. `reason` is a short tag."""
+class LlmFailure(Exception):
+    """The LLM gave no usable answer; `reason` is the short tag that fallbacks and metrics are counted by."""
 
     def __init__(self, reason: str, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
+
+
+class LlmUnavailable(LlmFailure):
+    """No reply: endpoint down, slow, failing, busy, or the circuit is open."""
 
 
 @dataclass(frozen=True)
