@@ -326,7 +326,8 @@ class VectorStore(abc.ABC):
         return [_hit(str(pid), score, payload) for pid, score, payload in found]
 
     def scroll(self, *, batch_id: str | None = None, with_vectors: bool = True) -> Iterator[StoredRecord]:
-        """Every stored record (optionally of one batch), page by page: for migration, backup and audits."""
+        """Every stored record (optionally of one batch), page by page: for migration, backup and audits.
+        With ``with_vectors=False`` only ids and payloads are read and the records' vectors are zeros."""
         offset = None
         while True:
             with self._operation(write=False) as collection, self._engine_errors():
