@@ -31,6 +31,9 @@ endef
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.lock
+	# Only the tritonserver binary this wheel bundles is used (tests, local runs); its Python deps would pull an
+	# older protobuf than the lock's, so it comes without them.
+	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0
 	$(GEN_PROTO)
 	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@

@@ -1,5 +1,5 @@
-"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, bench store,
-evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
+"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, export,
+bench store, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
 optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
@@ -31,6 +31,8 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
         "':memory:' or 'local:PATH' use qdrant-client's local mode",
     )
     p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: the shipped pre-trained encoder)")
+    p.add_argument("--triton-url", default=None, help="encode with the model in Triton at HOST:PORT (gRPC) instead")
+    p.add_argument("--triton-model", default="ecg_encoder", help="model name in Triton's repository")
 
 
 def _add_index_flags(p: argparse.ArgumentParser) -> None:
@@ -130,6 +132,17 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--checkpoint", type=Path, default=None)
     ev_report.add_argument("--markdown", type=Path, help="write the table as markdown")
     ev_report.add_argument("--plot", type=Path, help="write a bar chart PNG")
+
+    export = sub.add_parser("export", help="write Triton model repositories for the encoder, verified numerically")
+    export.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped encoder")
+    export.add_argument("--out", type=Path, default=Path("deploy/triton/model_repository"),
+                        help="production repository (ONNX on onnxruntime_onnx, TorchScript on pytorch_libtorch)")
+    export.add_argument("--python-out", type=Path, default=None,
+                        help="python-backend repository (default: OUT with _python appended)")
+    export.add_argument("--verify-ptbxl", type=Path, default=DEMO_PTBXL, help="records to verify on (PTB-XL layout)")
+    export.add_argument("--verify-folds", default="9")
+    export.add_argument("--tolerance", type=float, default=1e-4, help="max abs difference allowed")
+    export.add_argument("--tensorrt-fp16", action="store_true", help="production config: TensorRT FP16 on GPU")
 
     generate = sub.add_parser("qa-generate", help="ECG-QA-style questions from PTB-XL metadata")
     generate.add_argument("--ptbxl", type=Path, required=True)
@@ -278,7 +291,8 @@ def run_index(args: argparse.Namespace) -> None:
         from ecgregen.pipeline import open_pipeline
 
         pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate,
-                                 index=_index_settings(args))
+                                 index=_index_settings(args), triton_url=args.triton_url,
+                                 triton_model=args.triton_model)
         try:
             report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume,
                                    batch_id=args.batch_id)
@@ -391,6 +405,20 @@ def run_evaluate(args: argparse.Namespace) -> None:
         print(format_qa(result))
 
 
+def run_export(args: argparse.Namespace) -> None:
+    from ecgregen.encoder import load_encoder
+    from ecgregen.encoder_export.export import ExportMismatch, export_repositories
+
+    records = load_ptbxl(args.verify_ptbxl, parse_folds(args.verify_folds))
+    python_out = args.python_out or args.out.with_name(args.out.name + "_python")
+    try:
+        report = export_repositories(load_encoder(args.checkpoint), records, args.out, python_out,
+                                     tolerance=args.tolerance, tensorrt_fp16=args.tensorrt_fp16)
+    except ExportMismatch as exc:
+        raise SystemExit(str(exc)) from None
+    print(report.summary())
+
+
 def run_qa_generate(args: argparse.Namespace) -> None:
     from ecgregen.evaluate.ecgqa import write_generated
 
@@ -486,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "httpx2"):  # one INFO line per LLM request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ecgregen.client import ClientError
+    from ecgregen.encoder import EncoderUnavailable
     from ecgregen.store import StoreError
 
     try:
@@ -496,6 +525,7 @@ def main(argv: list[str] | None = None) -> None:
                 host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
+                triton_url=args.triton_url, triton_model=args.triton_model,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":
@@ -504,6 +534,8 @@ def main(argv: list[str] | None = None) -> None:
             run_corpus(args)
         elif args.command == "bench":
             run_bench(args)
+        elif args.command == "export":
+            run_export(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "qa-generate":
@@ -512,7 +544,7 @@ def main(argv: list[str] | None = None) -> None:
             run_pretrain(args)
         else:
             run_client(args)
-    except (ClientError, StoreError, FileNotFoundError, ValueError) as exc:
+    except (ClientError, StoreError, EncoderUnavailable, FileNotFoundError, ValueError) as exc:
         print(str(exc), file=sys.stderr)
         sys.exit(1)
 

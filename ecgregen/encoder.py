@@ -12,6 +12,7 @@ import hashlib
 import threading
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -164,6 +165,25 @@ def load_encoder(checkpoint: str | Path | None) -> EncoderBundle:
     if checkpoint:
         return load_checkpoint(checkpoint)
     return load_checkpoint(SHIPPED_CHECKPOINT) if SHIPPED_CHECKPOINT.exists() else random_encoder()
+
+
+class EncoderUnavailable(RuntimeError):
+    """A remote encoder (Triton) cannot answer now; the request may be retried later."""
+
+
+class Encoder(Protocol):
+    """What the pipeline needs from an encoder: in-process (:class:`InProcessEncoder`) or Triton."""
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig: ...
+
+    def encode(self, signals: list[np.ndarray]) -> np.ndarray: ...
 
 
 class InProcessEncoder:

@@ -17,7 +17,7 @@ import numpy as np
 
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
 from ecgregen.ecg import Ecg, EcgInputError
-from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.encoder import Encoder, InProcessEncoder, load_encoder
 from ecgregen.metrics import CORPUS_POINTS, RECORDS_WRITTEN, stage_timer
 from ecgregen.preprocess import preprocess
 from ecgregen.store import (
@@ -69,7 +69,7 @@ def utc_now() -> str:
 
 
 class RetrievalPipeline:
-    def __init__(self, encoder: InProcessEncoder, store: VectorStore, answerer: LabelVoteAnswerer) -> None:
+    def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer) -> None:
         self.encoder = encoder
         self.store = store
         self.answerer = answerer
@@ -162,17 +162,24 @@ def new_batch_id() -> str:
 
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
-    recreate: bool = False, index: IndexSettings | None = None,
+    recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
+    triton_model: str = "ecg_encoder",
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
+    The encoder runs in-process from `checkpoint` (default: the shipped one), or in Triton at `triton_url`.
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     `index` applies when the collection is created (an existing one keeps its settings).
     """
-    bundle = load_encoder(checkpoint)
+    if triton_url:
+        from ecgregen.triton_encoder import TritonEncoder
+
+        encoder: Encoder = TritonEncoder(triton_url, triton_model)
+    else:
+        encoder = InProcessEncoder(load_encoder(checkpoint))
     store = open_store(data_dir, qdrant_url, collection)
     try:
-        store.ensure_collection(bundle.model.config.dim, bundle.encoder_id, recreate=recreate, index=index)
+        store.ensure_collection(encoder.dim, encoder.encoder_id, recreate=recreate, index=index)
     except StoreMismatchError as exc:
         store.close()
         raise StoreMismatchError(
@@ -180,4 +187,4 @@ def open_pipeline(
             "`ecgregen index ... --recreate` (same --data-dir/--qdrant-url), or point at another store."
         ) from None
     vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
-    return RetrievalPipeline(InProcessEncoder(bundle), store, LabelVoteAnswerer(vocabulary))
+    return RetrievalPipeline(encoder, store, LabelVoteAnswerer(vocabulary))

@@ -1,1 +1,1 @@
-"""Encoder export for Triton (issue 8); see README.md in this folder."""
+"""Encoder export for Triton (export.py) and a local tritonserver for development and tests (local_triton.py)."""

@@ -14,6 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
+from ecgregen.encoder import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
@@ -45,6 +46,8 @@ class ServeSettings:
     shutdown_grace_s: float = 10.0
     llm: LlmConfig = LlmConfig()
     index: IndexSettings | None = None  # for a collection this server creates
+    triton_url: str | None = None  # encode in Triton (gRPC HOST:PORT) instead of in-process
+    triton_model: str = "ecg_encoder"
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -56,7 +59,11 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 
 
 async def serve(settings: ServeSettings) -> None:
-    pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index)
+    try:
+        pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index,
+                                 triton_url=settings.triton_url, triton_model=settings.triton_model)
+    except EncoderUnavailable as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
     try:
         server = grpc.aio.server(
@@ -98,9 +105,10 @@ async def serve(settings: ServeSettings) -> None:
             "LLM: %s", f"{llm.model} at {llm.endpoint}" if llm.answerer else f"none, retrieval-only ({llm.detail})"
         )
         log.info(
-            "serving ecgregen.v1 on %s (metrics http://%s:%d/metrics), %d records, encoder %s, store %s",
+            "serving ecgregen.v1 on %s (metrics http://%s:%d/metrics), %d records, encoder %s (%s), store %s",
             address, settings.metrics_host, settings.metrics_port, pipeline.store.count(),
-            pipeline.encoder.encoder_id, pipeline.store.stats().engine,
+            pipeline.encoder.encoder_id, f"Triton {settings.triton_url}" if settings.triton_url else "in-process",
+            pipeline.store.stats().engine,
         )
 
         stop = asyncio.Event()
@@ -116,3 +124,6 @@ async def serve(settings: ServeSettings) -> None:
             await llm.close()
         pipeline.store.close()
         log.info("store closed")
+        close_encoder = getattr(pipeline.encoder, "close", None)
+        if close_encoder is not None:
+            close_encoder()

@@ -25,6 +25,7 @@ import grpc
 
 from ecgregen import __version__
 from ecgregen.ecg import Ecg, EcgInputError
+from ecgregen.encoder import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.prompts import QUESTION_TYPES
@@ -54,7 +55,7 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
     """Time the call, count it by status code, and map domain errors to status codes.
 
     Bad input -> INVALID_ARGUMENT; empty corpus or an operation this store cannot do -> FAILED_PRECONDITION;
-    store failures -> UNAVAILABLE;
+    store or encoder (Triton) failures -> UNAVAILABLE;
     anything else -> INTERNAL with the details logged here and not leaked to the caller.
     """
     start = time.perf_counter()
@@ -67,6 +68,10 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
     except EmptyCorpusError as exc:
         code = grpc.StatusCode.FAILED_PRECONDITION
         await context.abort(code, str(exc))
+    except EncoderUnavailable as exc:
+        code = grpc.StatusCode.UNAVAILABLE
+        log.warning("%s: encoder unavailable: %s", method, exc)
+        await context.abort(code, f"encoder unavailable: {exc}")
     except StoreUnsupported as exc:
         code = grpc.StatusCode.FAILED_PRECONDITION
         await context.abort(code, str(exc))

@@ -1,0 +1,224 @@
+"""Export the ECG encoder as Triton model repositories, verified against the PyTorch model.
+
+Two repositories, one model name and one interface (input ``ecg`` [12, L] float32 at the model's rate, output
+``embedding`` [dim] float32, L2-normalised, batch dimension managed by Triton):
+
+- production (``--out``): ``ecg_encoder`` on the ``onnxruntime_onnx`` platform (dynamic batching, instance groups,
+  warm-up, optional TensorRT FP16 on GPU) and ``ecg_encoder_torchscript`` on ``pytorch_libtorch``;
+- python-backend (``--python-out``): ``ecg_encoder`` as a Triton ``python`` backend model that runs the same ONNX
+  file with onnxruntime - for Triton builds without the onnxruntime backend, such as the ``tritonserver`` that
+  the ``nvidia-pytriton`` wheel bundles (what the tests run here).
+
+Each config carries the encoder id and preprocessing as parameters, so a service pointed at Triton knows which
+corpus the model belongs to without the checkpoint. The export fails unless ONNX (through onnxruntime) and
+TorchScript agree with PyTorch within ``tolerance`` on real records.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ecgregen.encoder import EncoderBundle
+from ecgregen.preprocess import preprocess
+from ecgregen.records import EcgRecord
+
+MODEL_NAME = "ecg_encoder"
+TORCHSCRIPT_NAME = "ecg_encoder_torchscript"
+INPUT_NAME = "ecg"
+OUTPUT_NAME = "embedding"
+ONNX_OPSET = 17
+MAX_BATCH = 64
+PREFERRED_BATCHES = (8, 16, 32)
+QUEUE_DELAY_US = 2000  # how long Triton may hold a request to batch it with others
+
+PYTHON_MODEL = '''"""Triton python-backend model: the exported ONNX encoder run with onnxruntime (written by `ecgregen export`)."""
+
+import os
+import sys
+
+# The backend's stub starts its own interpreter; ECGREGEN_PYTHONPATH points it at the environment holding
+# numpy (< 2) and onnxruntime when they are not in that interpreter's own site-packages.
+sys.path[:0] = [p for p in os.environ.get("ECGREGEN_PYTHONPATH", "").split(os.pathsep) if p]
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(os.environ.get("ECGREGEN_ORT_THREADS", "0"))
+        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+
+    def execute(self, requests):
+        # Triton hands over the requests it batched; run them as one onnxruntime call.
+        batches = [pb_utils.get_input_tensor_by_name(r, "ecg").as_numpy() for r in requests]
+        out = self.session.run(None, {"ecg": np.concatenate(batches).astype(np.float32)})[0]
+        responses, start = [], 0
+        for batch in batches:
+            part = out[start : start + len(batch)]
+            start += len(batch)
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("embedding", part)]))
+        return responses
+'''
+
+
+@dataclass
+class ExportReport:
+    production: Path
+    python_backend: Path
+    encoder_id: str
+    records_checked: int
+    onnx_max_abs_diff: float
+    torchscript_max_abs_diff: float
+
+    def summary(self) -> str:
+        return (
+            f"exported encoder {self.encoder_id}\n"
+            f"  production repository:     {self.production} ({MODEL_NAME}: onnxruntime_onnx, "
+            f"{TORCHSCRIPT_NAME}: pytorch_libtorch)\n"
+            f"  python-backend repository: {self.python_backend} ({MODEL_NAME}: python + onnxruntime)\n"
+            f"  verified on {self.records_checked} records: max |ONNX - PyTorch| = {self.onnx_max_abs_diff:.2e}, "
+            f"max |TorchScript - PyTorch| = {self.torchscript_max_abs_diff:.2e}"
+        )
+
+
+class ExportMismatch(RuntimeError):
+    """An exported model does not reproduce the PyTorch embeddings within the tolerance."""
+
+
+def _parameters(bundle: EncoderBundle) -> str:
+    preprocess_json = json.dumps(dataclasses.asdict(bundle.preprocess))
+    return (
+        f'parameters {{ key: "encoder_id" value: {{ string_value: "{bundle.encoder_id}" }} }}\n'
+        f"parameters {{ key: \"preprocess\" value: {{ string_value: {json.dumps(preprocess_json)} }} }}\n"
+    )
+
+
+def _io(samples: int, dim: int) -> str:
+    return (
+        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 12, {samples} ] }} ]\n'
+        f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] }} ]\n'
+    )
+
+
+def _batching() -> str:
+    return (
+        f"max_batch_size: {MAX_BATCH}\n"
+        f"dynamic_batching {{ preferred_batch_size: [ {', '.join(map(str, PREFERRED_BATCHES))} ] "
+        f"max_queue_delay_microseconds: {QUEUE_DELAY_US} }}\n"
+    )
+
+
+def _warmup(samples: int) -> str:
+    return (
+        f'model_warmup [ {{ name: "zeros" batch_size: 1 inputs {{ key: "{INPUT_NAME}" value: '
+        f"{{ data_type: TYPE_FP32 dims: [ 12, {samples} ] zero_data: true }} }} }} ]\n"
+    )
+
+
+def production_config(bundle: EncoderBundle, *, tensorrt_fp16: bool = False) -> str:
+    samples, dim = bundle.preprocess.window_samples, bundle.model.config.dim
+    text = (
+        f'name: "{MODEL_NAME}"\nplatform: "onnxruntime_onnx"\n' + _batching() + _io(samples, dim)
+        + "instance_group [ { count: 1 kind: KIND_GPU } ]\n" + _warmup(samples) + _parameters(bundle)
+    )
+    if tensorrt_fp16:  # TensorRT builds an FP16 engine for the ONNX graph on first load (GPU only)
+        text += (
+            'optimization { execution_accelerators { gpu_execution_accelerator : [ { name : "tensorrt" '
+            'parameters { key: "precision_mode" value: "FP16" } '
+            'parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ] } }\n'
+        )
+    return text
+
+
+def torchscript_config(bundle: EncoderBundle) -> str:
+    samples, dim = bundle.preprocess.window_samples, bundle.model.config.dim
+    return (
+        f'name: "{TORCHSCRIPT_NAME}"\nplatform: "pytorch_libtorch"\n' + _batching() + _io(samples, dim)
+        + "instance_group [ { count: 1 kind: KIND_GPU } ]\n" + _parameters(bundle)
+    )
+
+
+def python_config(bundle: EncoderBundle) -> str:
+    samples, dim = bundle.preprocess.window_samples, bundle.model.config.dim
+    return (
+        f'name: "{MODEL_NAME}"\nbackend: "python"\n' + _batching() + _io(samples, dim)
+        + "instance_group [ { count: 1 kind: KIND_CPU } ]\n" + _parameters(bundle)
+    )
+
+
+def reference_inputs(bundle: EncoderBundle, records: Sequence[EcgRecord]) -> np.ndarray:
+    """Real records, preprocessed as the service does, padded to the model's fixed window."""
+    samples = bundle.preprocess.window_samples
+    signals = []
+    for record in records:
+        signal = preprocess(record.load_ecg(), bundle.preprocess).signal
+        signals.append(np.pad(signal, ((0, 0), (0, samples - signal.shape[1]))))
+    return np.stack(signals).astype(np.float32)
+
+
+def _write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def export_repositories(
+    bundle: EncoderBundle, records: Sequence[EcgRecord], out: Path, python_out: Path, *,
+    tolerance: float = 1e-4, tensorrt_fp16: bool = False,
+) -> ExportReport:
+    """Write both repositories (replacing what was there) and verify them on `records`; raise on a mismatch."""
+    import onnxruntime as ort
+
+    if not records:
+        raise ValueError("export needs real records to verify the exported models against")
+    model = bundle.model.eval()
+    samples = bundle.preprocess.window_samples
+    for repository in (out, python_out):
+        shutil.rmtree(repository / MODEL_NAME, ignore_errors=True)
+    shutil.rmtree(out / TORCHSCRIPT_NAME, ignore_errors=True)
+    onnx_path = out / MODEL_NAME / "1" / "model.onnx"
+    onnx_path.parent.mkdir(parents=True)
+    example = torch.zeros(2, 12, samples)
+    # The TorchScript-based exporter: the encoder is a plain feed-forward graph, and this path needs no onnxscript.
+    torch.onnx.export(
+        model, (example,), str(onnx_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
+    )
+    script_path = out / TORCHSCRIPT_NAME / "1" / "model.pt"
+    script_path.parent.mkdir(parents=True)
+    with torch.inference_mode():
+        scripted = torch.jit.trace(model, example)
+    scripted.save(str(script_path))
+    _write(out / MODEL_NAME / "config.pbtxt", production_config(bundle, tensorrt_fp16=tensorrt_fp16))
+    _write(out / TORCHSCRIPT_NAME / "config.pbtxt", torchscript_config(bundle))
+    _write(python_out / MODEL_NAME / "config.pbtxt", python_config(bundle))
+    _write(python_out / MODEL_NAME / "1" / "model.py", PYTHON_MODEL)
+    shutil.copyfile(onnx_path, python_out / MODEL_NAME / "1" / "model.onnx")
+
+    inputs = reference_inputs(bundle, records)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    loaded = torch.jit.load(str(script_path))
+    onnx_diff = script_diff = 0.0
+    with torch.inference_mode():
+        for start in range(0, len(inputs), 16):
+            batch = inputs[start : start + 16]
+            reference = model(torch.from_numpy(batch)).numpy()
+            onnx_diff = max(onnx_diff, float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - reference).max()))
+            script_diff = max(script_diff, float(np.abs(loaded(torch.from_numpy(batch)).numpy() - reference).max()))
+    if max(onnx_diff, script_diff) > tolerance:
+        raise ExportMismatch(
+            f"exported models differ from PyTorch by up to {max(onnx_diff, script_diff):.2e} (ONNX {onnx_diff:.2e}, "
+            f"TorchScript {script_diff:.2e}) > {tolerance:g}; the repositories in {out} and {python_out} are not usable"
+        )
+    return ExportReport(out, python_out, bundle.encoder_id, len(inputs), onnx_diff, script_diff)

@@ -1,0 +1,130 @@
+"""Run the real ``tritonserver`` bundled in the ``nvidia-pytriton`` wheel on this machine (CPU, Python backend).
+
+For development and the integration tests, where there is neither Docker nor a GPU. That build has only the
+Python backend, so it serves the python-backend repository ``ecgregen export`` writes (the same model name,
+inputs and outputs as the production ONNX repository). Two conditions found by measurement: the backend stub
+must find the running interpreter's libpython (``LD_LIBRARY_PATH``), and the environment the model runs in must
+have numpy < 2 (with numpy 2 the server silently returns empty outputs) - the project's venv has.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+class TritonNotAvailable(RuntimeError):
+    """The bundled tritonserver is missing or did not become ready."""
+
+
+def _pytriton_root() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")  # located, not imported: only its bundled binaries are used
+    if spec is None or not spec.submodule_search_locations:
+        raise TritonNotAvailable("nvidia-pytriton is not installed (make venv installs it)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+@dataclass
+class LocalTriton:
+    process: subprocess.Popen
+    repository: Path
+    work_dir: Path
+    ports: dict[str, int]
+    log_path: Path
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.ports['grpc_port']}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['http_port']}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports['metrics_port']}/metrics"
+
+    def restart(self) -> None:
+        """Stop (if running) and start again with the same repository and ports."""
+        self.stop()
+        self.process = start_local_triton(self.repository, self.work_dir, **self.ports).process
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to the server's process group (its Python backend stubs included), SIGKILL after a timeout."""
+        if self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.process.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # stubs left behind by a crashed server
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Send `sig` to the whole server (process group) - SIGKILL is a crash, as when its container dies."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+
+def _ready(http_url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def start_local_triton(
+    repository: Path, work_dir: Path, *, grpc_port: int, http_port: int, metrics_port: int, timeout_s: float = 120.0
+) -> LocalTriton:
+    """Start tritonserver on loopback ports with `repository` and wait until it reports ready."""
+    root = _pytriton_root()
+    server = root / "tritonserver" / "bin" / "tritonserver"
+    stub = root / "tritonserver" / "python_backend_stubs" / PYTHON_TAG / "triton_python_backend_stub"
+    if not server.exists() or not stub.exists():
+        raise TritonNotAvailable(f"no tritonserver / Python {PYTHON_TAG} backend stub under {root}")
+    backends = work_dir / "backends" / "python"  # the backend plus the stub for this interpreter's version
+    backends.mkdir(parents=True, exist_ok=True)
+    for item in [*(root / "tritonserver" / "backends" / "python").iterdir(), stub]:
+        if item.is_file() and not (backends / item.name).exists():
+            shutil.copy2(item, backends / item.name)
+    site_packages = sysconfig.get_paths()["purelib"]
+    libs = [sysconfig.get_config_var("LIBDIR") or "", str(root.parent / "nvidia_pytriton.libs")]
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": os.pathsep.join([*libs, os.environ.get("LD_LIBRARY_PATH", "")]),
+        "ECGREGEN_PYTHONPATH": site_packages,
+    }
+    log_path = work_dir / "triton.log"
+    command = [
+        str(server), f"--model-repository={repository}", f"--backend-directory={work_dir / 'backends'}",
+        f"--grpc-port={grpc_port}", f"--http-port={http_port}", f"--metrics-port={metrics_port}",
+        "--http-address=127.0.0.1", "--grpc-address=127.0.0.1", "--metrics-address=127.0.0.1",
+        "--exit-timeout-secs=5",
+    ]
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
+    triton = LocalTriton(process, repository, work_dir, ports, log_path)
+    deadline = time.monotonic() + timeout_s
+    while not _ready(triton.http_url):
+        if process.poll() is not None or time.monotonic() > deadline:
+            triton.stop()
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise TritonNotAvailable(f"tritonserver did not become ready (exit {process.returncode}):\n{tail}")
+        time.sleep(0.25)
+    return triton

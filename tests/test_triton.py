@@ -1,0 +1,115 @@
+"""The encoder exported to Triton and served by a real tritonserver (the one bundled in nvidia-pytriton, CPU,
+Python backend running the exported ONNX with onnxruntime), with the gRPC service in front of it."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
+from ecgregen.preprocess import preprocess
+from ecgregen.records import EcgRecord
+from ecgregen.triton_encoder import TritonEncoder
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.wire import ecg_to_proto
+from tests.conftest import ServerProcess, free_port, start_server
+from tests.test_cli import run
+
+
+@pytest.fixture(scope="module")
+def repositories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    out = tmp_path_factory.mktemp("export") / "model_repository"
+    printed = run("export", "--out", str(out)).stdout
+    return out, out.with_name("model_repository_python"), printed
+
+
+@pytest.fixture(scope="module")
+def triton(repositories: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    server = start_local_triton(repositories[1], tmp_path_factory.mktemp("triton"), grpc_port=free_port(),
+                                http_port=free_port(), metrics_port=free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def triton_server(triton: LocalTriton, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    tmp = tmp_path_factory.mktemp("serve-triton")
+    server = start_server(tmp, "--data-dir", str(tmp / "var"), "--no-llm", "--triton-url", triton.grpc_url)
+    yield server
+    server.stop()
+
+
+def test_export_writes_both_repositories_verified(repositories: tuple[Path, Path, str]) -> None:
+    production, python_backend, printed = repositories
+    onnx_diff = float(printed.split("max |ONNX - PyTorch| = ")[1].split(",")[0])
+    script_diff = float(printed.split("max |TorchScript - PyTorch| = ")[1])
+    assert "verified on 30 records" in printed and onnx_diff <= 1e-4 and script_diff <= 1e-4
+    config = (production / "ecg_encoder" / "config.pbtxt").read_text()
+    for part in ('platform: "onnxruntime_onnx"', "max_batch_size: 64", "dynamic_batching", "preferred_batch_size",
+                 "instance_group", "model_warmup", 'dims: [ 12, 1000 ]', 'dims: [ 256 ]',
+                 'key: "encoder_id" value: { string_value: "small-paper+contrastive-'):
+        assert part in config
+    assert (production / "ecg_encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
+    assert 'platform: "pytorch_libtorch"' in (production / "ecg_encoder_torchscript" / "config.pbtxt").read_text()
+    assert (production / "ecg_encoder_torchscript" / "1" / "model.pt").exists()
+    assert 'backend: "python"' in (python_backend / "ecg_encoder" / "config.pbtxt").read_text()
+
+
+def test_triton_embeddings_equal_in_process(triton: LocalTriton, demo_queries: list[EcgRecord]) -> None:
+    remote = TritonEncoder(triton.grpc_url)
+    try:
+        local = InProcessEncoder(load_encoder(None))
+        assert remote.encoder_id == local.encoder_id and remote.dim == local.dim
+        signals = [preprocess(r.load_ecg(), remote.preprocess_config).signal for r in demo_queries]
+        assert np.abs(remote.encode(signals) - local.encode(signals)).max() <= 1e-4
+    finally:
+        remote.close()
+
+
+def test_service_encodes_through_triton(triton: LocalTriton, triton_server: ServerProcess,
+                                        demo_queries: list[EcgRecord]) -> None:
+    assert "(Triton 127.0.0.1:" in triton_server.log()
+    requests = [pb.GenerateReportRequest(ecg=ecg_to_proto(r.load_ecg()), k=3) for r in demo_queries] * 2
+    with ThreadPoolExecutor(16) as pool:  # a concurrent burst
+        replies = list(pool.map(lambda req: triton_server.stub().GenerateReport(req, timeout=60), requests))
+    assert all(len(r.neighbours) == 3 and r.report == r.neighbours[0].report for r in replies)
+    with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
+        metrics = response.read().decode()
+
+    def counter(name: str) -> float:
+        (line,) = [x for x in metrics.splitlines() if x.startswith(name + "{") and 'model="ecg_encoder"' in x]
+        return float(line.rsplit(" ", 1)[1])
+
+    # Every ECG was inferred by Triton (inference_count counts batch items; request_success counts infer calls,
+    # fewer when concurrent requests were gathered into one call).
+    assert counter("nv_inference_count") >= len(requests) and counter("nv_inference_request_success") >= 1
+
+
+def test_triton_outage_is_unavailable_then_recovers(triton: LocalTriton, triton_server: ServerProcess,
+                                                    demo_queries: list[EcgRecord]) -> None:
+    request = pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), k=3)
+    triton.kill()  # SIGKILL to Triton and its backend processes: a crash
+    triton.process.wait(10)
+    with pytest.raises(grpc.RpcError) as error:
+        triton_server.stub().GenerateReport(request, timeout=60)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert error.value.details().startswith("encoder unavailable: Triton at 127.0.0.1:")
+
+    triton.restart()  # same ports: the service's channel reconnects by itself (backoff at most 2 s)
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            reply = triton_server.stub().GenerateReport(request, timeout=60)
+            break
+        except grpc.RpcError as exc:
+            assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
+            time.sleep(0.5)
+    assert len(reply.neighbours) == 3
