@@ -33,6 +33,7 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", type=Path, default=None, help="encoder checkpoint (default: the shipped pre-trained encoder)")
     p.add_argument("--triton-url", default=None, help="encode with the model in Triton at HOST:PORT (gRPC) instead")
     p.add_argument("--triton-model", default="ecg_encoder", help="model name in Triton's repository")
+    p.add_argument("--triton-wait", type=float, default=30.0, help="seconds to wait for Triton and the model at start")
 
 
 def _add_index_flags(p: argparse.ArgumentParser) -> None:
@@ -292,7 +293,7 @@ def run_index(args: argparse.Namespace) -> None:
 
         pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate,
                                  index=_index_settings(args), triton_url=args.triton_url,
-                                 triton_model=args.triton_model)
+                                 triton_model=args.triton_model, triton_wait_s=args.triton_wait)
         try:
             report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume,
                                    batch_id=args.batch_id)
@@ -525,7 +526,7 @@ def main(argv: list[str] | None = None) -> None:
                 host=args.host, port=args.port, metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
-                triton_url=args.triton_url, triton_model=args.triton_model,
+                triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":

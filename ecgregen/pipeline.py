@@ -163,7 +163,7 @@ def new_batch_id() -> str:
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
-    triton_model: str = "ecg_encoder",
+    triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
@@ -174,7 +174,7 @@ def open_pipeline(
     if triton_url:
         from ecgregen.triton_encoder import TritonEncoder
 
-        encoder: Encoder = TritonEncoder(triton_url, triton_model)
+        encoder: Encoder = TritonEncoder(triton_url, triton_model, startup_wait_s=triton_wait_s)
     else:
         encoder = InProcessEncoder(load_encoder(checkpoint))
     store = open_store(data_dir, qdrant_url, collection)

@@ -48,6 +48,7 @@ class ServeSettings:
     index: IndexSettings | None = None  # for a collection this server creates
     triton_url: str | None = None  # encode in Triton (gRPC HOST:PORT) instead of in-process
     triton_model: str = "ecg_encoder"
+    triton_wait_s: float = 30.0
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -61,7 +62,8 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
 async def serve(settings: ServeSettings) -> None:
     try:
         pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index,
-                                 triton_url=settings.triton_url, triton_model=settings.triton_model)
+                                 triton_url=settings.triton_url, triton_model=settings.triton_model,
+                                 triton_wait_s=settings.triton_wait_s)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None

@@ -113,3 +113,12 @@ def test_triton_outage_is_unavailable_then_recovers(triton: LocalTriton, triton_
             assert exc.code() == grpc.StatusCode.UNAVAILABLE and time.monotonic() < deadline
             time.sleep(0.5)
     assert len(reply.neighbours) == 3
+
+
+def test_serve_without_triton_exits_with_a_clear_error(tmp_path: Path) -> None:
+    port = free_port()
+    result = run("serve", "--port", str(free_port()), "--metrics-port", str(free_port()), "--no-llm", "--no-demo",
+                 "--data-dir", str(tmp_path / "var"), "--triton-url", f"127.0.0.1:{port}", "--triton-wait", "1",
+                 check=False)
+    assert result.returncode == 1
+    assert f"cannot start: Triton at 127.0.0.1:{port} not usable after 1 s" in result.stderr
