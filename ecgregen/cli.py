@@ -1,5 +1,5 @@
 """The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, export,
-bench store, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
+simulate-monitors, bench store, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
 optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-port", type=int, default=9464)
     serve.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (loopback by default)")
     serve.add_argument("--no-demo", action="store_true", help="do not index the demo corpus into an empty store")
+    serve.add_argument("--max-streams", type=int, default=64, help="concurrent StreamECG streams at most")
     _add_store_flags(serve)
     _add_index_flags(serve)
     add_llm_flags(serve)
@@ -168,6 +169,17 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--text-model", default="", help="local BERT folder (default: bundled all-MiniLM-L6-v2)")
     pretrain.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     pretrain.add_argument("--max-steps", type=int, default=None, help="stop after N optimiser steps (smoke runs)")
+
+    sim = sub.add_parser("simulate-monitors", help="replay WFDB records as live bedside monitors (StreamECG)")
+    sim.add_argument("--records", type=Path, required=True, help="a PTB-XL-layout folder")
+    sim.add_argument("--folds", default=None, help="only records of these folds (default: all)")
+    sim.add_argument("--monitors", type=int, default=4)
+    sim.add_argument("--speed", type=float, default=1.0, help="1.0 = real time; 2.0 = twice as fast")
+    sim.add_argument("--duration", type=float, default=60.0, help="seconds of ECG per monitor (records loop)")
+    sim.add_argument("--rate", type=float, default=None, help="resample the records to this rate (e.g. 500)")
+    sim.add_argument("--chunk-ms", type=float, default=250.0, help="samples per chunk, in ms")
+    sim.add_argument("--window", type=float, default=10.0)
+    sim.add_argument("--server", default=DEFAULT_SERVER)
 
     bench = sub.add_parser("bench", help="benchmarks (results as JSON and a markdown table)")
     bench_sub = bench.add_subparsers(dest="bench_command", required=True)
@@ -334,6 +346,23 @@ def run_bench(args: argparse.Namespace) -> None:
     if args.markdown:
         args.markdown.write_text(table)
     print(table)
+
+
+def run_simulate(args: argparse.Namespace) -> None:
+    from ecgregen.simulate import simulate
+
+    records = load_ptbxl(args.records, parse_folds(args.folds) if args.folds else None)
+    if not records:
+        raise SystemExit(f"no records with signals in {args.records}")
+    summary = asyncio.run(simulate(
+        records, monitors=args.monitors, server=args.server, speed=args.speed, duration_s=args.duration,
+        rate_hz=args.rate, chunk_s=args.chunk_ms / 1000, window_s=args.window,
+    ))
+    for error in summary.errors[:10]:
+        print(f"error: {error}", file=sys.stderr)
+    print(summary.line())
+    if summary.errors:
+        sys.exit(1)
 
 
 def run_corpus(args: argparse.Namespace) -> None:
@@ -527,6 +556,7 @@ def main(argv: list[str] | None = None) -> None:
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
                 triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
+                max_streams=args.max_streams,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":
@@ -537,6 +567,8 @@ def main(argv: list[str] | None = None) -> None:
             run_bench(args)
         elif args.command == "export":
             run_export(args)
+        elif args.command == "simulate-monitors":
+            run_simulate(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "qa-generate":

@@ -68,6 +68,13 @@ DEPENDENCY_UP = Gauge(
     "ecgregen_dependency_up", "1 if the last call to the dependency succeeded, 0 if it failed.", ["dependency"],
     registry=REGISTRY,
 )
+STREAMS_ACTIVE = Gauge("ecgregen_streams_active", "StreamECG streams open now.", registry=REGISTRY)
+STREAM_WINDOWS = Counter(
+    "ecgregen_stream_windows_total",
+    "Stream windows by outcome: answered, dropped_gap, dropped_unusable; refused_stream counts refused streams.",
+    ["outcome"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("ecgregen_build", "Version and encoder of this server.", registry=REGISTRY)
 
 

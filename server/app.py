@@ -49,6 +49,7 @@ class ServeSettings:
     triton_url: str | None = None  # encode in Triton (gRPC HOST:PORT) instead of in-process
     triton_model: str = "ecg_encoder"
     triton_wait_s: float = 30.0
+    max_streams: int = 64
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -75,7 +76,8 @@ async def serve(settings: ServeSettings) -> None:
             ]
         )
         llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
-        pb_grpc.add_EcgReGenServicer_to_server(EcgReGenService(pipeline, llm, settings.data_dir / "snapshots"), server)
+        service = EcgReGenService(pipeline, llm, settings.data_dir / "snapshots", max_streams=settings.max_streams)
+        pb_grpc.add_EcgReGenServicer_to_server(service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         reflection.enable_server_reflection(
@@ -120,6 +122,7 @@ async def serve(settings: ServeSettings) -> None:
         await stop.wait()
         log.info("shutting down: draining calls for up to %.0f s", settings.shutdown_grace_s)
         await health_servicer.enter_graceful_shutdown()
+        service.draining.set()  # open streams answer what they hold, say goodbye and end
         await server.stop(settings.shutdown_grace_s)
     finally:
         if llm is not None:

@@ -24,14 +24,22 @@ from typing import Any, TypeVar
 import grpc
 
 from ecgregen import __version__
-from ecgregen.ecg import Ecg, EcgInputError
+from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError
 from ecgregen.encoder import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmStage
-from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, stage_timer
+from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, STREAM_WINDOWS, stage_timer
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
+from ecgregen.server.streaming import (
+    MAX_PENDING_WINDOWS,
+    StreamLimiter,
+    StreamSession,
+    StreamSettings,
+    WindowBatcher,
+    parse_config,
+)
 from ecgregen.store import SearchFilter, StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
@@ -192,10 +200,14 @@ class Refinement:
 
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
-    def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None) -> None:
+    def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None,
+                 max_streams: int = 64) -> None:
         self.pipeline = pipeline
         self.llm = llm
         self.snapshot_dir = snapshot_dir
+        self.streams = StreamLimiter(max_streams)
+        self.batcher = WindowBatcher(pipeline)
+        self.draining = asyncio.Event()  # set at shutdown: streams end with a final warning
 
     def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
         retrieved = retrieval.hits[0].report if retrieval.hits else ""
@@ -392,3 +404,83 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             llm=pb.LlmInfo(enabled=llm.answerer is not None, model=llm.model, endpoint=llm.endpoint,
                            circuit=llm.circuit(), detail=llm.detail),
         )
+
+    @rpc
+    async def StreamECG(self, request_iterator: AsyncIterator[pb.StreamEcgRequest], context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamEcgResponse]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("message") != "config":
+            raise EcgInputError("the first message of a stream must be a StreamConfig (then StreamChunks only)")
+        settings = parse_config(first.config, MAX_K)
+        if not self.streams.try_acquire():
+            STREAM_WINDOWS.labels("refused_stream").inc()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
+                                f"the server already serves {self.streams.limit} streams; retry later or elsewhere")
+        out: asyncio.Queue[tuple | None] = asyncio.Queue()
+        slots = asyncio.Semaphore(MAX_PENDING_WINDOWS)
+        reader = asyncio.get_running_loop().create_task(self._read_stream(request_iterator, settings, out, slots))
+        draining = asyncio.get_running_loop().create_task(self.draining.wait())
+        try:
+            while True:
+                getter = asyncio.ensure_future(out.get())
+                done, _ = await asyncio.wait({getter, draining}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    reader.cancel()
+                    while not out.empty():  # windows already taken in are still answered
+                        item = out.get_nowait()
+                        if item is not None:
+                            yield await self._stream_item(item, settings, slots)
+                    yield pb.StreamEcgResponse(warning=pb.StreamWarning(
+                        code="shutting_down", message="the server is shutting down; reconnect to continue"))
+                    return
+                item = getter.result()
+                if item is None:
+                    return
+                yield await self._stream_item(item, settings, slots)
+        finally:
+            reader.cancel()
+            draining.cancel()
+            self.streams.release()
+
+    async def _read_stream(self, requests: AsyncIterator[pb.StreamEcgRequest], settings: StreamSettings,
+                           out: asyncio.Queue, slots: asyncio.Semaphore) -> None:
+        """Chunks -> windows (submitted to the batcher) and warnings, in order; stops reading while the stream
+        has MAX_PENDING_WINDOWS windows in flight (back-pressure)."""
+        session = StreamSession(settings)
+        async for message in requests:
+            if message.WhichOneof("message") != "chunk":
+                out.put_nowait(("warning", pb.StreamWarning(code="bad_chunk", message="a second config; ignored")))
+                continue
+            windows, warnings = session.feed(message.chunk)
+            for warning in warnings:
+                out.put_nowait(("warning", warning))
+            for window in windows:
+                await slots.acquire()
+                out.put_nowait(("window", window, self.batcher.submit(window, settings), time.perf_counter()))
+        out.put_nowait(None)
+
+    async def _stream_item(self, item: tuple, settings: StreamSettings, slots: asyncio.Semaphore) -> pb.StreamEcgResponse:
+        if item[0] == "warning":
+            return pb.StreamEcgResponse(warning=item[1])
+        _, window, future, completed_at = item
+        try:
+            hits, flags, seconds, error = await future
+        finally:
+            slots.release()
+        if error is not None:
+            STREAM_WINDOWS.labels("dropped_unusable").inc()
+            return pb.StreamEcgResponse(warning=pb.StreamWarning(
+                code="window_dropped", message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
+        STREAM_WINDOWS.labels("answered").inc()
+        answer = self.pipeline.answerer.answer(settings.question, settings.options, hits).answer if settings.question else []
+        used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
+        return pb.StreamEcgResponse(window_result=pb.WindowResult(
+            window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,
+            report=hits[0].report if hits else "", neighbours=[neighbour_to_proto(h) for h in hits],
+            latency=pb.StageLatency(
+                preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
+                search_ms=seconds["search"] * 1e3, total_ms=(time.perf_counter() - completed_at) * 1e3,
+            ),
+            leads_used=used, leads_missing=[lead for lead in STANDARD_LEADS if lead not in settings.leads],
+            quality_flags=window.flags + flags, answer=answer,
+        ))

@@ -1,0 +1,288 @@
+"""Live ECG streams from bedside monitors: chunks in, one interpretation per completed window out.
+
+Rules for what monitors really send (each produces a warning; none ends the stream):
+- **Sequence**: chunks must arrive numbered 0, 1, 2, ... A jump is a *gap*: the window under way is dropped
+  (warning ``gap``) and the next window starts with the new chunk. A repeat or step back is a *duplicate or late*
+  chunk: dropped (warning ``duplicate_or_late``); there is no reordering buffer.
+- **Malformed chunk** (wrong number of leads, unequal lengths, digital samples without a gain): dropped like a
+  gap (warning ``bad_chunk``).
+- **Lead off** (``leads_off``) and leads that are all NaN/inf in a chunk: zero-filled for that chunk, window
+  flagged ``lead_off:LEAD``. Isolated NaN/inf samples are interpolated linearly (``nan_interpolated:LEAD``).
+- **Saturation**: a lead at or beyond +-10 mV for more than 5% of a window is flagged ``saturated:LEAD``; flat
+  leads are zeroed by preprocessing (``flat:LEAD``). Missing leads (not in the config) are zero-filled and listed.
+- **Back-pressure**: a stream holds at most ``MAX_PENDING_WINDOWS`` windows waiting for the encoder; while they
+  wait the server stops reading that stream, so gRPC flow control slows a sender that is faster than real time
+  instead of the server's memory growing. Windows from all streams that complete together are encoded in one
+  call (:class:`WindowBatcher`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, EcgInputError, ecg_from_array
+from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
+from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.preprocess import preprocess
+from ecgregen.store import Hit
+from ecgregen.v1 import ecgregen_pb2 as pb
+
+log = logging.getLogger("ecgregen.stream")
+
+MAX_PENDING_WINDOWS = 2
+SATURATION_MV = 10.0
+SATURATED_FRACTION = 0.05
+MAX_BATCH = 64
+UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    rate_hz: float
+    leads: tuple[str, ...]  # canonical names, in the chunks' order
+    to_mv: float
+    gain: float
+    baseline: int
+    window_s: float
+    hop_s: float
+    k: int
+    question: str
+    options: tuple[str, ...]
+
+    @property
+    def window_samples(self) -> int:
+        return int(round(self.window_s * self.rate_hz))
+
+    @property
+    def hop_samples(self) -> int:
+        return int(round(self.hop_s * self.rate_hz))
+
+
+def parse_config(config: pb.StreamConfig, max_k: int) -> StreamSettings:
+    """Check a stream's config; raises EcgInputError naming what is wrong."""
+    rate = config.sampling_rate_hz
+    if not 50.0 <= rate <= 1000.0:
+        raise EcgInputError(f"sampling_rate_hz must be 50-1000 Hz, got {rate:g}")
+    canonical = {name.lower(): name for name in STANDARD_LEADS}
+    leads = []
+    for name in config.lead_names:
+        if name.strip().lower() not in canonical:
+            raise EcgInputError(f"unknown lead {name!r}; expected a subset of {', '.join(STANDARD_LEADS)}")
+        leads.append(canonical[name.strip().lower()])
+    if not leads or len(set(leads)) != len(leads):
+        raise EcgInputError("lead_names must list one or more distinct standard leads")
+    units = (config.units or "mV").strip().lower()
+    if units not in UNIT_TO_MV:
+        raise EcgInputError(f"units must be mV, uV or V, got {config.units!r}")
+    window = config.window_s or 10.0
+    hop = config.hop_s or window
+    if not 2.0 <= window <= 60.0 or not 0 < hop <= window:
+        raise EcgInputError(f"window_s must be 2-60 s and hop_s in (0, window_s]; got {window:g} and {hop:g}")
+    k = config.k or 3
+    if k > max_k:
+        raise EcgInputError(f"k must be between 1 and {max_k}, got {k}")
+    return StreamSettings(rate, tuple(leads), UNIT_TO_MV[units], config.gain, config.baseline, window, hop, k,
+                          config.question.strip(), tuple(o.strip() for o in config.options if o.strip()))
+
+
+@dataclass
+class Window:
+    index: int
+    start_s: float
+    signal: np.ndarray  # (12, n) mV, missing leads zero
+    flags: list[str]
+
+
+@dataclass
+class StreamSession:
+    """Turns chunks into windows by the rules above (no I/O; one per stream)."""
+
+    settings: StreamSettings
+    expected: int = 0
+    buffer: np.ndarray = field(init=False)
+    flags: np.ndarray = field(init=False)  # per buffered sample: bit per configured lead (lead off)
+    interpolated: set[str] = field(default_factory=set)
+    origin: int = 0  # stream sample index of buffer[:, 0]
+    next_window: int = 0
+
+    def __post_init__(self) -> None:
+        self.buffer = np.empty((len(self.settings.leads), 0), np.float32)
+        self.flags = np.empty((len(self.settings.leads), 0), bool)
+
+    def feed(self, chunk: pb.StreamChunk) -> tuple[list[Window], list[pb.StreamWarning]]:
+        warnings: list[pb.StreamWarning] = []
+        if chunk.sequence < self.expected:
+            return [], [_warning(chunk.sequence, "duplicate_or_late",
+                                 f"chunk {chunk.sequence} arrived after chunk {self.expected - 1}; dropped")]
+        try:
+            samples, off = self._decode(chunk)
+        except EcgInputError as exc:
+            self.expected = chunk.sequence + 1
+            self._restart(0)
+            return [], [_warning(chunk.sequence, "bad_chunk", f"chunk {chunk.sequence}: {exc}; the window under way "
+                                 "is dropped")]
+        if chunk.sequence > self.expected:
+            warnings.append(_warning(chunk.sequence, "gap", f"chunks {self.expected}-{chunk.sequence - 1} missing; "
+                                     "the window under way is dropped"))
+            STREAM_WINDOWS.labels("dropped_gap").inc()
+            self._restart(0)
+        self.expected = chunk.sequence + 1
+        self.buffer = np.concatenate([self.buffer, samples], axis=1)
+        self.flags = np.concatenate([self.flags, off], axis=1)
+        return self._windows(), warnings
+
+    def _restart(self, keep: int) -> None:
+        """Drop the buffer (keeping the last `keep` samples) and start windows afresh after it."""
+        dropped = self.buffer.shape[1] - keep
+        self.origin += dropped
+        self.buffer, self.flags = self.buffer[:, dropped:], self.flags[:, dropped:]
+        self.next_window = self.origin
+        self.interpolated.clear()
+
+    def _decode(self, chunk: pb.StreamChunk) -> tuple[np.ndarray, np.ndarray]:
+        s = self.settings
+        if len(chunk.leads) != len(s.leads):
+            raise EcgInputError(f"{len(chunk.leads)} leads, the config names {len(s.leads)}")
+        rows = []
+        for name, lead in zip(s.leads, chunk.leads):
+            if lead.digital:
+                if s.gain <= 0:
+                    raise EcgInputError(f"lead {name} has digital samples but the config has no gain")
+                rows.append((np.asarray(lead.digital, np.float64) - s.baseline) / s.gain)
+            else:
+                rows.append(np.asarray(lead.samples, np.float64))
+        lengths = {len(r) for r in rows}
+        if len(lengths) != 1 or 0 in lengths:
+            raise EcgInputError(f"leads carry unequal or no samples ({sorted(lengths)})")
+        x = np.stack(rows) * s.to_mv
+        off = np.zeros_like(x, bool)
+        leads_off = {n.strip().lower() for n in chunk.leads_off}
+        for i, name in enumerate(s.leads):
+            bad = ~np.isfinite(x[i])
+            if name.lower() in leads_off or bad.all():
+                x[i], off[i] = 0.0, True
+            elif bad.any():
+                good = np.flatnonzero(~bad)
+                x[i, bad] = np.interp(np.flatnonzero(bad), good, x[i, good])
+                self.interpolated.add(name)
+        return x.astype(np.float32), off
+
+    def _windows(self) -> list[Window]:
+        s, out = self.settings, []
+        while self.next_window + s.window_samples <= self.origin + self.buffer.shape[1]:
+            a = self.next_window - self.origin
+            part, off = self.buffer[:, a : a + s.window_samples], self.flags[:, a : a + s.window_samples]
+            flags = [f"lead_off:{n}" for n, o in zip(s.leads, off.any(axis=1)) if o]
+            flags += [f"nan_interpolated:{n}" for n in s.leads if n in self.interpolated]
+            flags += [f"saturated:{n}" for n, f in zip(s.leads, (np.abs(part) >= SATURATION_MV).mean(axis=1))
+                      if f > SATURATED_FRACTION]
+            full = np.zeros((len(STANDARD_LEADS), s.window_samples), np.float32)
+            for row, name in zip(part, s.leads):
+                full[STANDARD_LEADS.index(name)] = row
+            out.append(Window(self.next_window // s.hop_samples if s.hop_samples else 0,
+                              self.next_window / s.rate_hz, full, flags))
+            self.next_window += s.hop_samples
+            self.interpolated.clear()
+        keep_from = self.next_window - self.origin  # samples before the next window's start are not needed
+        if keep_from > 0:
+            self.origin += keep_from
+            self.buffer, self.flags = self.buffer[:, keep_from:], self.flags[:, keep_from:]
+        return out
+
+
+def _warning(sequence: int, code: str, message: str) -> pb.StreamWarning:
+    return pb.StreamWarning(sequence=sequence, code=code, message=message)
+
+
+@dataclass
+class _Job:
+    window: Window
+    settings: StreamSettings
+    future: asyncio.Future
+    queued_at: float
+
+
+class WindowBatcher:
+    """Encodes the windows of all streams that are waiting together in one encoder call, then searches each."""
+
+    def __init__(self, pipeline: RetrievalPipeline) -> None:
+        self.pipeline = pipeline
+        self._jobs: asyncio.Queue[_Job] = asyncio.Queue()
+        self._task: asyncio.Task | None = None
+
+    def submit(self, window: Window, settings: StreamSettings) -> asyncio.Future:
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="window-batcher")
+        future = asyncio.get_running_loop().create_future()
+        self._jobs.put_nowait(_Job(window, settings, future, time.perf_counter()))
+        return future
+
+    async def _run(self) -> None:
+        while True:
+            jobs = [await self._jobs.get()]
+            while not self._jobs.empty() and len(jobs) < MAX_BATCH:
+                jobs.append(self._jobs.get_nowait())
+            live = [j for j in jobs if not j.future.cancelled()]
+            if not live:
+                continue
+            try:
+                results = await asyncio.to_thread(self._process, live)
+            except Exception as exc:  # e.g. the store or Triton failing: every waiting window hears about it
+                for job in live:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+                continue
+            for job, result in zip(live, results):
+                if not job.future.done():
+                    job.future.set_result(result)
+
+    def _process(self, jobs: list[_Job]) -> list[tuple[list[Hit], list[str], dict[str, float], Exception | None]]:
+        prepared, outcome = [], []
+        start = time.perf_counter()
+        for job in jobs:
+            try:
+                ecg = ecg_from_array(job.window.signal, job.settings.rate_hz, list(STANDARD_LEADS), ["mV"] * 12)
+                prepared.append(preprocess(ecg, self.pipeline.encoder.preprocess_config))
+                outcome.append(None)
+            except EcgInputError as exc:
+                prepared.append(None)
+                outcome.append(exc)
+        signals = [p.signal for p in prepared if p is not None]
+        pre_s = time.perf_counter() - start
+        start = time.perf_counter()
+        vectors = iter(self.pipeline.encoder.encode(signals)) if signals else iter(())
+        encode_s = time.perf_counter() - start
+        results = []
+        for job, p, error in zip(jobs, prepared, outcome):
+            if error is not None:
+                results.append(([], [], {}, error))
+                continue
+            t = time.perf_counter()
+            hits = self.pipeline.store.search(next(vectors), job.settings.k)
+            seconds = {"preprocess": pre_s / len(jobs), "encode": encode_s, "search": time.perf_counter() - t}
+            results.append((hits, [f"flat:{lead}" for lead in p.flat_leads], seconds, None))
+        return results
+
+
+class StreamLimiter:
+    """The server-wide cap on concurrent streams."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        STREAMS_ACTIVE.set(self.active)
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+        STREAMS_ACTIVE.set(self.active)
