@@ -447,21 +447,29 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         """Chunks -> windows (submitted to the batcher) and warnings, in order; stops reading while the stream
         has MAX_PENDING_WINDOWS windows in flight (back-pressure)."""
         session = StreamSession(settings)
-        async for message in requests:
-            if message.WhichOneof("message") != "chunk":
-                out.put_nowait(("warning", pb.StreamWarning(code="bad_chunk", message="a second config; ignored")))
-                continue
-            windows, warnings = session.feed(message.chunk)
-            for warning in warnings:
-                out.put_nowait(("warning", warning))
-            for window in windows:
-                await slots.acquire()
-                out.put_nowait(("window", window, self.batcher.submit(window, settings), time.perf_counter()))
+        try:
+            async for message in requests:
+                if message.WhichOneof("message") != "chunk":
+                    out.put_nowait(("warning", pb.StreamWarning(code="bad_chunk", message="a second config; ignored")))
+                    continue
+                windows, warnings = session.feed(message.chunk)
+                for warning in warnings:
+                    out.put_nowait(("warning", warning))
+                for window in windows:
+                    await slots.acquire()
+                    out.put_nowait(("window", window, self.batcher.submit(window, settings), time.perf_counter()))
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a bug here must end the stream with an error, not leave the writer waiting
+            log.exception("stream reader failed")
+            out.put_nowait(("error", pb.StreamError(code="internal", message="internal error; see the server log")))
         out.put_nowait(None)
 
     async def _stream_item(self, item: tuple, settings: StreamSettings, slots: asyncio.Semaphore) -> pb.StreamEcgResponse:
         if item[0] == "warning":
             return pb.StreamEcgResponse(warning=item[1])
+        if item[0] == "error":
+            return pb.StreamEcgResponse(error=item[1])
         _, window, future, completed_at = item
         try:
             hits, flags, seconds, error = await future
