@@ -14,9 +14,11 @@ serve: $(STAMP) $(PROTO_OUT)
 test: system-deps $(STAMP) $(PROTO_OUT)
 	$(BIN)/python -m pytest -q
 
-# METEOR (evaluation) runs a Java jar; Debian's headless JRE is installed where no java is found.
+# METEOR (evaluation) runs a Java jar: Debian's headless JRE where no java is found. The ops tests run Debian's
+# Prometheus (and promtool) against the service: installed where missing.
 system-deps:
 	@command -v java >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends default-jre-headless; }
+	@command -v prometheus >/dev/null || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }
 
 venv: $(STAMP)
 

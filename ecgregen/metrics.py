@@ -8,8 +8,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+if TYPE_CHECKING:
+    from ecgregen.store import StoreStats
 
 REGISTRY = CollectorRegistry()
 
@@ -22,6 +26,10 @@ RPC_REQUESTS = Counter(
     "gRPC requests handled, by method and status code.",
     ["method", "code"],
     registry=REGISTRY,
+)
+RPC_IN_FLIGHT = Gauge(
+    "ecgregen_rpc_in_flight", "gRPC calls being handled now (streams included), by method: what autoscaling follows.",
+    ["method"], registry=REGISTRY,
 )
 RPC_LATENCY = Histogram(
     "ecgregen_rpc_duration_seconds",
@@ -44,6 +52,15 @@ RECORDS_WRITTEN = Counter(
     registry=REGISTRY,
 )
 CORPUS_POINTS = Gauge("ecgregen_corpus_points", "Records in the corpus.", registry=REGISTRY)
+CORPUS_UNINDEXED = Gauge(
+    "ecgregen_corpus_unindexed_points",
+    "Records not yet in the HNSW index (searched exhaustively until the optimizer indexes them).",
+    registry=REGISTRY,
+)
+DEPENDENCY_ERRORS = Counter(
+    "ecgregen_dependency_errors_total", "Failed calls to a dependency (qdrant, triton, llm).", ["dependency"],
+    registry=REGISTRY,
+)
 LLM_CALLS = Counter(
     "ecgregen_llm_requests_total",
     "Attempts to call the LLM endpoint by outcome (ok, timeout, connection, rate_limited, server_error, rejected, "
@@ -69,6 +86,11 @@ DEPENDENCY_UP = Gauge(
     registry=REGISTRY,
 )
 STREAMS_ACTIVE = Gauge("ecgregen_streams_active", "StreamECG streams open now.", registry=REGISTRY)
+STREAM_PENDING = Gauge(
+    "ecgregen_stream_pending_windows",
+    "Stream windows waiting for the encoder, all streams together (each stream holds at most 2).",
+    registry=REGISTRY,
+)
 STREAM_WINDOWS = Counter(
     "ecgregen_stream_windows_total",
     "Stream windows by outcome: answered, dropped_gap, dropped_unusable; refused_stream counts refused streams.",
@@ -89,6 +111,21 @@ def stage_timer(stage: str, into: dict[str, float] | None = None) -> Iterator[No
         STAGE_LATENCY.labels(stage).observe(elapsed)
         if into is not None:
             into[stage] = into.get(stage, 0.0) + elapsed
+
+
+def observe_corpus(stats: StoreStats) -> None:
+    """Corpus gauges from a store's stats (points, and how many wait for indexing)."""
+    CORPUS_POINTS.set(stats.points)
+    CORPUS_UNINDEXED.set(max(0, stats.points - stats.indexed_vectors))
+
+
+def dependency_failed(name: str) -> None:
+    DEPENDENCY_ERRORS.labels(name).inc()
+    DEPENDENCY_UP.labels(name).set(0)
+
+
+def dependency_ok(name: str) -> None:
+    DEPENDENCY_UP.labels(name).set(1)
 
 
 def serve_metrics(port: int, host: str = "127.0.0.1") -> None:

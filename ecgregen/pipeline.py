@@ -18,7 +18,7 @@ import numpy as np
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoder import Encoder, InProcessEncoder, load_encoder
-from ecgregen.metrics import CORPUS_POINTS, RECORDS_WRITTEN, stage_timer
+from ecgregen.metrics import RECORDS_WRITTEN, observe_corpus, stage_timer
 from ecgregen.preprocess import preprocess
 from ecgregen.store import (
     Hit,
@@ -141,7 +141,7 @@ class RetrievalPipeline:
         RECORDS_WRITTEN.labels("inserted").inc(outcome.inserted)
         RECORDS_WRITTEN.labels("updated").inc(outcome.updated)
         RECORDS_WRITTEN.labels("rejected").inc(len(outcome.rejected))
-        CORPUS_POINTS.set(self.store.count())
+        observe_corpus(self.store.stats())
         return outcome
 
     def delete(self, keys: Sequence[tuple[str, str]] = (), batch_id: str = "") -> int:
@@ -151,7 +151,7 @@ class RetrievalPipeline:
         else:
             deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
         RECORDS_WRITTEN.labels("deleted").inc(deleted)
-        CORPUS_POINTS.set(self.store.count())
+        observe_corpus(self.store.stats())
         return deleted
 
 

@@ -24,6 +24,7 @@ import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
 from ecgregen.encoder import EncoderUnavailable
+from ecgregen.metrics import dependency_ok
 from ecgregen.preprocess import PreprocessConfig
 
 
@@ -144,6 +145,7 @@ class TritonEncoder:
             for _, future in batch:
                 future.set_exception(error)
             return
+        dependency_ok("triton")
         for (_, future), vector in zip(batch, vectors):
             future.set_result(vector)
 

@@ -17,7 +17,7 @@ from ecgregen import __version__
 from ecgregen.encoder import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmConfig, LlmStage
-from ecgregen.metrics import BUILD_INFO, CORPUS_POINTS, serve_metrics
+from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
 from ecgregen.server.service import EcgReGenService
@@ -96,7 +96,7 @@ async def serve(settings: ServeSettings) -> None:
         # Ports are bound first so a conflict is reported at once, not after indexing the demo corpus.
         if settings.seed_demo and pipeline.store.count() == 0:
             await asyncio.to_thread(seed_demo_corpus, pipeline)
-        CORPUS_POINTS.set(pipeline.store.count())
+        observe_corpus(pipeline.store.stats())
         BUILD_INFO.info({"version": __version__, "encoder_id": pipeline.encoder.encoder_id})
         await server.start()
         for name in ("", SERVICE_NAME):

@@ -30,7 +30,19 @@ from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmStage
-from ecgregen.metrics import LLM_FALLBACKS, RECORDS_WRITTEN, RPC_LATENCY, RPC_REQUESTS, STREAM_WINDOWS, stage_timer
+from ecgregen.metrics import (
+    LLM_FALLBACKS,
+    RECORDS_WRITTEN,
+    RPC_IN_FLIGHT,
+    RPC_LATENCY,
+    RPC_REQUESTS,
+    STREAM_PENDING,
+    STREAM_WINDOWS,
+    dependency_failed,
+    dependency_ok,
+    observe_corpus,
+    stage_timer,
+)
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
@@ -68,6 +80,8 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
     """
     start = time.perf_counter()
     code = grpc.StatusCode.OK
+    in_flight = RPC_IN_FLIGHT.labels(method)
+    in_flight.inc()
     try:
         yield
     except EcgInputError as exc:
@@ -78,6 +92,7 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
         await context.abort(code, str(exc))
     except EncoderUnavailable as exc:
         code = grpc.StatusCode.UNAVAILABLE
+        dependency_failed("triton")
         log.warning("%s: encoder unavailable: %s", method, exc)
         await context.abort(code, f"encoder unavailable: {exc}")
     except StoreUnsupported as exc:
@@ -85,6 +100,7 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
         await context.abort(code, str(exc))
     except StoreError as exc:
         code = grpc.StatusCode.UNAVAILABLE
+        dependency_failed("qdrant")
         log.warning("%s: vector store error: %s", method, exc)
         await context.abort(code, f"vector store unavailable: {exc}")
     except (asyncio.CancelledError, GeneratorExit):
@@ -98,6 +114,7 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
         log.exception("%s failed", method)
         await context.abort(code, "internal error; see the server log")
     finally:
+        in_flight.dec()
         RPC_REQUESTS.labels(method, code.name).inc()
         RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
 
@@ -202,6 +219,7 @@ class Refinement:
 class EcgReGenService(pb_grpc.EcgReGenServicer):
     def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None,
                  max_streams: int = 64) -> None:
+        dependency_ok("qdrant")  # the store answered at start-up; a failure sets it to 0
         self.pipeline = pipeline
         self.llm = llm
         self.snapshot_dir = snapshot_dir
@@ -371,13 +389,16 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
     @rpc
     async def GetCorpusStats(self, request: pb.GetCorpusStatsRequest, context: grpc.aio.ServicerContext) -> pb.CorpusStats:
-        return stats_proto(await asyncio.to_thread(self.pipeline.store.stats))
+        stats = await asyncio.to_thread(self.pipeline.store.stats)
+        observe_corpus(stats)
+        return stats_proto(stats)
 
     @rpc
     async def OptimizeCorpus(self, request: pb.OptimizeCorpusRequest, context: grpc.aio.ServicerContext) -> pb.CorpusStats:
         start = time.perf_counter()
         await asyncio.to_thread(self.pipeline.store.optimize)
         stats = await asyncio.to_thread(self.pipeline.store.stats)
+        observe_corpus(stats)
         log.info("corpus optimized in %.1f s: %d of %d points indexed", time.perf_counter() - start,
                  stats.indexed_vectors, stats.points)
         return stats_proto(stats)
@@ -457,6 +478,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                     out.put_nowait(("warning", warning))
                 for window in windows:
                     await slots.acquire()
+                    STREAM_PENDING.inc()
                     out.put_nowait(("window", window, self.batcher.submit(window, settings), time.perf_counter()))
         except asyncio.CancelledError:
             raise
@@ -475,6 +497,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             hits, flags, seconds, error = await future
         finally:
             slots.release()
+            STREAM_PENDING.dec()
         if error is not None:
             STREAM_WINDOWS.labels("dropped_unusable").inc()
             return pb.StreamEcgResponse(warning=pb.StreamWarning(

@@ -21,6 +21,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
 from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from tests.scripted_llm import ScriptedLlm
@@ -165,3 +166,24 @@ def demo_queries() -> list[EcgRecord]:
 @pytest.fixture(scope="session")
 def ptbxl_queries() -> list[EcgRecord]:
     return load_ptbxl(shared_ptbxl(), [9])
+
+
+# ---- Triton: the exported encoder on the real tritonserver bundled in nvidia-pytriton ----
+
+@pytest.fixture(scope="session")
+def repositories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    out = tmp_path_factory.mktemp("export") / "model_repository"
+    result = subprocess.run([*ECGREGEN, "export", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    printed = result.stdout
+    return out, out.with_name("model_repository_python"), printed
+
+
+@pytest.fixture(scope="session")
+def triton(repositories: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    server = start_local_triton(repositories[1], tmp_path_factory.mktemp("triton"), grpc_port=free_port(),
+                                http_port=free_port(), metrics_port=free_port())
+    yield server
+    server.stop()
+
+

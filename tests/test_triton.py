@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from ecgregen.encoder import InProcessEncoder, load_encoder
-from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
+from ecgregen.encoder_export.local_triton import LocalTriton
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
 from ecgregen.triton_encoder import TritonEncoder
@@ -22,21 +22,6 @@ from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto
 from tests.conftest import ServerProcess, free_port, start_server
 from tests.test_cli import run
-
-
-@pytest.fixture(scope="module")
-def repositories(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
-    out = tmp_path_factory.mktemp("export") / "model_repository"
-    printed = run("export", "--out", str(out)).stdout
-    return out, out.with_name("model_repository_python"), printed
-
-
-@pytest.fixture(scope="module")
-def triton(repositories: tuple[Path, Path, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
-    server = start_local_triton(repositories[1], tmp_path_factory.mktemp("triton"), grpc_port=free_port(),
-                                http_port=free_port(), metrics_port=free_port())
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="module")

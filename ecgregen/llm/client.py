@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 import openai
 
-from ecgregen.metrics import DEPENDENCY_UP, LLM_BREAKER_OPEN, LLM_CALLS, LLM_TOKENS
+from ecgregen.metrics import LLM_BREAKER_OPEN, LLM_CALLS, LLM_TOKENS, dependency_failed, dependency_ok
 
 log = logging.getLogger("ecgregen.llm")
 
@@ -156,7 +156,6 @@ class LlmClient:
         self._slots = asyncio.Semaphore(settings.concurrency)
         self.breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
         self._sleep = sleep
-        self._up = DEPENDENCY_UP.labels("llm")
 
     @property
     def model(self) -> str:
@@ -196,7 +195,7 @@ class LlmClient:
         reason, detail = _describe(exc)
         LLM_CALLS.labels(reason).inc()
         self.breaker.record(False)
-        self._up.set(0)
+        dependency_failed("llm")
         log.warning("LLM attempt %d/%d failed: %s", attempt + 1, self.settings.retries + 1, detail)
         return reason, detail
 
@@ -205,7 +204,7 @@ class LlmClient:
         LLM_TOKENS.labels("prompt").inc(prompt_tokens)
         LLM_TOKENS.labels("completion").inc(completion_tokens)
         self.breaker.record(True)
-        self._up.set(1)
+        dependency_ok("llm")
 
     async def _backoff(self, attempt: int) -> None:
         cap = min(self.settings.backoff_max_s, self.settings.backoff_base_s * 2**attempt)

@@ -1,0 +1,17 @@
+# ecgregen service image: `docker build -t ecgregen:0.1.0 .` (used by deploy/compose and deploy/k8s)
+FROM python:3.11-slim-bookworm
+WORKDIR /app
+COPY requirements.lock pyproject.toml README.md ./
+RUN pip install --no-cache-dir -r requirements.lock
+COPY protos protos
+COPY ecgregen ecgregen
+COPY server server
+COPY indexer indexer
+COPY encoder_export encoder_export
+RUN python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_python_out=. protos/ecgregen/v1/ecgregen.proto \
+ && touch ecgregen/v1/__init__.py && pip install --no-cache-dir --no-deps -e .
+USER 10001
+EXPOSE 50051 9464
+# gRPC on 50051 (grpc.health.v1 for probes), Prometheus metrics on 9464
+ENTRYPOINT ["ecgregen"]
+CMD ["serve", "--host", "0.0.0.0", "--metrics-host", "0.0.0.0", "--data-dir", "/data"]
