@@ -69,6 +69,22 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-host", default="127.0.0.1", help="metrics bind address (loopback by default)")
     serve.add_argument("--no-demo", action="store_true", help="do not index the demo corpus into an empty store")
     serve.add_argument("--max-streams", type=int, default=64, help="concurrent StreamECG streams at most")
+    serve.add_argument("--max-inflight", type=int, default=256,
+                       help="calls handled at once; beyond, RESOURCE_EXHAUSTED (load shedding)")
+    serve.add_argument("--tls-cert", type=Path, help="server certificate (PEM): serve TLS")
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mutual TLS")
+    serve.add_argument("--tokens", type=Path, help="bearer tokens with roles (ecgregen token add): require them")
+
+    certs = sub.add_parser("certs", help="a development CA with server and client certificates (not for production)")
+    certs.add_argument("--out", type=Path, required=True)
+    certs.add_argument("--host", action="append", default=[], help="server host name(s) (default localhost)")
+    token = sub.add_parser("token", help="bearer tokens: only their hashes are stored")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    token_add = token_sub.add_parser("add", help="create a token (printed once) and store its hash")
+    token_add.add_argument("name")
+    token_add.add_argument("--roles", default="read", help="read, write or read,write")
+    token_add.add_argument("--file", type=Path, required=True)
     _add_store_flags(serve)
     _add_index_flags(serve)
     add_llm_flags(serve)
@@ -435,6 +451,27 @@ def run_evaluate(args: argparse.Namespace) -> None:
         print(format_qa(result))
 
 
+def _tls(args: argparse.Namespace):  # noqa: ANN202 - TlsSettings, imported lazily
+    from ecgregen.server.security import TlsSettings
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+    return TlsSettings(args.tls_cert, args.tls_key, args.tls_client_ca) if args.tls_cert else None
+
+
+def run_security(args: argparse.Namespace) -> None:
+    from ecgregen.server.security import add_key, make_dev_certs
+
+    if args.command == "certs":
+        for path in make_dev_certs(args.out, args.host or ["localhost"]):
+            print(path)
+    else:
+        token = add_key(args.file, args.name, {r.strip() for r in args.roles.split(",") if r.strip()})
+        print(f"token for {args.name} (shown once; {args.file} keeps only its hash):\n{token}")
+
+
 def run_export(args: argparse.Namespace) -> None:
     from ecgregen.encoder import load_encoder
     from ecgregen.encoder_export.export import ExportMismatch, export_repositories
@@ -556,7 +593,8 @@ def main(argv: list[str] | None = None) -> None:
                 data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
                 triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
-                max_streams=args.max_streams,
+                max_streams=args.max_streams, max_in_flight=args.max_inflight, tls=_tls(args),
+                tokens_file=args.tokens,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":
@@ -569,6 +607,8 @@ def main(argv: list[str] | None = None) -> None:
             run_export(args)
         elif args.command == "simulate-monitors":
             run_simulate(args)
+        elif args.command in ("certs", "token"):
+            run_security(args)
         elif args.command == "evaluate":
             run_evaluate(args)
         elif args.command == "qa-generate":

@@ -7,6 +7,7 @@ non-zero exit, raised as :class:`ClientError` for the CLI to print.
 from __future__ import annotations
 
 import json
+import os
 import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -28,13 +29,64 @@ class ClientError(RuntimeError):
     """A failed call, worded for the terminal."""
 
 
+class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer TOKEN` to every call."""
+
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def _with_token(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        metadata = [*(details.metadata or ()), ("authorization", f"Bearer {self.token}")]
+        return details._replace(metadata=metadata) if hasattr(details, "_replace") else _Details(
+            details.method, details.timeout, metadata, details.credentials, details.wait_for_ready,
+            details.compression)
+
+    def intercept_unary_unary(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):  # noqa: ANN001, ANN201
+        return continuation(self._with_token(details), requests)
+
+
+@dataclass(frozen=True)
+class _Details(grpc.ClientCallDetails):
+    method: str
+    timeout: float | None
+    metadata: list | None
+    credentials: object
+    wait_for_ready: bool | None
+    compression: object
+
+
+def open_channel(address: str) -> grpc.Channel:
+    """A channel as the environment says: TLS when $ECGREGEN_TLS_CA is set (a client certificate from
+    $ECGREGEN_TLS_CERT/$ECGREGEN_TLS_KEY for mutual TLS), a bearer token from $ECGREGEN_TOKEN."""
+    ca = os.environ.get("ECGREGEN_TLS_CA")
+    if ca:
+        cert, key = os.environ.get("ECGREGEN_TLS_CERT"), os.environ.get("ECGREGEN_TLS_KEY")
+        credentials = grpc.ssl_channel_credentials(
+            Path(ca).read_bytes(), Path(key).read_bytes() if key else None, Path(cert).read_bytes() if cert else None)
+        channel = grpc.secure_channel(address, credentials)
+    else:
+        channel = grpc.insecure_channel(address)
+    token = os.environ.get("ECGREGEN_TOKEN")
+    return grpc.intercept_channel(channel, _BearerToken(token)) if token else channel
+
+
 @dataclass
 class Connection:
     address: str
     timeout_s: float = DEFAULT_TIMEOUT_S
 
     def __enter__(self) -> pb_grpc.EcgReGenStub:
-        self._channel = grpc.insecure_channel(self.address)
+        self._channel = open_channel(self.address)
         return pb_grpc.EcgReGenStub(self._channel)
 
     def __exit__(self, *exc: object) -> None:

@@ -16,6 +16,7 @@ from typing import Protocol
 import grpc
 from tqdm import tqdm
 
+from ecgregen.client import open_channel
 from ecgregen.ecg import EcgInputError
 from ecgregen.pipeline import InsertOutcome, RecordToInsert, RetrievalPipeline, new_batch_id
 from ecgregen.records import EcgRecord
@@ -92,7 +93,7 @@ class GrpcSink:
     """Send records to a running server through InsertRecords (the server encodes)."""
 
     def __init__(self, address: str, timeout_s: float = 300.0) -> None:
-        self.channel = grpc.insecure_channel(address)
+        self.channel = open_channel(address)  # TLS and token from the environment, as the client commands
         self.stub = pb_grpc.EcgReGenStub(self.channel)
         self.timeout_s = timeout_s
 

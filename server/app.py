@@ -20,6 +20,7 @@ from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from ecgregen.server.security import GuardInterceptor, TlsSettings, load_keys, server_credentials
 from ecgregen.server.service import EcgReGenService
 from ecgregen.store import IndexSettings
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -50,6 +51,9 @@ class ServeSettings:
     triton_model: str = "ecg_encoder"
     triton_wait_s: float = 30.0
     max_streams: int = 64
+    max_in_flight: int = 256  # calls handled at once; beyond: RESOURCE_EXHAUSTED (load shedding)
+    tls: TlsSettings | None = None
+    tokens_file: Path | None = None  # bearer tokens with roles; None: no authentication (loopback development)
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -69,7 +73,9 @@ async def serve(settings: ServeSettings) -> None:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
     try:
+        keys = load_keys(settings.tokens_file) if settings.tokens_file else None
         server = grpc.aio.server(
+            interceptors=[GuardInterceptor(keys, settings.max_in_flight)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -86,7 +92,10 @@ async def serve(settings: ServeSettings) -> None:
         )
         address = f"{settings.host}:{settings.port}"
         try:
-            server.add_insecure_port(address)
+            if settings.tls:
+                server.add_secure_port(address, server_credentials(settings.tls))
+            else:
+                server.add_insecure_port(address)
         except RuntimeError as exc:
             raise SystemExit(f"cannot listen on {address}: {exc}") from None
         try:
@@ -105,6 +114,9 @@ async def serve(settings: ServeSettings) -> None:
             LLM_HEALTH_NAME,
             health_pb2.HealthCheckResponse.SERVING if llm.answerer else health_pb2.HealthCheckResponse.NOT_SERVING,
         )
+        log.info("security: %s, %s, at most %d calls in flight",
+                 "mutual TLS" if settings.tls and settings.tls.client_ca else "TLS" if settings.tls else "plaintext",
+                 f"{len(keys)} bearer token(s)" if keys is not None else "no authentication", settings.max_in_flight)
         log.info(
             "LLM: %s", f"{llm.model} at {llm.endpoint}" if llm.answerer else f"none, retrieval-only ({llm.detail})"
         )

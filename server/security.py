@@ -1,0 +1,202 @@
+"""Who may call: TLS (and mutual TLS), bearer tokens with roles, and load shedding - in one server interceptor.
+
+- TLS from PEM files; with a client CA, clients must present a certificate it signed (mutual TLS).
+- Tokens: a JSON file of ``{"name", "sha256", "roles"}`` entries - only hashes are stored, the token is shown once
+  when created (``ecgregen token add``). Roles: ``read`` (report, search, ask, streams, stats) and ``write``
+  (insert, delete, snapshot, optimize). A call without a valid token gets UNAUTHENTICATED, with a token lacking the
+  role PERMISSION_DENIED. Health and reflection stay open (probes and tooling).
+- Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
+  calls keep their latency instead of everything slowing down together.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+SERVICE_PREFIX = "/ecgregen.v1.EcgReGen/"
+WRITE_METHODS = frozenset({"InsertRecords", "DeleteRecords", "CreateSnapshot", "OptimizeCorpus"})
+ROLES = ("read", "write")
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    cert: Path
+    key: Path
+    client_ca: Path | None = None  # set: mutual TLS, clients need a certificate signed by this CA
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=tls.client_ca.read_bytes() if tls.client_ca else None,
+        require_client_auth=tls.client_ca is not None,
+    )
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    name: str
+    sha256: str
+    roles: frozenset[str]
+
+
+def load_keys(path: Path) -> list[ApiKey]:
+    data = json.loads(Path(path).read_text())
+    keys = [ApiKey(k["name"], k["sha256"], frozenset(k["roles"])) for k in data.get("keys", [])]
+    for key in keys:
+        if not key.roles <= set(ROLES) or len(key.sha256) != 64:
+            raise ValueError(f"{path}: key {key.name!r} needs a sha256 hex digest and roles among {ROLES}")
+    return keys
+
+
+def add_key(path: Path, name: str, roles: set[str]) -> str:
+    """Create a token for `name`, store only its hash in `path`, and return the token (shown once)."""
+    if not roles or not roles <= set(ROLES):
+        raise ValueError(f"roles must be among {', '.join(ROLES)}")
+    path = Path(path)
+    data = json.loads(path.read_text()) if path.exists() else {"keys": []}
+    if any(k["name"] == name for k in data["keys"]):
+        raise ValueError(f"{path} already has a key named {name!r}")
+    token = f"ecg_{secrets.token_urlsafe(32)}"
+    data["keys"].append({"name": name, "sha256": token_hash(token), "roles": sorted(roles)})
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    path.chmod(0o600)
+    return token
+
+
+def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
+    """A handler of the same kind as `handler` that only refuses."""
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
+
+    kinds = {
+        (False, False): grpc.unary_unary_rpc_method_handler,
+        (False, True): grpc.unary_stream_rpc_method_handler,
+        (True, False): grpc.stream_unary_rpc_method_handler,
+        (True, True): grpc.stream_stream_rpc_method_handler,
+    }
+    make = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(refuse, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, roles and load shedding for the ecgregen service (other services pass through)."""
+
+    def __init__(self, keys: list[ApiKey] | None, max_in_flight: int) -> None:
+        self.keys = keys
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+
+    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
+        if self.keys is None:
+            return None
+        header = metadata.get("authorization", "")
+        token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        digest = token_hash(token) if token else ""
+        key = next((k for k in self.keys if token and hmac.compare_digest(k.sha256, digest)), None)
+        if key is None:
+            return grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required (metadata 'authorization')"
+        needed = "write" if method in WRITE_METHODS else "read"
+        if needed not in key.roles:
+            return grpc.StatusCode.PERMISSION_DENIED, f"key {key.name!r} lacks the {needed!r} role for {method}"
+        return None
+
+    async def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None or not details.method.startswith(SERVICE_PREFIX):
+            return handler  # health, reflection, unknown methods: untouched
+        method = details.method.removeprefix(SERVICE_PREFIX)
+        refusal = self._authorize(method, {k: v for k, v in (details.invocation_metadata or ())})
+        if refusal is not None:
+            return _deny(handler, *refusal)
+        if self.in_flight >= self.max_in_flight:
+            return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"the server is at its limit of {self.max_in_flight} calls in flight; retry with backoff")
+        return self._counted(handler)
+
+    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The same handler, counted in `in_flight` while it runs."""
+        guard = self
+        if handler.unary_unary:
+            inner = handler.unary_unary
+
+            async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                guard.in_flight += 1
+                try:
+                    return await inner(request, context)
+                finally:
+                    guard.in_flight -= 1
+
+            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
+        return handler  # streams are capped by --max-streams, client streams (inserts) by the write role
+
+
+def make_dev_certs(out: Path, hostnames: list[str], *, days: int = 30) -> list[Path]:
+    """A throwaway CA, a server certificate for `hostnames` (and 127.0.0.1) and a client certificate: for
+    development and tests only."""
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    out.mkdir(parents=True, exist_ok=True)
+    now = dt.datetime.now(dt.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def write(stem: str, cert: x509.Certificate, private: ec.EllipticCurvePrivateKey) -> list[Path]:
+        (out / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path = out / f"{stem}.key"
+        key_path.write_bytes(private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+        key_path.chmod(0o600)
+        return [out / f"{stem}.pem", key_path]
+
+    ca_key = key()
+    ca = (x509.CertificateBuilder().subject_name(name("ecgregen dev CA")).issuer_name(name("ecgregen dev CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    written = write("ca", ca, ca_key)
+
+    def leaf(cn: str, usage: x509.ObjectIdentifier, sans: list[x509.GeneralName]) -> tuple[x509.Certificate, Any]:
+        private = key()
+        builder = (x509.CertificateBuilder().subject_name(name(cn)).issuer_name(ca.subject)
+                   .public_key(private.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now).not_valid_after(now + dt.timedelta(days=days))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        if sans:
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(ca_key, hashes.SHA256()), private
+
+    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
+    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    written += write("server", *leaf(hostnames[0], ExtendedKeyUsageOID.SERVER_AUTH, sans))
+    written += write("client", *leaf("ecgregen client", ExtendedKeyUsageOID.CLIENT_AUTH, []))
+    return written

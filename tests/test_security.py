@@ -1,0 +1,178 @@
+"""Who may call: mutual TLS, bearer tokens with roles, load shedding - against real servers; and property-based
+checks that request decoding and preprocessing answer any input with a value or a clear EcgInputError."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ecgregen.ecg import EcgInputError
+from ecgregen.preprocess import preprocess
+from ecgregen.records import EcgRecord
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
+from ecgregen.wire import ecg_from_proto, ecg_to_proto
+from tests.conftest import ECGREGEN, ServerProcess, start_server
+from tests.test_cli import run
+
+LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
+
+
+@pytest.fixture(scope="module")
+def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Path, dict[str, str]]:
+    tmp = tmp_path_factory.mktemp("secure")
+    certs = tmp / "certs"
+    run("certs", "--out", str(certs))
+    tokens = {}
+    for name, roles in (("ward", "read"), ("archive", "read,write")):
+        printed = run("token", "add", name, "--roles", roles, "--file", str(tmp / "tokens.json")).stdout
+        tokens[name] = printed.strip().splitlines()[-1]
+    server = start_tls_server(tmp, certs, tmp / "tokens.json")
+    yield server, certs, tokens
+    server.stop()
+
+
+def start_tls_server(tmp: Path, certs: Path, tokens: Path) -> ServerProcess:
+    """start_server waits on a plaintext health check, so this one is awaited over mutual TLS."""
+    import socket
+    import time
+
+    def free() -> int:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return s.getsockname()[1]
+
+    port, metrics = free(), free()
+    log = tmp / "server.log"
+    process = subprocess.Popen(
+        [*ECGREGEN, "serve", "--port", str(port), "--metrics-port", str(metrics), "--data-dir", str(tmp / "var"),
+         "--no-llm", "--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"),
+         "--tls-client-ca", str(certs / "ca.pem"), "--tokens", str(tokens)],
+        stdout=log.open("w"), stderr=subprocess.STDOUT, cwd=tmp,
+    )
+    server = ServerProcess(process, f"localhost:{port}", f"http://127.0.0.1:{metrics}/metrics", log)
+    deadline = time.monotonic() + 120
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, server.log()
+        try:
+            with mtls_channel(server.address, certs) as channel:
+                reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return server
+        except grpc.RpcError:
+            pass
+        time.sleep(0.3)
+
+
+def mtls_channel(address: str, certs: Path, *, client_cert: bool = True) -> grpc.Channel:
+    credentials = grpc.ssl_channel_credentials(
+        (certs / "ca.pem").read_bytes(),
+        (certs / "client.key").read_bytes() if client_cert else None,
+        (certs / "client.pem").read_bytes() if client_cert else None,
+    )
+    return grpc.secure_channel(address, credentials)
+
+
+def report_request(queries: list[EcgRecord]) -> pb.GenerateReportRequest:
+    return pb.GenerateReportRequest(ecg=ecg_to_proto(queries[0].load_ecg()), k=3)
+
+
+def test_mutual_tls_is_required(secured: tuple, demo_queries: list[EcgRecord]) -> None:
+    server, certs, _ = secured
+    for channel in (grpc.insecure_channel(server.address), mtls_channel(server.address, certs, client_cert=False)):
+        with channel, pytest.raises(grpc.RpcError) as error:
+            pb_grpc.EcgReGenStub(channel).GetServerInfo(pb.GetServerInfoRequest(), timeout=5)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_tokens_and_roles(secured: tuple, demo_queries: list[EcgRecord]) -> None:
+    server, certs, tokens = secured
+    with mtls_channel(server.address, certs) as channel:
+        stub = pb_grpc.EcgReGenStub(channel)
+        health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+        assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GenerateReport(report_request(demo_queries), timeout=30)
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GenerateReport(report_request(demo_queries), timeout=30,
+                                metadata=[("authorization", "Bearer not-a-token")])
+        assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+        ward = [("authorization", f"Bearer {tokens['ward']}")]
+        assert stub.GenerateReport(report_request(demo_queries), timeout=30, metadata=ward).report
+        with pytest.raises(grpc.RpcError) as error:
+            stub.DeleteRecords(pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id="1")]), timeout=30, metadata=ward)
+        assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED and "lacks the 'write' role" in error.value.details()
+        archive = [("authorization", f"Bearer {tokens['archive']}")]
+        assert stub.DeleteRecords(pb.DeleteRecordsRequest(keys=[pb.RecordKey(ecg_id="no-such")]), timeout=30,
+                                  metadata=archive).deleted == 0
+
+
+def test_cli_client_uses_tls_and_token_from_the_environment(secured: tuple) -> None:
+    server, certs, tokens = secured
+    env = {**os.environ, "ECGREGEN_TLS_CA": str(certs / "ca.pem"), "ECGREGEN_TLS_CERT": str(certs / "client.pem"),
+           "ECGREGEN_TLS_KEY": str(certs / "client.key"), "ECGREGEN_TOKEN": tokens["ward"]}
+    result = subprocess.run([*ECGREGEN, "client", "stats", "--server", server.address, "--json"], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["points"] == 270
+    stored = (server.log_path.parent / "tokens.json").read_text()
+    assert tokens["ward"] not in stored and tokens["archive"] not in stored  # hashes only
+    assert oct((server.log_path.parent / "tokens.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_overload_is_shed_with_resource_exhausted(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--max-inflight", "2")
+    try:
+        request = report_request(demo_queries)
+
+        def call(_: int) -> grpc.StatusCode:
+            try:
+                server.stub().GenerateReport(request, timeout=60)
+                return grpc.StatusCode.OK
+            except grpc.RpcError as exc:
+                return exc.code()
+
+        with ThreadPoolExecutor(24) as pool:
+            codes = list(pool.map(call, range(96)))
+        assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+        assert call(0) == grpc.StatusCode.OK  # and the server is fine afterwards
+    finally:
+        server.stop()
+
+
+ecg_messages = st.builds(
+    lambda rate, leads, n, values, units: pb.Ecg(sampling_rate_hz=rate, leads=[
+        pb.Lead(name=name, samples=values[: n] if values else [], units=units) for name in leads]),
+    rate=st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([100.0, 500.0, 49.0, 1001.0])),
+    leads=st.one_of(st.just(LEADS), st.lists(st.sampled_from([*LEADS, "X", "", "ii", "V7"]), max_size=14)),
+    n=st.integers(0, 3000),
+    values=st.lists(st.floats(allow_nan=True, allow_infinity=True, width=32), max_size=50).map(lambda v: v * 60),
+    units=st.sampled_from(["", "mV", "uV", "V", "NU", "furlongs"]),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(ecg_messages)
+def test_any_ecg_message_decodes_or_is_refused_clearly(message: pb.Ecg) -> None:
+    try:
+        ecg = ecg_from_proto(message)
+    except EcgInputError as exc:
+        assert str(exc)  # a message naming what is wrong
+        return
+    try:
+        out = preprocess(ecg).signal
+    except EcgInputError:
+        return
+    assert out.shape[0] == 12 and np.isfinite(out).all()
