@@ -75,6 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mutual TLS")
     serve.add_argument("--tokens", type=Path, help="bearer tokens with roles (ecgregen token add): require them")
+    serve.add_argument("--rate-limit", type=float, default=0.0, help="calls per second per client (0: unlimited)")
+    serve.add_argument("--max-message-mb", type=float, default=64.0, help="largest gRPC message accepted")
 
     certs = sub.add_parser("certs", help="a development CA with server and client certificates (not for production)")
     certs.add_argument("--out", type=Path, required=True)
@@ -594,7 +596,8 @@ def main(argv: list[str] | None = None) -> None:
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
                 triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
                 max_streams=args.max_streams, max_in_flight=args.max_inflight, tls=_tls(args),
-                tokens_file=args.tokens,
+                tokens_file=args.tokens, rate_limit=args.rate_limit,
+                max_message_bytes=int(args.max_message_mb * 1024 * 1024),
             )
             asyncio.run(serve(settings))
         elif args.command == "index":

@@ -20,7 +20,7 @@ from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
-from ecgregen.server.security import GuardInterceptor, TlsSettings, load_keys, server_credentials
+from ecgregen.server.security import AuditLog, GuardInterceptor, TlsSettings, load_keys, server_credentials
 from ecgregen.server.service import EcgReGenService
 from ecgregen.store import IndexSettings
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -54,6 +54,8 @@ class ServeSettings:
     max_in_flight: int = 256  # calls handled at once; beyond: RESOURCE_EXHAUSTED (load shedding)
     tls: TlsSettings | None = None
     tokens_file: Path | None = None  # bearer tokens with roles; None: no authentication (loopback development)
+    rate_limit: float = 0.0  # calls per second per client; 0: unlimited
+    max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -75,14 +77,15 @@ async def serve(settings: ServeSettings) -> None:
     try:
         keys = load_keys(settings.tokens_file) if settings.tokens_file else None
         server = grpc.aio.server(
-            interceptors=[GuardInterceptor(keys, settings.max_in_flight)],
+            interceptors=[GuardInterceptor(keys, settings.max_in_flight, settings.rate_limit)],
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", settings.max_message_bytes),
+                ("grpc.max_send_message_length", settings.max_message_bytes),
             ]
         )
         llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
-        service = EcgReGenService(pipeline, llm, settings.data_dir / "snapshots", max_streams=settings.max_streams)
+        service = EcgReGenService(pipeline, llm, settings.data_dir / "snapshots", max_streams=settings.max_streams,
+                                  audit=AuditLog(settings.data_dir / "audit.log"))
         pb_grpc.add_EcgReGenServicer_to_server(service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

@@ -6,17 +6,22 @@
   (insert, delete, snapshot, optimize). A call without a valid token gets UNAUTHENTICATED, with a token lacking the
   role PERMISSION_DENIED. Health and reflection stay open (probes and tooling).
 - Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
-  calls keep their latency instead of everything slowing down together.
+  calls keep their latency instead of everything slowing down together. Per client (token name, or peer address
+  without tokens) at most ``rate_limit`` calls per second (token bucket, burst of one second's worth).
+- The caller's identity is put in :data:`CALLER` for the audit log of writes.
 """
 
 from __future__ import annotations
 
+import contextvars
 import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import secrets
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +29,7 @@ from typing import Any
 import grpc
 
 SERVICE_PREFIX = "/ecgregen.v1.EcgReGen/"
+CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("ecgregen_caller", default="anonymous")
 WRITE_METHODS = frozenset({"InsertRecords", "DeleteRecords", "CreateSnapshot", "OptimizeCorpus"})
 ROLES = ("read", "write")
 
@@ -95,27 +101,47 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
                 response_serializer=handler.response_serializer)
 
 
-class GuardInterceptor(grpc.aio.ServerInterceptor):
-    """Authentication, roles and load shedding for the ecgregen service (other services pass through)."""
+class _Bucket:
+    """Token bucket: `rate` calls per second, bursts of up to `rate`."""
 
-    def __init__(self, keys: list[ApiKey] | None, max_in_flight: int) -> None:
+    def __init__(self, rate: float) -> None:
+        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+class GuardInterceptor(grpc.aio.ServerInterceptor):
+    """Authentication, roles, rate limits and load shedding for the ecgregen service (others pass through)."""
+
+    def __init__(self, keys: list[ApiKey] | None, max_in_flight: int, rate_limit: float = 0.0) -> None:
         self.keys = keys
         self.max_in_flight = max_in_flight
+        self.rate_limit = rate_limit
         self.in_flight = 0
+        self._buckets: dict[str, _Bucket] = {}
 
-    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[grpc.StatusCode, str] | None:
+    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[str, tuple[grpc.StatusCode, str] | None]:
+        """(caller, refusal or None)."""
         if self.keys is None:
-            return None
+            return "anonymous", None
         header = metadata.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         digest = token_hash(token) if token else ""
         key = next((k for k in self.keys if token and hmac.compare_digest(k.sha256, digest)), None)
         if key is None:
-            return grpc.StatusCode.UNAUTHENTICATED, "a valid bearer token is required (metadata 'authorization')"
+            return "anonymous", (grpc.StatusCode.UNAUTHENTICATED,
+                                 "a valid bearer token is required (metadata 'authorization')")
         needed = "write" if method in WRITE_METHODS else "read"
         if needed not in key.roles:
-            return grpc.StatusCode.PERMISSION_DENIED, f"key {key.name!r} lacks the {needed!r} role for {method}"
-        return None
+            return key.name, (grpc.StatusCode.PERMISSION_DENIED, f"key {key.name!r} lacks the {needed!r} role for {method}")
+        return key.name, None
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -125,29 +151,70 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler  # health, reflection, unknown methods: untouched
         method = details.method.removeprefix(SERVICE_PREFIX)
-        refusal = self._authorize(method, {k: v for k, v in (details.invocation_metadata or ())})
+        caller, refusal = self._authorize(method, {k: v for k, v in (details.invocation_metadata or ())})
         if refusal is not None:
             return _deny(handler, *refusal)
+        if self.rate_limit > 0 and not self._buckets.setdefault(caller, _Bucket(self.rate_limit)).take():
+            return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                         f"rate limit of {self.rate_limit:g} calls/s for {caller!r} exceeded; retry with backoff")
         if self.in_flight >= self.max_in_flight:
             return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"the server is at its limit of {self.max_in_flight} calls in flight; retry with backoff")
-        return self._counted(handler)
+        return self._tracked(handler, caller)
 
-    def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        """The same handler, counted in `in_flight` while it runs."""
+    def _tracked(self, handler: grpc.RpcMethodHandler, caller: str) -> grpc.RpcMethodHandler:
+        """The same handler, run with CALLER set and counted in `in_flight` (streams are capped elsewhere)."""
         guard = self
-        if handler.unary_unary:
-            inner = handler.unary_unary
+        kinds = {
+            "unary_unary": grpc.unary_unary_rpc_method_handler,
+            "stream_unary": grpc.stream_unary_rpc_method_handler,
+            "unary_stream": grpc.unary_stream_rpc_method_handler,
+            "stream_stream": grpc.stream_stream_rpc_method_handler,
+        }
+        kind = next(k for k in kinds if getattr(handler, k))
+        inner = getattr(handler, kind)
+        if handler.response_streaming:
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                CALLER.set(caller)
+                async for item in inner(request, context):
+                    yield item
+
+            behaviour: Callable[..., Any] = streaming
+        else:
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                CALLER.set(caller)
                 guard.in_flight += 1
                 try:
                     return await inner(request, context)
                 finally:
                     guard.in_flight -= 1
 
-            return grpc.unary_unary_rpc_method_handler(unary, handler.request_deserializer, handler.response_serializer)
-        return handler  # streams are capped by --max-streams, client streams (inserts) by the write role
+            behaviour = unary
+        return kinds[kind](behaviour, handler.request_deserializer, handler.response_serializer)
+
+
+def pseudonym(identifier: str) -> str:
+    """A patient id as logs may show it: a short one-way hash (equal ids stay equal, the id is not readable)."""
+    return hashlib.sha256(f"ecgregen:{identifier}".encode()).hexdigest()[:16] if identifier else ""
+
+
+class AuditLog:
+    """Append-only JSON lines of corpus writes: who (token name), when, what (method, batch, record keys); patient
+    ids only as pseudonyms. Flushed and fsynced per entry: the audit trail must survive a crash like the data."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, method: str, **what: Any) -> None:
+        entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "caller": CALLER.get(),
+                 "method": method, **what}
+        with self.path.open("a") as f:
+            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def make_dev_certs(out: Path, hostnames: list[str], *, days: int = 30) -> list[Path]:

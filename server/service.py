@@ -44,6 +44,7 @@ from ecgregen.metrics import (
     stage_timer,
 )
 from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
+from ecgregen.server.security import AuditLog, pseudonym
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
     StreamLimiter,
@@ -218,7 +219,7 @@ class Refinement:
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
     def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None,
-                 max_streams: int = 64) -> None:
+                 max_streams: int = 64, audit: AuditLog | None = None) -> None:
         dependency_ok("qdrant")  # the store answered at start-up; a failure sets it to 0
         self.pipeline = pipeline
         self.llm = llm
@@ -226,6 +227,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         self.streams = StreamLimiter(max_streams)
         self.batcher = WindowBatcher(pipeline)
         self.draining = asyncio.Event()  # set at shutdown: streams end with a final warning
+        self.audit = audit
 
     def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
         retrieved = retrieval.hits[0].report if retrieval.hits else ""
@@ -333,6 +335,12 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
         async def flush() -> None:
             outcome = await asyncio.to_thread(self.pipeline.insert, [record for _, record in batch], response.batch_id)
+            if self.audit:
+                rejected = {position for position, _ in outcome.rejected}
+                written = [r for i, (_, r) in enumerate(batch) if i not in rejected]
+                self.audit.write("InsertRecords", batch_id=response.batch_id,
+                                 records=[{"source": r.source, "ecg_id": r.ecg_id, "patient": pseudonym(r.patient_id)}
+                                          for r in written])
             response.inserted += outcome.inserted
             response.updated += outcome.updated
             for position, reason in outcome.rejected:
@@ -376,6 +384,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                 raise EcgInputError("give keys or a batch_id, not both")
             deleted = await asyncio.to_thread(self.pipeline.delete, (), check_batch_id(request.batch_id))
             log.info("rolled back batch %s: %d records deleted", request.batch_id, deleted)
+            if self.audit:
+                self.audit.write("DeleteRecords", batch_id=request.batch_id, deleted=deleted)
             return pb.DeleteRecordsResponse(deleted=deleted)
         keys = []
         for i, key in enumerate(request.keys):
@@ -385,6 +395,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if not keys:
             raise EcgInputError("no keys to delete")
         deleted = await asyncio.to_thread(self.pipeline.delete, keys)
+        if self.audit:
+            self.audit.write("DeleteRecords", records=[{"source": s, "ecg_id": e} for s, e in keys], deleted=deleted)
         return pb.DeleteRecordsResponse(deleted=deleted)
 
     @rpc

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -44,8 +46,6 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Pa
 
 def start_tls_server(tmp: Path, certs: Path, tokens: Path) -> ServerProcess:
     """start_server waits on a plaintext health check, so this one is awaited over mutual TLS."""
-    import socket
-    import time
 
     def free() -> int:
         with socket.socket() as s:
@@ -176,3 +176,44 @@ def test_any_ecg_message_decodes_or_is_refused_clearly(message: pb.Ecg) -> None:
     except EcgInputError:
         return
     assert out.shape[0] == 12 and np.isfinite(out).all()
+
+
+def test_writes_are_audited_with_pseudonymous_patients(secured: tuple, demo_queries: list[EcgRecord]) -> None:
+    server, certs, tokens = secured
+    archive = [("authorization", f"Bearer {tokens['archive']}")]
+    record = pb.Record(ecg_id="audit-1", patient_id="patient-4711", report="r", source="audit",
+                       ecg=ecg_to_proto(demo_queries[0].load_ecg()))
+    with mtls_channel(server.address, certs) as channel:
+        stub = pb_grpc.EcgReGenStub(channel)
+        batch = stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record)]), timeout=60, metadata=archive).batch_id
+        stub.DeleteRecords(pb.DeleteRecordsRequest(batch_id=batch), timeout=60, metadata=archive)
+    text = (server.log_path.parent / "var" / "audit.log").read_text()
+    entries = [json.loads(line) for line in text.splitlines()]
+    insert = next(e for e in entries if e["method"] == "InsertRecords" and e["batch_id"] == batch)
+    assert insert["caller"] == "archive" and insert["records"][0]["ecg_id"] == "audit-1"
+    assert "patient-4711" not in text and len(insert["records"][0]["patient"]) == 16
+    assert any(e["method"] == "DeleteRecords" and e.get("batch_id") == batch and e["deleted"] == 1 for e in entries)
+    assert "patient-4711" not in server.log()
+
+
+def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--rate-limit", "5",
+                          "--max-message-mb", "1")
+    try:
+        stub = server.stub()
+        codes = []
+        for _ in range(20):
+            try:
+                stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as exc:
+                codes.append(exc.code())
+                assert "rate limit of 5 calls/s for 'anonymous' exceeded" in exc.details()
+        assert grpc.StatusCode.OK in codes and grpc.StatusCode.RESOURCE_EXHAUSTED in codes
+        big = pb.Ecg(sampling_rate_hz=1000, leads=[pb.Lead(name=n, samples=[0.1] * 30_000) for n in LEADS])  # ~1.4 MB
+        time.sleep(1.2)  # refill the bucket
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GenerateReport(pb.GenerateReportRequest(ecg=big), timeout=30)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        server.stop()
