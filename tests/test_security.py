@@ -217,3 +217,35 @@ def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecor
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     finally:
         server.stop()
+
+
+chunk_events = st.lists(
+    st.tuples(
+        st.integers(0, 12),  # sequence (duplicates, gaps and steps back all happen)
+        st.integers(0, 300),  # samples per lead
+        st.integers(11, 13),  # leads sent (the config has 12)
+        st.booleans(),  # digital instead of float samples
+        st.sampled_from([0.0, float("nan"), float("inf"), 50.0, -0.3]),  # a value to plant
+        st.lists(st.sampled_from(["V1", "ii", "X"]), max_size=2),  # leads off
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(chunk_events)
+def test_any_chunk_sequence_gives_windows_or_warnings(events: list) -> None:
+    from ecgregen.server.streaming import StreamSession, parse_config
+
+    session = StreamSession(parse_config(pb.StreamConfig(sampling_rate_hz=100, lead_names=LEADS, window_s=2), 100))
+    rng = np.random.default_rng(0)
+    for sequence, n, leads, digital, planted, off in events:
+        values = rng.normal(size=(leads, n)).astype(np.float32)
+        if n:
+            values[0, n // 2] = planted
+        lead_msgs = [pb.StreamLead(digital=np.clip(np.nan_to_num(row * 200), -2**31, 2**31 - 1).astype(np.int64).tolist()) if digital
+                     else pb.StreamLead(samples=row) for row in values]
+        windows, warnings = session.feed(pb.StreamChunk(sequence=sequence, leads=lead_msgs, leads_off=off))
+        for window in windows:
+            assert window.signal.shape == (12, 200) and np.isfinite(window.signal).all()
+        assert all(w.code in {"gap", "duplicate_or_late", "bad_chunk"} and w.message for w in warnings)
