@@ -77,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tokens", type=Path, help="bearer tokens with roles (ecgregen token add): require them")
     serve.add_argument("--rate-limit", type=float, default=0.0, help="calls per second per client (0: unlimited)")
     serve.add_argument("--max-message-mb", type=float, default=64.0, help="largest gRPC message accepted")
+    serve.add_argument("--triton-fallback-local", action="store_true",
+                       help="while Triton is unavailable, encode in-process (the same model: --checkpoint)")
+    serve.add_argument("--max-stream-s", type=float, default=24 * 3600.0,
+                       help="a stream is ended with a max_duration warning after this long (monitors reconnect)")
 
     certs = sub.add_parser("certs", help="a development CA with server and client certificates (not for production)")
     certs.add_argument("--out", type=Path, required=True)
@@ -215,6 +219,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench_store.add_argument("--json", type=Path, dest="json_out")
     bench_store.add_argument("--markdown", type=Path)
     _add_index_flags(bench_store)
+    bench_load = bench_sub.add_parser("load", help="a running server under concurrent GenerateReport calls")
+    bench_load.add_argument("--server", default=DEFAULT_SERVER)
+    bench_load.add_argument("--records", type=Path, default=DEMO_PTBXL, help="PTB-XL-layout folder of queries")
+    bench_load.add_argument("--folds", default="9")
+    bench_load.add_argument("--concurrency", default="1,8,32,128")
+    bench_load.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
+    bench_load.add_argument("--json", type=Path, dest="json_out")
 
     client = sub.add_parser("client", help="call a running server")
     csub = client.add_subparsers(dest="client_command", required=True)
@@ -350,6 +361,15 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def run_bench(args: argparse.Namespace) -> None:
+    if args.bench_command == "load":
+        from ecgregen.bench.load import format_load, run_load
+
+        rows = asyncio.run(run_load(args.server, load_ptbxl(args.records, parse_folds(args.folds)),
+                                    concurrency=_ints(args.concurrency, "--concurrency"), duration_s=args.duration))
+        if args.json_out:
+            args.json_out.write_text(json.dumps(rows, indent=2))
+        print(format_load(rows, f"GenerateReport load on {args.server}, {args.duration:g} s per level"))
+        return
     from ecgregen.bench.store import format_store_bench, run_store_bench
 
     result = run_store_bench(
@@ -597,7 +617,8 @@ def main(argv: list[str] | None = None) -> None:
                 triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
                 max_streams=args.max_streams, max_in_flight=args.max_inflight, tls=_tls(args),
                 tokens_file=args.tokens, rate_limit=args.rate_limit,
-                max_message_bytes=int(args.max_message_mb * 1024 * 1024),
+                max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
+                triton_fallback_local=args.triton_fallback_local,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":

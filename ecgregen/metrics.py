@@ -85,6 +85,9 @@ DEPENDENCY_UP = Gauge(
     "ecgregen_dependency_up", "1 if the last call to the dependency succeeded, 0 if it failed.", ["dependency"],
     registry=REGISTRY,
 )
+ENCODER_FALLBACKS = Counter(
+    "ecgregen_encoder_fallbacks_total", "Encodings done in-process because Triton was unavailable.", registry=REGISTRY
+)
 STREAMS_ACTIVE = Gauge("ecgregen_streams_active", "StreamECG streams open now.", registry=REGISTRY)
 STREAM_PENDING = Gauge(
     "ecgregen_stream_pending_windows",

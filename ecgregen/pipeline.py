@@ -79,8 +79,10 @@ class RetrievalPipeline:
         with stage_timer("preprocess", seconds):
             prepared = [preprocess(e, self.encoder.preprocess_config) for e in ecgs]
         with stage_timer("encode", seconds):
-            vectors = self.encoder.encode([p.signal for p in prepared])
-        return vectors, [list(p.warnings) for p in prepared]
+            noting = getattr(self.encoder, "encode_noting", None)  # an encoder that may degrade says so
+            vectors, note = noting([p.signal for p in prepared]) if noting else (
+                self.encoder.encode([p.signal for p in prepared]), "")
+        return vectors, [[*p.warnings, *([note] if note else [])] for p in prepared]
 
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
@@ -163,7 +165,7 @@ def new_batch_id() -> str:
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
-    triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0,
+    triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0, triton_fallback_local: bool = False,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
@@ -172,9 +174,11 @@ def open_pipeline(
     `index` applies when the collection is created (an existing one keeps its settings).
     """
     if triton_url:
-        from ecgregen.triton_encoder import TritonEncoder
+        from ecgregen.triton_encoder import FallbackEncoder, TritonEncoder
 
         encoder: Encoder = TritonEncoder(triton_url, triton_model, startup_wait_s=triton_wait_s)
+        if triton_fallback_local:
+            encoder = FallbackEncoder(encoder, InProcessEncoder(load_encoder(checkpoint)))
     else:
         encoder = InProcessEncoder(load_encoder(checkpoint))
     store = open_store(data_dir, qdrant_url, collection)

@@ -23,8 +23,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from ecgregen.encoder import EncoderUnavailable
-from ecgregen.metrics import dependency_ok
+from ecgregen.encoder import EncoderUnavailable, InProcessEncoder
+from ecgregen.metrics import ENCODER_FALLBACKS, dependency_failed, dependency_ok
 from ecgregen.preprocess import PreprocessConfig
 
 
@@ -153,3 +153,43 @@ class TritonEncoder:
         self._pending.put(None)
         self._dispatcher.join(timeout=5)
         self._client.close()
+
+
+class FallbackEncoder:
+    """Triton first; while Triton is unavailable, the same model in-process (``--triton-fallback-local``).
+
+    Both must be the same encoder (same id), or the corpus would be searched with vectors from another space.
+    """
+
+    def __init__(self, primary: TritonEncoder, fallback: InProcessEncoder) -> None:
+        if primary.encoder_id != fallback.encoder_id:
+            raise EncoderUnavailable(f"the in-process fallback is {fallback.encoder_id}, Triton serves "
+                                     f"{primary.encoder_id}; give --checkpoint of the model Triton serves")
+        self.primary, self.fallback = primary, fallback
+
+    @property
+    def dim(self) -> int:
+        return self.primary.dim
+
+    @property
+    def encoder_id(self) -> str:
+        return self.primary.encoder_id
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.primary.preprocess_config
+
+    def encode(self, signals: list[np.ndarray]) -> np.ndarray:
+        return self.encode_noting(signals)[0]
+
+    def encode_noting(self, signals: list[np.ndarray]) -> tuple[np.ndarray, str]:
+        """Vectors, and a note for the response when they came from the fallback."""
+        try:
+            return self.primary.encode(signals), ""
+        except EncoderUnavailable as exc:
+            dependency_failed("triton")
+            ENCODER_FALLBACKS.inc()
+            return self.fallback.encode(signals), f"encoded in-process: Triton unavailable ({exc})"
+
+    def close(self) -> None:
+        self.primary.close()

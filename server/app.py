@@ -55,6 +55,8 @@ class ServeSettings:
     tls: TlsSettings | None = None
     tokens_file: Path | None = None  # bearer tokens with roles; None: no authentication (loopback development)
     rate_limit: float = 0.0  # calls per second per client; 0: unlimited
+    max_stream_s: float = 24 * 3600.0
+    triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
@@ -70,7 +72,8 @@ async def serve(settings: ServeSettings) -> None:
     try:
         pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index,
                                  triton_url=settings.triton_url, triton_model=settings.triton_model,
-                                 triton_wait_s=settings.triton_wait_s)
+                                 triton_wait_s=settings.triton_wait_s,
+                                 triton_fallback_local=settings.triton_fallback_local)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
@@ -85,7 +88,7 @@ async def serve(settings: ServeSettings) -> None:
         )
         llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
         service = EcgReGenService(pipeline, llm, settings.data_dir / "snapshots", max_streams=settings.max_streams,
-                                  audit=AuditLog(settings.data_dir / "audit.log"))
+                                  audit=AuditLog(settings.data_dir / "audit.log"), max_stream_s=settings.max_stream_s)
         pb_grpc.add_EcgReGenServicer_to_server(service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

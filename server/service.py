@@ -219,7 +219,7 @@ class Refinement:
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
     def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None,
-                 max_streams: int = 64, audit: AuditLog | None = None) -> None:
+                 max_streams: int = 64, audit: AuditLog | None = None, max_stream_s: float = 24 * 3600.0) -> None:
         dependency_ok("qdrant")  # the store answered at start-up; a failure sets it to 0
         self.pipeline = pipeline
         self.llm = llm
@@ -228,6 +228,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         self.batcher = WindowBatcher(pipeline)
         self.draining = asyncio.Event()  # set at shutdown: streams end with a final warning
         self.audit = audit
+        self.max_stream_s = max_stream_s  # a stream is ended (with a warning) after this long; monitors reconnect
 
     def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
         retrieved = retrieval.hits[0].report if retrieval.hits else ""
@@ -452,10 +453,11 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         slots = asyncio.Semaphore(MAX_PENDING_WINDOWS)
         reader = asyncio.get_running_loop().create_task(self._read_stream(request_iterator, settings, out, slots))
         draining = asyncio.get_running_loop().create_task(self.draining.wait())
+        expired = asyncio.get_running_loop().create_task(asyncio.sleep(self.max_stream_s))
         try:
             while True:
                 getter = asyncio.ensure_future(out.get())
-                done, _ = await asyncio.wait({getter, draining}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait({getter, draining, expired}, return_when=asyncio.FIRST_COMPLETED)
                 if getter not in done:
                     getter.cancel()
                     reader.cancel()
@@ -463,8 +465,11 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                         item = out.get_nowait()
                         if item is not None:
                             yield await self._stream_item(item, settings, slots)
-                    yield pb.StreamEcgResponse(warning=pb.StreamWarning(
-                        code="shutting_down", message="the server is shutting down; reconnect to continue"))
+                    code, message = (
+                        ("shutting_down", "the server is shutting down; reconnect to continue") if draining in done
+                        else ("max_duration", f"streams last at most {self.max_stream_s:g} s; reconnect to continue")
+                    )
+                    yield pb.StreamEcgResponse(warning=pb.StreamWarning(code=code, message=message))
                     return
                 item = getter.result()
                 if item is None:
@@ -473,6 +478,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         finally:
             reader.cancel()
             draining.cancel()
+            expired.cancel()
             self.streams.release()
 
     async def _read_stream(self, requests: AsyncIterator[pb.StreamEcgRequest], settings: StreamSettings,

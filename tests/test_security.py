@@ -163,7 +163,11 @@ ecg_messages = st.builds(
 )
 
 
-@settings(max_examples=300, deadline=None)
+# CI runs a few hundred cases; the long fuzz run: ECGREGEN_FUZZ_EXAMPLES=5000 pytest tests/test_security.py -k any_
+FUZZ_EXAMPLES = int(os.environ.get("ECGREGEN_FUZZ_EXAMPLES", "0"))
+
+
+@settings(max_examples=FUZZ_EXAMPLES or 300, deadline=None)
 @given(ecg_messages)
 def test_any_ecg_message_decodes_or_is_refused_clearly(message: pb.Ecg) -> None:
     try:
@@ -232,7 +236,7 @@ chunk_events = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=FUZZ_EXAMPLES or 200, deadline=None)
 @given(chunk_events)
 def test_any_chunk_sequence_gives_windows_or_warnings(events: list) -> None:
     from ecgregen.server.streaming import StreamSession, parse_config

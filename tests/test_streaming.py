@@ -187,3 +187,20 @@ def test_stream_cap_cancellation_and_shutdown(small_server: ServerProcess, demo_
     stop.set()
     assert rest[-1].HasField("warning") and rest[-1].warning.code == "shutting_down"
     assert small_server.process.wait(30) == 0
+
+
+def test_streams_end_after_the_maximum_duration(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--max-stream-s", "2")
+    try:
+        window = demo_queries[0].load_ecg().signal
+
+        def slow() -> Iterator[pb.StreamEcgRequest]:
+            yield config(100)
+            for i in range(100):
+                time.sleep(0.1)
+                yield chunk(i, window[:, :100])
+
+        responses = list(server.stub().StreamECG(slow(), timeout=60))
+        assert responses[-1].warning.code == "max_duration" and "at most 2 s" in responses[-1].warning.message
+    finally:
+        server.stop()

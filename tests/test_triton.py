@@ -79,14 +79,21 @@ def test_service_encodes_through_triton(triton: LocalTriton, triton_server: Serv
 
 
 def test_triton_outage_is_unavailable_then_recovers(triton: LocalTriton, triton_server: ServerProcess,
-                                                    demo_queries: list[EcgRecord]) -> None:
+                                                    tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
     request = pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), k=3)
-    triton.kill()  # SIGKILL to Triton and its backend processes: a crash
-    triton.process.wait(10)
-    with pytest.raises(grpc.RpcError) as error:
-        triton_server.stub().GenerateReport(request, timeout=60)
-    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert error.value.details().startswith("encoder unavailable: Triton at 127.0.0.1:")
+    degrading = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--triton-url",
+                             triton.grpc_url, "--triton-fallback-local")
+    try:
+        triton.kill()  # SIGKILL to Triton and its backend processes: a crash
+        triton.process.wait(10)
+        with pytest.raises(grpc.RpcError) as error:
+            triton_server.stub().GenerateReport(request, timeout=60)
+        assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert error.value.details().startswith("encoder unavailable: Triton at 127.0.0.1:")
+        degraded = degrading.stub().GenerateReport(request, timeout=60)  # configured to degrade: answers anyway
+        assert degraded.report and any(w.startswith("encoded in-process: Triton unavailable") for w in degraded.warnings)
+    finally:
+        degrading.stop()
 
     triton.restart()  # same ports: the service's channel reconnects by itself (backoff at most 2 s)
     deadline = time.monotonic() + 15
