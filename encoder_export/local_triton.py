@@ -17,9 +17,10 @@ import subprocess
 import sys
 import sysconfig
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from ecgregen.netutil import http_ok
 
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -80,14 +81,6 @@ class LocalTriton:
             os.killpg(self.process.pid, sig)
 
 
-def _ready(http_url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 def start_local_triton(
     repository: Path, work_dir: Path, *, grpc_port: int, http_port: int, metrics_port: int, timeout_s: float = 120.0
 ) -> LocalTriton:
@@ -121,7 +114,7 @@ def start_local_triton(
     ports = {"grpc_port": grpc_port, "http_port": http_port, "metrics_port": metrics_port}
     triton = LocalTriton(process, repository, work_dir, ports, log_path)
     deadline = time.monotonic() + timeout_s
-    while not _ready(triton.http_url):
+    while not http_ok(f"{triton.http_url}/v2/health/ready"):
         if process.poll() is not None or time.monotonic() > deadline:
             triton.stop()
             tail = log_path.read_text(errors="replace")[-3000:]

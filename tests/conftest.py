@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
+from ecgregen.netutil import free_port
 from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from tests.scripted_llm import ScriptedLlm
@@ -29,12 +29,6 @@ from tests.scripted_llm import ScriptedLlm
 REPO = Path(__file__).resolve().parent.parent
 SHARED_PTBXL = REPO.parent / "shared" / "data" / "ptbxl"
 ECGREGEN = [str(Path(sys.executable).parent / "ecgregen")]  # the installed console script
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

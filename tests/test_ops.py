@@ -21,6 +21,7 @@ import yaml
 
 from ecgregen.cli import build_parser
 from ecgregen.encoder_export.local_triton import LocalTriton
+from ecgregen.netutil import http_ok
 from ecgregen.records import EcgRecord
 from ecgregen.server.app import ServeSettings
 from ecgregen.simulate import simulate
@@ -83,21 +84,13 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory, scripted_llm_server: Se
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while not _get_ok(f"{url}/-/ready"):
+        while not http_ok(f"{url}/-/ready"):
             assert process.poll() is None and time.monotonic() < deadline, (work / "prometheus.log").read_text()
             time.sleep(0.3)
         yield url
     finally:
         process.terminate()
         process.wait(30)
-
-
-def _get_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status == 200
-    except OSError:
-        return False
 
 
 def _api(url: str, path: str, **params: str) -> dict:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +23,7 @@ from ecgregen.records import EcgRecord
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import ecg_from_proto, ecg_to_proto
-from tests.conftest import ECGREGEN, ServerProcess, start_server
+from tests.conftest import ECGREGEN, ServerProcess, free_port, start_server
 from tests.test_cli import run
 
 LEADS = ["I", "II", "III", "aVR", "aVL", "aVF", "V1", "V2", "V3", "V4", "V5", "V6"]
@@ -47,12 +46,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Pa
 def start_tls_server(tmp: Path, certs: Path, tokens: Path) -> ServerProcess:
     """start_server waits on a plaintext health check, so this one is awaited over mutual TLS."""
 
-    def free() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    port, metrics = free(), free()
+    port, metrics = free_port(), free_port()
     log = tmp / "server.log"
     process = subprocess.Popen(
         [*ECGREGEN, "serve", "--port", str(port), "--metrics-port", str(metrics), "--data-dir", str(tmp / "var"),

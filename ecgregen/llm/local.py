@@ -16,14 +16,14 @@ import importlib.metadata
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from ecgregen.netutil import free_port, http_ok
 
 log = logging.getLogger("ecgregen.llm")
 
@@ -93,20 +93,6 @@ def ensure_gguf(cache_dir: Path | None = None) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _healthy(base: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{base}/health", timeout=1) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
 @dataclass
 class LocalModelServer:
     """A running llama.cpp server child process; ``base_url`` is what the OpenAI client points at."""
@@ -149,7 +135,7 @@ def start_local_model(
     server = LocalModelServer(process, port)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
-    while not _healthy(base):
+    while not http_ok(f"{base}/health"):
         if process.poll() is not None:
             raise LocalModelError(f"local model server exited with code {process.returncode}" +
                                   (f"; see {log_path}" if log_path else ""))
