@@ -76,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-client-ca", type=Path, help="CA of client certificates: require mutual TLS")
     serve.add_argument("--tokens", type=Path, help="bearer tokens with roles (ecgregen token add): require them")
     serve.add_argument("--rate-limit", type=float, default=0.0, help="calls per second per client (0: unlimited)")
+    serve.add_argument("--daily-quota", type=int, default=0, help="calls per client per UTC day (0: unlimited)")
     serve.add_argument("--max-message-mb", type=float, default=64.0, help="largest gRPC message accepted")
     serve.add_argument("--triton-fallback-local", action="store_true",
                        help="while Triton is unavailable, encode in-process (the same model: --checkpoint)")
@@ -616,7 +617,7 @@ def main(argv: list[str] | None = None) -> None:
                 seed_demo=not args.no_demo, llm=llm_config_from_args(args), index=_index_settings(args),
                 triton_url=args.triton_url, triton_model=args.triton_model, triton_wait_s=args.triton_wait,
                 max_streams=args.max_streams, max_in_flight=args.max_inflight, tls=_tls(args),
-                tokens_file=args.tokens, rate_limit=args.rate_limit,
+                tokens_file=args.tokens, rate_limit=args.rate_limit, daily_quota=args.daily_quota,
                 max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
                 triton_fallback_local=args.triton_fallback_local,
             )

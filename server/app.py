@@ -55,6 +55,7 @@ class ServeSettings:
     tls: TlsSettings | None = None
     tokens_file: Path | None = None  # bearer tokens with roles; None: no authentication (loopback development)
     rate_limit: float = 0.0  # calls per second per client; 0: unlimited
+    daily_quota: int = 0  # calls per client per UTC day; 0: unlimited
     max_stream_s: float = 24 * 3600.0
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
     max_message_bytes: int = MAX_MESSAGE_BYTES
@@ -80,7 +81,7 @@ async def serve(settings: ServeSettings) -> None:
     try:
         keys = load_keys(settings.tokens_file) if settings.tokens_file else None
         server = grpc.aio.server(
-            interceptors=[GuardInterceptor(keys, settings.max_in_flight, settings.rate_limit)],
+            interceptors=[GuardInterceptor(keys, settings.max_in_flight, settings.rate_limit, settings.daily_quota)],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

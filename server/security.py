@@ -7,7 +7,8 @@
   role PERMISSION_DENIED. Health and reflection stay open (probes and tooling).
 - Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
   calls keep their latency instead of everything slowing down together. Per client (token name, or peer address
-  without tokens) at most ``rate_limit`` calls per second (token bucket, burst of one second's worth).
+  without tokens) at most ``rate_limit`` calls per second (token bucket, burst of one second's worth) and at most
+  ``daily_quota`` calls per UTC day (counted in memory: a restart resets it).
 - The caller's identity is put in :data:`CALLER` for the audit log of writes.
 """
 
@@ -120,12 +121,15 @@ class _Bucket:
 class GuardInterceptor(grpc.aio.ServerInterceptor):
     """Authentication, roles, rate limits and load shedding for the ecgregen service (others pass through)."""
 
-    def __init__(self, keys: list[ApiKey] | None, max_in_flight: int, rate_limit: float = 0.0) -> None:
+    def __init__(self, keys: list[ApiKey] | None, max_in_flight: int, rate_limit: float = 0.0,
+                 daily_quota: int = 0) -> None:
         self.keys = keys
         self.max_in_flight = max_in_flight
         self.rate_limit = rate_limit
+        self.daily_quota = daily_quota
         self.in_flight = 0
         self._buckets: dict[str, _Bucket] = {}
+        self._used: dict[tuple[str, dt.date], int] = {}  # (caller, UTC day) -> calls (kept in memory)
 
     def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[str, tuple[grpc.StatusCode, str] | None]:
         """(caller, refusal or None)."""
@@ -157,6 +161,13 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if self.rate_limit > 0 and not self._buckets.setdefault(caller, _Bucket(self.rate_limit)).take():
             return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"rate limit of {self.rate_limit:g} calls/s for {caller!r} exceeded; retry with backoff")
+        if self.daily_quota > 0:
+            day = (caller, dt.datetime.now(dt.UTC).date())
+            if self._used.get(day, 0) >= self.daily_quota:
+                return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                             f"{caller!r} has used its quota of {self.daily_quota} calls today (UTC)")
+            self._used = {k: v for k, v in self._used.items() if k[1] == day[1]}  # forget earlier days
+            self._used[day] = self._used.get(day, 0) + 1
         if self.in_flight >= self.max_in_flight:
             return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"the server is at its limit of {self.max_in_flight} calls in flight; retry with backoff")

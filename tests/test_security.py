@@ -196,7 +196,7 @@ def test_writes_are_audited_with_pseudonymous_patients(secured: tuple, demo_quer
 
 def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
     server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--rate-limit", "5",
-                          "--max-message-mb", "1")
+                          "--max-message-mb", "1", "--daily-quota", "30")
     try:
         stub = server.stub()
         codes = []
@@ -213,6 +213,16 @@ def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecor
         with pytest.raises(grpc.RpcError) as error:
             stub.GenerateReport(pb.GenerateReportRequest(ecg=big), timeout=30)
         assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # Calls refused by the rate limit do not count against the quota; the oversized one was admitted, then
+        # refused by gRPC while reading its message.
+        used = sum(1 for c in codes if c == grpc.StatusCode.OK) + 1
+        for _ in range(30 - used):
+            time.sleep(0.25)
+            stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
+        time.sleep(0.25)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
+        assert "has used its quota of 30 calls today (UTC)" in error.value.details()
     finally:
         server.stop()
 
