@@ -2,7 +2,8 @@
 FROM python:3.11-slim-bookworm
 WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
-RUN pip install --no-cache-dir -r requirements.lock
+# The CPU build of torch (PyPI's torch is the CUDA one: several GB the service does not use; Triton has the GPU)
+RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu -r requirements.lock
 COPY protos protos
 COPY ecgregen ecgregen
 COPY server server
