@@ -7,8 +7,8 @@
   role PERMISSION_DENIED. Health and reflection stay open (probes and tooling).
 - Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
   calls keep their latency instead of everything slowing down together. Per token (without tokens, all callers
-  share one budget: the interceptor does not see peer addresses) at most ``rate_limit`` calls per second (token bucket, burst of one second's worth) and at most
-  ``daily_quota`` calls per UTC day (counted in memory: a restart resets it).
+  share one budget: the interceptor does not see peer addresses) at most ``rate_limit`` calls per second (token
+  bucket, bursts of one second's worth) and ``daily_quota`` calls per UTC day (in memory: a restart resets it).
 - The caller's identity is put in :data:`CALLER` for the audit log of writes.
 """
 
