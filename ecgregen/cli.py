@@ -1,6 +1,6 @@
-"""The `ecgregen` command: serve, index, corpus {stats, batches, rollback, optimize, snapshot, restore}, export,
-simulate-monitors, bench store, evaluate {report, qa}, qa-generate, pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot,
-optimize}.
+"""The `ecgregen` command: serve, certs, token, index, corpus {stats, batches, rollback, optimize, snapshot,
+restore}, export, simulate-monitors, bench {store, load}, evaluate {report, qa}, qa-generate, pretrain, client
+{report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """
