@@ -93,11 +93,15 @@ class Connection:
         self._channel.close()
 
 
+def client_error(exc: grpc.RpcError) -> ClientError:
+    return ClientError(f"{exc.code().name}: {exc.details()}")
+
+
 def call(method, request, timeout_s: float):  # noqa: ANN001 - any unary or stream-unary stub method
     try:
         return method(request, timeout=timeout_s)
     except grpc.RpcError as exc:
-        raise ClientError(f"{exc.code().name}: {exc.details()}") from None
+        raise client_error(exc) from None
 
 
 def load_record(path: str) -> WfdbSignal:
@@ -156,7 +160,7 @@ def report(
                     elif event.HasField("done"):
                         response = event.done
             except grpc.RpcError as exc:
-                raise ClientError(f"{exc.code().name}: {exc.details()}") from None
+                raise client_error(exc) from None
             if response is None:
                 raise ClientError("the server closed the report stream without a final result")
     # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.

@@ -85,21 +85,29 @@ def add_key(path: Path, name: str, roles: set[str]) -> str:
     return token
 
 
+# (request streaming, response streaming) -> the handler's behaviour attribute and how to make one of that kind
+_KINDS = {
+    (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+    (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+    (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+    (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+}
+
+
+def _same_kind(handler: grpc.RpcMethodHandler, behaviour: Callable[..., Any]) -> grpc.RpcMethodHandler:
+    """A handler of `handler`'s kind and (de)serialisers that runs `behaviour`."""
+    _, make = _KINDS[(handler.request_streaming, handler.response_streaming)]
+    return make(behaviour, request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+
+
 def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
     """A handler of the same kind as `handler` that only refuses."""
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(code, message)
 
-    kinds = {
-        (False, False): grpc.unary_unary_rpc_method_handler,
-        (False, True): grpc.unary_stream_rpc_method_handler,
-        (True, False): grpc.stream_unary_rpc_method_handler,
-        (True, True): grpc.stream_stream_rpc_method_handler,
-    }
-    make = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(refuse, request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer)
+    return _same_kind(handler, refuse)
 
 
 class _Bucket:
@@ -176,14 +184,8 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
     def _tracked(self, handler: grpc.RpcMethodHandler, caller: str) -> grpc.RpcMethodHandler:
         """The same handler, run with CALLER set and counted in `in_flight` (streams are capped elsewhere)."""
         guard = self
-        kinds = {
-            "unary_unary": grpc.unary_unary_rpc_method_handler,
-            "stream_unary": grpc.stream_unary_rpc_method_handler,
-            "unary_stream": grpc.unary_stream_rpc_method_handler,
-            "stream_stream": grpc.stream_stream_rpc_method_handler,
-        }
-        kind = next(k for k in kinds if getattr(handler, k))
-        inner = getattr(handler, kind)
+        attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
+        inner = getattr(handler, attribute)
         if handler.response_streaming:
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -203,7 +205,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
                     guard.in_flight -= 1
 
             behaviour = unary
-        return kinds[kind](behaviour, handler.request_deserializer, handler.response_serializer)
+        return _same_kind(handler, behaviour)
 
 
 def pseudonym(identifier: str) -> str:

@@ -123,24 +123,23 @@ class StreamSession:
             samples, off = self._decode(chunk)
         except EcgInputError as exc:
             self.expected = chunk.sequence + 1
-            self._restart(0)
+            self._restart()
             return [], [_warning(chunk.sequence, "bad_chunk", f"chunk {chunk.sequence}: {exc}; the window under way "
                                  "is dropped")]
         if chunk.sequence > self.expected:
             warnings.append(_warning(chunk.sequence, "gap", f"chunks {self.expected}-{chunk.sequence - 1} missing; "
                                      "the window under way is dropped"))
             STREAM_WINDOWS.labels("dropped_gap").inc()
-            self._restart(0)
+            self._restart()
         self.expected = chunk.sequence + 1
         self.buffer = np.concatenate([self.buffer, samples], axis=1)
         self.flags = np.concatenate([self.flags, off], axis=1)
         return self._windows(), warnings
 
-    def _restart(self, keep: int) -> None:
-        """Drop the buffer (keeping the last `keep` samples) and start windows afresh after it."""
-        dropped = self.buffer.shape[1] - keep
-        self.origin += dropped
-        self.buffer, self.flags = self.buffer[:, dropped:], self.flags[:, dropped:]
+    def _restart(self) -> None:
+        """Drop the buffer (the window under way) and start windows afresh with the next chunk."""
+        self.origin += self.buffer.shape[1]
+        self.buffer, self.flags = self.buffer[:, :0], self.flags[:, :0]
         self.next_window = self.origin
         self.interpolated.clear()
 
