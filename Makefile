@@ -30,9 +30,9 @@ define GEN_PROTO
 endef
 
 # Everything pinned in requirements.lock (torch 2.13.0 is the CPU wheel; an unpinned torch pulls a CUDA build).
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-bench.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet -r requirements.lock -r requirements-bench.lock
 	# Only the tritonserver binary this wheel bundles is used (tests, local runs); its Python deps would pull an
 	# older protobuf than the lock's, so it comes without them.
 	$(BIN)/python -m pip install --quiet --no-deps nvidia-pytriton==0.7.0

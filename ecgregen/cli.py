@@ -1,5 +1,5 @@
 """The `ecgregen` command: serve, certs, token, index, corpus {stats, batches, rollback, optimize, snapshot,
-restore}, export, simulate-monitors, bench {store, load}, evaluate {report, qa}, qa-generate, pretrain, client
+restore}, export, simulate-monitors, bench [store, load], evaluate {report, qa}, qa-generate, pretrain, client
 {report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
@@ -15,10 +15,14 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ecgregen.llm.stage import add_llm_flags, llm_config_from_args
 from ecgregen.records import DEMO_PTBXL, PTBXL_SOURCE, EcgRecord, load_ptbxl, parse_folds, read_wfdb, wfdb_comments
 from ecgregen.store import QUANTIZATIONS, IndexSettings
+
+if TYPE_CHECKING:
+    from ecgregen.bench.suite import BenchConfig
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -34,6 +38,14 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--triton-url", default=None, help="encode with the model in Triton at HOST:PORT (gRPC) instead")
     p.add_argument("--triton-model", default="ecg_encoder", help="model name in Triton's repository")
     p.add_argument("--triton-wait", type=float, default=30.0, help="seconds to wait for Triton and the model at start")
+
+
+def _add_runtime_flag(p: argparse.ArgumentParser) -> None:
+    from ecgregen.pipeline import ENCODER_RUNTIMES
+
+    p.add_argument("--encoder-runtime", default=ENCODER_RUNTIMES[0], choices=ENCODER_RUNTIMES,
+                   help="how the in-process encoder runs: onnxruntime (exported once, checked against PyTorch; "
+                   "the fast CPU path) or eager torch")
 
 
 def _add_index_flags(p: argparse.ArgumentParser) -> None:
@@ -93,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     token_add.add_argument("--roles", default="read", help="read, write or read,write")
     token_add.add_argument("--file", type=Path, required=True)
     _add_store_flags(serve)
+    _add_runtime_flag(serve)
     _add_index_flags(serve)
     add_llm_flags(serve)
 
@@ -114,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="copy the whole store (--data-dir/--qdrant-url) into the Qdrant at URL, vectors and "
                             "payloads as they are (no re-embedding)")
     _add_store_flags(index)
+    _add_runtime_flag(index)
     _add_index_flags(index)
 
     corpus = sub.add_parser("corpus", help="operate on a store directly (the server must not hold it)")
@@ -204,8 +218,29 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--window", type=float, default=10.0)
     sim.add_argument("--server", default=DEFAULT_SERVER)
 
-    bench = sub.add_parser("bench", help="benchmarks (results as JSON and a markdown table)")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    bench = sub.add_parser(
+        "bench", help="performance: encoder, search vs FAISS, gRPC end to end, streams, memory (JSON + markdown)",
+        description="Without a sub-command: every section, the targets checked, bench-DATE.json/.md written to --out.",
+    )
+    bench.add_argument("--ptbxl", type=Path, default=DEMO_PTBXL, help="PTB-XL-layout folder (default: demo corpus)")
+    bench.add_argument("--index-folds", default="1-8")
+    bench.add_argument("--query-folds", default="9")
+    bench.add_argument("--sections", default="encoder,search,service", help="which parts to run, comma-separated")
+    bench.add_argument("--quick", action="store_true", help="toy sizes (about a minute): checks the command works")
+    bench.add_argument("--batch-sizes", help="encoder batch sizes (default 1,8,32,64)")
+    bench.add_argument("--triton", help="Triton row of the encoder table: 'local' (bundled tritonserver, CPU, the "
+                       "default), a running Triton's gRPC HOST:PORT (e.g. on a GPU), or 'none'")
+    bench.add_argument("--sizes", help="search corpus sizes (default 2000,20000,200000; add 1000000 if memory allows)")
+    bench.add_argument("--hnsw-ef", help="HNSW beam widths (default 64,128,256)")
+    bench.add_argument("--queries", type=int, help="search queries (default 200)")
+    bench.add_argument("--corpus-size", type=int, help="records in the served corpus (default 20000)")
+    bench.add_argument("--concurrency", help="calls in flight per level (default 1,8,32,128)")
+    bench.add_argument("--duration", type=float, help="seconds per concurrency level (default 10)")
+    bench.add_argument("--monitors", help="live monitors per streaming level (default 300,600,900; 'none' skips)")
+    bench.add_argument("--stream-seconds", type=float, help="seconds per streaming level (default 40)")
+    bench.add_argument("--work-dir", type=Path, default=Path("./var/bench"))
+    bench.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench-DATE.json and .md go")
+    bench_sub = bench.add_subparsers(dest="bench_command")
     bench_store = bench_sub.add_parser("store", help="vector store at scale: recall, latency, build, memory, disk")
     bench_store.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (real embeddings)")
     bench_store.add_argument("--sizes", default="20000,200000", help="corpus sizes, comma-separated")
@@ -335,7 +370,8 @@ def run_index(args: argparse.Namespace) -> None:
 
         pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, recreate=args.recreate,
                                  index=_index_settings(args), triton_url=args.triton_url,
-                                 triton_model=args.triton_model, triton_wait_s=args.triton_wait)
+                                 triton_model=args.triton_model, triton_wait_s=args.triton_wait,
+                                 encoder_runtime=args.encoder_runtime)
         try:
             report = index_records(records, LocalSink(pipeline), batch_size=args.batch_size, resume=not args.no_resume,
                                    batch_id=args.batch_id)
@@ -361,7 +397,39 @@ def _ints(text: str, flag: str) -> list[int]:
         raise SystemExit(f"{flag} takes comma-separated integers, got {text!r}") from None
 
 
+def _bench_config(args: argparse.Namespace) -> BenchConfig:
+    """The suite's configuration: --quick or the full defaults, with every flag given on top."""
+    from ecgregen.bench.suite import BenchConfig
+
+    given: dict[str, Any] = {}
+    for flag, key in (("batch_sizes", "batch_sizes"), ("sizes", "sizes"), ("hnsw_ef", "hnsw_ef"),
+                      ("concurrency", "concurrency")):
+        if getattr(args, flag):
+            given[key] = _ints(getattr(args, flag), "--" + flag.replace("_", "-"))
+    if args.monitors:
+        given["monitors"] = () if args.monitors == "none" else _ints(args.monitors, "--monitors")
+    for flag, key in (("queries", "queries"), ("corpus_size", "corpus_size"), ("duration", "duration_s"),
+                      ("stream_seconds", "stream_seconds")):
+        if getattr(args, flag) is not None:
+            given[key] = getattr(args, flag)
+    if args.triton:
+        given["triton"] = None if args.triton == "none" else args.triton
+    common = dict(index_folds=parse_folds(args.index_folds), query_folds=parse_folds(args.query_folds),
+                  sections=[s.strip() for s in args.sections.split(",") if s.strip()], work_dir=args.work_dir,
+                  command=" ".join(["ecgregen", *sys.argv[1:]]), **given)
+    return BenchConfig.quick(args.ptbxl, **common) if args.quick else BenchConfig(args.ptbxl, **common)
+
+
 def run_bench(args: argparse.Namespace) -> None:
+    if args.bench_command is None:
+        from ecgregen.bench.suite import format_bench, write_bench
+        from ecgregen.bench.suite import run_bench as run_suite
+
+        result = run_suite(_bench_config(args))
+        json_path, md_path = write_bench(result, args.out)
+        print(format_bench(result))
+        print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+        return
     if args.bench_command == "load":
         from ecgregen.bench.load import format_load, run_load
 
@@ -619,7 +687,7 @@ def main(argv: list[str] | None = None) -> None:
                 max_streams=args.max_streams, max_in_flight=args.max_inflight, tls=_tls(args),
                 tokens_file=args.tokens, rate_limit=args.rate_limit, daily_quota=args.daily_quota,
                 max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
-                triton_fallback_local=args.triton_fallback_local,
+                triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":

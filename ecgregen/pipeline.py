@@ -162,14 +162,31 @@ def new_batch_id() -> str:
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
 
+ENCODER_RUNTIMES = ("onnxruntime", "torch")
+
+
+def in_process_encoder(checkpoint: Path | None, runtime: str = "onnxruntime") -> Encoder:
+    """The encoder of `checkpoint` (default: the shipped one) run in this process by `runtime`."""
+    bundle = load_encoder(checkpoint)
+    if runtime == "onnxruntime":
+        from ecgregen.onnx_encoder import OnnxRuntimeEncoder
+
+        return OnnxRuntimeEncoder(bundle)
+    if runtime == "torch":
+        return InProcessEncoder(bundle)
+    raise ValueError(f"unknown encoder runtime {runtime!r}; one of {', '.join(ENCODER_RUNTIMES)}")
+
+
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0, triton_fallback_local: bool = False,
+    encoder_runtime: str = "onnxruntime",
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
-    The encoder runs in-process from `checkpoint` (default: the shipped one), or in Triton at `triton_url`.
+    The encoder runs in-process from `checkpoint` (default: the shipped one) with `encoder_runtime`
+    (onnxruntime, or eager PyTorch), or in Triton at `triton_url`.
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     `index` applies when the collection is created (an existing one keeps its settings).
     """
@@ -178,9 +195,9 @@ def open_pipeline(
 
         encoder: Encoder = TritonEncoder(triton_url, triton_model, startup_wait_s=triton_wait_s)
         if triton_fallback_local:
-            encoder = FallbackEncoder(encoder, InProcessEncoder(load_encoder(checkpoint)))
+            encoder = FallbackEncoder(encoder, in_process_encoder(checkpoint, encoder_runtime))
     else:
-        encoder = InProcessEncoder(load_encoder(checkpoint))
+        encoder = in_process_encoder(checkpoint, encoder_runtime)
     store = open_store(data_dir, qdrant_url, collection)
     try:
         store.ensure_collection(encoder.dim, encoder.encoder_id, recreate=recreate, index=index)

@@ -27,14 +27,12 @@ import numpy as np
 import torch
 
 from ecgregen.encoder import EncoderBundle
+from ecgregen.onnx_encoder import INPUT_NAME, OUTPUT_NAME, export_onnx
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
 
 MODEL_NAME = "ecg_encoder"
 TORCHSCRIPT_NAME = "ecg_encoder_torchscript"
-INPUT_NAME = "ecg"
-OUTPUT_NAME = "embedding"
-ONNX_OPSET = 17
 MAX_BATCH = 64
 PREFERRED_BATCHES = (8, 16, 32)
 QUEUE_DELAY_US = 2000  # how long Triton may hold a request to batch it with others
@@ -189,12 +187,8 @@ def export_repositories(
     shutil.rmtree(out / TORCHSCRIPT_NAME, ignore_errors=True)
     onnx_path = out / MODEL_NAME / "1" / "model.onnx"
     onnx_path.parent.mkdir(parents=True)
+    export_onnx(bundle, onnx_path)
     example = torch.zeros(2, 12, samples)
-    # The TorchScript-based exporter: the encoder is a plain feed-forward graph, and this path needs no onnxscript.
-    torch.onnx.export(
-        model, (example,), str(onnx_path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=ONNX_OPSET, dynamo=False,
-    )
     script_path = out / TORCHSCRIPT_NAME / "1" / "model.pt"
     script_path.parent.mkdir(parents=True)
     with torch.inference_mode():

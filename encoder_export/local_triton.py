@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecgregen.netutil import http_ok
+from ecgregen.host import http_ok
 
 PYTHON_TAG = f"{sys.version_info.major}.{sys.version_info.minor}"
 

@@ -58,6 +58,7 @@ class ServeSettings:
     daily_quota: int = 0  # calls per client per UTC day; 0: unlimited
     max_stream_s: float = 24 * 3600.0
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
+    encoder_runtime: str = "onnxruntime"  # how the in-process encoder runs (see ecgregen.pipeline.ENCODER_RUNTIMES)
     max_message_bytes: int = MAX_MESSAGE_BYTES
 
 
@@ -74,7 +75,8 @@ async def serve(settings: ServeSettings) -> None:
         pipeline = open_pipeline(settings.data_dir, settings.qdrant_url, settings.checkpoint, index=settings.index,
                                  triton_url=settings.triton_url, triton_model=settings.triton_model,
                                  triton_wait_s=settings.triton_wait_s,
-                                 triton_fallback_local=settings.triton_fallback_local)
+                                 triton_fallback_local=settings.triton_fallback_local,
+                                 encoder_runtime=settings.encoder_runtime)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
@@ -130,7 +132,8 @@ async def serve(settings: ServeSettings) -> None:
         log.info(
             "serving ecgregen.v1 on %s (metrics http://%s:%d/metrics), %d records, encoder %s (%s), store %s",
             address, settings.metrics_host, settings.metrics_port, pipeline.store.count(),
-            pipeline.encoder.encoder_id, f"Triton {settings.triton_url}" if settings.triton_url else "in-process",
+            pipeline.encoder.encoder_id,
+            f"Triton {settings.triton_url}" if settings.triton_url else f"in-process, {settings.encoder_runtime}",
             pipeline.store.stats().engine,
         )
 

@@ -21,7 +21,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
-from ecgregen.netutil import free_port
+from ecgregen.host import free_port
 from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from tests.scripted_llm import ScriptedLlm

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ecgregen.bench.store import format_store_bench, run_store_bench
+from ecgregen.bench.store import format_store_bench, run_store_bench, search_comparison
 from ecgregen.records import DEMO_PTBXL
 
 
@@ -25,8 +25,9 @@ def test_store_bench_on_demo_corpus(tmp_path: Path) -> None:
     assert run["insert"]["points_per_s"] > 0 and run["build"]["seconds"] >= 0
     assert run["disk"]["after_optimize"]["allocated"] > 0 and run["memory"]["rss_mb_after_optimize"] > 0
     assert run["exact"]["recall_at_10"] >= 0.99
-    for timing in (run["exact"], run["numpy"]):
+    for timing in (run["exact"], run["faiss_flat"]):
         assert timing["p99_ms"] >= timing["p50_ms"] > 0
+    assert run["faiss_flat"]["recall_at_10"] == 1.0  # the paper's flat index is exact, like the ground truth
 
     assert [h["hnsw_ef"] for h in run["hnsw"]] == [16, 64]
     for h in run["hnsw"]:
@@ -40,6 +41,9 @@ def test_store_bench_on_demo_corpus(tmp_path: Path) -> None:
 
     table = format_store_bench(result)
     assert "| 3000 | 64 |" in table and "cores" in table and "UTC" in table
+    (row,) = search_comparison(result)
+    assert row["size"] == 3000 and row["hnsw_ef"] in (16, 64) and row["faiss_recall"] == 1.0
+    assert f"| 3000 | 1.0 | {row['faiss_p50_ms']}/" in table
 
     # A rerun takes the embeddings from the cache in work_dir (the smallest size a top-10 allows).
     again = run_store_bench([10], ptbxl_dir=DEMO_PTBXL, index_folds=range(1, 9), query_folds=[9],

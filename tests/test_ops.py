@@ -21,7 +21,7 @@ import yaml
 
 from ecgregen.cli import build_parser
 from ecgregen.encoder_export.local_triton import LocalTriton
-from ecgregen.netutil import http_ok
+from ecgregen.host import http_ok
 from ecgregen.records import EcgRecord
 from ecgregen.server.app import ServeSettings
 from ecgregen.simulate import simulate

@@ -130,7 +130,9 @@ def test_fast_sender_is_throttled_by_flow_control(edge_server: ServerProcess, de
     total, sent = 400, [0]
 
     def requests() -> Iterator[pb.StreamEcgRequest]:
-        yield config(100)
+        # 100 neighbours per window: results of ~25 kB, so that the responses the slow reader leaves unread fill
+        # gRPC's flow-control window and hold the server's writer however fast the server encodes
+        yield config(100, k=100)
         for i in range(total):
             sent[0] += 1
             yield chunk(i, window)

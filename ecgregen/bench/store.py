@@ -7,7 +7,7 @@ Why it is built this way:
 * Scale comes from noisy copies of the index-fold embeddings (re-normalised), at a stated noise level. Copy ``c``
   of the corpus depends only on ``(seed, c)``, so a smaller size is a prefix of a larger one and reruns agree.
 * Recall is measured against numpy's exact top-k on the same vectors, so it isolates what the HNSW index loses;
-  Qdrant's own exact search is checked against numpy too, to show the ground truth and the engine agree.
+  Qdrant's own exact search and the paper's FAISS flat index are checked against it too.
 * Latencies are measured around ``EdgeStore.search`` - what the service pays per request, payload included.
   Qdrant Edge holds the GIL for a whole call, so several threads add no parallelism; the concurrency runs show
   what callers from a thread pool (the gRPC server) actually get.
@@ -18,11 +18,9 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import hashlib
-import os
-import platform
+import logging
 import re
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -31,6 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from ecgregen.bench.measure import (
+    Progress,
+    dir_bytes,
+    latency_summary,
+    machine,
+    peak_rss_mb,
+    rss_mb,
+    table,
+)
 from ecgregen.ecg import EcgInputError
 from ecgregen.encoder import InProcessEncoder, load_encoder
 from ecgregen.preprocess import preprocess
@@ -51,61 +58,10 @@ BENCH_ENCODER_ID = "bench-encoder"
 INSERTED_AT = "2026-01-01T00:00:00+00:00"
 
 
-# ---- measuring helpers ----
-
-
-def _rss_mb() -> float:
-    """Resident set size of this process (VmRSS), in MB."""
-    return _proc_status_kb("VmRSS") / 1024
-
-
-def _peak_rss_mb() -> float:
-    """High-water mark of the resident set (VmHWM), in MB: catches peaks between the snapshots."""
-    return _proc_status_kb("VmHWM") / 1024
-
-
-def _proc_status_kb(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _dir_bytes(path: Path) -> dict[str, int]:
-    """Bytes of all files under ``path``: allocated on disk, and apparent (what a tar or a copy carries).
-
-    They differ because Qdrant preallocates its WAL and mmap files sparsely.
-    """
-    sizes = [os.stat(os.path.join(root, name)) for root, _, names in os.walk(path) for name in names]
-    return {"allocated": sum(s.st_blocks * 512 for s in sizes), "apparent": sum(s.st_size for s in sizes)}
-
-
-def _latency_summary(seconds: Sequence[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1000
-    return {
-        "p50_ms": round(float(np.percentile(ms, 50)), 3),
-        "p99_ms": round(float(np.percentile(ms, 99)), 3),
-        "mean_ms": round(float(ms.mean()), 3),
-    }
-
-
-class _Progress:
-    """Stage messages on stderr with the time since the run started, so a long run shows where it is."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.start = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        if self.enabled:
-            print(f"[store-bench {time.perf_counter() - self.start:7.1f}s] {message}", file=sys.stderr, flush=True)
-
-
 # ---- embeddings ----
 
 
-def _embed(records: Sequence[EcgRecord], encoder: InProcessEncoder, say: _Progress) -> tuple[np.ndarray, list[str]]:
+def _embed(records: Sequence[EcgRecord], encoder: InProcessEncoder, say: Progress) -> tuple[np.ndarray, list[str]]:
     """Embeddings of the records the encoder accepts, with their ecg ids (a record with no signal is skipped)."""
     vectors: list[np.ndarray] = []
     kept: list[str] = []
@@ -130,8 +86,8 @@ def _cache_file(work_dir: Path, ptbxl_dir: Path, folds: Sequence[int], encoder_i
     return work_dir / f"emb-{encoder}-{where}-folds{'-'.join(map(str, sorted(folds)))}.npz"
 
 
-def _fold_embeddings(
-    ptbxl_dir: Path, folds: Sequence[int], encoder: InProcessEncoder, work_dir: Path, say: _Progress
+def fold_embeddings(
+    ptbxl_dir: Path, folds: Sequence[int], encoder: InProcessEncoder, work_dir: Path, say: Progress
 ) -> tuple[np.ndarray, list[EcgRecord], bool]:
     """(vectors, their records, whether they came from the cache); embedding ~2,000 ECGs takes a minute on CPU."""
     records = load_ptbxl(ptbxl_dir, folds)
@@ -164,7 +120,7 @@ def _normalise(v: np.ndarray) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _noisy_copies(
+def noisy_copies(
     base: np.ndarray, n: int, sigma: float, seed: int, stream: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """``n`` vectors: ``base`` itself first, then noisy copies of it; and each row's source row in ``base``.
@@ -211,7 +167,9 @@ def _recall(found: Sequence[Sequence[int]], truth: np.ndarray) -> dict[str, floa
 # ---- the store ----
 
 
-def _insert(store: EdgeStore, corpus: np.ndarray, sources: np.ndarray, records: Sequence[EcgRecord]) -> dict[str, Any]:
+def _insert(
+    store: EdgeStore, corpus: np.ndarray, sources: np.ndarray, records: Sequence[EcgRecord]
+) -> dict[str, Any]:
     """Upsert the corpus in batches, each point carrying its source record's payload (realistic payload sizes)."""
     start = time.perf_counter()
     for batch_start in range(0, len(corpus), UPSERT_BATCH):
@@ -256,61 +214,74 @@ def _concurrent(store: EdgeStore, queries: np.ndarray, threads: int, **search: A
         start = time.perf_counter()
         latencies = [s for part in pool.map(worker, shares) for s in part]
         wall = time.perf_counter() - start
-    return {"threads": threads, **_latency_summary(latencies), "qps": round(len(queries) / wall, 1)}
+    return {"threads": threads, **latency_summary(latencies), "qps": round(len(queries) / wall, 1)}
 
 
-def _numpy_top_k(corpus: np.ndarray, query: np.ndarray) -> np.ndarray:
-    scores = corpus @ query
-    top = np.argpartition(-scores, K - 1)[:K]
-    return top[np.argsort(-scores[top])]
+def _faiss_flat(corpus: np.ndarray, queries: np.ndarray, truth: np.ndarray) -> dict[str, Any]:
+    """The paper's retrieval: an in-process FAISS flat inner-product index, one query per call as a server would.
 
+    Measured beside Qdrant in the same run so that the ratio holds on a noisy machine. Vectors only: FAISS keeps
+    no payloads, so the reports would still have to be fetched from elsewhere.
+    """
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # its INFO lines list the SIMD builds it tried
+    try:
+        import faiss
+    except ImportError:
+        return {"skipped": "faiss-cpu is not installed (a benchmark-only dependency: pip install 'ecgregen[bench]')"}
+    start = time.perf_counter()
+    index = faiss.IndexFlatIP(corpus.shape[1])
+    index.add(corpus)
+    add_seconds = time.perf_counter() - start
 
-def _numpy_latency(corpus: np.ndarray, queries: np.ndarray) -> dict[str, float]:
-    """Brute force in numpy, one query at a time (a FAISS-flat-like baseline; no payloads)."""
-
-    def one(query: np.ndarray) -> float:
-        start = time.perf_counter()
-        _numpy_top_k(corpus, query)
-        return time.perf_counter() - start
+    def one(query: np.ndarray) -> tuple[list[int], float]:
+        t = time.perf_counter()
+        _, ids = index.search(query[None, :], K)
+        return [int(i) for i in ids[0]], time.perf_counter() - t
 
     for query in queries[:WARMUP_QUERIES]:
         one(query)
-    return _latency_summary([one(q) for q in queries])
+    found, seconds = zip(*(one(q) for q in queries))
+    return {**_recall(found, truth), **latency_summary(seconds), "add_seconds": round(add_seconds, 3),
+            "threads": faiss.omp_get_max_threads(), "version": faiss.__version__}
 
 
 def _hnsw_runs(
     store: EdgeStore, queries: np.ndarray, truth: np.ndarray, hnsw_ef: Sequence[int], concurrency: Sequence[int],
-    say: _Progress,
+    say: Progress,
 ) -> list[dict[str, Any]]:
     runs = []
     for ef in hnsw_ef:
         found, seconds = _single_thread(store, queries, hnsw_ef=ef)
-        run = {"hnsw_ef": ef, **_recall(found, truth), **_latency_summary(seconds)}
+        run = {"hnsw_ef": ef, **_recall(found, truth), **latency_summary(seconds)}
         run["concurrency"] = [_concurrent(store, queries, c, hnsw_ef=ef) for c in concurrency]
         say(f"  ef={ef}: recall@10 {run[f'recall_at_{K}']}, p50 {run['p50_ms']} ms, p99 {run['p99_ms']} ms")
         runs.append(run)
     return runs
 
 
-def _build(
+def build_store(
     store: EdgeStore, path: Path, corpus: np.ndarray, sources: np.ndarray, records: Sequence[EcgRecord],
-    index: IndexSettings, say: _Progress,
+    index: IndexSettings, say: Progress, encoder_id: str = BENCH_ENCODER_ID,
 ) -> dict[str, Any]:
-    """Fill a fresh store and build its HNSW index: time, memory and disk of each step."""
+    """Fill a fresh store and build its HNSW index: time, memory and disk of each step.
+
+    Each point carries its source record's payload (real report and label sizes) and ecg id = its corpus row.
+    ``encoder_id`` is the one the collection is tagged with; a server opens the store only with that encoder.
+    """
     size = len(corpus)
-    memory = {"rss_mb_before_insert": round(_rss_mb(), 1)}
-    store.ensure_collection(corpus.shape[1], BENCH_ENCODER_ID, index=index)
+    memory = {"rss_mb_before_insert": round(rss_mb(), 1)}
+    store.ensure_collection(corpus.shape[1], encoder_id, index=index)
     say(f"N={size}: inserting")
     insert = _insert(store, corpus, sources, records)
-    memory["rss_mb_after_insert"] = round(_rss_mb(), 1)
-    disk = {"after_insert": _dir_bytes(path)}
+    memory["rss_mb_after_insert"] = round(rss_mb(), 1)
+    disk = {"after_insert": dir_bytes(path)}
     say(f"N={size}: inserted at {insert['points_per_s']} points/s; building HNSW")
     start = time.perf_counter()
     store.optimize()
     build_seconds = time.perf_counter() - start
-    memory["rss_mb_after_optimize"] = round(_rss_mb(), 1)
-    memory["peak_rss_mb"] = round(_peak_rss_mb(), 1)
-    disk["after_optimize"] = _dir_bytes(path)
+    memory["rss_mb_after_optimize"] = round(rss_mb(), 1)
+    memory["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    disk["after_optimize"] = dir_bytes(path)
     stats = store.stats()
     say(f"N={size}: built in {build_seconds:.1f} s")
     return {
@@ -323,10 +294,10 @@ def _build(
 def _bench_size(
     size: int, base: np.ndarray, records: Sequence[EcgRecord], queries: np.ndarray, *, sigma: float, seed: int,
     work_dir: Path, index: IndexSettings, hnsw_ef: Sequence[int], concurrency: Sequence[int], keep: bool,
-    say: _Progress,
+    say: Progress,
 ) -> dict[str, Any]:
     """One corpus size: build the corpus and the store, then recall and latency against numpy's exact top-k."""
-    corpus, sources = _noisy_copies(base, size, sigma, seed, CORPUS_STREAM)
+    corpus, sources = noisy_copies(base, size, sigma, seed, CORPUS_STREAM)
     truth = _exact_top_k(corpus, queries, K)
     truth_scores = np.einsum("qd,qkd->qk", queries, corpus[truth])
     result: dict[str, Any] = {
@@ -342,17 +313,33 @@ def _bench_size(
     shutil.rmtree(path, ignore_errors=True)
     store = EdgeStore(path)
     try:
-        result |= _build(store, path, corpus, sources, records, index, say)
+        result |= build_store(store, path, corpus, sources, records, index, say)
         found, seconds = _single_thread(store, queries, exact=True)
-        result["exact"] = {**_recall(found, truth), **_latency_summary(seconds)}
-        result["numpy"] = _numpy_latency(corpus, queries)
-        say(f"N={size}: exact p50 {result['exact']['p50_ms']} ms, numpy p50 {result['numpy']['p50_ms']} ms")
+        result["exact"] = {**_recall(found, truth), **latency_summary(seconds)}
+        result["faiss_flat"] = _faiss_flat(corpus, queries, truth)
+        say(f"N={size}: Qdrant exact p50 {result['exact']['p50_ms']} ms, "
+            f"FAISS flat p50 {result['faiss_flat'].get('p50_ms', '-')} ms")
         result["hnsw"] = _hnsw_runs(store, queries, truth, hnsw_ef, concurrency, say)
     finally:
         store.close()
         if not keep:
             shutil.rmtree(path, ignore_errors=True)
     return result
+
+
+def _memory_needed_gb(size: int, dim: int) -> float:
+    """Peak memory of one size, roughly: the corpus in numpy, its copy in FAISS, Qdrant's vectors + HNSW graph
+    (about twice the vectors while it builds), payloads (~1 kB per point) and the exact top-k scores."""
+    vectors = size * dim * 4
+    return (4 * vectors + size * 1024) / 2**30 + 1.0
+
+
+def _available_gb() -> float:
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return float("inf")
 
 
 # ---- entry points ----
@@ -388,32 +375,35 @@ def run_store_bench(
     if not 0 < noise_cosine < 1:
         raise ValueError(f"noise_cosine must be in (0, 1), got {noise_cosine}")
     started = time.perf_counter()
-    say = _Progress(progress)
+    say = Progress(progress)
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     index = index or IndexSettings()
-    rss_at_start = _rss_mb()
+    rss_at_start = rss_mb()
 
     bundle = load_encoder(None)
     encoder = InProcessEncoder(bundle)
     embed_start = time.perf_counter()
-    base, records, cached_index = _fold_embeddings(Path(ptbxl_dir), index_folds, encoder, work_dir, say)
-    query_base, _, cached_queries = _fold_embeddings(Path(ptbxl_dir), query_folds, encoder, work_dir, say)
+    base, records, cached_index = fold_embeddings(Path(ptbxl_dir), index_folds, encoder, work_dir, say)
+    query_base, _, cached_queries = fold_embeddings(Path(ptbxl_dir), query_folds, encoder, work_dir, say)
     embed_seconds = time.perf_counter() - embed_start
     sigma = noise_sigma(base.shape[1], noise_cosine)
-    queries, _ = _noisy_copies(query_base, n_queries, sigma, seed, QUERY_STREAM)
-    first_copy = _noisy_copies(base, 2 * len(base), sigma, seed, CORPUS_STREAM)[0][len(base) :]
+    queries, _ = noisy_copies(query_base, n_queries, sigma, seed, QUERY_STREAM)
+    first_copy = noisy_copies(base, 2 * len(base), sigma, seed, CORPUS_STREAM)[0][len(base) :]
     measured_cosine = float(np.mean(np.sum(first_copy * base, axis=1)))
 
-    runs = [
-        _bench_size(size, base, records, queries, sigma=sigma, seed=seed, work_dir=work_dir, index=index,
-                    hnsw_ef=hnsw_ef, concurrency=concurrency, keep=keep, say=say)
-        for size in sorted(sizes)
-    ]
+    runs, skipped = [], []
+    for size in sorted(sizes):
+        need_gb, have_gb = _memory_needed_gb(size, base.shape[1]), _available_gb()
+        if need_gb > have_gb:
+            skipped.append({"size": size, "reason": f"needs ~{need_gb:.1f} GB of memory, {have_gb:.1f} GB available"})
+            say(f"N={size}: skipped ({skipped[-1]['reason']})")
+            continue
+        runs.append(_bench_size(size, base, records, queries, sigma=sigma, seed=seed, work_dir=work_dir, index=index,
+                                hnsw_ef=hnsw_ef, concurrency=concurrency, keep=keep, say=say))
     return {
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "python": platform.python_version()},
+        "machine": machine(),
         "params": {
             "sizes": sorted(sizes), "ptbxl_dir": str(ptbxl_dir), "index_folds": list(index_folds),
             "query_folds": list(query_folds), "n_queries": n_queries, "k": K, "concurrency": list(concurrency),
@@ -426,13 +416,50 @@ def run_store_bench(
                        "seconds": round(embed_seconds, 1), "cached": cached_index and cached_queries},
         "rss_mb_at_start": round(rss_at_start, 1),
         "runs": runs,
+        "skipped_sizes": skipped,
         "wall_s": round(time.perf_counter() - started, 1),
     }
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+def search_comparison(result: dict[str, Any], min_recall: float = 0.99) -> list[dict[str, Any]]:
+    """Per corpus size: FAISS flat beside Qdrant exact and the cheapest HNSW beam reaching ``min_recall``.
+
+    The cheapest beam is the smallest measured ``hnsw_ef`` whose recall@k reaches ``min_recall`` (else the most
+    accurate one measured); ratios are HNSW latency over FAISS-flat latency (below 1: HNSW is faster).
+    """
+    rows = []
+    for run in result["runs"]:
+        good = [h for h in run["hnsw"] if h[f"recall_at_{K}"] >= min_recall]
+        hnsw = min(good, key=lambda h: h["hnsw_ef"]) if good else max(run["hnsw"], key=lambda h: h[f"recall_at_{K}"])
+        faiss = run["faiss_flat"]
+        row: dict[str, Any] = {
+            "size": run["size"], "hnsw_ef": hnsw["hnsw_ef"], "hnsw_recall": hnsw[f"recall_at_{K}"],
+            "hnsw_p50_ms": hnsw["p50_ms"], "hnsw_p99_ms": hnsw["p99_ms"],
+            "exact_p50_ms": run["exact"]["p50_ms"], "exact_p99_ms": run["exact"]["p99_ms"],
+        }
+        if "p50_ms" in faiss:
+            row |= {
+                "faiss_recall": faiss[f"recall_at_{K}"], "faiss_p50_ms": faiss["p50_ms"], "faiss_p99_ms": faiss["p99_ms"],
+                "hnsw_over_faiss_p50": round(hnsw["p50_ms"] / faiss["p50_ms"], 2),
+                "hnsw_over_faiss_p99": round(hnsw["p99_ms"] / faiss["p99_ms"], 2),
+            }
+        rows.append(row)
+    return rows
+
+
+def _comparison_table(result: dict[str, Any]) -> list[str]:
+    header = ["N", "FAISS flat recall@10", "FAISS flat p50/p99 ms", "Qdrant exact p50/p99 ms",
+              "Qdrant HNSW ef (first >= 0.99)", "HNSW recall@10", "HNSW p50/p99 ms", "HNSW / FAISS p50, p99"]
+    rows = []
+    for r in search_comparison(result):
+        faiss = "faiss_p50_ms" in r
+        rows.append([
+            r["size"], r["faiss_recall"] if faiss else "-", f"{r['faiss_p50_ms']}/{r['faiss_p99_ms']}" if faiss else "-",
+            f"{r['exact_p50_ms']}/{r['exact_p99_ms']}", r["hnsw_ef"], r["hnsw_recall"],
+            f"{r['hnsw_p50_ms']}/{r['hnsw_p99_ms']}",
+            f"{r['hnsw_over_faiss_p50']}x, {r['hnsw_over_faiss_p99']}x" if faiss else "-",
+        ])
+    return table(header, rows)
 
 
 def _search_table(result: dict[str, Any]) -> list[str]:
@@ -449,13 +476,12 @@ def _search_table(result: dict[str, Any]) -> list[str]:
                 + [f"{by_level[c]['p50_ms']}/{by_level[c]['p99_ms']}" for c in levels]
                 + [by_level[c]["qps"] for c in levels]
             )
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def _build_table(result: dict[str, Any]) -> list[str]:
     header = ["N", "insert s", "insert pts/s", "build s", "points", "indexed", "segments",
-              "RSS MB before/insert/optimize", "disk MB alloc/apparent", f"exact recall@{K}", "exact p50/p99 ms",
-              "numpy p50/p99 ms"]
+              "RSS MB before/insert/optimize", "disk MB alloc/apparent", f"exact recall@{K}"]
     rows = []
     for run in result["runs"]:
         memory, stats, disk = run["memory"], run["stats"], run["disk"]["after_optimize"]
@@ -464,18 +490,17 @@ def _build_table(result: dict[str, Any]) -> list[str]:
             stats["points"], stats["indexed_vectors"], stats["segments"],
             f"{memory['rss_mb_before_insert']}/{memory['rss_mb_after_insert']}/{memory['rss_mb_after_optimize']}",
             f"{disk['allocated'] / 2**20:.1f}/{disk['apparent'] / 2**20:.1f}", run["exact"][f"recall_at_{K}"],
-            f"{run['exact']['p50_ms']}/{run['exact']['p99_ms']}", f"{run['numpy']['p50_ms']}/{run['numpy']['p99_ms']}",
         ])
-    return _table(header, rows)
+    return table(header, rows)
 
 
 def format_store_bench(result: dict[str, Any]) -> str:
     """Markdown: a header naming when, where and with what; search quality and latency; then build and footprint."""
-    params, machine, index = result["params"], result["machine"], result["params"]["index"]
+    params, host, index = result["params"], result["machine"], result["params"]["index"]
     header = (
-        f"Store benchmark (Qdrant Edge), {result['date_utc'].replace('T', ' ').removesuffix('+00:00')} UTC, "
-        f"{machine['cpu_count']} cores, "
-        f"{machine['platform']}. Encoder {params['encoder_id']} (dim {params['dim']}); "
+        f"Store benchmark (Qdrant Edge beside FAISS flat), "
+        f"{result['date_utc'].replace('T', ' ').removesuffix('+00:00')} UTC, {host['cpu_count']} cores "
+        f"({host['cpu_model']}), {host['platform']}. Encoder {params['encoder_id']} (dim {params['dim']}); "
         f"{result['embeddings']['index_records']} index-fold embeddings (folds {params['index_folds']}) scaled by "
         f"noisy copies (sigma {params['noise']['sigma']}, mean cosine to source "
         f"{params['noise']['measured_mean_cosine']}); {params['n_queries']} queries from folds "
@@ -483,5 +508,6 @@ def format_store_bench(result: dict[str, Any]) -> str:
         f"full_scan_threshold_kb={index['full_scan_threshold_kb']} on_disk={index['on_disk']} "
         f"quantization={index['quantization']}; seed {params['seed']}; wall {result['wall_s']} s."
     )
-    return "\n".join([header, "", *_search_table(result), "", *_build_table(result)]) + "\n"
+    return "\n".join([header, "", *_comparison_table(result), "", *_search_table(result), "",
+                      *_build_table(result)]) + "\n"
 

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ecgregen.netutil import free_port, http_ok
+from ecgregen.host import default_cache_dir, free_port, http_ok
 
 log = logging.getLogger("ecgregen.llm")
 
@@ -36,10 +36,6 @@ CONTEXT_TOKENS = 4096  # the QA prompt with 3 reports is ~600 tokens; refinement
 
 class LocalModelError(RuntimeError):
     """The local model cannot be made or started (missing parts, hash mismatch, server not healthy)."""
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ecgregen"
 
 
 def _part_file(distribution: str) -> Path:
