@@ -375,7 +375,7 @@ def run_store_bench(
     if not 0 < noise_cosine < 1:
         raise ValueError(f"noise_cosine must be in (0, 1), got {noise_cosine}")
     started = time.perf_counter()
-    say = Progress(progress)
+    say = Progress(progress, "store-bench")
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     index = index or IndexSettings()
