@@ -157,7 +157,7 @@ def _triton_encoder(triton: str, bundle: EncoderBundle, records: Sequence[EcgRec
         server = start_local_triton(work_dir / "python_repository", work_dir / "triton", grpc_port=free_port(),
                                     http_port=free_port(), metrics_port=free_port())
         stack.append(server.stop)
-        where = f"local tritonserver (CPU, Python backend running onnxruntime) at {server.grpc_url}"
+        where = "local tritonserver (CPU, Python backend running onnxruntime)"
         triton = server.grpc_url
     encoder = TritonEncoder(triton, startup_wait_s=60)
     stack.append(encoder.close)
