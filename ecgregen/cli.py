@@ -402,10 +402,9 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
     from ecgregen.bench.suite import BenchConfig
 
     given: dict[str, Any] = {}
-    for flag, key in (("batch_sizes", "batch_sizes"), ("sizes", "sizes"), ("hnsw_ef", "hnsw_ef"),
-                      ("concurrency", "concurrency")):
+    for flag in ("batch_sizes", "sizes", "hnsw_ef", "concurrency"):
         if getattr(args, flag):
-            given[key] = _ints(getattr(args, flag), "--" + flag.replace("_", "-"))
+            given[flag] = _ints(getattr(args, flag), "--" + flag.replace("_", "-"))
     if args.monitors:
         given["monitors"] = () if args.monitors == "none" else _ints(args.monitors, "--monitors")
     for flag, key in (("queries", "queries"), ("corpus_size", "corpus_size"), ("duration", "duration_s"),

@@ -281,6 +281,12 @@ class _EncodeJob:
     done: bool = False
 
 
+def embed_batch(model: EcgEncoder, batch: np.ndarray) -> np.ndarray:
+    """(n, 12, samples) float32 -> (n, dim) embeddings by the PyTorch model, without autograd bookkeeping."""
+    with torch.inference_mode():
+        return model(torch.from_numpy(batch)).numpy()
+
+
 class InProcessEncoder(BatchingEncoder):
     """The PyTorch model, eager, on the CPU (see :class:`BatchingEncoder` for how callers share it).
 
@@ -290,5 +296,4 @@ class InProcessEncoder(BatchingEncoder):
     """
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return self.bundle.model(torch.from_numpy(batch)).numpy()
+        return embed_batch(self.bundle.model, batch)

@@ -44,6 +44,15 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return proc_status_kb("VmHWM", pid) / 1024
 
 
+def available_memory_gb() -> float:
+    """MemAvailable of /proc/meminfo: what can be allocated without swapping, in GB."""
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) / 2**20
+    return float("inf")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time a process has used (``/proc/PID/stat``), in seconds."""
     with open(f"/proc/{pid}/stat") as f:

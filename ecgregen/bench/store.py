@@ -31,6 +31,7 @@ import numpy as np
 
 from ecgregen.bench.measure import (
     Progress,
+    available_memory_gb,
     dir_bytes,
     latency_summary,
     machine,
@@ -334,14 +335,6 @@ def _memory_needed_gb(size: int, dim: int) -> float:
     return (4 * vectors + size * 1024) / 2**30 + 1.0
 
 
-def _available_gb() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 2**20
-    return float("inf")
-
-
 # ---- entry points ----
 
 
@@ -394,7 +387,7 @@ def run_store_bench(
 
     runs, skipped = [], []
     for size in sorted(sizes):
-        need_gb, have_gb = _memory_needed_gb(size, base.shape[1]), _available_gb()
+        need_gb, have_gb = _memory_needed_gb(size, base.shape[1]), available_memory_gb()
         if need_gb > have_gb:
             skipped.append({"size": size, "reason": f"needs ~{need_gb:.1f} GB of memory, {have_gb:.1f} GB available"})
             say(f"N={size}: skipped ({skipped[-1]['reason']})")
