@@ -1,4 +1,4 @@
-"""The `ecgregen` command: serve, certs, token, index, corpus {stats, batches, rollback, optimize, snapshot,
+"""The `ecgregen` command: serve, certs, token, index, calibrate, corpus {stats, batches, rollback, optimize, snapshot,
 restore}, export, simulate-monitors, bench [store, load], evaluate {report, qa}, qa-generate, pretrain, client
 {report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}.
 
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="while Triton is unavailable, encode in-process (the same model: --checkpoint)")
     serve.add_argument("--max-stream-s", type=float, default=24 * 3600.0,
                        help="a stream is ended with a max_duration warning after this long (monitors reconnect)")
+    serve.add_argument("--report-mode", default="auto", choices=["auto", "top1", "consensus"],
+                       help="whose report is served: the closest neighbour's (top1, the paper's), the one agreeing "
+                       "best with the diagnoses (consensus), or auto: the mode the corpus calibration found best")
 
     certs = sub.add_parser("certs", help="a development CA with server and client certificates (not for production)")
     certs.add_argument("--out", type=Path, required=True)
@@ -129,6 +132,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_store_flags(index)
     _add_runtime_flag(index)
     _add_index_flags(index)
+
+    calibrate = sub.add_parser(
+        "calibrate", help="fit the diagnosis calibration of a corpus on validation ECGs and keep it with the corpus")
+    calibrate.add_argument("--ptbxl", type=Path, help="PTB-XL-layout folder holding the validation ECGs")
+    calibrate.add_argument("--folds", default="8",
+                           help="validation folds (default 8): not the folds you report on, nor ones the encoder "
+                           "learnt the labels of")
+    calibrate.add_argument("--out", type=Path, help="also write the calibration to this JSON file")
+    calibrate.add_argument("--from-file", type=Path,
+                           help="install a calibration JSON fitted elsewhere (refused for another encoder)")
+    calibrate.add_argument("--dry-run", action="store_true", help="fit and print, keep nothing in the store")
+    _add_store_flags(calibrate)
+    _add_runtime_flag(calibrate)
 
     corpus = sub.add_parser("corpus", help="operate on a store directly (the server must not hold it)")
     corpus_sub = corpus.add_subparsers(dest="corpus_command", required=True)
@@ -197,11 +213,15 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--val-folds", default="9")
     pretrain.add_argument("--config", default="small", help="encoder size: small (CPU) or paper (768-d, 12 layers)")
     pretrain.add_argument("--recipe", default="paper+contrastive",
-                          help="losses: paper (MEM+MLM+ETM), mem-only, paper+contrastive (default)")
+                          help="losses: paper (MEM+MLM+ETM), mem-only, paper+contrastive (default); labels = "
+                               "second stage on SCP labels (supervised contrastive + BCE + report InfoNCE)")
+    pretrain.add_argument("--init-from", default="",
+                          help="serving checkpoint to start the encoder from (default: the shipped one for "
+                               "--recipe labels, random init otherwise; 'random' forces random init)")
     pretrain.add_argument("--out", type=Path, required=True, help="run folder (log.jsonl, last.pt, encoder.pt)")
     pretrain.add_argument("--epochs", type=int, default=10)
     pretrain.add_argument("--batch-size", type=int, default=32)
-    pretrain.add_argument("--lr", type=float, default=3e-4)
+    pretrain.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4; labels: 5e-4)")
     pretrain.add_argument("--seed", type=int, default=0)
     pretrain.add_argument("--text-model", default="", help="local BERT folder (default: bundled all-MiniLM-L6-v2)")
     pretrain.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -277,6 +297,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--k", type=int, default=3)
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
     report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
+    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus"],
+                        help="whose report: top1 (closest), consensus (agrees best with the diagnoses); "
+                        "default: the server's")
     report.add_argument("--refine", action="store_true",
                         help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
     report.add_argument("--ptbxl", type=Path, action="append", default=[],
@@ -471,6 +494,37 @@ def run_simulate(args: argparse.Namespace) -> None:
         sys.exit(1)
 
 
+def run_calibrate(args: argparse.Namespace) -> None:
+    from ecgregen.calibrate import calibrate_records, save, summary
+    from ecgregen.diagnoses import Calibration
+    from ecgregen.pipeline import open_pipeline
+
+    if bool(args.ptbxl) == bool(args.from_file):
+        raise SystemExit("give --ptbxl DIR (fit on its --folds) or --from-file FILE (install a fitted calibration)")
+    pipeline = open_pipeline(args.data_dir, args.qdrant_url, args.checkpoint, triton_url=args.triton_url,
+                             triton_model=args.triton_model, triton_wait_s=args.triton_wait,
+                             encoder_runtime=args.encoder_runtime)
+    try:
+        if pipeline.store.count() == 0:
+            raise SystemExit("the corpus is empty: index it first (ecgregen index ...), then calibrate")
+        if args.from_file:
+            calibration = Calibration.from_json(json.loads(args.from_file.read_text()))
+        else:
+            folds = parse_folds(args.folds)
+            records = load_ptbxl(args.ptbxl, folds)
+            if not records:
+                raise SystemExit(f"no records of folds {args.folds} in {args.ptbxl}")
+            calibration = calibrate_records(pipeline, records, description=f"{args.ptbxl} folds {args.folds}")
+        if not args.dry_run:
+            save(pipeline, calibration)
+        if args.out:
+            args.out.write_text(json.dumps(calibration.to_json(), indent=1))
+        print(summary(calibration))
+        print("dry run: nothing kept" if args.dry_run else "kept with the corpus; a server started on it serves it")
+    finally:
+        pipeline.store.close()
+
+
 def run_corpus(args: argparse.Namespace) -> None:
     from ecgregen.store import open_store, restore_snapshot
 
@@ -602,8 +656,9 @@ def run_pretrain(args: argparse.Namespace) -> None:
     if len(train) < args.batch_size or len(val) < 2:
         raise SystemExit(f"too few records: {len(train)} training (folds {args.folds}), {len(val)} validation")
     settings = TrainSettings(
-        encoder=args.config, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        seed=args.seed, text_model=args.text_model,
+        encoder=args.config, recipe=args.recipe, epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (5e-4 if RECIPES[args.recipe].stage == "labels" else 3e-4),
+        seed=args.seed, text_model=args.text_model, init_from=str(args.init_from or ""),
     )
     summary = pretrain(train, val, args.out, settings, resume=args.resume, max_steps=args.max_steps)
     if summary:
@@ -619,7 +674,7 @@ def run_client(args: argparse.Namespace) -> None:
         if streaming:
             print("Refining: ", end="", flush=True)
         result, ecg = client.report(
-            args.server, args.record, args.k, args.exclude_patient, refine=args.refine,
+            args.server, args.record, args.k, args.exclude_patient, refine=args.refine, report_mode=args.report_mode,
             on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None,
         )
         if streaming:
@@ -687,10 +742,13 @@ def main(argv: list[str] | None = None) -> None:
                 tokens_file=args.tokens, rate_limit=args.rate_limit, daily_quota=args.daily_quota,
                 max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
                 triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
+                report_mode=args.report_mode,
             )
             asyncio.run(serve(settings))
         elif args.command == "index":
             run_migrate(args) if args.migrate_to else run_index(args)
+        elif args.command == "calibrate":
+            run_calibrate(args)
         elif args.command == "corpus":
             run_corpus(args)
         elif args.command == "bench":

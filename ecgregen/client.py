@@ -20,7 +20,7 @@ from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
 from ecgregen.records import WfdbSignal, read_wfdb_signal
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.wire import neighbour_to_dict, signal_to_proto
+from ecgregen.wire import diagnosis_to_dict, neighbour_to_dict, signal_to_proto
 
 DEFAULT_TIMEOUT_S = 60.0
 
@@ -121,13 +121,16 @@ def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
     return {
         "preprocess": round(latency.preprocess_ms, 3), "encode": round(latency.encode_ms, 3),
         "search": round(latency.search_ms, 3), "answer": round(latency.answer_ms, 3),
-        "llm": round(latency.llm_ms, 3), "total": round(latency.total_ms, 3),
+        "llm": round(latency.llm_ms, 3), "diagnose": round(latency.diagnose_ms, 3), "total": round(latency.total_ms, 3),
     }
 
 
 def report_dict(response: pb.GenerateReportResponse) -> dict:
     result = {
         "report": response.report,
+        "report_mode": response.report_mode,
+        "report_ecg_id": response.report_ecg_id,
+        "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
         "latency_ms": latency_dict(response.latency),
         "warnings": list(response.warnings),
@@ -141,12 +144,13 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
 
 def report(
     address: str, record: str, k: int, exclude_patient: str | None = None, *, refine: bool = False,
-    on_delta: Callable[[str], None] | None = None,
+    on_delta: Callable[[str], None] | None = None, report_mode: str = "",
 ) -> tuple[dict, Ecg]:
     """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives."""
     ecg_msg, raw = record_proto(record)
     request = pb.GenerateReportRequest(
-        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine
+        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
+        report_mode=report_mode,
     )
     with Connection(address) as stub:
         if not refine:
@@ -179,6 +183,7 @@ def ask(address: str, record: str, question: str, options: Sequence[str], answer
         "answer": list(response.answer),
         "answerer": response.answerer,
         "rationale": response.rationale,
+        "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
         "latency_ms": latency_dict(response.latency),
         "warnings": list(response.warnings),
@@ -260,6 +265,13 @@ def info(address: str) -> dict:
         "version": i.version, "encoder_id": i.encoder_id,
         "llm": {"enabled": i.llm.enabled, "model": i.llm.model, "endpoint": i.llm.endpoint, "circuit": i.llm.circuit,
                 "detail": i.llm.detail},
+        "report_mode": i.report_mode,
+        "calibration": {
+            "calibrated": i.calibration.calibrated, "detail": i.calibration.detail,
+            "fitted_on": i.calibration.fitted_on, "cases": i.calibration.cases,
+            "created_at": i.calibration.created_at, "corpus_points": i.calibration.corpus_points,
+            "k": i.calibration.k, "report_mode": i.calibration.report_mode,
+        },
     }
 
 
@@ -272,6 +284,17 @@ def format_neighbours(neighbours: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_diagnoses(diagnoses: list[dict], limit: int = 8) -> str:
+    """Present diagnoses first, then the most probable others, one line each."""
+    shown = [d for d in diagnoses if d["present"]] + [d for d in diagnoses if not d["present"]]
+    lines = [
+        f"  {'+' if d['present'] else ' '} {d['code']:<6} {d['probability']:5.2f} (threshold {d['threshold']:.2f})  "
+        f"{d['description']}" + (f" [{d['superclass']}]" if d["superclass"] else "")
+        for d in shown[:max(limit, sum(d["present"] for d in diagnoses))]
+    ]
+    return "\n".join(lines) or "  (none: no neighbour carries a label)"
+
+
 def _with_warnings(text: str, warnings: list[str]) -> str:
     return text + "".join(f"\nwarning: {w}" for w in warnings)
 
@@ -282,6 +305,8 @@ def format_report(result: dict) -> str:
         text += f"\n(refined by {result['llm_model']}; retrieved report: {result['retrieved_report']})"
     elif result.get("fallback_reason"):
         text += f"\n(not refined: {result['fallback_reason']}; this is the retrieved report)"
+    text += f"\n(report of ecg {result['report_ecg_id']}, mode {result['report_mode']})"
+    text += f"\n\nDiagnoses (+ = present):\n{format_diagnoses(result['diagnoses'])}"
     text += f"\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(f"{text}\n\nLatency (ms): {result['latency_ms']}", result["warnings"])
 
@@ -291,7 +316,8 @@ def format_answer(result: dict) -> str:
     text += f", {result['llm_model']}]" if result["answerer"] == "llm" else "]"
     if result["fallback_reason"]:
         text += f"\n(LLM answer unusable: {result['fallback_reason']}; retrieval-only answer given)"
-    text += f"\nWhy: {result['rationale']}\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
+    text += f"\nWhy: {result['rationale']}\n\nDiagnoses (+ = present):\n{format_diagnoses(result['diagnoses'])}"
+    text += f"\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(text, result["warnings"])
 
 
@@ -322,8 +348,10 @@ def plot_report(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Seque
                 ax.set_ylabel(lead, rotation=0, labelpad=14, fontsize=8)
     for ax in axes[-1]:
         ax.set_xlabel("s", fontsize=7)
-    fig.suptitle(f"Generated report: {_wrap(result['report'], 120)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    present = [d for d in result.get("diagnoses", []) if d["present"]]
+    diagnoses = ", ".join(f"{d['code']} {d['probability']:.2f}" for d in present) or "none present"
+    fig.suptitle(f"Generated report: {_wrap(result['report'], 120)}\nDiagnoses: {_wrap(diagnoses, 140)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

@@ -6,13 +6,14 @@ Buckets span sub-millisecond searches to multi-second calls so one histogram fam
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 if TYPE_CHECKING:
+    from ecgregen.diagnoses import Diagnosis
     from ecgregen.store import StoreStats
 
 REGISTRY = CollectorRegistry()
@@ -40,7 +41,7 @@ RPC_LATENCY = Histogram(
 )
 STAGE_LATENCY = Histogram(
     "ecgregen_stage_duration_seconds",
-    "Time spent in one pipeline stage (preprocess, encode, search, answer, llm, upsert).",
+    "Time spent in one pipeline stage (preprocess, encode, search, diagnose, answer, llm, upsert).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -100,6 +101,23 @@ STREAM_WINDOWS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+DIAGNOSED = Counter(
+    "ecgregen_diagnosed_total", "ECGs given predicted diagnoses (every report, search, answer and stream window).",
+    registry=REGISTRY,
+)
+DIAGNOSES_PRESENT = Counter(
+    "ecgregen_diagnoses_present_total",
+    "Diagnoses decided present, by SCP code (a code outside PTB-XL's 71 statements counts as 'other'): "
+    "rate(...{code=\"AFIB\"}) / rate(ecgregen_diagnosed_total) is how often atrial fibrillation is flagged.",
+    ["code"],
+    registry=REGISTRY,
+)
+CALIBRATION_STATE = Gauge(
+    "ecgregen_diagnosis_calibration",
+    "1 for the diagnosis calibration's state: calibrated, stale (the corpus changed a lot since), or uncalibrated.",
+    ["state"],
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("ecgregen_build", "Version and encoder of this server.", registry=REGISTRY)
 
 
@@ -120,6 +138,21 @@ def observe_corpus(stats: StoreStats) -> None:
     """Corpus gauges from a store's stats (points, and how many wait for indexing)."""
     CORPUS_POINTS.set(stats.points)
     CORPUS_UNINDEXED.set(max(0, stats.points - stats.indexed_vectors))
+
+
+def observe_diagnoses(diagnoses: Sequence[Diagnosis]) -> None:
+    from ecgregen.diagnoses import known_code
+
+    DIAGNOSED.inc()
+    for d in diagnoses:
+        if d.present:
+            DIAGNOSES_PRESENT.labels(d.code if known_code(d.code) else "other").inc()
+
+
+def observe_calibration(*, calibrated: bool, stale: bool) -> None:
+    state = "stale" if stale else "calibrated" if calibrated else "uncalibrated"
+    for name in ("calibrated", "stale", "uncalibrated"):
+        CALIBRATION_STATE.labels(name).set(1 if name == state else 0)
 
 
 def dependency_failed(name: str) -> None:

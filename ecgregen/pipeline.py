@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, load_statements, select_report
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoder import Encoder, InProcessEncoder, load_encoder
-from ecgregen.metrics import RECORDS_WRITTEN, observe_corpus, stage_timer
+from ecgregen.metrics import RECORDS_WRITTEN, observe_calibration, observe_corpus, observe_diagnoses, stage_timer
 from ecgregen.preprocess import preprocess
 from ecgregen.store import (
     Hit,
@@ -40,11 +41,20 @@ class EmptyCorpusError(RuntimeError):
 
 @dataclass
 class Retrieval:
-    """Neighbours of one query, with what happened on the way."""
+    """Neighbours of one query, the diagnoses they predict, and what happened on the way."""
 
-    hits: list[Hit]
+    hits: list[Hit]  # the k neighbours asked for
     warnings: list[str] = field(default_factory=list)
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
+    pool: list[Hit] = field(default_factory=list)  # the neighbours searched: k, or more when the diagnoses need more
+    diagnoses: list[Diagnosis] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GeneratedReport:
+    text: str
+    mode: str  # top1 | consensus
+    source: Hit | None  # the neighbour whose report it is
 
 
 @dataclass(frozen=True)
@@ -69,10 +79,43 @@ def utc_now() -> str:
 
 
 class RetrievalPipeline:
-    def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer) -> None:
+    def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer,
+                 diagnoser: Diagnoser | None = None, report_mode: str = "auto") -> None:
         self.encoder = encoder
         self.store = store
         self.answerer = answerer
+        self.diagnoser = diagnoser or Diagnoser(load_statements())
+        if report_mode not in ("auto", *REPORT_MODES):
+            raise ValueError(f"unknown report mode {report_mode!r}; auto or one of {', '.join(REPORT_MODES)}")
+        self.report_mode = report_mode
+        self.calibration_note = ""  # why the diagnoses are uncalibrated or stale ("" when they are fine)
+        self.refresh_calibration_note()
+
+    def use_calibration(self, calibration: Calibration | None) -> None:
+        """Serve diagnoses with `calibration` (checked to belong to this encoder); None serves raw votes."""
+        if calibration is not None:
+            calibration.check_encoder(self.encoder.encoder_id)
+        self.diagnoser.calibration = calibration
+        self.refresh_calibration_note()
+
+    def refresh_calibration_note(self) -> None:
+        """Re-check the calibration against the corpus size (after writes): stale when it grew or shrank a lot."""
+        calibration = self.diagnoser.calibration
+        if calibration is None:
+            self.calibration_note = ("diagnoses are not calibrated for this corpus (raw neighbour votes, threshold "
+                                     "0.5): run `ecgregen calibrate`")
+        else:
+            self.calibration_note = calibration.stale_reason(self.store.count())
+        observe_calibration(calibrated=calibration is not None, stale=bool(calibration and self.calibration_note))
+
+    def resolved_report_mode(self, requested: str = "") -> str:
+        """The report mode of a call: the caller's, else the server's, where auto = the calibration's best."""
+        mode = requested or self.report_mode
+        if mode == "auto":
+            return self.diagnoser.calibration.report_mode if self.diagnoser.calibration else "top1"
+        if mode not in REPORT_MODES:
+            raise EcgInputError(f"unknown report mode {mode!r}; one of auto, {', '.join(REPORT_MODES)}")
+        return mode
 
     def embed(self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list[list[str]]]:
         """Unit-vector embeddings of `ecgs` and, per ECG, the preprocessing warnings."""
@@ -87,29 +130,48 @@ class RetrievalPipeline:
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
     ) -> Retrieval:
+        """The k neighbours of `ecg` and the diagnoses of its (at least `diagnoser.k`) nearest neighbours."""
         seconds: dict[str, float] = {}
         vectors, warnings = self.embed([ecg], seconds)
-        with stage_timer("search", seconds):
-            hits = self.store.search(vectors[0], k, filt, exact=exact, hnsw_ef=hnsw_ef)
-        if not hits and self.store.count() == 0:
-            raise EmptyCorpusError("the corpus is empty; index records first (ecgregen index ...)")
-        return Retrieval(hits, warnings[0], seconds)
+        return self.retrieve(vectors[0], k, filt, warnings[0], seconds, exact=exact, hnsw_ef=hnsw_ef)
 
-    def generate_report(self, ecg: Ecg, k: int, filt: SearchFilter | None = None) -> tuple[str, Retrieval]:
-        """The paper's report generation: the closest record's report."""
+    def retrieve(
+        self, vector: np.ndarray, k: int, filt: SearchFilter | None, warnings: list[str], seconds: dict[str, float],
+        *, exact: bool = False, hnsw_ef: int | None = None,
+    ) -> Retrieval:
+        """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once)."""
+        with stage_timer("search", seconds):
+            pool = self.store.search(vector, max(k, self.diagnoser.k), filt, exact=exact, hnsw_ef=hnsw_ef)
+        if not pool and self.store.count() == 0:
+            raise EmptyCorpusError("the corpus is empty; index records first (ecgregen index ...)")
+        with stage_timer("diagnose", seconds):
+            diagnoses = self.diagnoser.diagnose(pool)
+        observe_diagnoses(diagnoses)
+        notes = [self.calibration_note] if self.calibration_note else []
+        return Retrieval(pool[:k], [*warnings, *notes], seconds, pool, diagnoses)
+
+    def generate_report(
+        self, ecg: Ecg, k: int, filt: SearchFilter | None = None, mode: str = ""
+    ) -> tuple[GeneratedReport, Retrieval]:
+        """The report of one neighbour: the closest (``top1``, the paper's) or the one whose labels agree best with
+        the diagnoses (``consensus``); `mode` empty = the server's setting."""
+        mode = self.resolved_report_mode(mode)
         retrieval = self.search(ecg, k, filt)
+        return self.report_of(retrieval, mode), retrieval
+
+    def report_of(self, retrieval: Retrieval, mode: str) -> GeneratedReport:
         with stage_timer("answer", retrieval.seconds):
-            report = retrieval.hits[0].report if retrieval.hits else ""
-        if not retrieval.hits:
+            source = select_report(retrieval.pool, retrieval.diagnoses, mode, self.diagnoser.k)
+        if source is None:
             retrieval.warnings.append("no record matches the filter; no report")
-        return report, retrieval
+        return GeneratedReport(source.report if source else "", mode, source)
 
     def answer(
         self, ecg: Ecg, question: str, options: Sequence[str], k: int, filt: SearchFilter | None = None
     ) -> tuple[Answer, Retrieval]:
         retrieval = self.search(ecg, k, filt)
         with stage_timer("answer", retrieval.seconds):
-            answer = self.answerer.answer(question, options, retrieval.hits)
+            answer = self.answerer.answer(question, options, retrieval.hits, diagnoses=retrieval.diagnoses)
         return answer, retrieval
 
     def insert(self, records: Sequence[RecordToInsert], batch_id: str = "") -> InsertOutcome:
@@ -144,6 +206,7 @@ class RetrievalPipeline:
         RECORDS_WRITTEN.labels("updated").inc(outcome.updated)
         RECORDS_WRITTEN.labels("rejected").inc(len(outcome.rejected))
         observe_corpus(self.store.stats())
+        self.refresh_calibration_note()
         return outcome
 
     def delete(self, keys: Sequence[tuple[str, str]] = (), batch_id: str = "") -> int:
@@ -154,6 +217,7 @@ class RetrievalPipeline:
             deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
         RECORDS_WRITTEN.labels("deleted").inc(deleted)
         observe_corpus(self.store.stats())
+        self.refresh_calibration_note()
         return deleted
 
 
@@ -181,14 +245,15 @@ def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0, triton_fallback_local: bool = False,
-    encoder_runtime: str = "onnxruntime",
+    encoder_runtime: str = "onnxruntime", report_mode: str = "auto",
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
     The encoder runs in-process from `checkpoint` (default: the shipped one) with `encoder_runtime`
     (onnxruntime, or eager PyTorch), or in Triton at `triton_url`.
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
-    `index` applies when the collection is created (an existing one keeps its settings).
+    `index` applies when the collection is created (an existing one keeps its settings). The corpus's diagnosis
+    calibration is loaded with it; one fitted for another encoder is refused (:class:`CalibrationError`).
     """
     if triton_url:
         from ecgregen.triton_encoder import FallbackEncoder, TritonEncoder
@@ -208,4 +273,13 @@ def open_pipeline(
             "`ecgregen index ... --recreate` (same --data-dir/--qdrant-url), or point at another store."
         ) from None
     vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
-    return RetrievalPipeline(encoder, store, LabelVoteAnswerer(vocabulary))
+    try:
+        stored = store.calibration()
+        calibration = Calibration.from_json(stored) if stored else None
+        if calibration is not None:
+            calibration.check_encoder(encoder.encoder_id)
+        return RetrievalPipeline(encoder, store, LabelVoteAnswerer(vocabulary), Diagnoser(load_statements(), calibration),
+                                 report_mode=report_mode)
+    except BaseException:
+        store.close()
+        raise

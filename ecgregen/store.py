@@ -44,6 +44,8 @@ NAMESPACE = uuid.UUID("a1b1281c-8c3a-4e74-8a93-d507a8a944d1")
 # cardinality (and so a filter does not fall back to a full scan).
 KEYWORD_FIELDS = ("patient_id", "source", "scp_code_list", "ecg_id", "batch_id")
 ENCODER_ID_KEY = "encoder_id"
+CALIBRATION_KEY = "diagnosis_calibration"  # in a Qdrant collection's metadata
+CALIBRATION_FILE = "calibration.json"  # beside store.json in an embedded store
 INDEX_KEY = "index"
 QUANTIZATIONS = ("none", "int8")
 SCROLL_PAGE = 256
@@ -237,6 +239,13 @@ class VectorStore(abc.ABC):
     @abc.abstractmethod
     def _close(self) -> None: ...
 
+    @abc.abstractmethod
+    def _read_calibration(self) -> dict[str, Any] | None: ...
+
+    @abc.abstractmethod
+    def _write_calibration(self, data: dict[str, Any] | None) -> None:
+        """Store (or, with None, remove) the diagnosis calibration; durable when this returns."""
+
     def _reads_need_lock(self) -> bool:
         """Whether reads must also hold the lock; only a remote server is safe (and faster) without it."""
         return True
@@ -358,6 +367,16 @@ class VectorStore(abc.ABC):
         with self._operation(write=False), self._engine_errors():
             return self._count()
 
+    def calibration(self) -> dict[str, Any] | None:
+        """The diagnosis calibration kept with this corpus (see :mod:`ecgregen.diagnoses`), or None."""
+        with self._operation(write=False):
+            return self._read_calibration()
+
+    def save_calibration(self, data: dict[str, Any] | None) -> None:
+        """Keep `data` as this corpus's diagnosis calibration (None removes it). Dropping the collection drops it."""
+        with self._operation(write=True):
+            self._write_calibration(data)
+
     def stats(self) -> StoreStats:
         with self._operation(write=False) as collection, self._engine_errors():
             return self._stats(collection)
@@ -420,7 +439,8 @@ class EdgeStore(VectorStore):
     """Qdrant Edge shard in a directory, used in-process.
 
     Layout of ``path``: ``shard/`` (the engine's files), ``store.json`` (dim and encoder id, written atomically and
-    only once the shard exists, so its presence means "the collection exists") and ``store.lock``.
+    only once the shard exists, so its presence means "the collection exists"), ``calibration.json`` (the
+    diagnosis calibration of this corpus, when one was fitted) and ``store.lock``.
 
     Qdrant Edge holds the GIL for the whole of every call (searches and ``optimize`` included), so threads gain no
     parallelism from it and a lock around every call costs nothing; the lock also makes ``close`` safe against
@@ -435,6 +455,7 @@ class EdgeStore(VectorStore):
         self._path = Path(path)
         self._shard_dir = self._path / "shard"
         self._meta_file = self._path / "store.json"
+        self._calibration_file = self._path / CALIBRATION_FILE
         self._shard: qe.EdgeShard | None = None
         self._path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = _lock_directory(self._path / "store.lock")
@@ -486,9 +507,20 @@ class EdgeStore(VectorStore):
     def _drop(self) -> None:
         # store.json goes first: a crash part-way then leaves "no collection", never a half-deleted one.
         self._meta_file.unlink()
+        self._calibration_file.unlink(missing_ok=True)
         _fsync_dir(self._path)
         self._close_shard()
         shutil.rmtree(self._shard_dir)
+
+    def _read_calibration(self) -> dict[str, Any] | None:
+        return json.loads(self._calibration_file.read_text()) if self._calibration_file.exists() else None
+
+    def _write_calibration(self, data: dict[str, Any] | None) -> None:
+        if data is None:
+            self._calibration_file.unlink(missing_ok=True)
+            _fsync_dir(self._path)
+        else:
+            _write_json_atomic(self._calibration_file, data)
 
     def _retrieve_ids(self, ids: list[str]) -> set[str]:
         return {str(record.id) for record in self._live_shard().retrieve(ids, with_payload=False, with_vector=False)}
@@ -560,6 +592,8 @@ class EdgeStore(VectorStore):
             points = self._count()
             with tarfile.open(partial, "w") as tar:
                 tar.add(self._meta_file, arcname="store.json")
+                if self._calibration_file.exists():
+                    tar.add(self._calibration_file, arcname=CALIBRATION_FILE)
                 tar.add(self._shard_dir, arcname="shard")
         os.replace(partial, out)
         return out, points
@@ -692,6 +726,14 @@ class QdrantClientStore(VectorStore):
 
     def _drop(self) -> None:
         self._client.delete_collection(self._name)
+
+    def _read_calibration(self) -> dict[str, Any] | None:
+        metadata = self._call(self._client.get_collection, self._name).config.metadata or {}
+        return metadata.get(CALIBRATION_KEY)
+
+    def _write_calibration(self, data: dict[str, Any] | None) -> None:
+        # Collection metadata is merged key by key, so this leaves the encoder id and index settings as they are.
+        self._call(self._client.update_collection, self._name, metadata={CALIBRATION_KEY: data})
 
     def _retrieve_ids(self, ids: list[str]) -> set[str]:
         found = self._call(self._client.retrieve, self._name, ids, with_payload=False, with_vectors=False)

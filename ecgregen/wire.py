@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.store import Hit, SearchFilter
@@ -61,6 +62,17 @@ def neighbour_to_proto(hit: Hit) -> pb.Neighbour:
         ecg_id=hit.ecg_id, patient_id=hit.patient_id, score=hit.score, report=hit.report,
         scp_codes=hit.scp_codes, source=hit.source, inserted_at=hit.inserted_at, batch_id=hit.batch_id,
     )
+
+
+def diagnosis_to_proto(d: Diagnosis) -> pb.Diagnosis:
+    return pb.Diagnosis(code=d.code, description=d.description, superclass=d.superclass, probability=d.probability,
+                        present=d.present, threshold=d.threshold)
+
+
+def diagnosis_to_dict(d: pb.Diagnosis) -> dict:
+    """The JSON shape the CLI prints for one diagnosis."""
+    return {"code": d.code, "description": d.description, "superclass": d.superclass,
+            "probability": round(float(d.probability), 4), "present": d.present, "threshold": round(float(d.threshold), 4)}
 
 
 def neighbour_to_dict(n: pb.Neighbour) -> dict:

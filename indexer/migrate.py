@@ -63,4 +63,5 @@ def migrate(source: VectorStore, target: VectorStore, *, progress: bool = True) 
     missing += len(ids) - len(target.existing_ids(ids)) if ids else 0
     if missing:
         raise StoreError(f"migration incomplete: {missing} of {copied} records are not in {target.engine}")
+    target.save_calibration(source.calibration())  # the same records, so their diagnosis calibration still fits
     return MigrationReport(source.engine, target.engine, copied, target.count(), time.perf_counter() - start)

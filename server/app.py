@@ -14,6 +14,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ecgregen import __version__
+from ecgregen.calibrate import calibrate_records
+from ecgregen.calibrate import save as save_calibration
 from ecgregen.encoder import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmConfig, LlmStage
@@ -31,6 +33,7 @@ log = logging.getLogger("ecgregen.server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
 LLM_HEALTH_NAME = "ecgregen.v1.llm"  # SERVING when the LLM stage is up; NOT_SERVING when retrieval-only
 DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
+DEMO_CALIBRATION_FOLDS = (8,)  # never trained on by the shipped encoder's label stage (folds 1-7)
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 5-minute 12-lead ECG at 1 kHz as float32 is ~15 MB
 
 
@@ -60,6 +63,7 @@ class ServeSettings:
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
     encoder_runtime: str = "onnxruntime"  # how the in-process encoder runs (see ecgregen.pipeline.ENCODER_RUNTIMES)
     max_message_bytes: int = MAX_MESSAGE_BYTES
+    report_mode: str = "auto"  # top1, consensus, or auto: the corpus calibration's best
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -68,6 +72,12 @@ def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
     log.info("empty corpus: indexing the %d-record demo corpus (%s)", len(records), DEMO_PTBXL)
     report = index_records(records, LocalSink(pipeline), description="demo index")
     log.info("demo corpus indexed: %s", report.summary())
+    validation = [r for r in records if r.fold in DEMO_CALIBRATION_FOLDS]
+    calibration = calibrate_records(pipeline, validation, progress=False,
+                                    description=f"demo corpus fold {','.join(map(str, DEMO_CALIBRATION_FOLDS))}")
+    save_calibration(pipeline, calibration)
+    log.info("demo corpus calibrated on %d ECGs (a small set: run `ecgregen calibrate` on your own data)",
+             calibration.fitted_on["cases"])
 
 
 async def serve(settings: ServeSettings) -> None:
@@ -76,7 +86,7 @@ async def serve(settings: ServeSettings) -> None:
                                  triton_url=settings.triton_url, triton_model=settings.triton_model,
                                  triton_wait_s=settings.triton_wait_s,
                                  triton_fallback_local=settings.triton_fallback_local,
-                                 encoder_runtime=settings.encoder_runtime)
+                                 encoder_runtime=settings.encoder_runtime, report_mode=settings.report_mode)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
@@ -136,6 +146,9 @@ async def serve(settings: ServeSettings) -> None:
             f"Triton {settings.triton_url}" if settings.triton_url else f"in-process, {settings.encoder_runtime}",
             pipeline.store.stats().engine,
         )
+        log.info("diagnoses: %s; report mode %s (serving %s)",
+                 pipeline.calibration_note or f"calibrated ({pipeline.diagnoser.calibration.fitted_on.get('description')})",
+                 settings.report_mode, pipeline.resolved_report_mode())
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -43,7 +43,15 @@ from ecgregen.metrics import (
     observe_corpus,
     stage_timer,
 )
-from ecgregen.pipeline import MAX_K, EmptyCorpusError, RecordToInsert, Retrieval, RetrievalPipeline, new_batch_id
+from ecgregen.pipeline import (
+    MAX_K,
+    EmptyCorpusError,
+    GeneratedReport,
+    RecordToInsert,
+    Retrieval,
+    RetrievalPipeline,
+    new_batch_id,
+)
 from ecgregen.server.security import AuditLog, pseudonym
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
@@ -56,7 +64,14 @@ from ecgregen.server.streaming import (
 from ecgregen.store import SearchFilter, StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.wire import DEFAULT_SOURCE, ecg_from_proto, filter_from_proto, neighbour_to_proto, record_from_proto
+from ecgregen.wire import (
+    DEFAULT_SOURCE,
+    diagnosis_to_proto,
+    ecg_from_proto,
+    filter_from_proto,
+    neighbour_to_proto,
+    record_from_proto,
+)
 
 log = logging.getLogger("ecgregen.server")
 
@@ -154,7 +169,19 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     return pb.StageLatency(
         preprocess_ms=s.get("preprocess", 0.0) * 1e3, encode_ms=s.get("encode", 0.0) * 1e3,
         search_ms=s.get("search", 0.0) * 1e3, answer_ms=s.get("answer", 0.0) * 1e3, llm_ms=s.get("llm", 0.0) * 1e3,
-        total_ms=(time.perf_counter() - start) * 1e3,
+        diagnose_ms=s.get("diagnose", 0.0) * 1e3, total_ms=(time.perf_counter() - start) * 1e3,
+    )
+
+
+def calibration_proto(pipeline: RetrievalPipeline) -> pb.CalibrationInfo:
+    calibration = pipeline.diagnoser.calibration
+    if calibration is None:
+        return pb.CalibrationInfo(calibrated=False, detail=pipeline.calibration_note, k=pipeline.diagnoser.k)
+    fitted = calibration.fitted_on
+    return pb.CalibrationInfo(
+        calibrated=True, detail=pipeline.calibration_note, fitted_on=str(fitted.get("description", "")),
+        cases=int(fitted.get("cases", 0)), created_at=str(fitted.get("created_at", "")),
+        corpus_points=calibration.corpus_points, k=calibration.k, report_mode=calibration.report_mode,
     )
 
 
@@ -230,14 +257,20 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         self.audit = audit
         self.max_stream_s = max_stream_s  # a stream is ended (with a warning) after this long; monitors reconnect
 
-    def _report_response(self, retrieval: Retrieval, start: float, **fields: Any) -> pb.GenerateReportResponse:
-        retrieved = retrieval.hits[0].report if retrieval.hits else ""
-        fields.setdefault("report", retrieved)
+    def _report_response(self, report: GeneratedReport, retrieval: Retrieval, start: float,
+                         **fields: Any) -> pb.GenerateReportResponse:
+        fields.setdefault("report", report.text)
         return pb.GenerateReportResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
-            warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=retrieved,
-            **fields,
+            warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=report.text,
+            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=report.mode,
+            report_ecg_id=report.source.ecg_id if report.source else "", **fields,
         )
+
+    async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval]:
+        ecg, k, filt = parse_query(request, default_k=3)
+        mode = self.pipeline.resolved_report_mode(request.report_mode.strip())
+        return await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt, mode)
 
     async def _refine(self, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
         """Deltas of the refined report as they come; `outcome` ends with the text or why there is none."""
@@ -267,28 +300,26 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
-        ecg, k, filt = parse_query(request, default_k=3)
-        _, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
+        report, retrieval = await self._generate(request)
         if not request.refine:
-            return self._report_response(retrieval, start)
+            return self._report_response(report, retrieval, start)
         outcome = Refinement()
         async for _ in self._refine(retrieval, outcome):
             pass
-        return self._report_response(retrieval, start, **self._refined_fields(outcome))
+        return self._report_response(report, retrieval, start, **self._refined_fields(outcome))
 
     @rpc
     async def GenerateReportStream(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReportEvent]:
         start = time.perf_counter()
-        ecg, k, filt = parse_query(request, default_k=3)
-        _, retrieval = await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt)
-        yield pb.ReportEvent(retrieval=self._report_response(retrieval, start))
+        report, retrieval = await self._generate(request)
+        yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start))
         fields: dict[str, Any] = {}
         if request.refine:
             outcome = Refinement()
             async for delta in self._refine(retrieval, outcome):
                 yield pb.ReportEvent(delta=delta)
             fields = self._refined_fields(outcome)
-        yield pb.ReportEvent(done=self._report_response(retrieval, start, **fields))
+        yield pb.ReportEvent(done=self._report_response(report, retrieval, start, **fields))
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -299,7 +330,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         )
         return pb.SearchResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
-            warnings=retrieval.warnings,
+            warnings=retrieval.warnings, diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
         )
 
     @rpc
@@ -320,11 +351,13 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                               fallback_reason="llm_disabled")
         else:
             retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt)
-            result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds)
+            result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds,
+                                                    diagnoses=retrieval.diagnoses)
         return pb.AnswerQuestionResponse(
             answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
             rationale=result.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
             fallback_reason=result.fallback_reason, llm_model=result.model,
+            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
         )
 
     @rpc
@@ -437,6 +470,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             version=__version__, encoder_id=self.pipeline.encoder.encoder_id,
             llm=pb.LlmInfo(enabled=llm.answerer is not None, model=llm.model, endpoint=llm.endpoint,
                            circuit=llm.circuit(), detail=llm.detail),
+            calibration=calibration_proto(self.pipeline), report_mode=self.pipeline.report_mode,
         )
 
     @rpc
@@ -512,7 +546,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             return pb.StreamEcgResponse(error=item[1])
         _, window, future, completed_at = item
         try:
-            hits, flags, seconds, error = await future
+            retrieval, flags, error = await future
         finally:
             slots.release()
             STREAM_PENDING.dec()
@@ -521,15 +555,19 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             return pb.StreamEcgResponse(warning=pb.StreamWarning(
                 code="window_dropped", message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
         STREAM_WINDOWS.labels("answered").inc()
-        answer = self.pipeline.answerer.answer(settings.question, settings.options, hits).answer if settings.question else []
+        hits, seconds = retrieval.hits, retrieval.seconds
+        answer = self.pipeline.answerer.answer(
+            settings.question, settings.options, hits, diagnoses=retrieval.diagnoses).answer if settings.question else []
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,
             report=hits[0].report if hits else "", neighbours=[neighbour_to_proto(h) for h in hits],
             latency=pb.StageLatency(
                 preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
-                search_ms=seconds["search"] * 1e3, total_ms=(time.perf_counter() - completed_at) * 1e3,
+                search_ms=seconds["search"] * 1e3, diagnose_ms=seconds["diagnose"] * 1e3,
+                total_ms=(time.perf_counter() - completed_at) * 1e3,
             ),
             leads_used=used, leads_missing=[lead for lead in STANDARD_LEADS if lead not in settings.leads],
             quality_flags=window.flags + flags, answer=answer,
+            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
         ))

@@ -27,9 +27,8 @@ import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, EcgInputError, ecg_from_array
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
-from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.pipeline import Retrieval, RetrievalPipeline
 from ecgregen.preprocess import preprocess
-from ecgregen.store import Hit
 from ecgregen.v1 import ecgregen_pb2 as pb
 
 log = logging.getLogger("ecgregen.stream")
@@ -240,7 +239,7 @@ class WindowBatcher:
                 if not job.future.done():
                     job.future.set_result(result)
 
-    def _process(self, jobs: list[_Job]) -> list[tuple[list[Hit], list[str], dict[str, float], Exception | None]]:
+    def _process(self, jobs: list[_Job]) -> list[tuple[Retrieval | None, list[str], Exception | None]]:
         prepared, outcome = [], []
         start = time.perf_counter()
         for job in jobs:
@@ -259,12 +258,11 @@ class WindowBatcher:
         results = []
         for job, p, error in zip(jobs, prepared, outcome):
             if error is not None:
-                results.append(([], [], {}, error))
+                results.append((None, [], error))
                 continue
-            t = time.perf_counter()
-            hits = self.pipeline.store.search(next(vectors), job.settings.k)
-            seconds = {"preprocess": pre_s / len(jobs), "encode": encode_s, "search": time.perf_counter() - t}
-            results.append((hits, [f"flat:{lead}" for lead in p.flat_leads], seconds, None))
+            seconds = {"preprocess": pre_s / len(jobs), "encode": encode_s}
+            retrieval = self.pipeline.retrieve(next(vectors), job.settings.k, None, [], seconds)
+            results.append((retrieval, [f"flat:{lead}" for lead in p.flat_leads], None))
         return results
 
 

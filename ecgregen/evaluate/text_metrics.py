@@ -167,6 +167,15 @@ def _check_pairs(references: Sequence[object], hypotheses: Sequence[object]) -> 
         raise ValueError("nothing to score: no reference/hypothesis pairs")
 
 
+def corpus_bleu4(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus BLEU-4 alone (as `caption_scores` computes it): cheap enough to compare choices while fitting."""
+    _check_pairs(references, hypotheses)
+    gts = {i: [tokenize(r)] for i, r in enumerate(references)}
+    res = {i: [tokenize(h)] for i, h in enumerate(hypotheses)}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    return float(bleu[3])
+
+
 def caption_scores(references: Sequence[str], hypotheses: Sequence[str]) -> dict[str, float]:
     """BLEU-1..4, METEOR, ROUGE-L and CIDEr of hypotheses[i] against references[i], on `tokenize`d text.
 
