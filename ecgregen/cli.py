@@ -172,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev_report.add_argument("--mimic", type=Path, help="MIMIC-IV-ECG-layout folder to take the test queries from (cross-domain)")
     ev_report.add_argument("--limit", type=int, help="at most N test records (the first N by id)")
     ev_report.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (the slowest metric)")
+    ev_report.add_argument("--calibration-folds", default="auto",
+                           help="folds (of --ptbxl, searched against the index with their own patient left out) "
+                           "that fit the diagnosis calibration; auto = the highest index fold; none = raw votes")
     ev_qa = esub.add_parser("qa", help="Table II: ECG-QA exact match per question type")
     ev_qa.add_argument("--ptbxl", type=Path, required=True)
     ev_qa.add_argument("--questions", type=Path, nargs="+", required=True, help="ECG-QA JSON files or folders")
@@ -573,11 +576,17 @@ def run_evaluate(args: argparse.Namespace) -> None:
             test = f"{args.ptbxl} folds {args.test_folds}"
         if not index or not queries:
             raise SystemExit(f"nothing to evaluate: {len(index)} index records, {len(queries)} test records")
-        result = evaluate_reports(
-            index, queries, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
-            bertscore=not args.no_bertscore,
+        calibration_folds = (
+            [] if args.calibration_folds == "none"
+            else [max(index_folds)] if args.calibration_folds == "auto" else parse_folds(args.calibration_folds)
         )
-        result.update(index_folds=index_folds, index=f"{args.ptbxl} folds {args.index_folds}", test=test)
+        calibration = load_ptbxl(args.ptbxl, calibration_folds) if calibration_folds else []
+        result = evaluate_reports(
+            index, queries, calibration=calibration, data_dir=args.data_dir, qdrant_url=args.qdrant_url,
+            checkpoint=args.checkpoint, bertscore=not args.no_bertscore,
+        )
+        result.update(index_folds=index_folds, index=f"{args.ptbxl} folds {args.index_folds}", test=test,
+                      calibration_folds=calibration_folds, calibration_source=f"{args.ptbxl} folds {calibration_folds}")
         if not args.mimic:
             result["test_folds"] = parse_folds(args.test_folds)
         write_outputs(result, args.json_out, args.markdown, args.plot)

@@ -272,8 +272,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         mode = self.pipeline.resolved_report_mode(request.report_mode.strip())
         return await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt, mode)
 
-    async def _refine(self, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
-        """Deltas of the refined report as they come; `outcome` ends with the text or why there is none."""
+    async def _refine(self, report: GeneratedReport, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
+        """Deltas of the served report refined against the other neighbours, as they come; `outcome` ends with the
+        text or why there is none."""
         if self.llm.answerer is None:
             outcome.fail("llm_disabled", f"LLM {self.llm.detail}", retrieval)
             return
@@ -282,7 +283,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             return
         try:
             with stage_timer("llm", retrieval.seconds):
-                async for delta in self.llm.answerer.refine(retrieval.hits):
+                served = [report.source] if report.source else []
+                async for delta in self.llm.answerer.refine([*served, *(h for h in retrieval.hits if h not in served)]):
                     outcome.parts.append(delta)
                     yield delta
         except LlmUnavailable as exc:
@@ -304,7 +306,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if not request.refine:
             return self._report_response(report, retrieval, start)
         outcome = Refinement()
-        async for _ in self._refine(retrieval, outcome):
+        async for _ in self._refine(report, retrieval, outcome):
             pass
         return self._report_response(report, retrieval, start, **self._refined_fields(outcome))
 
@@ -316,7 +318,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         fields: dict[str, Any] = {}
         if request.refine:
             outcome = Refinement()
-            async for delta in self._refine(retrieval, outcome):
+            async for delta in self._refine(report, retrieval, outcome):
                 yield pb.ReportEvent(delta=delta)
             fields = self._refined_fields(outcome)
         yield pb.ReportEvent(done=self._report_response(report, retrieval, start, **fields))
@@ -556,12 +558,13 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                 code="window_dropped", message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
         STREAM_WINDOWS.labels("answered").inc()
         hits, seconds = retrieval.hits, retrieval.seconds
+        report = self.pipeline.report_of(retrieval, self.pipeline.resolved_report_mode())
         answer = self.pipeline.answerer.answer(
             settings.question, settings.options, hits, diagnoses=retrieval.diagnoses).answer if settings.question else []
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,
-            report=hits[0].report if hits else "", neighbours=[neighbour_to_proto(h) for h in hits],
+            report=report.text, neighbours=[neighbour_to_proto(h) for h in hits],
             latency=pb.StageLatency(
                 preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
                 search_ms=seconds["search"] * 1e3, diagnose_ms=seconds["diagnose"] * 1e3,

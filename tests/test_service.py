@@ -34,14 +34,32 @@ def points(server: ServerProcess) -> int:
 
 
 def check_neighbours(response: pb.GenerateReportResponse, k: int) -> None:
+    """k neighbours best first; the paper's mode (asked for) serves the closest one's report; diagnoses as served."""
     assert len(response.neighbours) == k
     scores = [n.score for n in response.neighbours]
     assert scores == sorted(scores, reverse=True)
     assert all(-1.0001 <= s <= 1.0001 for s in scores)
-    assert response.report == response.neighbours[0].report
+    assert response.report_mode == "top1" and response.report == response.neighbours[0].report
+    assert response.report_ecg_id == response.neighbours[0].ecg_id
+    check_diagnoses(response.diagnoses)
     for n in response.neighbours:
         assert n.ecg_id and n.report and n.source == "ptbxl" and n.inserted_at
         assert n.scp_codes and all(0 <= v <= 100 for v in n.scp_codes.values())
+
+
+def check_diagnoses(diagnoses: list[pb.Diagnosis]) -> None:
+    """Probabilities in [0, 1], most probable first, present exactly when at or above the threshold."""
+    assert diagnoses
+    probabilities = [d.probability for d in diagnoses]
+    assert probabilities == sorted(probabilities, reverse=True)
+    for d in diagnoses:
+        assert 0.0 <= d.probability <= 1.0 and 0.0 < d.threshold <= 1.0
+        assert d.present == (d.probability >= d.threshold - 1e-6), d
+        assert d.code and d.description
+
+
+def report_request(record: EcgRecord, **fields: object) -> pb.GenerateReportRequest:
+    return pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), **fields)
 
 
 def test_health_serving_and_reflection(edge_server: ServerProcess) -> None:
@@ -66,7 +84,7 @@ def test_demo_corpus_is_indexed_on_first_start(demo_server: ServerProcess) -> No
 def test_report_on_demo_queries(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
     stub = demo_server.stub()
     for record in demo_queries[:5]:
-        response = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), k=3), timeout=30)
+        response = stub.GenerateReport(report_request(record, k=3, report_mode="top1"), timeout=30)
         check_neighbours(response, 3)
         assert response.latency.total_ms > 0 and response.latency.encode_ms > 0
 
@@ -75,8 +93,65 @@ def test_report_on_shared_ptbxl_fold9(ptbxl_server: ServerProcess, ptbxl_queries
     stub = ptbxl_server.stub()
     assert points(ptbxl_server) > 1500  # folds 1-8 of the shared subset (1,773 records)
     for record in ptbxl_queries[:10]:
-        response = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), k=5), timeout=30)
+        response = stub.GenerateReport(report_request(record, k=5, report_mode="top1"), timeout=30)
         check_neighbours(response, 5)
+    # Indexed with `ecgregen index`, never calibrated: served as raw votes, and every answer says so.
+    assert any("not calibrated" in w for w in response.warnings)
+    calibration = stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).calibration
+    assert not calibration.calibrated and "ecgregen calibrate" in calibration.detail
+    assert {d.threshold for d in response.diagnoses} == {0.5}
+
+
+def test_demo_corpus_is_calibrated_on_first_start(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    """The demo corpus is calibrated on its fold 8 when it is indexed; the calibration is served and described."""
+    info = edge_server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
+    assert info.calibration.calibrated and info.calibration.fitted_on == "demo corpus fold 8"
+    assert info.calibration.cases == 32 and info.calibration.corpus_points >= 270 and info.calibration.k > 0
+    assert info.report_mode == "auto" and info.calibration.report_mode in ("top1", "consensus")
+    response = edge_server.stub().GenerateReport(report_request(demo_queries[2]), timeout=30)
+    assert response.report_mode == info.calibration.report_mode  # auto serves the calibration's choice
+    assert not any("calibrat" in w for w in response.warnings)
+    check_diagnoses(response.diagnoses)
+
+
+def test_report_modes(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    """top1 serves the closest neighbour's report; consensus the neighbour agreeing best with the present
+    diagnoses (ties: the closer); an unknown mode is INVALID_ARGUMENT."""
+    stub = demo_server.stub()
+    for record in demo_queries[:6]:
+        top1 = stub.GenerateReport(report_request(record, k=30, report_mode="top1"), timeout=30)
+        consensus = stub.GenerateReport(report_request(record, k=30, report_mode="consensus"), timeout=30)
+        assert top1.report_ecg_id == top1.neighbours[0].ecg_id
+        present = {d.code for d in consensus.diagnoses if d.present}
+        if not present:
+            assert consensus.report_ecg_id == consensus.neighbours[0].ecg_id
+            continue
+
+        def agreement(n: pb.Neighbour) -> float:
+            return len(set(n.scp_codes) & present) / len(set(n.scp_codes) | present)
+
+        pool = list(consensus.neighbours)[:stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10).calibration.k
+                                           or 10]
+        best = max(agreement(n) for n in pool)
+        chosen = next(n for n in pool if agreement(n) == best)
+        assert consensus.report_ecg_id == chosen.ecg_id and consensus.report == chosen.report
+    with pytest.raises(grpc.RpcError) as error:
+        stub.GenerateReport(report_request(demo_queries[0], report_mode="best"), timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown report mode 'best'" in error.value.details()
+
+
+def test_search_and_answers_carry_diagnoses(demo_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    stub = demo_server.stub()
+    ecg = ecg_to_proto(demo_queries[3].load_ecg())
+    report = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg), timeout=30)
+    search = stub.Search(pb.SearchRequest(ecg=ecg, k=2), timeout=30)
+    answer = stub.AnswerQuestion(pb.AnswerQuestionRequest(ecg=ecg, question="Is this a normal ECG?"), timeout=30)
+    for diagnoses in (search.diagnoses, answer.diagnoses):
+        check_diagnoses(diagnoses)
+        # The diagnoses come from the calibration's neighbourhood, whatever k the caller asked for.
+        assert [(d.code, d.probability, d.present) for d in diagnoses] == [
+            (d.code, d.probability, d.present) for d in report.diagnoses]
+    assert len(search.neighbours) == 2 and search.latency.diagnose_ms > 0
 
 
 def test_indexed_record_finds_itself_and_patient_filter_excludes_it(ptbxl_server: ServerProcess) -> None:
@@ -235,7 +310,11 @@ def test_metrics_expose_rpc_and_stage_histograms(edge_server: ServerProcess, dem
     text = urllib.request.urlopen(edge_server.metrics_url, timeout=5).read().decode()
     assert 'ecgregen_rpc_duration_seconds_bucket{le="0.05",method="GenerateReport"}' in text
     assert 'ecgregen_rpc_requests_total{code="OK",method="GenerateReport"}' in text
-    for stage in ("preprocess", "encode", "search", "answer"):
+    assert 'ecgregen_diagnosis_calibration{state="calibrated"} 1.0' in text
+    diagnosed = next(line for line in text.splitlines() if line.startswith("ecgregen_diagnosed_total "))
+    assert float(diagnosed.split()[-1]) >= 1
+    assert "ecgregen_diagnoses_present_total{code=" in text
+    for stage in ("preprocess", "encode", "search", "diagnose", "answer"):
         count = next(line for line in text.splitlines() if line.startswith(f'ecgregen_stage_duration_seconds_count{{stage="{stage}"}}'))
         assert float(count.split()[-1]) >= 1
     assert "ecgregen_corpus_points" in text and "ecgregen_build_info{" in text

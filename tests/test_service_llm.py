@@ -27,7 +27,8 @@ def ask(server: ServerProcess, record: EcgRecord, question: str, options: list[s
 
 
 def report_stream(server: ServerProcess, record: EcgRecord) -> list[pb.ReportEvent]:
-    request = pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), refine=True)
+    """Refinement of the paper's top-1 report (so the retrieved report is the closest neighbour's)."""
+    request = pb.GenerateReportRequest(ecg=ecg_to_proto(record.load_ecg()), refine=True, report_mode="top1")
     return list(server.stub().GenerateReportStream(request, timeout=60))
 
 
@@ -174,9 +175,16 @@ def test_refinement_cut_mid_way_returns_the_retrieved_report(
 def test_unary_refinement(scripted_llm_server: ServerProcess, scripted: ScriptedLlm, demo_queries: list[EcgRecord]) -> None:
     scripted.script(Step("stream", deltas=["Atrial ", "flutter."]))
     reply = scripted_llm_server.stub().GenerateReport(
-        pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), refine=True), timeout=60
+        pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), refine=True, report_mode="consensus"),
+        timeout=60,
     )
-    assert reply.refined and reply.report == "Atrial flutter." and reply.retrieved_report == reply.neighbours[0].report
+    assert reply.refined and reply.report == "Atrial flutter." and reply.report_mode == "consensus"
+    # The served (consensus) report is what the LLM was given to rewrite.
+    unrefined = scripted_llm_server.stub().GenerateReport(
+        pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), report_mode="consensus"), timeout=60)
+    assert reply.retrieved_report == unrefined.report and reply.report_ecg_id == unrefined.report_ecg_id
+    prompt = scripted.requests[-1]["messages"][1]["content"]
+    assert " ".join(unrefined.report.split()) in " ".join(prompt.split())
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,8 @@ def test_uneven_chunks_give_the_unary_report(edge_server: ServerProcess, demo_qu
     (result,) = [r.window_result for r in responses if r.HasField("window_result")]
     unary = edge_server.stub().GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(ecg), k=3), timeout=60)
     assert len(pieces) > 10 and result.report == unary.report
+    assert result.diagnoses and [(d.code, d.probability, d.present) for d in result.diagnoses] == [
+        (d.code, d.probability, d.present) for d in unary.diagnoses]
     assert [n.ecg_id for n in result.neighbours] == [n.ecg_id for n in unary.neighbours]
     assert (result.window_index, result.start_s, result.end_s) == (0, 0.0, 10.0)
     assert list(result.leads_used) == list(STANDARD_LEADS) and not result.leads_missing and not result.quality_flags

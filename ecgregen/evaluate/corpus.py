@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ecgregen.indexer.build import LocalSink, index_records
-from ecgregen.pipeline import RetrievalPipeline, open_pipeline
+from ecgregen.pipeline import Retrieval, RetrievalPipeline, open_pipeline
 from ecgregen.records import EcgRecord
 from ecgregen.store import Hit, SearchFilter, StoreMismatchError
 
@@ -41,11 +41,17 @@ def open_eval_index(
     return pipeline
 
 
-def neighbours_excluding_patient(pipeline: RetrievalPipeline, record: EcgRecord, k: int) -> list[Hit]:
-    """Exact top-k of `record` with its own patient left out: the folds may overlap, and a patient's other ECGs
-    (or the ECG itself) would leak the answer. A leak despite the filter raises rather than inflate the scores."""
+def retrieval_excluding_patient(pipeline: RetrievalPipeline, record: EcgRecord, k: int) -> Retrieval:
+    """Exact top-k of `record` (and the diagnoses of its neighbourhood) with its own patient left out: the folds
+    may overlap, and a patient's other ECGs (or the ECG itself) would leak the answer. A leak despite the filter
+    raises rather than inflate the scores."""
     filt = SearchFilter(exclude_patient_id=record.patient_id) if record.patient_id else None
-    hits = pipeline.search(record.load_ecg(), k, filt, exact=True).hits
-    if record.patient_id and any(h.patient_id == record.patient_id for h in hits):
+    retrieval = pipeline.search(record.load_ecg(), k, filt, exact=True)
+    if record.patient_id and any(h.patient_id == record.patient_id for h in retrieval.pool):
         raise RuntimeError(f"ECG {record.ecg_id}: a neighbour is the query's own patient {record.patient_id}")
-    return hits
+    return retrieval
+
+
+def neighbours_excluding_patient(pipeline: RetrievalPipeline, record: EcgRecord, k: int) -> list[Hit]:
+    """The top-k neighbours of :func:`retrieval_excluding_patient`."""
+    return retrieval_excluding_patient(pipeline, record, k).hits
