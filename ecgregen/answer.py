@@ -1,8 +1,32 @@
 """Answering questions about an ECG from the diagnosis labels of its nearest neighbours.
 
 The retrieval-only answerer (no LLM): it recognises SCP-ECG statements in the question and the options (by
-their PTB-XL descriptions, the wording ECG-QA uses, and the five diagnostic superclasses), then lets the top-k
-neighbours vote. It is the baseline the LLM answerer is compared with, and its fallback when the LLM fails.
+their PTB-XL descriptions, the wording ECG-QA uses, and the five diagnostic superclasses), then answers from the
+predicted diagnoses (:mod:`ecgregen.diagnoses`) when it is given them, else lets the top-k neighbours vote. It is
+the baseline the LLM answerer is compared with, and its fallback when the LLM fails.
+
+With diagnoses, a statement's probability ``p`` is its calibrated probability (0 when no neighbour carries it);
+a phrase that stands for several codes (a superclass such as "myocardial infarction", or a group such as "any
+form-related symptoms") takes the largest ``p`` of its codes. ECG-QA's reading of a label is yes = listed with
+likelihood 100 (or listed at all, for rhythm statements, which PTB-XL lists with likelihood 0), not sure = listed
+with 0 < likelihood < 100, no = not listed. ``p`` is the probability of being listed at all, so the answerer maps
+probability bands onto those answers (the edges are :class:`AnswerSettings`):
+
+- verify, "not sure" offered, non-rhythm statement: ``p >= verify_yes`` -> yes; ``verify_not_sure <= p <
+  verify_yes`` -> not sure; ``p < verify_not_sure`` -> no;
+- verify with yes/no only, or a rhythm statement: ``p >= verify_binary`` -> yes, else no;
+- verify about a group ("any ... symptoms", "any kind of abnormal symptoms"): ``p >= group_thresholds[group]``
+  (``verify_group`` for a group without its own; "... excluding uncertain" questions have their own) -> yes, else no;
+- verify that names a lead ("... in lead V2?"): the diagnoses cannot place a statement in a lead, so ``p`` is
+  scaled by ``lead_share`` (the share of ECG-QA's lead questions about a present statement answered yes) first;
+- choose: every option whose ``p >= choose`` (``None``: the diagnosis's own calibrated ``present`` threshold);
+  none chosen -> "none" where offered, else the most probable option;
+- query with options (more than two statement options): the same with ``query``; without options: the codes of
+  the asked statements (all codes when none is named) with ``p`` at or over their threshold.
+
+Questions naming no SCP statement (noise, axis, extra systoles, ...) and options that are not statements are
+answered as without diagnoses, by the neighbours' vote. The defaults below were fitted by ``ecgregen evaluate qa``
+(see :data:`DEFAULT_SETTINGS`).
 """
 
 from __future__ import annotations
@@ -10,11 +34,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import pandas as pd
 
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.records import DEMO_PTBXL
 from ecgregen.store import Hit
 
@@ -36,7 +61,8 @@ _ECGQA_WORDING = {
     "TRIGU": "trigeminal pattern (unknown origin, supraventricular, or ventricular)",
     "LOWT": "low amplitude t-wave",
 }
-# ECG-QA's group attributes -> the statement flag they cover; the normal statements (NORM, SR) never count.
+# ECG-QA's group attributes -> the statement flag they cover. NORM never counts, SR only as rhythm-related (ECG-QA
+# answers "any rhythm-related symptoms" with yes for an ECG listing SR alone, "any kind of abnormal" with no).
 _GROUP_PHRASES = {
     "any diagnostic symptoms": "diagnostic",
     "any form-related symptoms": "form",
@@ -44,6 +70,51 @@ _GROUP_PHRASES = {
     "any kind of abnormal symptoms": None,  # every statement
 }
 _NORMAL_CODES = {"NORM", "SR"}
+_EXCLUDING = " excluding uncertain"
+_LEAD = re.compile(r"\bin lead (\w+)", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AnswerSettings:
+    """Probability band edges of the answers from diagnoses (see the module docstring)."""
+
+    verify_yes: float = 0.5
+    verify_not_sure: float = 0.5
+    verify_binary: float = 0.5
+    verify_group: float = 0.5
+    group_thresholds: dict[str, float] = field(default_factory=dict)  # per group phrase; verify_group for others
+    lead_share: float = 1.0
+    choose: float | None = None  # None: each diagnosis's own present threshold
+    query: float | None = None
+    fitted_on: str = ""  # what the settings were fitted on (a note)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> AnswerSettings:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def but(self, **changes: object) -> AnswerSettings:
+        return replace(self, **changes)
+
+
+# Fitted by `ecgregen evaluate qa --ptbxl ../shared/data/ptbxl --questions ../shared/data/ecgqa/ptbxl/single_sample.json
+# --index-folds 1-8 --json qa.json` ("settings_for_serving" in its JSON; 2026-12-01, shipped encoder
+# small-paper+contrastive-7ee06cd23d5f): ECG-QA questions generated by ECG-QA's rules about the 1,571 signal-bearing
+# ECGs of folds 1-7, diagnosed with a calibration fitted on fold 8 (folds 1-8 corpus); lead_share from the 19 published
+# lead questions about folds 1-7 (all "no" though the statement was present). Exact match on those questions: verify
+# bands 0.83, yes/no 0.89, groups 0.79-0.97, choose 0.82, query 0.68.
+DEFAULT_SETTINGS = AnswerSettings(
+    verify_yes=0.08, verify_not_sure=0.08, verify_binary=0.46, verify_group=0.5,
+    group_thresholds={"any diagnostic symptoms": 0.1, "any diagnostic symptoms excluding uncertain": 0.18,
+                      "any form related symptoms": 0.12, "any kind of abnormal symptoms": 0.12,
+                      "any rhythm related symptoms": 0.22},
+    lead_share=0.0, choose=0.1, query=0.34,
+    fitted_on="evaluate qa 2026-12-01: generated ECG-QA questions on PTB-XL folds 1-7, calibration fold 8, "
+              "encoder small-paper+contrastive-7ee06cd23d5f",
+)
 
 
 def normalise(text: str) -> str:
@@ -60,9 +131,12 @@ class Answer:
 class LabelVocabulary:
     """Phrase -> SCP codes, built from a PTB-XL ``scp_statements.csv``."""
 
-    def __init__(self, phrases: dict[str, frozenset[str]], descriptions: dict[str, str] | None = None) -> None:
+    def __init__(self, phrases: dict[str, frozenset[str]], descriptions: dict[str, str] | None = None,
+                 rhythm: frozenset[str] = frozenset()) -> None:
         self.phrases = phrases
         self.descriptions = descriptions or {}  # code -> PTB-XL's wording, for showing labels to an LLM
+        self.rhythm = rhythm  # rhythm statements: listed with likelihood 0, so never "not sure"
+        self.groups = frozenset(normalise(p) for p in _GROUP_PHRASES)
         # Longest first, so "myocardial infarction in inferior leads" wins over "myocardial infarction".
         self._ordered = sorted(phrases, key=len, reverse=True)
 
@@ -89,11 +163,13 @@ class LabelVocabulary:
             if isinstance(superclass, str) and superclass in _SUPERCLASS_PHRASES:
                 if not (superclass == "HYP" and code in _NOT_HYPERTROPHY):
                     add(_SUPERCLASS_PHRASES[superclass], code)
-            if code not in _NORMAL_CODES:
-                for phrase, flag in _GROUP_PHRASES.items():
-                    if flag is None or row.get(flag) == 1:
-                        add(phrase, code)
-        return cls({p: frozenset(c) for p, c in phrases.items()}, descriptions)
+            for phrase, flag in _GROUP_PHRASES.items():
+                if code in _NORMAL_CODES and not (code == "SR" and flag == "rhythm"):
+                    continue
+                if flag is None or row.get(flag) == 1:
+                    add(phrase, code)
+        rhythm = frozenset(str(code) for code, row in df.iterrows() if row.get("rhythm") == 1)
+        return cls({p: frozenset(c) for p, c in phrases.items()}, descriptions, rhythm)
 
     def find(self, text: str) -> list[tuple[str, frozenset[str]]]:
         """Statements named in `text`, each once, longest phrases first and not overlapping."""
@@ -120,23 +196,154 @@ def _neighbour_state(hit: Hit, codes: frozenset[str]) -> str:
 
 
 class LabelVoteAnswerer:
-    """Majority vote of the neighbours' SCP labels; ties go to the closer neighbour."""
+    """Answers from the predicted diagnoses when given them, else a majority vote of the neighbours' SCP labels
+    (ties go to the closer neighbour)."""
 
     name = "labels"
 
-    def __init__(self, vocabulary: LabelVocabulary) -> None:
+    def __init__(self, vocabulary: LabelVocabulary, settings: AnswerSettings = DEFAULT_SETTINGS) -> None:
         self.vocabulary = vocabulary
+        self.settings = settings
 
-    def answer(self, question: str, options: Sequence[str], neighbours: Sequence[Hit]) -> Answer:
+    def answer(
+        self, question: str, options: Sequence[str], neighbours: Sequence[Hit], diagnoses: Sequence[Diagnosis] = (),
+    ) -> Answer:
         options = [o.strip() for o in options if o.strip()]
+        lowered = {normalise(o) for o in options}
+        if diagnoses:
+            answered = self._from_diagnoses(question, options, lowered, diagnoses)
+            if answered is not None:
+                return answered
         if not neighbours:
             return Answer([], "no neighbours to vote")
-        lowered = {normalise(o) for o in options}
         if lowered and lowered <= VERIFY_OPTIONS:
             return self._verify(question, options, neighbours)
         if options:
             return self._choose(options, neighbours)
         return self._open(question, neighbours)
+
+    # --- from the predicted diagnoses -------------------------------------------------------------------------
+
+    def _from_diagnoses(
+        self, question: str, options: list[str], lowered: set[str], diagnoses: Sequence[Diagnosis]
+    ) -> Answer | None:
+        """The answer from calibrated probabilities; None where they cannot answer (no statement named)."""
+        by_code = {d.code: d for d in diagnoses}
+        if lowered and lowered <= VERIFY_OPTIONS:
+            return self._verify_diagnoses(question, options, by_code)
+        if options:
+            return self._choose_diagnoses(options, by_code)
+        return self._open_diagnoses(question, by_code)
+
+    @staticmethod
+    def _probability(codes: frozenset[str], by_code: dict[str, Diagnosis]) -> float:
+        return max((by_code[c].probability for c in codes if c in by_code), default=0.0)
+
+    @staticmethod
+    def _holds(codes: frozenset[str], by_code: dict[str, Diagnosis], threshold: float | None) -> bool:
+        """Some code at or over `threshold` (None: the diagnosis's own present threshold)."""
+        return any(
+            by_code[c].probability >= (by_code[c].threshold if threshold is None else threshold)
+            for c in codes if c in by_code
+        )
+
+    def verify_evidence(self, question: str, options: Sequence[str], diagnoses: Sequence[Diagnosis]) -> dict | None:
+        """What a verify answer from diagnoses rests on: the band rule that applies ("group", "bands" or "binary"),
+        the probability (before any lead scaling), whether a lead is named, the statements; None: no statement."""
+        statements = self.vocabulary.find(question)
+        if not statements:
+            return None
+        by_code = {d.code: d for d in diagnoses}
+        codes = frozenset().union(*(c for _, c in statements))
+        allowed = {normalise(o) for o in options}
+        groups = [phrase for phrase, _ in statements if phrase in self.vocabulary.groups]
+        if groups:  # "excluding uncertain symptoms" asks about another population of statements: its own edge
+            rule = "group:" + groups[0] + (_EXCLUDING if _EXCLUDING in normalise(question) else "")
+        elif "not sure" in allowed and not codes <= self.vocabulary.rhythm:
+            rule = "bands"
+        else:
+            rule = "binary"
+        lead = _LEAD.search(question)
+        return {"rule": rule, "p": self._probability(codes, by_code), "lead": lead.group(1) if lead else None,
+                "statements": [p for p, _ in statements], "codes": sorted(codes)}
+
+    @staticmethod
+    def verify_state(rule: str, p: float, lead: bool, s: AnswerSettings) -> str:
+        """yes / not sure / no for a probability under the band rule (see the module docstring)."""
+        if lead:
+            p *= s.lead_share
+        if rule.startswith("group"):
+            return "yes" if p >= s.group_thresholds.get(rule.partition(":")[2], s.verify_group) else "no"
+        if rule == "bands":
+            return "yes" if p >= s.verify_yes else "not sure" if p >= s.verify_not_sure else "no"
+        return "yes" if p >= s.verify_binary else "no"
+
+    def _verify_diagnoses(self, question: str, options: list[str], by_code: dict[str, Diagnosis]) -> Answer | None:
+        evidence = self.verify_evidence(question, options, list(by_code.values()))
+        if evidence is None:
+            return None
+        s = self.settings
+        allowed = {normalise(o): o for o in options}
+        state = self.verify_state(evidence["rule"], evidence["p"], evidence["lead"] is not None, s)
+        if state not in allowed:  # options without "no" (or "yes"): the nearest one offered
+            state = next((o for o in ("not sure", "yes", "no") if o in allowed), normalise(options[0]))
+        group = evidence["rule"].partition(":")[2]
+        rule = {"binary": f"band {s.verify_binary}",
+                "bands": f"bands no < {s.verify_not_sure} <= not sure < {s.verify_yes} <= yes"}.get(
+            evidence["rule"], f"group band {s.group_thresholds.get(group, s.verify_group)}")
+        lead = evidence["lead"]
+        where = f" x lead share {s.lead_share} (asked about lead {lead})" if lead else ""
+        return Answer([allowed[state]], f"statement(s) {', '.join(evidence['statements'])} "
+                                        f"({', '.join(evidence['codes'])}): calibrated probability "
+                                        f"{evidence['p']:.2f}{where}; {rule}")
+
+    def choice_evidence(self, options: Sequence[str], diagnoses: Sequence[Diagnosis]) -> dict[str, tuple[float, bool]]:
+        """Per option naming a statement: (largest calibrated probability of its codes, whether a code is present by
+        its own threshold)."""
+        by_code = {d.code: d for d in diagnoses}
+        out = {}
+        for option in options:
+            codes = self.vocabulary.codes_of(option) if normalise(option) != NONE_OPTION else None
+            if codes is not None:
+                out[option] = (self._probability(codes, by_code), self._holds(codes, by_code, None))
+        return out
+
+    @staticmethod
+    def choose_options(options: Sequence[str], evidence: dict[str, tuple[float, bool]], threshold: float | None) -> list[str]:
+        """The statement options at or over `threshold` (None: their own); else "none" if offered, else the likeliest."""
+        chosen = [o for o, (p, own) in evidence.items() if (own if threshold is None else p >= threshold)]
+        if chosen:
+            return chosen
+        none = next((o for o in options if normalise(o) == NONE_OPTION), None)
+        if none is not None:
+            return [none]
+        best = max(evidence, key=lambda o: evidence[o][0])
+        return [best] if evidence[best][0] > 0 else []
+
+    def _choose_diagnoses(self, options: list[str], by_code: dict[str, Diagnosis]) -> Answer | None:
+        evidence = self.choice_evidence(options, list(by_code.values()))
+        if not evidence:
+            return None
+        query = len(evidence) > 2
+        threshold = self.settings.query if query else self.settings.choose
+        chosen = self.choose_options(options, evidence, threshold)
+        rule = "own present thresholds" if threshold is None else f"threshold {threshold}"
+        shown = {o: round(p, 2) for o, (p, _) in evidence.items()}
+        others = [o for o in options if o not in evidence and normalise(o) != NONE_OPTION]
+        return Answer(chosen, f"calibrated probabilities {shown} ({rule}, {'query' if query else 'choose'})"
+                              + (f"; not SCP statements: {others}" if others else ""))
+
+    def _open_diagnoses(self, question: str, by_code: dict[str, Diagnosis]) -> Answer:
+        asked = self.vocabulary.find(question)
+        candidates = frozenset().union(*(c for _, c in asked)) if asked else frozenset(by_code)
+        threshold = self.settings.query
+        present = [d for c, d in by_code.items() if c in candidates
+                   and d.probability >= (d.threshold if threshold is None else threshold)]
+        codes = [d.code for d in sorted(present, key=lambda d: (-d.probability, d.code))]
+        return Answer(codes, "predicted diagnoses at or over their threshold: "
+                             + (", ".join(f"{d.code} {d.probability:.2f}" for d in present) or "none"))
+
+    # --- the neighbours' vote ---------------------------------------------------------------------------------
 
     def _verify(self, question: str, options: list[str], neighbours: Sequence[Hit]) -> Answer:
         statements = self.vocabulary.find(question)

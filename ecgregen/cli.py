@@ -182,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev_qa.add_argument("--answerer", default="labels", choices=["labels", "llm"])
     ev_qa.add_argument("--k", type=int, default=3)
     ev_qa.add_argument("--limit", type=int, help="at most N questions")
+    ev_qa.add_argument("--test-folds", default=None,
+                       help="only questions about ECGs of these folds, e.g. 9 (default: every fold with questions)")
+    ev_qa.add_argument("--encoder-folds", default="1-7 (labels) / 1-8 (self-supervised)",
+                       help="note recorded in the JSON: the folds the encoder was trained on")
+    ev_qa.add_argument("--calibration-folds", default="9,8",
+                       help="A,B: the diagnosis calibration is fitted on fold A for questions on other folds, on fold B "
+                            "for questions on fold A")
+    ev_qa.add_argument("--fit-folds", default="1-8",
+                       help="folds whose generated questions fit the answerer's band edges (less the question's fold "
+                            "and its calibration fold)")
+    ev_qa.add_argument("--no-diagnoses", action="store_true",
+                       help="answer by the neighbours' vote as before the calibrated diagnoses")
     add_llm_flags(ev_qa)
     for p in (ev_report, ev_qa):
         p.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
@@ -594,10 +606,16 @@ def run_evaluate(args: argparse.Namespace) -> None:
     else:
         from ecgregen.evaluate.qa import evaluate_qa, format_qa
 
+        calibration_folds = [int(f) for f in args.calibration_folds.split(",") if f.strip()]
+        if len(calibration_folds) != 2 or calibration_folds[0] == calibration_folds[1]:
+            raise SystemExit(f"--calibration-folds takes two different folds A,B; got {args.calibration_folds!r}")
         result = evaluate_qa(
             args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
             limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
             llm=llm_config_from_args(args),
+            test_folds=parse_folds(args.test_folds) if args.test_folds else None,
+            diagnoses=not args.no_diagnoses, calibration_folds=(calibration_folds[0], calibration_folds[1]),
+            fit_folds=parse_folds(args.fit_folds), encoder_folds=args.encoder_folds,
         )
         if args.json_out:
             args.json_out.write_text(json.dumps(result, indent=2))

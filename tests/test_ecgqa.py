@@ -12,6 +12,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ecgregen.answer import LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.evaluate.ecgqa import (
     CODE_NAMES,
     LEADS,
@@ -24,6 +26,7 @@ from ecgregen.evaluate.ecgqa import (
     answer_options,
     check_against_real,
     generate_questions,
+    lead_question_share,
     load_questions,
     load_templates,
     parse_extra_systoles,
@@ -32,6 +35,7 @@ from ecgregen.evaluate.ecgqa import (
     supported_templates,
     write_generated,
 )
+from ecgregen.evaluate.qa import FIT_TEMPLATES, fit_answer_settings, question_evidence
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 ECGQA = SHARED / "data" / "ecgqa" / "ptbxl"
@@ -303,3 +307,43 @@ def test_metadata_row_parsing(all_metadata):
     assert all_metadata.row("1") is meta  # record ids are strings elsewhere in the package
     assert 1 in all_metadata and "1" in all_metadata and 10**7 not in all_metadata and "x" not in all_metadata
     assert len(all_metadata.ecg_ids([9])) < len(all_metadata)
+
+
+# --- fitting the answerer from diagnoses ---------------------------------------------------------------------
+
+
+def test_lead_question_share_on_the_real_lead_questions(real_sample, all_metadata):
+    """Every published "... in lead X?" statement question (template 17) here is about an ECG that carries the
+    statement, and every one is answered "no": the labels cannot tell the lead, so the fitted share is 0."""
+    share, n = lead_question_share(real_sample, all_metadata, range(1, 10))
+    assert n == sum(q["template_id"] == 17 for q in real_sample) > 20 and share == 0.0
+    assert lead_question_share(real_sample, all_metadata, [])[1] == 0
+    assert lead_question_share(real_sample, all_metadata, []) == (None, 0)
+
+
+def test_band_edges_fitted_on_generated_questions(signal_metadata):
+    """Diagnoses that repeat the ECG's own codes (0.8 if listed, 0.1 for a few that are not): the fitted edges put
+    yes above 0.1 and at or below 0.8, and the answers from them reach ECG-QA's own answers almost always."""
+    ids = signal_metadata.ecg_ids([1])[:120]
+    questions = generate_questions(signal_metadata, ids, templates=FIT_TEMPLATES, seed=1)
+    answerer = LabelVoteAnswerer(LabelVocabulary.from_scp_statements(default_scp_statements()))
+
+    def diagnoses(ecg_id: int) -> list[Diagnosis]:
+        codes = signal_metadata.row(ecg_id).scp_codes
+        decoys = [c for c in ("AFIB", "IMI", "LVH", "STACH") if c not in codes]
+        return [Diagnosis(c, "", "", 0.8, True, 0.5) for c in codes] + [Diagnosis(c, "", "", 0.1, False, 0.5)
+                                                                          for c in decoys]
+
+    evidence = [e for q in questions if (e := question_evidence(answerer, q, diagnoses(q["ecg_id"][0]))) is not None]
+    assert {e[0] for e in evidence} == {"verify", "choose", "query"}
+    settings, report = fit_answer_settings(evidence, lead_share=0.0, fitted_on="test")
+    assert 0.1 < settings.verify_binary <= 0.8 and 0.1 < settings.verify_yes <= 0.8
+    assert settings.choose is None or 0.1 < settings.choose <= 0.8
+    assert settings.lead_share == 0.0 and settings.fitted_on == "test"
+    assert set(settings.group_thresholds) == {"any kind of abnormal symptoms", "any diagnostic symptoms",
+                                              "any diagnostic symptoms excluding uncertain",
+                                              "any form related symptoms", "any rhythm related symptoms"}
+    # Likelihoods below 100 ("not sure"), "excluding uncertain" and SR in the rhythm group are beyond these
+    # diagnoses; the rest is right.
+    assert report["verify_binary"]["exact_match"] > 0.9 and report["choose"]["exact_match"] > 0.8
+    assert all(r["n"] > 0 for r in report.values())

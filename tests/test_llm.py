@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from ecgregen.answer import LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.llm import local
 from ecgregen.llm.answerer import LlmAnswerer, UnusableAnswer, parse_answer
 from ecgregen.llm.client import LlmClient, LlmSettings, LlmUnavailable
@@ -37,6 +38,23 @@ def test_qa_prompt_exact_text() -> None:
         'Question: "Does this ECG show \\"sinus rhythm\\"?"\n'
         'Options: "yes", "no"'
     )
+
+
+def test_qa_prompt_shows_the_predicted_diagnoses_with_probabilities() -> None:
+    diagnoses = [
+        Diagnosis("SR", "sinus rhythm", "", 0.93, True, 0.5),
+        Diagnosis("LAD", "left axis deviation", "", 0.41, False, 0.6),
+        Diagnosis("NORM", "normal ECG", "NORM", 0.62, True, 0.4),
+    ]
+    user = qa_messages("Is this a normal ECG?", ["yes", "no"], "single-verify", HITS, DESCRIPTIONS, diagnoses)[1]["content"]
+    lines = user.splitlines()
+    assert lines[3].startswith("Diagnoses: (1) normal ECG (NORM 100%)")  # the paper's top-k diagnoses stay
+    assert lines[4] == ("Predicted diagnoses (calibrated probability): sinus rhythm (SR) 93% present, "
+                        "normal ECG (NORM) 62% present, left axis deviation (LAD) 41%")
+    assert lines[5].startswith("Question: ") and len(lines) == 7
+    many = [Diagnosis(f"C{i}", f"code {i}", "", i / 100, False, 0.5) for i in range(30)]
+    shown = qa_messages("Q?", ["yes", "no"], "single-verify", HITS, DESCRIPTIONS, many)[1]["content"].splitlines()[4]
+    assert shown.count("%") == 10 and shown.index("code 29 (C29)") < shown.index("code 20 (C20)")
 
 
 def test_question_cannot_open_a_new_prompt_section() -> None:
@@ -289,6 +307,24 @@ def test_answerer_falls_back_to_label_vote_and_says_why(llm: ScriptedLlm) -> Non
     assert bad.answerer == "labels" and bad.fallback_reason == "out_of_options" and bad.answer == ["yes"]
     assert "'perhaps' is not one of" in bad.rationale
     assert good.answerer == "llm" and good.answer == ["no"] and good.fallback_reason == "" and good.model == "scripted"
+
+
+def test_answerer_sends_the_diagnoses_and_falls_back_to_them(llm: ScriptedLlm) -> None:
+    vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
+    diagnoses = [Diagnosis("NORM", "normal ECG", "NORM", 0.01, False, 0.5)]
+    llm.script(Step(content='{"answer": ["perhaps"]}'))
+
+    async def go() -> tuple:
+        answerer = LlmAnswerer(LlmClient(settings(llm)), LabelVoteAnswerer(vocabulary), vocabulary.descriptions)
+        try:
+            return await answerer.answer("Does this ECG show normal ecg?", ["yes", "no"], HITS, diagnoses=diagnoses)
+        finally:
+            await answerer.client.close()
+
+    result = run(go())
+    assert "Predicted diagnoses (calibrated probability): normal ECG (NORM) 1%" in llm.requests[-1]["messages"][1]["content"]
+    # The label vote of HITS says yes (as above); the fallback answers from the diagnoses instead.
+    assert result.answerer == "labels" and result.answer == ["no"] and "calibrated probability 0.01" in result.rationale
 
 
 def test_local_model_refuses_parts_that_do_not_match_the_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -761,3 +761,29 @@ def write_generated(ptbxl_dir: Path, out: Path, *, folds: Sequence[int] | None =
         "by_type": dict(sorted(Counter(q["question_type"] for q in questions).items())),
         "templates": {str(t): n for t, n in sorted(Counter(q["template_id"] for q in questions).items())},
     }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Fitting the answerer
+
+
+def lead_question_share(questions: Iterable[Mapping[str, Any]], metadata: PtbxlMetadata,
+                        folds: Iterable[int]) -> tuple[float | None, int]:
+    """Of ECG-QA's lead-level statement questions (template 17, "... in lead X?") about ECGs of `folds` whose ECG
+    carries the statement, the share answered yes, and how many there were (share None when there were none).
+
+    The SCP labels cannot place a statement in a lead (ECG-QA read the leads from the free-text report), so an
+    answerer from labels can at best scale the statement's probability by this share."""
+    folds = set(folds)
+    present = yes = 0
+    for q in questions:
+        if int(q["template_id"]) != 17:
+            continue
+        ecg_id = q["ecg_id"][0]
+        if ecg_id not in metadata or int(metadata.table.loc[int(ecg_id), "strat_fold"]) not in folds:
+            continue
+        codes = metadata.row(ecg_id).scp_codes
+        if any(c in codes for c in _codes_of(q["attribute"][0])):
+            present += 1
+            yes += list(q["answer"]) == [YES]
+    return (yes / present if present else None), present

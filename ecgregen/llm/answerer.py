@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ecgregen.answer import LabelVoteAnswerer, normalise
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.llm.client import LlmClient, LlmFailure
 from ecgregen.llm.prompts import QUESTION_TYPES, infer_question_type, qa_answer_schema, qa_messages, refine_messages
 from ecgregen.metrics import LLM_FALLBACKS, stage_timer
@@ -89,30 +90,35 @@ class LlmAnswerer:
 
     async def answer(
         self, question: str, options: Sequence[str], neighbours: Sequence[Hit], question_type: str = "",
-        seconds: dict[str, float] | None = None,
+        seconds: dict[str, float] | None = None, diagnoses: Sequence[Diagnosis] = (),
     ) -> QaResult:
+        """The LLM's answer from the top-k reports and diagnoses and the predicted `diagnoses` (when given); the
+        label answerer's (from the same diagnoses) where the reply is unusable."""
         options = [o.strip() for o in options if o.strip()]
         qtype = question_type or infer_question_type(question, options)
         if qtype not in QUESTION_TYPES:
             raise ValueError(f"unknown question type {qtype!r}; one of {', '.join(QUESTION_TYPES)}")
         if not neighbours:
-            return self._fall_back("no_neighbours", "no neighbours to show the LLM", question, options, neighbours)
-        messages = qa_messages(question, options, qtype, neighbours, self.descriptions)
+            return self._fall_back("no_neighbours", "no neighbours to show the LLM", question, options, neighbours,
+                                   diagnoses)
+        messages = qa_messages(question, options, qtype, neighbours, self.descriptions, diagnoses)
         try:
             with stage_timer("llm", seconds):
                 completion = await self.client.complete(messages, qa_answer_schema(options, qtype))
             chosen = parse_answer(completion.text, options, qtype)
         except LlmFailure as exc:
-            return self._fall_back(exc.reason, str(exc), question, options, neighbours)
+            return self._fall_back(exc.reason, str(exc), question, options, neighbours, diagnoses)
+        predicted = f", {len(diagnoses)} predicted diagnoses" if diagnoses else ""
         return QaResult(
-            chosen, self.name, f"{self.client.model} ({qtype}, top-{len(neighbours)} reports and diagnoses) "
+            chosen, self.name, f"{self.client.model} ({qtype}, top-{len(neighbours)} reports and diagnoses{predicted}) "
             f"replied {completion.text.strip()[:200]}", model=self.client.model,
         )
 
-    def _fall_back(self, reason: str, detail: str, question: str, options: list[str], neighbours: Sequence[Hit]) -> QaResult:
+    def _fall_back(self, reason: str, detail: str, question: str, options: list[str], neighbours: Sequence[Hit],
+                   diagnoses: Sequence[Diagnosis] = ()) -> QaResult:
         LLM_FALLBACKS.labels(reason).inc()
         log.info("LLM answer unusable (%s); answering from labels", detail)
-        labels = self.fallback.answer(question, options, neighbours)
+        labels = self.fallback.answer(question, options, neighbours, diagnoses=diagnoses)
         return QaResult(
             labels.answer, self.fallback.name, f"LLM unusable ({detail}); label vote: {labels.rationale}",
             fallback_reason=reason, model=self.client.model,

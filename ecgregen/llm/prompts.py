@@ -4,7 +4,9 @@ The QA prompt follows ECG-ReGen (system prompt, "Question Specific Prompt", "Thi
 concatenated reports and diagnoses of the top-k neighbours, the question). Two additions, both for safety of the
 contract rather than wording: the allowed options are listed on their own line, and the question is quoted as
 data (newlines folded) so a question cannot start a new prompt section. The JSON schema sent beside the prompt
-restricts the answer to the options where the endpoint supports constrained output.
+restricts the answer to the options where the endpoint supports constrained output. A third addition, when the
+retrieval predicted diagnoses (:mod:`ecgregen.diagnoses`): a "Predicted diagnoses" line after the neighbours'
+diagnoses, the most probable statements with their calibrated probabilities.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any
 
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.store import Hit
 
 QUESTION_TYPES = ("single-verify", "single-choose", "single-query")
@@ -44,9 +47,11 @@ QA_USER_TEMPLATE = Template(
     "Think step-by-step to generate an answer without any explanation.\n"
     "ECG Reports: ${reports}\n"
     "Diagnoses: ${diagnoses}\n"
+    "${predicted}"
     "Question: ${question}\n"
     "Options: ${options}"
 )
+PREDICTED_DIAGNOSES_SHOWN = 10  # the most probable predicted diagnoses in the prompt
 
 REFINE_SYSTEM_PROMPT = (
     "You are assisting a cardiologist. You get the report of the ECG most similar to a patient's ECG and the "
@@ -88,18 +93,31 @@ def describe_labels(scp_codes: Mapping[str, float], descriptions: Mapping[str, s
     return ", ".join(parts)
 
 
+def describe_diagnoses(diagnoses: Sequence[Diagnosis], limit: int = PREDICTED_DIAGNOSES_SHOWN) -> str:
+    """'sinus rhythm (SR) 93% present, normal ECG (NORM) 41%': the most probable predicted diagnoses, with their
+    calibrated probability, "present" where it is at or over the statement's threshold."""
+    shown = sorted(diagnoses, key=lambda d: (-d.probability, d.code))[:limit]
+    return ", ".join(
+        f"{_one_line(d.description) or d.code} ({d.code}) {100 * d.probability:.0f}%" + (" present" if d.present else "")
+        for d in shown
+    )
+
+
 def _numbered(items: Sequence[str]) -> str:
     return " ".join(f"({i}) {_one_line(text) or '(empty)'}" for i, text in enumerate(items, 1))
 
 
 def qa_messages(
-    question: str, options: Sequence[str], question_type: str, neighbours: Sequence[Hit], descriptions: Mapping[str, str]
+    question: str, options: Sequence[str], question_type: str, neighbours: Sequence[Hit], descriptions: Mapping[str, str],
+    diagnoses: Sequence[Diagnosis] = (),
 ) -> list[dict[str, str]]:
-    """The paper's prompt for one question over the top-k neighbours (closest first)."""
+    """The paper's prompt for one question over the top-k neighbours (closest first), with the predicted diagnoses
+    (calibrated probabilities) on a line of their own when there are any."""
     user = QA_USER_TEMPLATE.substitute(
         question_prompt=QUESTION_PROMPTS[question_type],
         reports=_numbered([h.report for h in neighbours]),
         diagnoses=_numbered([describe_labels(h.scp_codes, descriptions) for h in neighbours]),
+        predicted=f"Predicted diagnoses (calibrated probability): {describe_diagnoses(diagnoses)}\n" if diagnoses else "",
         question=json.dumps(_one_line(question), ensure_ascii=False),
         options=", ".join(json.dumps(o, ensure_ascii=False) for o in options) if options else "(any)",
     )
