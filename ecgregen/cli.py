@@ -231,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="losses: paper (MEM+MLM+ETM), mem-only, paper+contrastive (default); labels = "
                                "second stage on SCP labels (supervised contrastive + BCE + report InfoNCE)")
     pretrain.add_argument("--init-from", default="",
-                          help="serving checkpoint to start the encoder from (default: the shipped one for "
-                               "--recipe labels, random init otherwise; 'random' forces random init)")
+                          help="serving checkpoint to start the encoder from (default: the shipped self-supervised "
+                               "encoder-small-ssl.pt for the labels recipes, random init otherwise; 'random' forces "
+                               "random init)")
     pretrain.add_argument("--out", type=Path, required=True, help="run folder (log.jsonl, last.pt, encoder.pt)")
     pretrain.add_argument("--epochs", type=int, default=10)
     pretrain.add_argument("--batch-size", type=int, default=32)

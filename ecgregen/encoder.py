@@ -158,6 +158,9 @@ def load_checkpoint(path: str | Path) -> EncoderBundle:
 
 # The pre-trained encoder shipped with the package (see ecgregen/models/MODEL_CARD.md); the served default.
 SHIPPED_CHECKPOINT = Path(__file__).resolve().parent / "models" / "encoder-small.pt"
+# The self-supervised stage it was trained from (recipe paper+contrastive): the paper's kind of encoder, kept for
+# reproducing Table I and as the label stage's starting point.
+SELF_SUPERVISED_CHECKPOINT = SHIPPED_CHECKPOINT.with_name("encoder-small-ssl.pt")
 
 
 def load_encoder(checkpoint: str | Path | None) -> EncoderBundle:

@@ -144,3 +144,65 @@ def test_pretraining_is_reproducible_for_a_seed(tmp_path: Path) -> None:
             "--batch-size", "16", "--epochs", "1", "--max-steps", "2", "--out", str(tmp_path / name))
         ids.append(load_checkpoint(tmp_path / name / "encoder.pt").encoder_id)
     assert ids[0] == ids[1]
+
+
+# --- the label stage (recipe "labels"): device augmentations and a short run from the shipped checkpoint -------
+
+
+def _r_peaks(x: np.ndarray) -> np.ndarray:
+    """R-peak sample positions from the energy summed over leads (robust to one lead's morphology)."""
+    from scipy.signal import find_peaks
+
+    energy = (x.astype(np.float64) ** 2).sum(0)
+    peaks, _ = find_peaks(energy, height=0.3 * energy.max(), distance=30)  # >= 0.3 s apart at 100 Hz
+    return peaks
+
+
+@pytest.mark.parametrize("rate", [100.0, 250.0, 500.0])
+def test_device_augmentation_keeps_shape_and_rhythm(rate: float) -> None:
+    """Resampling through `rate` + gain, baseline, band-limited noise and hum: same shape, R-peaks within 1 sample."""
+    from ecgregen.pretrain.augment import AugmentConfig, augment_raw
+    from tests.conftest import shared_ptbxl
+
+    config = AugmentConfig(rates_hz=(rate,), rate_probs=(1.0,), wander_prob=1.0, noise_prob=1.0, hum_prob=1.0,
+                           lead_drop_prob=0.0)
+    rng = np.random.default_rng(0)
+    for record in load_ptbxl(shared_ptbxl(), [9])[:6]:
+        ecg = record.load_ecg()
+        clean = preprocess(ecg).signal
+        augmented = augment_raw(ecg, rng, config)
+        assert augmented.shape == clean.shape and augmented.dtype == np.float32
+        assert not np.allclose(augmented, clean, atol=1e-3)  # it did change the signal
+        a, b = _r_peaks(clean), _r_peaks(augmented)
+        assert len(a) >= 3
+        assert np.abs(a[:, None] - b[None, :]).min(1).max() <= 1, (record.ecg_id, a, b)
+        assert np.abs(b[:, None] - a[None, :]).min(1).max() <= 1, (record.ecg_id, a, b)
+    dropped = augment_raw(ecg, np.random.default_rng(1), AugmentConfig(lead_drop_prob=1.0))
+    assert dropped.shape == clean.shape and 1 <= int((np.abs(dropped).max(1) == 0).sum()) <= 2
+
+
+def test_label_recipe_trains_from_a_checkpoint_and_resumes(tmp_path: Path) -> None:
+    """The `labels` recipe starts from the shipped encoder, logs its losses and the 10-NN vote, saves a serving
+    checkpoint with a new id (loadable, same config), and resumes from last.pt. In-process on a few real records."""
+    from ecgregen.encoder import SHIPPED_CHECKPOINT
+    from ecgregen.pretrain.train import pretrain
+    from tests.conftest import shared_ptbxl
+
+    records = load_ptbxl(shared_ptbxl(), [1, 2])
+    train, val = records[:32], records[-12:]
+    out = tmp_path / "labels"
+    torch.set_num_threads(2)
+    pretrain(train, val, out, TrainSettings(recipe="labels", epochs=1, batch_size=16, lr=5e-4), max_steps=2)
+    pretrain(train, val, out, TrainSettings(recipe="labels", epochs=2, batch_size=16, lr=5e-4), resume=True,
+             max_steps=3)
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    shipped = load_checkpoint(SHIPPED_CHECKPOINT)
+    assert log[0]["epoch"] == 0 and log[0]["init_from"] == shipped.encoder_id
+    assert [e["epoch"] for e in log[1:]] == [1, 2] and [e["step"] for e in log[1:]] == [2, 3]
+    assert set(log[1]["train"]) == set(log[1]["val"]) == {"supcon", "bce", "report"}
+    assert all(0 <= log[2][k] <= 1 for k in ("vote_f1_micro", "vote_f1_macro", "top1_f1_micro", "top1_bleu4"))
+    loaded = load_checkpoint(out / "encoder.pt")
+    assert loaded.encoder_id.startswith("small-labels-") and loaded.encoder_id != shipped.encoder_id
+    assert loaded.model.config == shipped.model.config
+    assert set(torch.load(out / "encoder.pt", weights_only=True)["state_dict"]) == set(shipped.model.state_dict())
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"

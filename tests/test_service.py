@@ -11,6 +11,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from ecgregen.answer import DEFAULT_SETTINGS
 from ecgregen.encoder import load_encoder
 from ecgregen.records import EcgRecord
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -283,15 +284,16 @@ def test_k_out_of_range_is_invalid_argument(edge_server: ServerProcess, demo_que
     assert error.value.details() == "k must be between 1 and 100, got 1000"
 
 
-def test_answer_question_by_label_vote(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+def test_answer_question_from_the_diagnoses(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
     request = pb.AnswerQuestionRequest(
         ecg=ecg_to_proto(demo_queries[5].load_ecg()), question="Does this ECG show sinus rhythm?",
         options=["yes", "no", "not sure"],
     )
     response = edge_server.stub().AnswerQuestion(request, timeout=30)
     assert response.answerer == "labels" and len(response.neighbours) == 3
-    carriers = sum("SR" in n.scp_codes for n in response.neighbours)
-    assert response.answer == (["yes"] if carriers >= 2 else ["no"])
+    # Sinus rhythm is a rhythm statement: yes when its calibrated probability reaches the binary band edge.
+    probability = next((d.probability for d in response.diagnoses if d.code == "SR"), 0.0)
+    assert response.answer == (["yes"] if probability >= DEFAULT_SETTINGS.verify_binary else ["no"])
     assert "sinus rhythm" in response.rationale
 
 

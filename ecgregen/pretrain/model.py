@@ -26,6 +26,7 @@ from torch.nn import functional as F
 from ecgregen.encoder import EcgEncoder, EncoderConfig
 
 LOSSES = ("mem", "mlm", "etm", "contrastive")
+LABEL_LOSSES = ("supcon", "bce", "report")  # the label stage (ecgregen.pretrain.labels)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,11 @@ class PretrainConfig:
     max_text_tokens: int = 64
     temperature: float = 0.07
     weights: dict[str, float] = field(default_factory=dict)
+    # Label stage only (stage="labels", see ecgregen.pretrain.labels): starts from a serving checkpoint.
+    stage: str = "pretrain"
+    head_lr: float = 1e-3  # BCE head and report projection (at least the encoder's lr)
+    pos_weight_cap: float = 5.0  # BCE positive weight sqrt(neg/pos), capped
+    balanced_sampling: bool = False  # draw records with rare SCP statements more often
 
     def weight(self, loss: str) -> float:
         return self.weights.get(loss, 1.0)
@@ -54,6 +60,13 @@ RECIPES: dict[str, PretrainConfig] = {
     "mem-only": PretrainConfig("mem-only", ("mem",)),
     # The paper's losses plus ECG-report contrastive alignment of the retrieval embedding.
     "paper+contrastive": PretrainConfig("paper+contrastive", ("mem", "mlm", "etm", "contrastive")),
+    # Second stage from a serving checkpoint: Jaccard-weighted supervised contrastive + SCP BCE + ECG-report InfoNCE
+    # (frozen MiniLM sentence embeddings), all on the retrieval vector itself.
+    "labels": PretrainConfig("labels", LABEL_LOSSES, temperature=0.1, stage="labels",
+                             weights={"supcon": 1.0, "bce": 1.0, "report": 0.5}),
+    # The same, drawing records with rare SCP statements more often (weight: mean 1/sqrt(frequency) of its codes).
+    "labels+balanced": PretrainConfig("labels+balanced", LABEL_LOSSES, temperature=0.1, stage="labels",
+                                      weights={"supcon": 1.0, "bce": 1.0, "report": 0.5}, balanced_sampling=True),
 }
 
 

@@ -1,0 +1,79 @@
+"""Choose the diagnosis calibration's settings without touching the report fold: two-fold cross-validation by
+patient within one validation fold.
+
+The validation fold's ECGs are searched against the index folds (own patient left out), split in two halves by
+patient; each setting is fitted on one half and scored (micro / macro F1 of the present diagnoses) on the other,
+and the two scores are averaged. The raw vote at a fixed threshold is printed beside them.
+
+    python scripts/calibration_cv.py --ptbxl ../shared/data/ptbxl --index-folds 1-8 --fold 8 [--checkpoint FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from ecgregen.calibrate import corpus_prevalence, validation_cases
+from ecgregen.diagnoses import Diagnoser, ValidationCase, fit_calibration, load_statements, neighbour_votes, present_codes
+from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.text_metrics import scp_f1
+from ecgregen.records import load_ptbxl, parse_folds
+
+SETTINGS = {  # name -> fit_calibration keyword arguments
+    "search k 5-30, T 0.02-0.1, weight 1, own >= 20": dict(k_grid=(5, 10, 20, 30), temperature_grid=(0.02, 0.05, 0.1),
+                                                           macro_weight=1.0, own_positives=20),
+    "k 10, T 0.1, weight 1": dict(k_grid=(10,), temperature_grid=(0.1,), macro_weight=1.0),
+    "k 10, T 0.1, weight 0.5, own >= 20": dict(k_grid=(10,), temperature_grid=(0.1,), macro_weight=0.5, own_positives=20),
+    "k 10, T 0.1, weight 0.5 (default)": {},
+    "k 20, T 0.1, weight 0.5": dict(k_grid=(20,), temperature_grid=(0.1,)),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--ptbxl", type=Path, required=True)
+    parser.add_argument("--index-folds", default="1-8")
+    parser.add_argument("--fold", type=int, default=8, help="the validation fold split in two")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--data-dir", type=Path, default=Path("./var/eval"))
+    args = parser.parse_args()
+
+    pipeline = open_eval_index(load_ptbxl(args.ptbxl, parse_folds(args.index_folds)), data_dir=args.data_dir,
+                               checkpoint=args.checkpoint)
+    try:
+        prevalence, points = corpus_prevalence(pipeline)
+        records = load_ptbxl(args.ptbxl, [args.fold])
+        cases = validation_cases(pipeline, records)
+        encoder_id = pipeline.encoder.encoder_id
+    finally:
+        pipeline.store.close()
+    patients = sorted({r.patient_id for r in records if r.scp_codes})
+    np.random.default_rng(0).shuffle(patients)
+    first = set(patients[: len(patients) // 2])
+    halves = ([c for r, c in zip((r for r in records if r.scp_codes), cases) if r.patient_id in first],
+              [c for r, c in zip((r for r in records if r.scp_codes), cases) if r.patient_id not in first])
+    statements = load_statements()
+
+    def score(predict: callable, test: list[ValidationCase]) -> dict[str, float]:  # type: ignore[valid-type]
+        return scp_f1([c.codes for c in test], [predict(c) for c in test])
+
+    print(f"encoder {encoder_id}, fold {args.fold} split by patient into {len(halves[0])} + {len(halves[1])} ECGs")
+    rows = [("raw vote, k 10, T 0.1, threshold 0.5", [
+        score(lambda c: frozenset(code for code, v in neighbour_votes(c.hits, 10, 0.1).items() if v >= 0.5), test)
+        for test in halves])]
+    for name, kwargs in SETTINGS.items():
+        results = []
+        for fit, test in (halves, halves[::-1]):
+            calibration = fit_calibration(fit, prevalence, encoder_id=encoder_id, corpus_points=points, **kwargs)
+            diagnoser = Diagnoser(statements, calibration)
+            results.append(score(lambda c, d=diagnoser: present_codes(d.diagnose(c.hits)), test))
+        rows.append((name, results))
+    print("| setting | micro-F1 | macro-F1 |\n|---|---|---|")
+    for name, results in rows:
+        print(f"| {name} | {np.mean([r['micro'] for r in results]):.3f} | {np.mean([r['macro'] for r in results]):.3f} |")
+
+
+if __name__ == "__main__":
+    main()
