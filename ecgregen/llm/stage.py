@@ -1,4 +1,5 @@
-"""Bringing the LLM stage up and down: the local model by default, a remote endpoint by flag, or none.
+"""Bringing the LLM stage up and down: a local model by default (``--llm-local-model``), a remote endpoint by
+flag, or none.
 
 A server whose LLM cannot start still serves: it runs retrieval-only, logs why at start-up, and reports it in
 ``GetServerInfo`` and the ``ecgregen.v1.llm`` health entry. ``--llm-*`` flags are shared by ``serve`` and
@@ -16,7 +17,14 @@ from pathlib import Path
 from ecgregen.answer import LabelVoteAnswerer
 from ecgregen.llm.answerer import LlmAnswerer
 from ecgregen.llm.client import JSON_MODES, LlmClient, LlmSettings
-from ecgregen.llm.local import LOCAL_MODEL_NAME, LocalModelError, LocalModelServer, start_local_model
+from ecgregen.llm.local import (
+    DEFAULT_LOCAL_MODEL,
+    LOCAL_MODEL_NAME,
+    LOCAL_MODELS,
+    LocalModelError,
+    LocalModelServer,
+    start_local_model,
+)
 
 log = logging.getLogger("ecgregen.llm")
 
@@ -30,6 +38,7 @@ class LlmConfig:
     enabled: bool = True
     settings: LlmSettings = LlmSettings(base_url="", model=LOCAL_MODEL_NAME)
     threads: int | None = None  # local model only
+    local_model: str = DEFAULT_LOCAL_MODEL  # which of LOCAL_MODELS, when the local model is started
 
     @property
     def local(self) -> bool:
@@ -42,7 +51,10 @@ def add_llm_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--llm-base-url", default="",
                    help="OpenAI-compatible endpoint, e.g. https://api.openai.com/v1 or http://vllm:8000/v1 "
                         "(default: start the bundled local model on loopback)")
-    g.add_argument("--llm-model", default="", help=f"model name at the endpoint (default: {LOCAL_MODEL_NAME} locally)")
+    g.add_argument("--llm-model", default="", help="model name at --llm-base-url")
+    g.add_argument("--llm-local-model", default=None, choices=tuple(LOCAL_MODELS),
+                   help=f"the bundled model to start when there is no --llm-base-url (default: {DEFAULT_LOCAL_MODEL}; "
+                        "qwen2.5-coder-1.5b needs `make llm-1.5b` first)")
     g.add_argument("--llm-api-key-env", default=d.api_key_env, help="environment variable holding the API key")
     g.add_argument("--llm-temperature", type=float, default=d.temperature)
     g.add_argument("--llm-max-tokens", type=int, default=d.max_tokens)
@@ -61,14 +73,20 @@ def add_llm_flags(parser: argparse.ArgumentParser) -> None:
 
 def llm_config_from_args(args: argparse.Namespace) -> LlmConfig:
     if args.llm_model and not args.llm_base_url:
-        raise ValueError("--llm-model names a model at --llm-base-url; the local model is fixed (give both)")
+        raise ValueError("--llm-model names a model at --llm-base-url (give both); the local one is "
+                         "chosen by --llm-local-model")
+    if args.llm_local_model and args.llm_base_url:
+        raise ValueError("--llm-local-model chooses the bundled model, which --llm-base-url replaces; "
+                         "name the endpoint's model with --llm-model")
+    local_model = args.llm_local_model or DEFAULT_LOCAL_MODEL
     settings = LlmSettings(
-        base_url=args.llm_base_url, model=args.llm_model or LOCAL_MODEL_NAME, api_key_env=args.llm_api_key_env,
+        base_url=args.llm_base_url, model=args.llm_model or LOCAL_MODELS[local_model].served_name,
+        api_key_env=args.llm_api_key_env,
         temperature=args.llm_temperature, max_tokens=args.llm_max_tokens, timeout_s=args.llm_timeout,
         retries=args.llm_retries, concurrency=args.llm_concurrency, json_mode=args.llm_json,
         breaker_failures=args.llm_breaker_failures, breaker_reset_s=args.llm_breaker_reset,
     )
-    return LlmConfig(enabled=not args.no_llm, settings=settings, threads=args.llm_threads)
+    return LlmConfig(enabled=not args.no_llm, settings=settings, threads=args.llm_threads, local_model=local_model)
 
 
 class LlmStage:
@@ -91,7 +109,8 @@ class LlmStage:
         if config.local:
             try:
                 local = await asyncio.to_thread(
-                    start_local_model, threads=config.threads, log_path=(log_dir / "llm.log") if log_dir else None
+                    start_local_model, config.local_model, threads=config.threads,
+                    log_path=(log_dir / "llm.log") if log_dir else None,
                 )
             except (LocalModelError, OSError) as exc:  # OSError: e.g. the cache folder cannot be written
                 log.error("local LLM could not start (%s): serving retrieval-only", exc)
