@@ -257,14 +257,15 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         self.audit = audit
         self.max_stream_s = max_stream_s  # a stream is ended (with a warning) after this long; monitors reconnect
 
-    def _report_response(self, report: GeneratedReport, retrieval: Retrieval, start: float,
+    def _report_response(self, served: GeneratedReport, retrieval: Retrieval, start: float,
                          **fields: Any) -> pb.GenerateReportResponse:
-        fields.setdefault("report", report.text)
+        """`fields` override the response's (a refined `report`, the LLM's name, why refinement failed)."""
+        fields.setdefault("report", served.text)
         return pb.GenerateReportResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
-            warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=report.text,
-            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=report.mode,
-            report_ecg_id=report.source.ecg_id if report.source else "", **fields,
+            warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=served.text,
+            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=served.mode,
+            report_ecg_id=served.source.ecg_id if served.source else "", **fields,
         )
 
     async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval]:

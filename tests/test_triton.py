@@ -40,7 +40,7 @@ def test_export_writes_both_repositories_verified(repositories: tuple[Path, Path
     config = (production / "ecg_encoder" / "config.pbtxt").read_text()
     for part in ('platform: "onnxruntime_onnx"', "max_batch_size: 64", "dynamic_batching", "preferred_batch_size",
                  "instance_group", "model_warmup", 'dims: [ 12, 1000 ]', 'dims: [ 256 ]',
-                 'key: "encoder_id" value: { string_value: "small-paper+contrastive-'):
+                 f'key: "encoder_id" value: {{ string_value: "{load_encoder(None).encoder_id}" }}'):
         assert part in config
     assert (production / "ecg_encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
     assert 'platform: "pytorch_libtorch"' in (production / "ecg_encoder_torchscript" / "config.pbtxt").read_text()

@@ -269,7 +269,15 @@ def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
 def train_labels(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord], out: Path, settings, *,  # noqa: ANN001
                  resume: bool = False, max_steps: int | None = None) -> dict:
     from ecgregen.pretrain.model import RECIPES
-    from ecgregen.pretrain.train import _lr_lambda, default_text_model, plot_log, save_serving, seed_everything
+    from ecgregen.pretrain.train import (
+        default_text_model,
+        optimiser_step,
+        plot_log,
+        restore_training,
+        save_serving,
+        seed_everything,
+        warmup_cosine,
+    )
 
     recipe = RECIPES[settings.recipe]
     seed_everything(settings.seed)
@@ -303,19 +311,11 @@ def train_labels(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRe
          {"params": head_params, "lr": max(settings.lr, recipe.head_lr)}],
         weight_decay=settings.weight_decay, betas=(0.9, 0.98),
     )
-    total_steps = settings.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, max(1, int(settings.warmup_fraction * total_steps)))
-    )
+    scheduler = warmup_cosine(optimizer, settings.epochs * len(loader), settings.warmup_fraction)
     state_path, log_path = out / "last.pt", out / "log.jsonl"
     start_epoch, step, best = 0, 0, -1.0
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location="cpu", weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best"]
-        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step, best = restore_training(state_path, model, optimizer, scheduler, "cpu")
         train_set.rng = np.random.default_rng([settings.seed, start_epoch])
         if sampler is not None:
             sampler.generator = torch.Generator().manual_seed(settings.seed + 1000 * start_epoch)
@@ -334,16 +334,9 @@ def train_labels(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRe
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch")
         for signal, idx in bar:
             losses = model(signal, y_train[idx], text_train[idx], rid_train[idx])
-            loss = model.total(losses)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimiser_step(losses, model.total(losses), optimizer, scheduler, list(model.parameters()), sums)
             step += 1
             batches += 1
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
             bar.set_postfix({k: f"{v / batches:.3f}" for k, v in sums.items()})
             if max_steps is not None and step >= max_steps:
                 break

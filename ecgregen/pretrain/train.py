@@ -113,6 +113,37 @@ def build_model(settings: TrainSettings):  # noqa: ANN201
     return model, tokenizer
 
 
+def optimiser_step(losses: dict[str, torch.Tensor], total: torch.Tensor, optimizer: torch.optim.Optimizer,
+                   scheduler: torch.optim.lr_scheduler.LRScheduler, params: Sequence[torch.Tensor],
+                   sums: dict[str, float]) -> None:
+    """One step on `total` (gradient norm clipped to 1, schedule advanced), each loss added to the epoch's sums."""
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    scheduler.step()
+    for name, value in losses.items():
+        sums[name] = sums.get(name, 0.0) + value.item()
+
+
+def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int,
+                  warmup_fraction: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over `warmup_fraction` of the steps, then cosine decay to zero."""
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _lr_lambda(total_steps, max(1, int(warmup_fraction * total_steps))))
+
+
+def restore_training(state_path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     scheduler: torch.optim.lr_scheduler.LRScheduler, device: torch.device | str) -> tuple[int, int, float]:
+    """Model, optimiser, schedule and torch RNG from a ``last.pt``; returns (epochs done, steps done, best score)."""
+    state = torch.load(state_path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return state["epoch"], state["step"], state["best"]
+
+
 def _lr_lambda(total_steps: int, warmup: int):  # noqa: ANN202
     def schedule(step: int) -> float:
         if step < warmup:
@@ -189,19 +220,11 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
                         collate_fn=collate, drop_last=True, generator=torch.Generator().manual_seed(settings.seed))
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=settings.lr, weight_decay=settings.weight_decay, betas=(0.9, 0.98))
-    total_steps = settings.epochs * len(loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _lr_lambda(total_steps, max(1, int(settings.warmup_fraction * total_steps)))
-    )
+    scheduler = warmup_cosine(optimizer, settings.epochs * len(loader), settings.warmup_fraction)
     state_path, log_path = out / "last.pt", out / "log.jsonl"
     start_epoch, step, best = 0, 0, -1.0
     if resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_epoch, step, best = state["epoch"], state["step"], state["best"]
-        torch.set_rng_state(state["torch_rng"])
+        start_epoch, step, best = restore_training(state_path, model, optimizer, scheduler, device)
         train_set.rng = np.random.default_rng([settings.seed + rank, start_epoch])
     train_model = DistributedDataParallel(model, find_unused_parameters=True) if distributed else model
     generator = torch.Generator().manual_seed(settings.seed + rank + 1000 * start_epoch)
@@ -216,16 +239,9 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{settings.epochs}", unit="batch", disable=rank != 0)
         for signal, ids, attention, same in bar:
             losses = train_model(signal.to(device), ids.to(device), attention.to(device), same.to(device), generator)
-            loss = model.total(losses)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
-            scheduler.step()
+            optimiser_step(losses, model.total(losses), optimizer, scheduler, trainable, sums)
             step += 1
             batches += 1
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + value.item()
             bar.set_postfix({k: f"{v / batches:.3f}" for k, v in sums.items()})
             if max_steps is not None and step >= max_steps:
                 break
