@@ -111,7 +111,7 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
 def test_evaluate_report_cross_domain_on_mimic_layout(eval_dir: Path, tmp_path: Path) -> None:
     make_mimic_layout(tmp_path / "mimic", 6)
     run("evaluate", "report", "--ptbxl", str(DEMO_PTBXL), "--index-folds", "1-8", "--mimic", str(tmp_path / "mimic"),
-        "--no-bertscore", "--data-dir", str(eval_dir), "--json", str(tmp_path / "m.json"))
+        "--no-bertscore", "--calibration-folds", "none", "--data-dir", str(eval_dir), "--json", str(tmp_path / "m.json"))
     result = json.loads((tmp_path / "m.json").read_text())
     assert result["n"] == 6 and "MIMIC" in result["test"]
     retrieval = result["methods"]["retrieval-top1"]
@@ -156,25 +156,32 @@ def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_pa
             assert scores["n"] > 0 and 0.0 <= scores["exact_match"] <= 1.0
 
 
-def test_evaluate_qa_on_real_ecgqa_questions(tmp_path: Path) -> None:
+def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Path) -> None:
+    """The real ECG-QA questions about fold 9, answered from diagnoses calibrated on fold 8 (never on the
+    question's fold), with the folds recorded; then by an LLM endpoint whose prompts carry the diagnoses."""
     root = shared_ptbxl()
     if not ECGQA_SAMPLE.exists():
         pytest.skip(f"ECG-QA questions not found at {ECGQA_SAMPLE}")
-    out = run("evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
-              "--data-dir", str(tmp_path / "eval"), "--json", str(tmp_path / "qa.json"))
+    common = ["evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
+              "--test-folds", "9", "--data-dir", str(shared_eval_dir)]
+    out = run(*common, "--json", str(tmp_path / "qa.json"))
     result = json.loads((tmp_path / "qa.json").read_text())
-    assert result["generated"] is False and result["n"] > 100  # real questions whose ECG has a signal here
+    assert result["generated"] is False and result["n"] == 22  # the real questions about fold 9 with a signal here
+    assert result["folds"]["questions"] == [9] and result["folds"]["index"] == list(range(1, 9))
+    fitted = result["folds"]["diagnosis_calibration"]["fitted"]
+    assert {f["fold"] for f in fitted} == {8, 9} and "fold 8 for questions on fold 9" in result["folds"][
+        "diagnosis_calibration"]["rule"]
     assert "S-Verify" in out.stdout and "ECG-ReGen + GPT-4o mini (paper)" in out.stdout
 
     # The LLM answerer against an endpoint (scripted: it answers "yes" to everything), on the same cached index.
     with ScriptedLlm() as llm:
-        run("evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
-            "--data-dir", str(tmp_path / "eval"), "--json", str(tmp_path / "llm.json"), "--answerer", "llm",
-            "--llm-base-url", llm.base_url, "--llm-model", "scripted", "--limit", "30")
+        run(*common, "--json", str(tmp_path / "llm.json"), "--answerer", "llm", "--llm-base-url", llm.base_url,
+            "--llm-model", "scripted")
         prompts = [r["messages"][1]["content"] for r in llm.requests]
     result = json.loads((tmp_path / "llm.json").read_text())
-    assert result["n"] == 30 and len(prompts) == 30 and result["llm"]["model"] == "scripted"
-    # "yes" is an option of verify questions only; the others fall back to the label vote, and are counted.
+    assert result["n"] == 22 and len(prompts) == 22 and result["llm"]["model"] == "scripted"
+    # "yes" is an option of verify questions only; the others fall back to the label answer, and are counted.
     verify = result["by_type"]["single-verify"]["n"]
-    assert result["answered_from"] == {"llm": verify, "fallback:out_of_options": 30 - verify}
+    assert result["answered_from"] == {"llm": verify, "fallback:out_of_options": 22 - verify}
     assert all(p.startswith("Question Specific Prompt: ") and "\nOptions: " in p for p in prompts)
+    assert all("Predicted diagnoses" in p for p in prompts)

@@ -182,9 +182,9 @@ def test_device_augmentation_keeps_shape_and_rhythm(rate: float) -> None:
 
 
 def test_label_recipe_trains_from_a_checkpoint_and_resumes(tmp_path: Path) -> None:
-    """The `labels` recipe starts from the shipped encoder, logs its losses and the 10-NN vote, saves a serving
+    """The `labels` recipe starts from the shipped self-supervised encoder, logs its losses and the 10-NN vote, saves a serving
     checkpoint with a new id (loadable, same config), and resumes from last.pt. In-process on a few real records."""
-    from ecgregen.encoder import SHIPPED_CHECKPOINT
+    from ecgregen.encoder import SELF_SUPERVISED_CHECKPOINT
     from ecgregen.pretrain.train import pretrain
     from tests.conftest import shared_ptbxl
 
@@ -196,7 +196,7 @@ def test_label_recipe_trains_from_a_checkpoint_and_resumes(tmp_path: Path) -> No
     pretrain(train, val, out, TrainSettings(recipe="labels", epochs=2, batch_size=16, lr=5e-4), resume=True,
              max_steps=3)
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    shipped = load_checkpoint(SHIPPED_CHECKPOINT)
+    shipped = load_checkpoint(SELF_SUPERVISED_CHECKPOINT)
     assert log[0]["epoch"] == 0 and log[0]["init_from"] == shipped.encoder_id
     assert [e["epoch"] for e in log[1:]] == [1, 2] and [e["step"] for e in log[1:]] == [2, 3]
     assert set(log[1]["train"]) == set(log[1]["val"]) == {"supcon", "bce", "report"}
