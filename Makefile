@@ -11,8 +11,9 @@ STAMP := $(VENV)/.installed
 serve: $(STAMP) $(PROTO_OUT)
 	$(BIN)/ecgregen serve
 
+# Two workers, one test file each at a time: most tests wait on servers and subprocesses, not on the CPU.
 test: system-deps $(STAMP) $(PROTO_OUT)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # METEOR (evaluation) runs a Java jar: Debian's headless JRE where no java is found. The ops tests run Debian's
 # Prometheus (and promtool) against the service: installed where missing.
