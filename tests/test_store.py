@@ -18,13 +18,14 @@ from ecgregen.indexer.migrate import migrate
 from ecgregen.store import (
     EdgeStore,
     IndexSettings,
-    QdrantClientStore,
+    QdrantLocalStore,
     SearchFilter,
     StoredRecord,
     StoreError,
     StoreMismatchError,
     UpsertResult,
     VectorStore,
+    open_qdrant,
     open_store,
     point_id,
     restore_snapshot,
@@ -68,8 +69,8 @@ def location_for(engine: str, tmp_path: Path) -> str:
 
 
 def open_location(location: str) -> VectorStore:
-    """EdgeStore for a plain path, QdrantClientStore for ':memory:' and 'local:PATH'."""
-    return QdrantClientStore(location) if location.startswith(("local:", ":memory:")) else EdgeStore(Path(location))
+    """EdgeStore for a plain path, qdrant-client's local mode for ':memory:' and 'local:PATH'."""
+    return open_qdrant(location) if location.startswith(("local:", ":memory:")) else EdgeStore(Path(location))
 
 
 @pytest.fixture(params=["edge", "client-memory", "client-local"])
@@ -227,9 +228,9 @@ def test_writes_survive_a_process_that_never_closes(persistent_location: str) ->
         """
         import os, sys
         import numpy as np
-        from ecgregen.store import EdgeStore, QdrantClientStore, StoredRecord
+        from ecgregen.store import EdgeStore, StoredRecord, open_qdrant
         where = sys.argv[1]
-        store = QdrantClientStore(where) if where.startswith("local:") else EdgeStore(where)
+        store = open_qdrant(where) if where.startswith("local:") else EdgeStore(where)
         store.ensure_collection(4, "enc")
         store.upsert([StoredRecord(np.array([1, 0, 0, 0], np.float32), "1", "p", "r", {}, "ptbxl", "t")])
         os._exit(0)  # no close(), no flush at exit
@@ -327,9 +328,9 @@ def test_second_edge_store_on_same_directory_is_refused(tmp_path: Path) -> None:
 
 
 def test_second_local_client_on_same_path_is_refused(tmp_path: Path) -> None:
-    with QdrantClientStore(f"local:{tmp_path}"):
+    with QdrantLocalStore(tmp_path):
         with pytest.raises(StoreError, match="already accessed"):
-            QdrantClientStore(f"local:{tmp_path}")
+            QdrantLocalStore(tmp_path)
 
 
 def test_open_store_picks_the_engine(tmp_path: Path) -> None:
@@ -337,9 +338,9 @@ def test_open_store_picks_the_engine(tmp_path: Path) -> None:
         assert isinstance(edge, EdgeStore)
         assert (tmp_path / "qdrant-edge" / "ecgregen").is_dir()
     with open_store(tmp_path, qdrant_url=":memory:", collection="c") as client:
-        assert isinstance(client, QdrantClientStore)
+        assert isinstance(client, QdrantLocalStore)
     with pytest.raises(ValueError, match="location"):
-        QdrantClientStore("ftp://nowhere")
+        open_qdrant("ftp://nowhere")
 
 
 def batch_record(vector: np.ndarray, ecg_id: str, batch_id: str, inserted_at: str) -> StoredRecord:
@@ -421,7 +422,7 @@ def test_edge_snapshot_round_trip(tmp_path: Path) -> None:
 
 def test_migrate_copies_everything_without_re_embedding(tmp_path: Path) -> None:
     vectors = random_vectors(700, seed=16)
-    with EdgeStore(tmp_path / "edge") as source, QdrantClientStore(f"local:{tmp_path / 'target'}") as target:
+    with EdgeStore(tmp_path / "edge") as source, QdrantLocalStore(tmp_path / "target") as target:
         source.ensure_collection(DIM, ENCODER, index=IndexSettings(hnsw_m=24))
         source.upsert([batch_record(v, str(i), "b1", "2026-04-01T00:00:00+00:00") for i, v in enumerate(vectors)])
         report = migrate(source, target, progress=False)

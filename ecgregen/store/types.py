@@ -1,0 +1,151 @@
+"""The values that cross the store's interface: what goes in, what comes out, and what is kept with a collection.
+
+Nothing here talks to an engine; these are what the pipeline, the wire format and the prompts pass around.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+NAMESPACE = uuid.UUID("a1b1281c-8c3a-4e74-8a93-d507a8a944d1")
+QUANTIZATIONS = ("none", "int8")
+# Keys of what is kept with a collection (a Qdrant collection's metadata, or the embedded store's store.json).
+ENCODER_ID_KEY = "encoder_id"
+INDEX_KEY = "index"
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    """How a collection is indexed. Fixed when the collection is created and kept with it, so a store reopens
+    with the settings it was built with (flags given later for an existing collection are ignored, with a log).
+
+    ``full_scan_threshold_kb``: segments with fewer KB of vectors are searched by brute force even when indexed,
+    which is faster there and exact (Qdrant's default 10 MB). ``on_disk``: vectors memory-mapped instead of in RAM.
+    ``quantization="int8"``: scalar quantisation (4x smaller vectors in RAM); searches rescore the candidates with
+    the original vectors.
+    """
+
+    hnsw_m: int = 16
+    hnsw_ef_construct: int = 100
+    full_scan_threshold_kb: int = 10_000
+    on_disk: bool = False
+    quantization: str = "none"
+    shards: int = 1  # a Qdrant cluster: shards spread over the nodes (the embedded store has one)
+    replicas: int = 1  # a Qdrant cluster: copies of each shard (2+ survives a node loss)
+
+    def __post_init__(self) -> None:
+        if self.hnsw_m < 2 or self.hnsw_ef_construct < 4 or self.full_scan_threshold_kb < 0:
+            raise ValueError("HNSW m must be >= 2, ef_construct >= 4 and full_scan_threshold_kb >= 0")
+        if self.shards < 1 or self.replicas < 1:
+            raise ValueError("shards and replicas must be >= 1")
+        if self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> IndexSettings:
+        """Settings kept with a collection; a collection made before they were kept used the defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in (data or {}).items() if k in known})
+
+
+def point_id(source: str, ecg_id: str) -> str:
+    """uuid5(NAMESPACE, f"{source}/{ecg_id}") as str; deterministic so re-inserting an ECG updates its point."""
+    return str(uuid.uuid5(NAMESPACE, f"{source}/{ecg_id}"))
+
+
+class StoreError(RuntimeError):
+    """The engine or the disk failed, the store is closed, or it has no collection yet."""
+
+
+class StoreUnsupported(StoreError):
+    """The operation exists for another engine only (e.g. file snapshots of the embedded store)."""
+
+
+class StoreMismatchError(StoreError):
+    """The collection exists with another vector dimension or encoder id than the caller's."""
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    vector: np.ndarray  # float32, 1-D, already L2-normalised by the caller
+    ecg_id: str
+    patient_id: str
+    report: str
+    scp_codes: dict[str, float]  # SCP code -> likelihood (0-100)
+    source: str  # e.g. "ptbxl"
+    inserted_at: str  # ISO-8601 UTC
+    batch_id: str = ""  # the insert (InsertRecords stream or index run) that wrote it: what a rollback removes
+
+    @property
+    def point_id(self) -> str:
+        return point_id(self.source, self.ecg_id)
+
+
+@dataclass(frozen=True)
+class SearchFilter:
+    exclude_patient_id: str | None = None  # drop neighbours of this patient (they would leak the answer)
+    source: str | None = None  # only this source
+    scp_codes_any: tuple[str, ...] = ()  # only records carrying any of these SCP codes
+
+
+@dataclass(frozen=True)
+class Hit:
+    point_id: str
+    score: float  # cosine similarity (higher = closer)
+    ecg_id: str
+    patient_id: str
+    report: str
+    scp_codes: dict[str, float]
+    source: str
+    inserted_at: str
+    batch_id: str = ""
+
+
+@dataclass(frozen=True)
+class UpsertResult:
+    inserted: int
+    updated: int
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    engine: str  # "qdrant-edge" or "qdrant-client (<url or local ...>)"
+    points: int
+    indexed_vectors: int  # vectors covered by an HNSW index
+    dim: int
+    encoder_id: str
+    status: str  # Qdrant's green (ready) / yellow (optimizing) / grey (optimization pending) / red (failed)
+    optimizer: str  # what the optimizer is doing or needs, in words, for operators
+    segments: int
+    index: IndexSettings
+
+
+@dataclass(frozen=True)
+class CollectionSpec:
+    """What a store must know about its collection: kept with the collection so reopening needs no arguments."""
+
+    dim: int
+    encoder_id: str
+    index: IndexSettings = IndexSettings()
+
+    def metadata(self) -> dict[str, Any]:
+        """The encoder id and index settings as both engines keep them (the dimension is the engine's own)."""
+        return {ENCODER_ID_KEY: self.encoder_id, INDEX_KEY: self.index.to_json()}
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """One insert as the corpus remembers it: for operators to see what came when, and to roll it back."""
+
+    batch_id: str
+    points: int
+    first_inserted_at: str
+    last_inserted_at: str
