@@ -41,7 +41,7 @@ def _add_store_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_runtime_flag(p: argparse.ArgumentParser) -> None:
-    from ecgregen.pipeline import ENCODER_RUNTIMES
+    from ecgregen.encoders.factory import ENCODER_RUNTIMES
 
     p.add_argument("--encoder-runtime", default=ENCODER_RUNTIMES[0], choices=ENCODER_RUNTIMES,
                    help="how the in-process encoder runs: onnxruntime (exported once, checked against PyTorch; "
@@ -645,7 +645,7 @@ def run_security(args: argparse.Namespace) -> None:
 
 
 def run_export(args: argparse.Namespace) -> None:
-    from ecgregen.encoder import load_encoder
+    from ecgregen.encoders.checkpoint import load_encoder
     from ecgregen.encoder_export.export import ExportMismatch, export_repositories
 
     records = load_ptbxl(args.verify_ptbxl, parse_folds(args.verify_folds))
@@ -674,7 +674,7 @@ def run_qa_generate(args: argparse.Namespace) -> None:
 
 
 def run_pretrain(args: argparse.Namespace) -> None:
-    from ecgregen.encoder import CONFIGS
+    from ecgregen.encoders.model import CONFIGS
     from ecgregen.pretrain.model import RECIPES
     from ecgregen.pretrain.train import TrainSettings, pretrain
 
@@ -754,7 +754,7 @@ def main(argv: list[str] | None = None) -> None:
     for noisy in ("httpx", "httpx2"):  # one INFO line per LLM request otherwise
         logging.getLogger(noisy).setLevel(logging.WARNING)
     from ecgregen.client import ClientError
-    from ecgregen.encoder import EncoderUnavailable
+    from ecgregen.encoders.base import EncoderUnavailable
     from ecgregen.store import StoreError
 
     try:

@@ -18,9 +18,10 @@ import numpy as np
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
 from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, load_statements, select_report
 from ecgregen.ecg import Ecg, EcgInputError
-from ecgregen.encoder import Encoder, InProcessEncoder, load_encoder
+from ecgregen.encoders.base import Encoder, embed_prepared
+from ecgregen.encoders.factory import open_encoder
 from ecgregen.metrics import RECORDS_WRITTEN, observe_calibration, observe_corpus, observe_diagnoses, stage_timer
-from ecgregen.preprocess import preprocess
+from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.store import (
     Hit,
     IndexSettings,
@@ -48,6 +49,15 @@ class Retrieval:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     pool: list[Hit] = field(default_factory=list)  # the neighbours searched: k, or more when the diagnoses need more
     diagnoses: list[Diagnosis] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """One ECG's vector, the warnings of its way through preprocessing and encoding, and its flat leads."""
+
+    vector: np.ndarray
+    warnings: list[str]
+    flat_leads: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -98,14 +108,15 @@ class RetrievalPipeline:
         self.diagnoser.calibration = calibration
         self.refresh_calibration_note()
 
-    def refresh_calibration_note(self) -> None:
-        """Re-check the calibration against the corpus size (after writes): stale when it grew or shrank a lot."""
+    def refresh_calibration_note(self, points: int | None = None) -> None:
+        """Re-check the calibration against the corpus size (`points`, else counted): stale when it grew or shrank
+        a lot. Writes pass the size they already know."""
         calibration = self.diagnoser.calibration
         if calibration is None:
             self.calibration_note = ("diagnoses are not calibrated for this corpus (raw neighbour votes, threshold "
                                      "0.5): run `ecgregen calibrate`")
         else:
-            self.calibration_note = calibration.stale_reason(self.store.count())
+            self.calibration_note = calibration.stale_reason(self.store.count() if points is None else points)
         observe_calibration(calibrated=calibration is not None, stale=bool(calibration and self.calibration_note))
 
     def resolved_report_mode(self, requested: str = "") -> str:
@@ -117,15 +128,41 @@ class RetrievalPipeline:
             raise EcgInputError(f"unknown report mode {mode!r}; one of auto, {', '.join(REPORT_MODES)}")
         return mode
 
-    def embed(self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list[list[str]]]:
-        """Unit-vector embeddings of `ecgs` and, per ECG, the preprocessing warnings."""
+    def embed_each(
+        self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None
+    ) -> list[Embedded | EcgInputError]:
+        """Per ECG, its unit vector and warnings, or why it cannot be encoded (the others still are).
+
+        The one way every caller - unary calls, stream windows, inserts - turns ECGs into vectors: the length
+        policy of :mod:`ecgregen.preprocess`, one encoder call for all of them, the encoder's degradation note.
+        """
+        prepared: list[Preprocessed | EcgInputError] = []
         with stage_timer("preprocess", seconds):
-            prepared = [preprocess(e, self.encoder.preprocess_config) for e in ecgs]
+            for ecg in ecgs:
+                try:
+                    prepared.append(preprocess(ecg, self.encoder.preprocess_config))
+                except EcgInputError as exc:
+                    prepared.append(exc)
+        usable = [p for p in prepared if isinstance(p, Preprocessed)]
         with stage_timer("encode", seconds):
-            noting = getattr(self.encoder, "encode_noting", None)  # an encoder that may degrade says so
-            vectors, note = noting([p.signal for p in prepared]) if noting else (
-                self.encoder.encode([p.signal for p in prepared]), "")
-        return vectors, [[*p.warnings, *([note] if note else [])] for p in prepared]
+            vectors, note = embed_prepared(self.encoder, usable)
+        found = iter(zip(usable, vectors))
+        out: list[Embedded | EcgInputError] = []
+        for p in prepared:
+            if isinstance(p, EcgInputError):
+                out.append(p)
+                continue
+            done, vector = next(found)
+            out.append(Embedded(vector, [*done.warnings, *([note] if note else [])], done.flat_leads))
+        return out
+
+    def embed(self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None) -> tuple[np.ndarray, list[list[str]]]:
+        """Unit-vector embeddings of `ecgs` and, per ECG, the warnings; the first unusable ECG raises."""
+        embedded = self.embed_each(ecgs, seconds)
+        for e in embedded:
+            if isinstance(e, EcgInputError):
+                raise e
+        return np.stack([e.vector for e in embedded]), [e.warnings for e in embedded]
 
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
@@ -182,22 +219,19 @@ class RetrievalPipeline:
         """
         outcome = InsertOutcome()
         usable: list[tuple[RecordToInsert, np.ndarray]] = []
-        with stage_timer("preprocess"):
-            for index, record in enumerate(records):
-                try:
-                    usable.append((record, preprocess(record.ecg, self.encoder.preprocess_config).signal))
-                except EcgInputError as exc:
-                    outcome.rejected.append((index, str(exc)))
+        for index, (record, embedded) in enumerate(zip(records, self.embed_each([r.ecg for r in records]))):
+            if isinstance(embedded, EcgInputError):
+                outcome.rejected.append((index, str(embedded)))
+            else:
+                usable.append((record, embedded.vector))
         if usable:
-            with stage_timer("encode"):
-                vectors = self.encoder.encode([signal for _, signal in usable])
             now = utc_now()
             stored = [
                 StoredRecord(
                     vector=vec, ecg_id=r.ecg_id, patient_id=r.patient_id, report=r.report,
                     scp_codes=dict(r.scp_codes), source=r.source, inserted_at=now, batch_id=batch_id,
                 )
-                for (r, _), vec in zip(usable, vectors)
+                for r, vec in usable
             ]
             with stage_timer("upsert"):
                 result = self.store.upsert(stored)
@@ -205,8 +239,7 @@ class RetrievalPipeline:
         RECORDS_WRITTEN.labels("inserted").inc(outcome.inserted)
         RECORDS_WRITTEN.labels("updated").inc(outcome.updated)
         RECORDS_WRITTEN.labels("rejected").inc(len(outcome.rejected))
-        observe_corpus(self.store.stats())
-        self.refresh_calibration_note()
+        self._after_write()
         return outcome
 
     def delete(self, keys: Sequence[tuple[str, str]] = (), batch_id: str = "") -> int:
@@ -216,29 +249,19 @@ class RetrievalPipeline:
         else:
             deleted = self.store.delete([point_id(source, ecg_id) for source, ecg_id in keys])
         RECORDS_WRITTEN.labels("deleted").inc(deleted)
-        observe_corpus(self.store.stats())
-        self.refresh_calibration_note()
+        self._after_write()
         return deleted
+
+    def _after_write(self) -> None:
+        """Corpus gauges and the calibration's staleness, from one look at the store."""
+        stats = self.store.stats()
+        observe_corpus(stats)
+        self.refresh_calibration_note(stats.points)
 
 
 def new_batch_id() -> str:
     """Sortable by time, unique: 20261125T130501Z-1f3a9c2e."""
     return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-
-
-ENCODER_RUNTIMES = ("onnxruntime", "torch")
-
-
-def in_process_encoder(checkpoint: Path | None, runtime: str = "onnxruntime") -> Encoder:
-    """The encoder of `checkpoint` (default: the shipped one) run in this process by `runtime`."""
-    bundle = load_encoder(checkpoint)
-    if runtime == "onnxruntime":
-        from ecgregen.onnx_encoder import OnnxRuntimeEncoder
-
-        return OnnxRuntimeEncoder(bundle)
-    if runtime == "torch":
-        return InProcessEncoder(bundle)
-    raise ValueError(f"unknown encoder runtime {runtime!r}; one of {', '.join(ENCODER_RUNTIMES)}")
 
 
 def open_pipeline(
@@ -255,14 +278,8 @@ def open_pipeline(
     `index` applies when the collection is created (an existing one keeps its settings). The corpus's diagnosis
     calibration is loaded with it; one fitted for another encoder is refused (:class:`CalibrationError`).
     """
-    if triton_url:
-        from ecgregen.triton_encoder import FallbackEncoder, TritonEncoder
-
-        encoder: Encoder = TritonEncoder(triton_url, triton_model, startup_wait_s=triton_wait_s)
-        if triton_fallback_local:
-            encoder = FallbackEncoder(encoder, in_process_encoder(checkpoint, encoder_runtime))
-    else:
-        encoder = in_process_encoder(checkpoint, encoder_runtime)
+    encoder = open_encoder(checkpoint, encoder_runtime, triton_url=triton_url, triton_model=triton_model,
+                           triton_wait_s=triton_wait_s, triton_fallback_local=triton_fallback_local)
     store = open_store(data_dir, qdrant_url, collection)
     try:
         store.ensure_collection(encoder.dim, encoder.encoder_id, recreate=recreate, index=index)

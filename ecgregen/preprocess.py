@@ -1,9 +1,18 @@
-"""The one preprocessing function shared by indexing, serving, training and streaming.
+"""The one preprocessing function shared by indexing, serving, streaming, evaluation and training.
 
-Resample to the model rate, keep one window, band-pass 0.5-40 Hz (Butterworth, zero-phase) and z-score each
-lead. The shared PTB-XL records were partly distributed already filtered and z-scored ("NU" units); applying the
-same chain to every recording makes raw-mV and pre-processed records land in the same space, and using a single
-function everywhere rules out train/serve skew.
+Resample to the model rate, cut into the encoder's windows, band-pass 0.5-40 Hz (Butterworth, zero-phase) and
+z-score each lead of each window. The shared PTB-XL records were partly distributed already filtered and z-scored
+("NU" units); applying the same chain to every recording makes raw-mV and pre-processed records land in the same
+space, and using a single function everywhere rules out train/serve skew.
+
+The length policy, the same on every way in (unary calls, stream windows, bulk indexing, evaluation, training)
+and for every runtime (PyTorch, onnxruntime, Triton, the fallback):
+- an ECG as long as the window (10 s) is one window;
+- a shorter one (2 s at least, see :mod:`ecgregen.ecg`) is one window zero-padded at the end, with its real
+  length, which the encoder masks (:class:`ecgregen.encoders.model.EcgEncoder`): it embeds as itself;
+- a longer one is cut into ceil(duration / window) windows from its start, the last one ending at the ECG's end
+  (overlapping the one before), and embeds as the normalised mean of its windows' embeddings
+  (:func:`ecgregen.encoders.base.pool_windows`). Nothing is cut off.
 """
 
 from __future__ import annotations
@@ -35,14 +44,33 @@ class PreprocessConfig:
     def window_samples(self) -> int:
         return int(round(self.rate_hz * self.window_s))
 
+    @classmethod
+    def from_dict(cls, values: dict) -> PreprocessConfig:
+        """From its JSON form (checkpoints, Triton model configs), where the band is a list."""
+        return cls(**{**values, "band_hz": tuple(values["band_hz"])})
+
 
 @dataclass(frozen=True)
 class Preprocessed:
-    """Model-ready signal plus what was done to it that the caller should know about."""
+    """Model-ready windows plus what was done to them that the caller should know about."""
 
-    signal: np.ndarray  # float32, (12, n) with n <= config.window_samples
-    flat_leads: tuple[str, ...]
+    windows: np.ndarray  # float32, (n_windows, 12, config.window_samples), zero past each window's length
+    lengths: np.ndarray  # int64, (n_windows,): real samples per window (the window, or a shorter ECG's length)
+    flat_leads: tuple[str, ...]  # flat (zeroed) in at least one window
     warnings: tuple[str, ...]
+
+    @property
+    def first_window(self) -> np.ndarray:
+        """(12, length) real samples of the first window: a 10 s PTB-XL record whole (training, baselines)."""
+        return self.windows[0, :, : self.lengths[0]]
+
+
+def window_starts(samples: int, window: int) -> list[int]:
+    """Where each window of an ECG of `samples` starts: back to back from 0, the last one ending at the end."""
+    if samples <= window:
+        return [0]
+    count = -(-samples // window)
+    return [min(i * window, samples - window) for i in range(count)]
 
 
 def resample(x: np.ndarray, from_hz: float, to_hz: float) -> np.ndarray:
@@ -60,29 +88,44 @@ def _bandpass_sos(rate_hz: float, low: float, high: float, order: int) -> np.nda
 
 
 def preprocess(ecg: Ecg, config: PreprocessConfig = PreprocessConfig()) -> Preprocessed:
-    """Turn a checked :class:`Ecg` into the encoder's input.
+    """Turn a checked :class:`Ecg` into the encoder's windows (the length policy is in the module docstring).
 
-    Recordings longer than the window keep their first ``window_s`` seconds (streams are cut into windows
-    before they get here). Flat leads are set to zero and reported, because z-scoring them would amplify
-    quantisation noise into a fake signal; if every lead is flat there is nothing to encode and the ECG is refused.
+    Flat leads are set to zero and reported, because z-scoring them would amplify quantisation noise into a fake
+    signal. A window in which every lead is flat has nothing to encode: it is left out with a warning, and an ECG
+    with no window left is refused.
     """
-    warnings: list[str] = []
     x = resample(ecg.signal.astype(np.float64), ecg.sampling_rate_hz, config.rate_hz)
-    if x.shape[1] > config.window_samples:
-        warnings.append(
-            f"ECG is {ecg.duration_s:.1f} s long; only the first {config.window_s:g} s were used"
-        )
-        x = x[:, : config.window_samples]
-    flat = np.ptp(x, axis=1) < FLAT_PEAK_TO_PEAK
-    if flat.all():
+    window = config.window_samples
+    windows, lengths, warnings = [], [], []
+    flat_any = np.zeros(len(STANDARD_LEADS), bool)
+    starts = window_starts(x.shape[1], window)
+    for start in starts:
+        part = x[:, start : start + window]
+        flat = np.ptp(part, axis=1) < FLAT_PEAK_TO_PEAK
+        if flat.all():
+            if len(starts) > 1:
+                warnings.append(f"all 12 leads are flat at {start / config.rate_hz:.0f}-"
+                                f"{(start + part.shape[1]) / config.rate_hz:.0f} s; that window is left out")
+            continue
+        filtered, flat = _filter_and_scale(part, flat, config)
+        flat_any |= flat
+        windows.append(np.pad(filtered, ((0, 0), (0, window - part.shape[1]))))
+        lengths.append(part.shape[1])
+    if not windows:
         raise EcgInputError("all 12 leads are flat (no signal)")
+    flat_leads = tuple(name for name, is_flat in zip(STANDARD_LEADS, flat_any) if is_flat)
+    if flat_leads:
+        warnings.append(f"flat lead(s) {', '.join(flat_leads)} set to zero")
+    return Preprocessed(np.stack(windows).astype(np.float32), np.asarray(lengths, np.int64), flat_leads,
+                        tuple(warnings))
+
+
+def _filter_and_scale(x: np.ndarray, flat: np.ndarray, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Band-pass and z-score one window's leads; flat ones (given, or flat after filtering) are zero."""
     sos = _bandpass_sos(config.rate_hz, config.band_hz[0], config.band_hz[1], config.filter_order)
     x = sps.sosfiltfilt(sos, x, axis=-1)
     std = x.std(axis=1, keepdims=True)
-    flat |= std[:, 0] < 1e-8
+    flat = flat | (std[:, 0] < 1e-8)
     x = (x - x.mean(axis=1, keepdims=True)) / np.where(std < 1e-8, 1.0, std)
     x[flat] = 0.0
-    flat_leads = tuple(name for name, is_flat in zip(STANDARD_LEADS, flat) if is_flat)
-    if flat_leads:
-        warnings.append(f"flat lead(s) {', '.join(flat_leads)} set to zero")
-    return Preprocessed(signal=x.astype(np.float32), flat_leads=flat_leads, warnings=tuple(warnings))
+    return x, flat

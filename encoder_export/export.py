@@ -1,7 +1,8 @@
 """Export the ECG encoder as Triton model repositories, verified against the PyTorch model.
 
-Two repositories, one model name and one interface (input ``ecg`` [12, L] float32 at the model's rate, output
-``embedding`` [dim] float32, L2-normalised, batch dimension managed by Triton):
+Two repositories, one model name and one interface (inputs ``ecg`` [12, L] float32 windows at the model's rate
+and ``samples`` [1] int64, each window's real length, which the model masks; output ``embedding`` [dim] float32,
+L2-normalised; batch dimension managed by Triton):
 
 - production (``--out``): ``ecg_encoder`` on the ``onnxruntime_onnx`` platform (dynamic batching, instance groups,
   warm-up, optional TensorRT FP16 on GPU) and ``ecg_encoder_torchscript`` on ``pytorch_libtorch``;
@@ -10,8 +11,10 @@ Two repositories, one model name and one interface (input ``ecg`` [12, L] float3
   the ``nvidia-pytriton`` wheel bundles (what the tests run here).
 
 Each config carries the encoder id and preprocessing as parameters, so a service pointed at Triton knows which
-corpus the model belongs to without the checkpoint. The export fails unless ONNX (through onnxruntime) and
-TorchScript agree with PyTorch within ``tolerance`` on real records.
+corpus the model belongs to without the checkpoint. A TensorRT FP16 export computes other vectors than the FP32
+model, so it carries its own id (``<encoder id>-fp16``): a corpus embedded in FP32 is never searched with it, nor
+is it mixed with the FP32 in-process fallback. The export fails unless ONNX (through onnxruntime) and TorchScript
+agree with PyTorch within ``tolerance`` on real records, whole and cut short.
 """
 
 from __future__ import annotations
@@ -26,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgregen.encoder import EncoderBundle
-from ecgregen.onnx_encoder import INPUT_NAME, OUTPUT_NAME, export_onnx
+from ecgregen.encoders.model import EncoderBundle
+from ecgregen.encoders.onnxrt import INPUT_NAME, LENGTH_NAME, OUTPUT_NAME, export_onnx, run_session
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
 
@@ -61,7 +64,9 @@ class TritonPythonModel:
     def execute(self, requests):
         # Triton hands over the requests it batched; run them as one onnxruntime call.
         batches = [pb_utils.get_input_tensor_by_name(r, "ecg").as_numpy() for r in requests]
-        out = self.session.run(None, {"ecg": np.concatenate(batches).astype(np.float32)})[0]
+        lengths = [pb_utils.get_input_tensor_by_name(r, "samples").as_numpy().reshape(-1) for r in requests]
+        out = self.session.run(None, {"ecg": np.concatenate(batches).astype(np.float32),
+                                      "samples": np.concatenate(lengths).astype(np.int64)})[0]
         responses, start = [], 0
         for batch in batches:
             part = out[start : start + len(batch)]
@@ -95,17 +100,22 @@ class ExportMismatch(RuntimeError):
     """An exported model does not reproduce the PyTorch embeddings within the tolerance."""
 
 
-def _parameters(bundle: EncoderBundle) -> str:
+FP16_SUFFIX = "-fp16"
+
+
+def _parameters(bundle: EncoderBundle, encoder_id: str | None = None) -> str:
     preprocess_json = json.dumps(dataclasses.asdict(bundle.preprocess))
     return (
-        f'parameters {{ key: "encoder_id" value: {{ string_value: "{bundle.encoder_id}" }} }}\n'
+        f'parameters {{ key: "encoder_id" value: {{ string_value: "{encoder_id or bundle.encoder_id}" }} }}\n'
         f"parameters {{ key: \"preprocess\" value: {{ string_value: {json.dumps(preprocess_json)} }} }}\n"
     )
 
 
 def _io(samples: int, dim: int) -> str:
+    """The windows, their lengths (one number per window: [1] to Triton's clients, a scalar to the model)."""
     return (
-        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 12, {samples} ] }} ]\n'
+        f'input [ {{ name: "{INPUT_NAME}" data_type: TYPE_FP32 dims: [ 12, {samples} ] }},\n'
+        f'        {{ name: "{LENGTH_NAME}" data_type: TYPE_INT64 dims: [ 1 ] reshape: {{ shape: [ ] }} }} ]\n'
         f'output [ {{ name: "{OUTPUT_NAME}" data_type: TYPE_FP32 dims: [ {dim} ] }} ]\n'
     )
 
@@ -121,7 +131,8 @@ def _batching() -> str:
 def _warmup(samples: int) -> str:
     return (
         f'model_warmup [ {{ name: "zeros" batch_size: 1 inputs {{ key: "{INPUT_NAME}" value: '
-        f"{{ data_type: TYPE_FP32 dims: [ 12, {samples} ] zero_data: true }} }} }} ]\n"
+        f"{{ data_type: TYPE_FP32 dims: [ 12, {samples} ] zero_data: true }} }} "
+        f'inputs {{ key: "{LENGTH_NAME}" value: {{ data_type: TYPE_INT64 dims: [ 1 ] zero_data: true }} }} }} ]\n'
     )
 
 
@@ -129,7 +140,8 @@ def production_config(bundle: EncoderBundle, *, tensorrt_fp16: bool = False) -> 
     samples, dim = bundle.preprocess.window_samples, bundle.model.config.dim
     text = (
         f'name: "{MODEL_NAME}"\nplatform: "onnxruntime_onnx"\n' + _batching() + _io(samples, dim)
-        + "instance_group [ { count: 1 kind: KIND_GPU } ]\n" + _warmup(samples) + _parameters(bundle)
+        + "instance_group [ { count: 1 kind: KIND_GPU } ]\n" + _warmup(samples)
+        + _parameters(bundle, bundle.encoder_id + FP16_SUFFIX if tensorrt_fp16 else None)
     )
     if tensorrt_fp16:  # TensorRT builds an FP16 engine for the ONNX graph on first load (GPU only)
         text += (
@@ -156,14 +168,19 @@ def python_config(bundle: EncoderBundle) -> str:
     )
 
 
-def reference_inputs(bundle: EncoderBundle, records: Sequence[EcgRecord]) -> np.ndarray:
-    """Real records, preprocessed as the service does, padded to the model's fixed window."""
-    samples = bundle.preprocess.window_samples
-    signals = []
-    for record in records:
-        signal = preprocess(record.load_ecg(), bundle.preprocess).signal
-        signals.append(np.pad(signal, ((0, 0), (0, samples - signal.shape[1]))))
-    return np.stack(signals).astype(np.float32)
+def reference_inputs(bundle: EncoderBundle, records: Sequence[EcgRecord]) -> tuple[np.ndarray, np.ndarray]:
+    """Real records' windows as the service makes them, and every other one cut to its first 2-9 s (padded and
+    masked), so the check covers the mask too."""
+    windows, lengths = [], []
+    for i, record in enumerate(records):
+        ecg = record.load_ecg()
+        if i % 2:
+            keep = int(ecg.sampling_rate_hz * (2 + i % 8))
+            ecg = dataclasses.replace(ecg, signal=ecg.signal[:, :keep])
+        prepared = preprocess(ecg, bundle.preprocess)
+        windows.append(prepared.windows)
+        lengths.append(prepared.lengths)
+    return np.concatenate(windows), np.concatenate(lengths)
 
 
 def _write(path: Path, text: str) -> None:
@@ -188,7 +205,7 @@ def export_repositories(
     onnx_path = out / MODEL_NAME / "1" / "model.onnx"
     onnx_path.parent.mkdir(parents=True)
     export_onnx(bundle, onnx_path)
-    example = torch.zeros(2, 12, samples)
+    example = (torch.zeros(2, 12, samples), torch.tensor([samples, samples // 2]))
     script_path = out / TORCHSCRIPT_NAME / "1" / "model.pt"
     script_path.parent.mkdir(parents=True)
     with torch.inference_mode():
@@ -200,16 +217,17 @@ def export_repositories(
     _write(python_out / MODEL_NAME / "1" / "model.py", PYTHON_MODEL)
     shutil.copyfile(onnx_path, python_out / MODEL_NAME / "1" / "model.onnx")
 
-    inputs = reference_inputs(bundle, records)
+    inputs, lengths = reference_inputs(bundle, records)
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     loaded = torch.jit.load(str(script_path))
     onnx_diff = script_diff = 0.0
     with torch.inference_mode():
         for start in range(0, len(inputs), 16):
-            batch = inputs[start : start + 16]
-            reference = model(torch.from_numpy(batch)).numpy()
-            onnx_diff = max(onnx_diff, float(np.abs(session.run(None, {INPUT_NAME: batch})[0] - reference).max()))
-            script_diff = max(script_diff, float(np.abs(loaded(torch.from_numpy(batch)).numpy() - reference).max()))
+            batch, batch_lengths = inputs[start : start + 16], lengths[start : start + 16]
+            args = (torch.from_numpy(batch), torch.from_numpy(batch_lengths))
+            reference = model(*args).numpy()
+            onnx_diff = max(onnx_diff, float(np.abs(run_session(session, batch, batch_lengths) - reference).max()))
+            script_diff = max(script_diff, float(np.abs(loaded(*args).numpy() - reference).max()))
     if max(onnx_diff, script_diff) > tolerance:
         raise ExportMismatch(
             f"exported models differ from PyTorch by up to {max(onnx_diff, script_diff):.2e} (ONNX {onnx_diff:.2e}, "

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from ecgregen.encoder import SHIPPED_CHECKPOINT, load_checkpoint
+from ecgregen.encoders.checkpoint import SHIPPED_CHECKPOINT, load_checkpoint
 from ecgregen.preprocess import preprocess
 from ecgregen.pretrain.labels import embed_signals, neighbour_metrics
 from ecgregen.records import load_ptbxl, parse_folds
@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
 
     index_records = load_ptbxl(args.ptbxl, parse_folds(args.index_folds))
     query_records = load_ptbxl(args.ptbxl, parse_folds(args.test_folds))
-    index_signals = [preprocess(r.load_ecg()).signal for r in index_records]
-    query_signals = [preprocess(r.load_ecg()).signal for r in query_records]
+    index_signals = [preprocess(r.load_ecg()).first_window for r in index_records]
+    query_signals = [preprocess(r.load_ecg()).first_window for r in query_records]
     rows = []
     for spec in args.checkpoints:
         path = SHIPPED_CHECKPOINT if spec == "shipped" else Path(spec)

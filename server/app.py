@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from ecgregen import __version__
 from ecgregen.calibrate import calibrate_records
 from ecgregen.calibrate import save as save_calibration
-from ecgregen.encoder import EncoderUnavailable
+from ecgregen.encoders.base import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
@@ -61,7 +61,7 @@ class ServeSettings:
     daily_quota: int = 0  # calls per client per UTC day; 0: unlimited
     max_stream_s: float = 24 * 3600.0
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
-    encoder_runtime: str = "onnxruntime"  # how the in-process encoder runs (see ecgregen.pipeline.ENCODER_RUNTIMES)
+    encoder_runtime: str = "onnxruntime"  # how the in-process encoder runs (see ecgregen.encoders.factory.ENCODER_RUNTIMES)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     report_mode: str = "auto"  # top1, consensus, or auto: the corpus calibration's best
 

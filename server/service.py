@@ -25,7 +25,7 @@ import grpc
 
 from ecgregen import __version__
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError
-from ecgregen.encoder import EncoderUnavailable
+from ecgregen.encoders.base import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.prompts import QUESTION_TYPES
@@ -486,6 +486,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             STREAM_WINDOWS.labels("refused_stream").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"the server already serves {self.streams.limit} streams; retry later or elsewhere")
+        log.info("stream opened: device %s, patient %s, %g Hz, %d leads, %g s windows every %g s",
+                 first.config.device_id.strip() or "-", pseudonym(settings.patient_id) if settings.patient_id else "-",
+                 settings.rate_hz, len(settings.leads), settings.window_s, settings.hop_s)
         out: asyncio.Queue[tuple | None] = asyncio.Queue()
         slots = asyncio.Semaphore(MAX_PENDING_WINDOWS)
         reader = asyncio.get_running_loop().create_task(self._read_stream(request_iterator, settings, out, slots))
@@ -573,5 +576,5 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             ),
             leads_used=used, leads_missing=[lead for lead in STANDARD_LEADS if lead not in settings.leads],
             quality_flags=window.flags + flags, answer=answer,
-            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
+            diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], warnings=retrieval.warnings,
         ))

@@ -9,7 +9,12 @@ Rules for what monitors really send (each produces a warning; none ends the stre
 - **Lead off** (``leads_off``) and leads that are all NaN/inf in a chunk: zero-filled for that chunk, window
   flagged ``lead_off:LEAD``. Isolated NaN/inf samples are interpolated linearly (``nan_interpolated:LEAD``).
 - **Saturation**: a lead at or beyond +-10 mV for more than 5% of a window is flagged ``saturated:LEAD``; flat
-  leads are zeroed by preprocessing (``flat:LEAD``). Missing leads (not in the config) are zero-filled and listed.
+  leads are zeroed by preprocessing (``flat:LEAD``, only for leads the monitor sends and that are not off). Missing
+  leads (not in the config) are zero-filled and listed in ``leads_missing``.
+- **Windows** are encoded like any ECG of their length (:mod:`ecgregen.preprocess`'s length policy), through the
+  same :meth:`RetrievalPipeline.embed_each` and ``retrieve`` as the unary calls: a 20 s window gets the vector
+  ``GenerateReport`` gives those 20 s, with the same warnings (e.g. the Triton fallback) and stage metrics. A
+  ``patient_id`` in the config keeps that patient's own records out of the neighbours.
 - **Back-pressure**: a stream holds at most ``MAX_PENDING_WINDOWS`` windows waiting for the encoder; while they
   wait the server stops reading that stream, so gRPC flow control slows a sender that is faster than real time
   instead of the server's memory growing. Windows from all streams that complete together are encoded in one
@@ -25,10 +30,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ecgregen.ecg import STANDARD_LEADS, EcgInputError, ecg_from_array
+from ecgregen.ecg import MAX_RATE_HZ, MIN_RATE_HZ, STANDARD_LEADS, EcgInputError, canonical_lead, ecg_from_array, unit_scale
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
 from ecgregen.pipeline import Retrieval, RetrievalPipeline
-from ecgregen.preprocess import preprocess
+from ecgregen.store import SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
 log = logging.getLogger("ecgregen.stream")
@@ -37,7 +42,7 @@ MAX_PENDING_WINDOWS = 2
 SATURATION_MV = 10.0
 SATURATED_FRACTION = 0.05
 MAX_BATCH = 64
-UNIT_TO_MV = {"mv": 1.0, "uv": 1e-3, "µv": 1e-3, "v": 1e3}
+MIN_WINDOW_S, MAX_WINDOW_S = 2.0, 60.0
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,11 @@ class StreamSettings:
     k: int
     question: str
     options: tuple[str, ...]
+    patient_id: str = ""  # the monitored patient: their own records are not neighbours
+
+    @property
+    def search_filter(self) -> SearchFilter | None:
+        return SearchFilter(exclude_patient_id=self.patient_id) if self.patient_id else None
 
     @property
     def window_samples(self) -> int:
@@ -65,28 +75,23 @@ class StreamSettings:
 def parse_config(config: pb.StreamConfig, max_k: int) -> StreamSettings:
     """Check a stream's config; raises EcgInputError naming what is wrong."""
     rate = config.sampling_rate_hz
-    if not 50.0 <= rate <= 1000.0:
-        raise EcgInputError(f"sampling_rate_hz must be 50-1000 Hz, got {rate:g}")
-    canonical = {name.lower(): name for name in STANDARD_LEADS}
-    leads = []
-    for name in config.lead_names:
-        if name.strip().lower() not in canonical:
-            raise EcgInputError(f"unknown lead {name!r}; expected a subset of {', '.join(STANDARD_LEADS)}")
-        leads.append(canonical[name.strip().lower()])
+    if not MIN_RATE_HZ <= rate <= MAX_RATE_HZ:
+        raise EcgInputError(f"sampling_rate_hz must be {MIN_RATE_HZ:g}-{MAX_RATE_HZ:g} Hz, got {rate:g}")
+    leads = [canonical_lead(name) for name in config.lead_names]
     if not leads or len(set(leads)) != len(leads):
         raise EcgInputError("lead_names must list one or more distinct standard leads")
-    units = (config.units or "mV").strip().lower()
-    if units not in UNIT_TO_MV:
-        raise EcgInputError(f"units must be mV, uV or V, got {config.units!r}")
+    to_mv = unit_scale(config.units)
     window = config.window_s or 10.0
     hop = config.hop_s or window
-    if not 2.0 <= window <= 60.0 or not 0 < hop <= window:
-        raise EcgInputError(f"window_s must be 2-60 s and hop_s in (0, window_s]; got {window:g} and {hop:g}")
+    if not MIN_WINDOW_S <= window <= MAX_WINDOW_S or not 0 < hop <= window:
+        raise EcgInputError(f"window_s must be {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} s and hop_s in (0, window_s]; got "
+                            f"{window:g} and {hop:g}")
     k = config.k or 3
     if k > max_k:
         raise EcgInputError(f"k must be between 1 and {max_k}, got {k}")
-    return StreamSettings(rate, tuple(leads), UNIT_TO_MV[units], config.gain, config.baseline, window, hop, k,
-                          config.question.strip(), tuple(o.strip() for o in config.options if o.strip()))
+    return StreamSettings(rate, tuple(leads), to_mv, config.gain, config.baseline, window, hop, k,
+                          config.question.strip(), tuple(o.strip() for o in config.options if o.strip()),
+                          config.patient_id.strip())
 
 
 @dataclass
@@ -240,29 +245,26 @@ class WindowBatcher:
                     job.future.set_result(result)
 
     def _process(self, jobs: list[_Job]) -> list[tuple[Retrieval | None, list[str], Exception | None]]:
-        prepared, outcome = [], []
-        start = time.perf_counter()
+        """Embed every window in one call (the unary calls' path), then search each with its stream's filter."""
+        ecgs, outcome = [], []
         for job in jobs:
             try:
-                ecg = ecg_from_array(job.window.signal, job.settings.rate_hz, list(STANDARD_LEADS), ["mV"] * 12)
-                prepared.append(preprocess(ecg, self.pipeline.encoder.preprocess_config))
+                ecgs.append(ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV"))
                 outcome.append(None)
             except EcgInputError as exc:
-                prepared.append(None)
                 outcome.append(exc)
-        signals = [p.signal for p in prepared if p is not None]
-        pre_s = time.perf_counter() - start
-        start = time.perf_counter()
-        vectors = iter(self.pipeline.encoder.encode(signals)) if signals else iter(())
-        encode_s = time.perf_counter() - start
+        shared: dict[str, float] = {}  # one preprocess + encode for the whole batch
+        embedded = iter(self.pipeline.embed_each(ecgs, shared))
         results = []
-        for job, p, error in zip(jobs, prepared, outcome):
-            if error is not None:
-                results.append((None, [], error))
+        for job, error in zip(jobs, outcome):
+            done = error or next(embedded)
+            if isinstance(done, EcgInputError):
+                results.append((None, [], done))
                 continue
-            seconds = {"preprocess": pre_s / len(jobs), "encode": encode_s}
-            retrieval = self.pipeline.retrieve(next(vectors), job.settings.k, None, [], seconds)
-            results.append((retrieval, [f"flat:{lead}" for lead in p.flat_leads], None))
+            s = job.settings
+            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, done.warnings, dict(shared))
+            sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]
+            results.append((retrieval, [f"flat:{lead}" for lead in done.flat_leads if lead in sent], None))
         return results
 
 

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from ecgregen.ecg import Ecg
 from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
 from ecgregen.host import free_port
 from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
@@ -160,6 +162,16 @@ def demo_queries() -> list[EcgRecord]:
 @pytest.fixture(scope="session")
 def ptbxl_queries() -> list[EcgRecord]:
     return load_ptbxl(shared_ptbxl(), [9])
+
+
+LENGTHS_S = (5, 10, 20, 60)  # the encode contract's test lengths: short, one window, two, six
+
+
+def real_ecg_of(seconds: int) -> Ecg:
+    """A real 100 Hz ECG of `seconds`: consecutive demo fold-9 records joined (each is 10 s), then cut."""
+    records = load_ptbxl(DEMO_PTBXL, [9])[: -(-seconds // 10)]
+    signal = np.concatenate([r.load_ecg().signal for r in records], axis=1)[:, : seconds * 100]
+    return Ecg(signal, 100.0)
 
 
 # ---- Triton: the exported encoder on the real tritonserver bundled in nvidia-pytriton ----

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from ecgregen.bench.encoder import run_encoder_bench
-from ecgregen.encoder import load_encoder
+from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
 
 

@@ -13,7 +13,8 @@ import pytest
 import wfdb
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.encoder import random_encoder, save_checkpoint
+from ecgregen.encoders.checkpoint import save_checkpoint
+from ecgregen.encoders.model import random_encoder
 from ecgregen.records import EcgRecord
 from tests.conftest import DEMO_PTBXL, ECGREGEN, ServerProcess, free_port
 

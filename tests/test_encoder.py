@@ -1,5 +1,5 @@
-"""The ECG encoder: shapes, unit-norm output, determinism across processes, checkpoint round trip, the onnxruntime
-runtime against PyTorch, and callers sharing forward passes."""
+"""The ECG encoder: shapes, unit-norm output, the padding mask, determinism across processes, checkpoint round
+trip and refusals, the onnxruntime runtime against PyTorch at every length, and callers sharing forward passes."""
 
 from __future__ import annotations
 
@@ -12,29 +12,42 @@ import numpy as np
 import pytest
 import torch
 
-from ecgregen.encoder import (
-    CONFIGS,
-    EcgEncoder,
-    InProcessEncoder,
-    load_checkpoint,
-    load_encoder,
-    random_encoder,
-    save_checkpoint,
-)
-from ecgregen.onnx_encoder import OnnxRuntimeEncoder
-from ecgregen.preprocess import preprocess
+from ecgregen.encoders.base import embed_prepared
+from ecgregen.encoders.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_encoder, save_checkpoint
+from ecgregen.encoders.model import CONFIGS, EcgEncoder, random_encoder
+from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
+from ecgregen.encoders.pytorch import InProcessEncoder
+from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from tests.conftest import LENGTHS_S, real_ecg_of
 
 
 def test_embeddings_are_unit_vectors_of_the_configured_dim() -> None:
     encoder = InProcessEncoder(random_encoder())
-    signals = [np.random.default_rng(i).normal(size=(12, n)).astype(np.float32) for i, n in enumerate((1000, 1000, 640))]
-    out = encoder.encode(signals)
+    windows = np.random.default_rng(0).normal(size=(3, 12, 1000)).astype(np.float32)
+    lengths = np.array([1000, 1000, 640])
+    windows[2, :, 640:] = 0.0
+    out = encoder.encode(windows, lengths)
     assert out.shape == (3, CONFIGS["small"].dim) and out.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
-    # Batched and one-by-one encoding agree (equal lengths are batched together).
-    single = np.concatenate([encoder.encode([s]) for s in signals])
+    # Batched and one-by-one encoding agree.
+    single = np.concatenate([encoder.encode(windows[i : i + 1], lengths[i : i + 1]) for i in range(3)])
     np.testing.assert_allclose(out, single, atol=1e-5)
+
+
+def test_a_padded_window_embeds_as_the_short_ecg_alone() -> None:
+    """The model honours the padding mask: 2-9.99 s zero-padded to the window give the vector the unpadded
+    signal gives, so a short ECG's vector does not depend on how a runtime shapes its batch."""
+    model = load_encoder(None).model
+    x = np.random.default_rng(1).normal(size=(4, 12, 1000)).astype(np.float32)
+    lengths = np.array([200, 500, 999, 1000])
+    padded = x * (np.arange(1000)[None, :] < lengths[:, None])[:, None, :]
+    with torch.inference_mode():
+        alone = np.concatenate([model(torch.from_numpy(x[i : i + 1, :, :n])).numpy() for i, n in enumerate(lengths)])
+        unmasked = model(torch.from_numpy(padded)).numpy()
+    masked = InProcessEncoder(load_encoder(None)).encode(padded.astype(np.float32), lengths)
+    np.testing.assert_allclose(masked, alone, atol=1e-5)
+    assert np.abs(unmasked[:2] - alone[:2]).max() > 1e-3  # without the mask the padding would change the vector
 
 
 def test_paper_config_builds_and_downsamples_16x() -> None:
@@ -47,7 +60,7 @@ def test_paper_config_builds_and_downsamples_16x() -> None:
 def test_seeded_random_encoder_is_identical_in_another_process() -> None:
     here = random_encoder().encoder_id
     there = subprocess.run(
-        [sys.executable, "-c", "from ecgregen.encoder import random_encoder; print(random_encoder().encoder_id)"],
+        [sys.executable, "-c", "from ecgregen.encoders.model import random_encoder; print(random_encoder().encoder_id)"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert here == there
@@ -58,22 +71,40 @@ def test_checkpoint_round_trip(tmp_path) -> None:  # noqa: ANN001
     save_checkpoint(bundle, tmp_path / "enc.pt")
     loaded = load_checkpoint(tmp_path / "enc.pt")
     assert loaded.encoder_id == bundle.encoder_id and loaded.preprocess == bundle.preprocess
-    x = [np.random.default_rng(0).normal(size=(12, 1000)).astype(np.float32)]
-    np.testing.assert_array_equal(InProcessEncoder(bundle).encode(x), InProcessEncoder(loaded).encode(x))
+    x = np.random.default_rng(0).normal(size=(1, 12, 1000)).astype(np.float32)
+    full = np.array([1000])
+    np.testing.assert_array_equal(InProcessEncoder(bundle).encode(x, full), InProcessEncoder(loaded).encode(x, full))
+    assert torch.load(tmp_path / "enc.pt", weights_only=True)["format"] == CHECKPOINT_FORMAT
 
 
-def _real_signals(n: int) -> list[np.ndarray]:
+def test_files_that_are_not_serving_checkpoints_are_refused_with_what_to_do(tmp_path: Path) -> None:
+    bundle = random_encoder(seed=3)
+    torch.save({"model": bundle.model.state_dict(), "optimizer": {}, "epoch": 3, "rng": np.random.get_state()},
+               tmp_path / "last.pt")
+    with pytest.raises(CheckpointError, match="not a serving checkpoint .*serve the best.pt"):
+        load_checkpoint(tmp_path / "last.pt")
+    save_checkpoint(bundle, tmp_path / "enc.pt")
+    newer = torch.load(tmp_path / "enc.pt", weights_only=True) | {"format": CHECKPOINT_FORMAT + 1}
+    torch.save(newer, tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match=f"format {CHECKPOINT_FORMAT + 1}, newer than .*upgrade ecgregen"):
+        load_checkpoint(tmp_path / "newer.pt")
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def _real_prepared(n: int) -> list[Preprocessed]:
     bundle = load_encoder(None)
-    return [preprocess(r.load_ecg(), bundle.preprocess).signal for r in load_ptbxl(DEMO_PTBXL, [9])[:n]]
+    return [preprocess(r.load_ecg(), bundle.preprocess) for r in load_ptbxl(DEMO_PTBXL, [9])[:n]]
 
 
 def test_onnxruntime_encoder_equals_pytorch_and_reuses_its_checked_export(tmp_path: Path) -> None:
     bundle = load_encoder(None)
-    signals = _real_signals(12)
-    short = signals[0][:, :500]  # 5 s: the export's time axis is fixed, so this one runs through PyTorch
+    prepared = _real_prepared(12)
+    windows, lengths = np.concatenate([p.windows for p in prepared]), np.concatenate([p.lengths for p in prepared])
+    windows[0, :, 500:], lengths[0] = 0.0, 500  # a 5 s ECG: padded and masked in the same graph
     onnx = OnnxRuntimeEncoder(bundle, cache_dir=tmp_path)
-    reference = InProcessEncoder(bundle).encode([*signals, short])
-    np.testing.assert_allclose(onnx.encode([*signals, short]), reference, atol=1e-5)
+    reference = InProcessEncoder(bundle).encode(windows, lengths)
+    np.testing.assert_allclose(onnx.encode(windows, lengths), reference, atol=1e-5)
 
     (exported,) = (tmp_path / "onnx").glob("encoder-*.onnx")
     made = exported.stat().st_mtime_ns
@@ -82,18 +113,31 @@ def test_onnxruntime_encoder_equals_pytorch_and_reuses_its_checked_export(tmp_pa
 
     exported.write_bytes(b"not an onnx model")  # a damaged cache file is replaced, never served
     again = OnnxRuntimeEncoder(bundle, cache_dir=tmp_path)
-    np.testing.assert_allclose(again.encode(signals[:2]), reference[:2], atol=1e-5)
+    np.testing.assert_allclose(again.encode(windows[:2], lengths[:2]), reference[:2], atol=1e-5)
     assert exported.stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("seconds", LENGTHS_S)
+def test_an_ecg_of_any_length_embeds_alike_through_pytorch_and_onnxruntime(seconds: int, tmp_path: Path) -> None:
+    """One length policy for every runtime: the same 5/10/20/60 s real ECG gives vectors within 1e-4."""
+    bundle = load_encoder(None)
+    prepared = [preprocess(real_ecg_of(seconds), bundle.preprocess)]
+    assert len(prepared[0].windows) == max(1, -(-seconds // 10))
+    torch_vector, _ = embed_prepared(InProcessEncoder(bundle), prepared)
+    onnx_vector, _ = embed_prepared(OnnxRuntimeEncoder(bundle, cache_dir=tmp_path), prepared)
+    assert np.abs(torch_vector - onnx_vector).max() <= 1e-4
+    np.testing.assert_allclose(np.linalg.norm(torch_vector), 1, atol=1e-5)
 
 
 def test_concurrent_callers_share_passes_and_a_bad_input_fails_only_its_caller() -> None:
     encoder = InProcessEncoder(load_encoder(None))
-    signals = _real_signals(16)
-    alone = encoder.encode(signals)
-    bad = np.zeros((11, 1000), dtype=np.float32)  # 11 leads: the model refuses it
+    windows = np.concatenate([p.windows for p in _real_prepared(16)])
+    full = np.full(1, windows.shape[-1])
+    alone = encoder.encode(windows, np.full(len(windows), windows.shape[-1]))
+    bad = np.zeros((1, 11, 1000), dtype=np.float32)  # 11 leads: the model refuses it
     with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        good = [pool.submit(encoder.encode, [s]) for s in signals]
-        failing = pool.submit(encoder.encode, [bad])
+        good = [pool.submit(encoder.encode, w[None], full) for w in windows]
+        failing = pool.submit(encoder.encode, bad, full)
         results = np.concatenate([f.result() for f in good])
         with pytest.raises(RuntimeError):
             failing.result()

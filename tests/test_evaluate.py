@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecgregen.encoder import load_encoder
+from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.evaluate.corpus import open_eval_index
 from ecgregen.evaluate.report import retrieve_top1
 from ecgregen.preprocess import resample

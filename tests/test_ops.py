@@ -25,7 +25,7 @@ from ecgregen.host import http_ok
 from ecgregen.records import EcgRecord
 from ecgregen.server.app import ServeSettings
 from ecgregen.simulate import simulate
-from ecgregen.triton_encoder import TritonEncoder
+from ecgregen.encoders.triton import TritonEncoder
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto
 from tests.conftest import REPO, ServerProcess, free_port
@@ -121,7 +121,7 @@ def _traffic(server: ServerProcess, llm: ScriptedLlm, triton: LocalTriton, queri
     list(stub.StreamECG(iter(gap), timeout=60))
     encoder = TritonEncoder(triton.grpc_url)
     try:
-        encoder.encode([np.zeros((12, 1000), np.float32)] * 4)
+        encoder.encode(np.zeros((4, 12, 1000), np.float32), np.full(4, 1000))
     finally:
         encoder.close()
 

@@ -16,7 +16,9 @@ import pytest
 import torch
 
 from ecgregen.ecg import STANDARD_LEADS, ecg_from_array
-from ecgregen.encoder import InProcessEncoder, load_checkpoint, load_encoder
+from ecgregen.encoders.base import embed_prepared
+from ecgregen.encoders.checkpoint import load_checkpoint, load_encoder
+from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.preprocess import PreprocessConfig, preprocess, resample
 from ecgregen.pretrain.model import RECIPES, patch_targets, random_mask
 from ecgregen.pretrain.train import EcgReportDataset, TrainSettings, build_model, collate, save_serving
@@ -89,7 +91,9 @@ def test_serving_checkpoint_round_trip_gives_identical_embeddings(records, tmp_p
     model.ecg.eval()
     with torch.inference_mode():
         expected = model.ecg(batch[0]).numpy()
-    np.testing.assert_array_equal(InProcessEncoder(loaded).encode(list(batch[0].numpy())), expected)
+    windows = batch[0].numpy()
+    lengths = np.full(len(windows), windows.shape[-1])
+    np.testing.assert_allclose(InProcessEncoder(loaded).encode(windows, lengths), expected, atol=1e-6)
 
 
 def test_served_encoder_is_stable_across_100_and_500_hz() -> None:
@@ -99,7 +103,7 @@ def test_served_encoder_is_stable_across_100_and_500_hz() -> None:
     for record in load_ptbxl(DEMO_PTBXL, [9])[:10]:
         ecg = record.load_ecg()
         at_500 = ecg_from_array(resample(ecg.signal.astype(np.float64), 100, 500), 500, STANDARD_LEADS)
-        a, b = encoder.encode([preprocess(ecg).signal, preprocess(at_500).signal])
+        a, b = embed_prepared(encoder, [preprocess(ecg), preprocess(at_500)])[0]
         cosines.append(float(a @ b))
     assert min(cosines) >= 0.95, cosines
 
@@ -169,7 +173,7 @@ def test_device_augmentation_keeps_shape_and_rhythm(rate: float) -> None:
     rng = np.random.default_rng(0)
     for record in load_ptbxl(shared_ptbxl(), [9])[:6]:
         ecg = record.load_ecg()
-        clean = preprocess(ecg).signal
+        clean = preprocess(ecg).first_window
         augmented = augment_raw(ecg, rng, config)
         assert augmented.shape == clean.shape and augmented.dtype == np.float32
         assert not np.allclose(augmented, clean, atol=1e-3)  # it did change the signal
@@ -184,7 +188,7 @@ def test_device_augmentation_keeps_shape_and_rhythm(rate: float) -> None:
 def test_label_recipe_trains_from_a_checkpoint_and_resumes(tmp_path: Path) -> None:
     """The `labels` recipe starts from the shipped self-supervised encoder, logs its losses and the 10-NN vote, saves a serving
     checkpoint with a new id (loadable, same config), and resumes from last.pt. In-process on a few real records."""
-    from ecgregen.encoder import SELF_SUPERVISED_CHECKPOINT
+    from ecgregen.encoders.checkpoint import SELF_SUPERVISED_CHECKPOINT
     from ecgregen.pretrain.train import pretrain
     from tests.conftest import shared_ptbxl
 

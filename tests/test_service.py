@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from ecgregen.answer import DEFAULT_SETTINGS
-from ecgregen.encoder import load_encoder
+from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.records import EcgRecord
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto

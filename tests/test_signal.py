@@ -7,7 +7,7 @@ import pytest
 import wfdb
 
 from ecgregen.ecg import STANDARD_LEADS, EcgInputError, canonical_lead, ecg_from_array
-from ecgregen.preprocess import PreprocessConfig, preprocess, resample
+from ecgregen.preprocess import PreprocessConfig, preprocess, resample, window_starts
 from ecgregen.records import load_ptbxl, parse_folds, read_wfdb
 from tests.conftest import DEMO_PTBXL, shared_ptbxl
 
@@ -90,11 +90,11 @@ def test_parse_folds_rejects_garbage() -> None:
 
 
 def test_preprocess_output_is_zscored_and_band_limited(demo_records) -> None:  # noqa: ANN001
-    out = preprocess(raw_mv_record(demo_records).load_ecg())
-    assert out.signal.shape == (12, 1000) and out.signal.dtype == np.float32
-    np.testing.assert_allclose(out.signal.mean(axis=1), 0, atol=1e-5)
-    np.testing.assert_allclose(out.signal.std(axis=1), 1, atol=1e-4)
-    spectrum = np.abs(np.fft.rfft(out.signal, axis=1)) ** 2
+    out = preprocess(raw_mv_record(demo_records).load_ecg()).first_window
+    assert out.shape == (12, 1000) and out.dtype == np.float32
+    np.testing.assert_allclose(out.mean(axis=1), 0, atol=1e-5)
+    np.testing.assert_allclose(out.std(axis=1), 1, atol=1e-4)
+    spectrum = np.abs(np.fft.rfft(out, axis=1)) ** 2
     freqs = np.fft.rfftfreq(1000, 1 / 100)
     assert spectrum[:, freqs > 45].sum() / spectrum.sum() < 1e-3
 
@@ -103,9 +103,9 @@ def test_raw_and_preprocessed_records_land_alike(demo_records) -> None:  # noqa:
     """A raw mV record and the same record filtered + z-scored upstream (as the 'NU' records were) preprocess to
     nearly the same signal: the chain is idempotent, so both kinds of shared record share one space."""
     raw = raw_mv_record(demo_records).load_ecg()
-    once = preprocess(raw).signal
+    once = preprocess(raw).first_window
     upstream = ecg_from_array(once, 100, STANDARD_LEADS, "NU")
-    twice = preprocess(upstream).signal
+    twice = preprocess(upstream).first_window
     assert np.corrcoef(once.ravel(), twice.ravel())[0, 1] > 0.99
 
 
@@ -113,16 +113,34 @@ def test_500hz_input_matches_100hz_input(demo_records) -> None:  # noqa: ANN001
     """The server resamples: the same ECG sent at 500 Hz preprocesses to (almost) what 100 Hz gives."""
     ecg = raw_mv_record(demo_records).load_ecg()
     at_500 = ecg_from_array(resample(ecg.signal.astype(np.float64), 100, 500), 500, STANDARD_LEADS)
-    a, b = preprocess(ecg).signal, preprocess(at_500).signal
+    a, b = preprocess(ecg).first_window, preprocess(at_500).first_window
     assert b.shape == a.shape
     assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
 
 
-def test_long_ecg_is_cut_to_the_window_with_a_warning() -> None:
-    signal = np.random.default_rng(2).normal(size=(12, 3000))
+@pytest.mark.parametrize(("seconds", "starts"), [(5, [0]), (10, [0]), (25, [0, 1000, 1500]), (60, [0, 1000, 2000, 3000,
+                                                                                              4000, 5000])])
+def test_ecgs_are_cut_into_windows_from_the_start_the_last_ending_at_the_end(seconds: int, starts: list[int]) -> None:
+    """No part of an ECG is dropped: 10 s windows back to back, the last one ending where the ECG ends; a short ECG
+    is one window padded with zeros past its real length."""
+    signal = np.random.default_rng(2).normal(size=(12, seconds * 100))
     out = preprocess(ecg_from_array(signal, 100, STANDARD_LEADS))
-    assert out.signal.shape == (12, PreprocessConfig().window_samples)
-    assert out.warnings == ("ECG is 30.0 s long; only the first 10 s were used",)
+    window = PreprocessConfig().window_samples
+    assert out.windows.shape == (len(starts), 12, window) and out.warnings == ()
+    assert list(out.lengths) == [min(window, seconds * 100)] * len(starts)
+    assert window_starts(seconds * 100, window) == starts
+    if seconds < 10:
+        assert not out.windows[0, :, seconds * 100 :].any() and out.first_window.shape == (12, seconds * 100)
+    for row, start in zip(out.windows, starts):  # each window is that stretch, preprocessed on its own
+        alone = preprocess(ecg_from_array(signal[:, start : start + window], 100, STANDARD_LEADS)).windows[0]
+        np.testing.assert_allclose(row, alone, atol=1e-6)
+
+
+def test_an_all_flat_window_of_a_long_ecg_is_left_out_with_a_warning() -> None:
+    signal = np.random.default_rng(5).normal(size=(12, 3000))
+    signal[:, 1000:2000] = 0.0
+    out = preprocess(ecg_from_array(signal, 100, STANDARD_LEADS))
+    assert len(out.windows) == 2 and out.warnings == ("all 12 leads are flat at 10-20 s; that window is left out",)
 
 
 def test_flat_leads_are_zeroed_and_reported() -> None:
@@ -130,7 +148,7 @@ def test_flat_leads_are_zeroed_and_reported() -> None:
     signal[[2, 8]] = 0.25
     out = preprocess(ecg_from_array(signal, 100, STANDARD_LEADS))
     assert out.flat_leads == ("III", "V3")
-    assert not out.signal[2].any() and not out.signal[8].any()
+    assert not out.windows[0, 2].any() and not out.windows[0, 8].any()
     assert "flat lead(s) III, V3 set to zero" in out.warnings
 
 
@@ -146,4 +164,4 @@ def test_plain_wfdb_files_at_another_rate(tmp_path) -> None:  # noqa: ANN001
                 fmt=["16"] * 12, write_dir=str(tmp_path))
     ecg = read_wfdb(tmp_path / "rec")
     assert ecg.sampling_rate_hz == 250 and ecg.signal.shape == (12, 2500)
-    assert preprocess(ecg).signal.shape == (12, 1000)
+    assert preprocess(ecg).windows.shape == (1, 12, 1000)

@@ -20,7 +20,7 @@ from ecgregen.records import EcgRecord
 from ecgregen.simulate import simulate
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto, signal_to_proto
-from tests.conftest import ServerProcess, start_server
+from tests.conftest import ServerProcess, real_ecg_of, start_server
 
 
 def config(rate: float, leads: list[str] | None = None, **fields: object) -> pb.StreamEcgRequest:
@@ -41,6 +41,37 @@ def uneven_chunks(signal: np.ndarray, seed: int = 0) -> list[np.ndarray]:
 
 def stream(server: ServerProcess, messages: list[pb.StreamEcgRequest]) -> list[pb.StreamEcgResponse]:
     return list(server.stub().StreamECG(iter(messages), timeout=120))
+
+
+@pytest.mark.parametrize("seconds", [5, 20, 60])
+def test_a_window_of_any_length_gets_the_unary_vector_of_the_same_seconds(edge_server: ServerProcess,
+                                                                          seconds: int) -> None:
+    """A 5/20/60 s window is encoded like GenerateReport encodes the same seconds (before, only its first 10 s
+    were used while the result claimed the whole window): same neighbours with the same scores, same diagnoses."""
+    ecg = real_ecg_of(seconds)
+    responses = stream(edge_server, [config(100, window_s=seconds, k=5),
+                                     *(chunk(i, p) for i, p in enumerate(uneven_chunks(ecg.signal)))])
+    (result,) = [r.window_result for r in responses if r.HasField("window_result")]
+    unary = edge_server.stub().GenerateReport(pb.GenerateReportRequest(ecg=ecg_to_proto(ecg), k=5), timeout=60)
+    assert (result.start_s, result.end_s) == (0.0, float(seconds))
+    assert [(n.ecg_id, round(n.score, 5)) for n in result.neighbours] == [
+        (n.ecg_id, round(n.score, 5)) for n in unary.neighbours]
+    assert [(d.code, d.probability) for d in result.diagnoses] == [(d.code, d.probability) for d in unary.diagnoses]
+    assert result.report == unary.report and list(result.warnings) == list(unary.warnings)
+
+
+def test_the_monitored_patients_own_records_are_not_neighbours(edge_server: ServerProcess,
+                                                              demo_queries: list[EcgRecord]) -> None:
+    """StreamConfig.patient_id keeps that patient's records out of the window's neighbours."""
+    ecg = demo_queries[0].load_ecg()
+    first = stream(edge_server, [config(100, k=5), chunk(0, ecg.signal)])
+    (result,) = [r.window_result for r in first if r.HasField("window_result")]
+    patient = result.neighbours[0].patient_id
+    again = stream(edge_server, [config(100, k=5, patient_id=patient), chunk(0, ecg.signal)])
+    (excluded,) = [r.window_result for r in again if r.HasField("window_result")]
+    assert patient not in {n.patient_id for n in excluded.neighbours}
+    opened = [line for line in edge_server.log().splitlines() if "stream opened" in line][-1]
+    assert "device bed-7, patient " in opened and f"patient {patient}," not in opened  # a pseudonym only
 
 
 def test_uneven_chunks_give_the_unary_report(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
@@ -102,6 +133,7 @@ def test_lead_off_and_missing_leads_are_reported(edge_server: ServerProcess, dem
                                                            for i, p in enumerate(pieces))])
     (result,) = [r.window_result for r in responses if r.HasField("window_result")]
     assert list(result.leads_missing) == ["III", "aVR", "aVL", "aVF"]
+    assert not [f for f in result.quality_flags if f.startswith("flat:")]  # missing/off leads are not also "flat"
     assert "lead_off:V1" in result.quality_flags and "V1" not in result.leads_used
     assert result.report
 
@@ -110,7 +142,7 @@ def test_lead_off_and_missing_leads_are_reported(edge_server: ServerProcess, dem
     ("first", "message"),
     [
         (config(30), "sampling_rate_hz must be 50-1000 Hz, got 30"),
-        (config(100, ["I", "X9"]), "unknown lead 'X9'"),
+        (config(100, ["I", "X9"]), "unknown lead name 'X9'"),
         (config(100, window_s=90), "window_s must be 2-60 s"),
         (chunk(0, np.zeros((12, 10), np.float32)), "the first message of a stream must be a StreamConfig"),
     ],

@@ -13,14 +13,18 @@ import grpc
 import numpy as np
 import pytest
 
-from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.encoder_export.export import FP16_SUFFIX, production_config
 from ecgregen.encoder_export.local_triton import LocalTriton
+from ecgregen.encoders.base import embed_prepared
+from ecgregen.encoders.checkpoint import load_encoder
+from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
+from ecgregen.encoders.pytorch import InProcessEncoder
+from ecgregen.encoders.triton import TritonEncoder
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
-from ecgregen.triton_encoder import TritonEncoder
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto
-from tests.conftest import ServerProcess, free_port, start_server
+from tests.conftest import LENGTHS_S, ServerProcess, free_port, real_ecg_of, start_server
 from tests.test_cli import run
 
 
@@ -53,10 +57,34 @@ def test_triton_embeddings_equal_in_process(triton: LocalTriton, demo_queries: l
     try:
         local = InProcessEncoder(load_encoder(None))
         assert remote.encoder_id == local.encoder_id and remote.dim == local.dim
-        signals = [preprocess(r.load_ecg(), remote.preprocess_config).signal for r in demo_queries]
-        assert np.abs(remote.encode(signals) - local.encode(signals)).max() <= 1e-4
+        prepared = [preprocess(r.load_ecg(), remote.preprocess_config) for r in demo_queries]
+        assert np.abs(embed_prepared(remote, prepared)[0] - embed_prepared(local, prepared)[0]).max() <= 1e-4
     finally:
         remote.close()
+
+
+def test_an_ecg_of_any_length_embeds_through_triton_as_in_process(triton: LocalTriton) -> None:
+    """The length policy holds for Triton too: real 5/10/20/60 s ECGs within 1e-4 of PyTorch and onnxruntime
+    (before, Triton zero-padded a short ECG without a mask and embedded it differently)."""
+    remote = TritonEncoder(triton.grpc_url)
+    bundle = load_encoder(None)
+    try:
+        for seconds in LENGTHS_S:
+            prepared = [preprocess(real_ecg_of(seconds), bundle.preprocess)]
+            via_triton = embed_prepared(remote, prepared)[0]
+            for local in (InProcessEncoder(bundle), OnnxRuntimeEncoder(bundle)):
+                assert np.abs(via_triton - embed_prepared(local, prepared)[0]).max() <= 1e-4, (seconds, local)
+    finally:
+        remote.close()
+
+
+def test_each_precision_of_an_export_has_its_own_encoder_id() -> None:
+    """TensorRT FP16 computes other vectors than FP32: its model config names another encoder id, so a service
+    on it refuses an FP32 corpus and the FP32 in-process fallback instead of mixing the two."""
+    bundle = load_encoder(None)
+    fp32, fp16 = production_config(bundle), production_config(bundle, tensorrt_fp16=True)
+    assert f'string_value: "{bundle.encoder_id}" ' in fp32
+    assert f'string_value: "{bundle.encoder_id}{FP16_SUFFIX}" ' in fp16 and "FP16" in fp16
 
 
 def test_service_encodes_through_triton(triton: LocalTriton, triton_server: ServerProcess,

@@ -25,9 +25,10 @@ import torch
 
 from ecgregen.bench.measure import Progress, latency_summary
 from ecgregen.ecg import EcgInputError
-from ecgregen.encoder import EncoderBundle, InProcessEncoder
+from ecgregen.encoders.model import EncoderBundle
+from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.host import free_port
-from ecgregen.onnx_encoder import OnnxRuntimeEncoder
+from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
 
@@ -105,17 +106,13 @@ def nominal_peak_gflops() -> dict[str, Any]:
 
 
 def _inputs(records: Sequence[EcgRecord], bundle: EncoderBundle) -> np.ndarray:
-    """Up to MAX_INPUTS real records, preprocessed and cut/padded to the model's window: (n, 12, samples)."""
-    samples = bundle.preprocess.window_samples
+    """Up to MAX_INPUTS real records' first windows, preprocessed as served: (n, 12, samples)."""
     out = []
     for record in records:
         try:
-            signal = preprocess(record.load_ecg(), bundle.preprocess).signal
+            out.append(preprocess(record.load_ecg(), bundle.preprocess).windows[0])
         except EcgInputError:
             continue
-        fixed = np.zeros((12, samples), dtype=np.float32)
-        fixed[:, : min(samples, signal.shape[1])] = signal[:, :samples]
-        out.append(fixed)
         if len(out) == MAX_INPUTS:
             break
     if not out:
@@ -142,10 +139,15 @@ def _time_batches(encode: Callable[[np.ndarray], Any], inputs: np.ndarray, batch
             "ms_per_ecg": round(total / (batch * len(seconds)) * 1000, 3)}
 
 
+def _full(windows: np.ndarray) -> np.ndarray:
+    """Lengths saying every window is real (the benchmark runs whole 10 s windows)."""
+    return np.full(len(windows), windows.shape[-1], np.int64)
+
+
 def _triton_encoder(triton: str, bundle: EncoderBundle, records: Sequence[EcgRecord], work_dir: Path,
                     stack: list[Callable[[], None]]) -> tuple[Any, str]:
     """A TritonEncoder on ``triton`` (HOST:PORT), or on the bundled tritonserver started here for "local"."""
-    from ecgregen.triton_encoder import TritonEncoder
+    from ecgregen.encoders.triton import TritonEncoder
 
     where = triton
     if triton == "local":
@@ -197,14 +199,14 @@ def run_encoder_bench(
             runners: dict[str, Callable[[np.ndarray], Any]] = {}
             if "torch" in backends:
                 encoder = InProcessEncoder(bundle)
-                runners["torch"] = lambda x: encoder.encode(list(x))
+                runners["torch"] = lambda x: encoder.encode(x, _full(x))
             if "onnxruntime" in backends:
                 onnx = OnnxRuntimeEncoder(bundle, cache_dir=Path(tmp))
-                runners["onnxruntime"] = lambda x: onnx.encode(list(x))
+                runners["onnxruntime"] = lambda x: onnx.encode(x, _full(x))
             if triton:
                 try:
                     remote, where = _triton_encoder(triton, bundle, records, Path(tmp), cleanup)
-                    runners["triton"] = lambda x: remote.encode(list(x))
+                    runners["triton"] = lambda x: remote.encode(x, _full(x))
                     result["triton"] = where
                 except Exception as exc:  # no tritonserver here, or the URL does not answer: say so, go on
                     result["triton"] = f"skipped: {exc}".splitlines()[0]

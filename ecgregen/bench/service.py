@@ -35,7 +35,8 @@ import grpc
 from ecgregen.bench.load import closed_loop
 from ecgregen.bench.measure import Progress, cpu_seconds, dir_bytes, peak_rss_mb, rss_mb
 from ecgregen.bench.store import CORPUS_STREAM, build_store, fold_embeddings, noise_sigma, noisy_copies
-from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.encoders.checkpoint import load_encoder
+from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.host import free_port
 from ecgregen.pipeline import open_pipeline
 from ecgregen.records import EcgRecord, load_ptbxl

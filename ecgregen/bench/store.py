@@ -40,7 +40,9 @@ from ecgregen.bench.measure import (
     table,
 )
 from ecgregen.ecg import EcgInputError
-from ecgregen.encoder import InProcessEncoder, load_encoder
+from ecgregen.encoders.base import embed_prepared
+from ecgregen.encoders.checkpoint import load_encoder
+from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.store import EdgeStore, IndexSettings, StoredRecord
@@ -67,15 +69,15 @@ def _embed(records: Sequence[EcgRecord], encoder: InProcessEncoder, say: Progres
     vectors: list[np.ndarray] = []
     kept: list[str] = []
     for start in range(0, len(records), ENCODE_BATCH):
-        signals = []
+        prepared = []
         for record in records[start : start + ENCODE_BATCH]:
             try:
-                signals.append(preprocess(record.load_ecg(), encoder.preprocess_config).signal)
+                prepared.append(preprocess(record.load_ecg(), encoder.preprocess_config))
             except EcgInputError:
                 continue
             kept.append(record.ecg_id)
-        if signals:
-            vectors.append(encoder.encode(signals))
+        if prepared:
+            vectors.append(embed_prepared(encoder, prepared)[0])
         say(f"embedded {min(start + ENCODE_BATCH, len(records))}/{len(records)}")
     return np.concatenate(vectors).astype(np.float32), kept
 

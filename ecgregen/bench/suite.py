@@ -79,7 +79,7 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     }
     if "encoder" in config.sections:
         from ecgregen.bench.encoder import run_encoder_bench
-        from ecgregen.encoder import load_encoder
+        from ecgregen.encoders.checkpoint import load_encoder
         from ecgregen.records import load_ptbxl
 
         say("encoder")

@@ -84,7 +84,7 @@ def _raw_features(pipeline: RetrievalPipeline, records: Sequence[EcgRecord]) -> 
     config = pipeline.encoder.preprocess_config
     rows = []
     for record in records:
-        x = preprocess(record.load_ecg(), config).signal
+        x = preprocess(record.load_ecg(), config).first_window  # a PTB-XL record: its one 10 s window
         n = x.shape[1] // RAW_KNN_DECIMATION * RAW_KNN_DECIMATION
         x = x[:, :n].reshape(12, -1, RAW_KNN_DECIMATION).mean(axis=2)
         padded = np.zeros((12, config.window_samples // RAW_KNN_DECIMATION), np.float32)

@@ -74,7 +74,7 @@ def augment_raw(ecg: Ecg, rng: np.random.Generator, config: AugmentConfig = Augm
         x = x + rng.uniform(*config.hum_rel) * std * np.sin(2 * np.pi * mains * t + rng.uniform(0, 2 * np.pi))
     gain = np.exp(rng.uniform(np.log(config.gain[0]), np.log(config.gain[1])))
     x = x * gain * rng.uniform(*config.lead_gain, size=(leads, 1))
-    y = preprocess(Ecg(x.astype(np.float32), rate), preprocess_config).signal
+    y = preprocess(Ecg(x.astype(np.float32), rate), preprocess_config).first_window
     if rng.random() < config.lead_drop_prob:
         y = y.copy()
         y[rng.choice(leads, size=int(rng.integers(1, 3)), replace=False)] = 0.0

@@ -35,7 +35,8 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from tqdm import tqdm
 
-from ecgregen.encoder import CONFIGS, SELF_SUPERVISED_CHECKPOINT, EcgEncoder, load_checkpoint
+from ecgregen.encoders.checkpoint import SELF_SUPERVISED_CHECKPOINT, load_checkpoint
+from ecgregen.encoders.model import CONFIGS, EcgEncoder
 from ecgregen.preprocess import PreprocessConfig, preprocess
 from ecgregen.pretrain.augment import AugmentConfig, augment_raw
 from ecgregen.pretrain.model import PretrainConfig
@@ -137,7 +138,7 @@ class LabelDataset(Dataset):
     def __init__(self, records: Sequence[EcgRecord], augment: bool, seed: int = 0,
                  augment_config: AugmentConfig = AugmentConfig(), clean_prob: float = 0.2) -> None:
         self.raw = [r.load_ecg() for r in tqdm(records, desc="load", unit="ecg")]
-        self.signals = [preprocess(e).signal for e in self.raw]
+        self.signals = [preprocess(e).first_window for e in self.raw]  # PTB-XL: one 10 s window each
         self.augment = augment
         self.augment_config = augment_config
         self.clean_prob = clean_prob

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ecgregen.encoder import EcgEncoder, EncoderConfig
+from ecgregen.encoders.model import EcgEncoder, EncoderConfig
 
 LOSSES = ("mem", "mlm", "etm", "contrastive")
 LABEL_LOSSES = ("supcon", "bce", "report")  # the label stage (ecgregen.pretrain.labels)

@@ -28,7 +28,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
-from ecgregen.encoder import CONFIGS, EncoderBundle, save_checkpoint, weights_digest
+from ecgregen.encoders.checkpoint import save_checkpoint
+from ecgregen.encoders.model import CONFIGS, EncoderBundle, weights_digest
 from ecgregen.preprocess import PreprocessConfig, preprocess
 from ecgregen.pretrain.model import RECIPES, PretrainModel
 from ecgregen.records import EcgRecord
@@ -62,7 +63,7 @@ class EcgReportDataset(Dataset):
 
     def __init__(self, records: Sequence[EcgRecord], tokenizer, preprocess_config: PreprocessConfig,  # noqa: ANN001
                  max_tokens: int, augment: bool, seed: int = 0) -> None:
-        self.signals = [preprocess(r.load_ecg(), preprocess_config).signal for r in tqdm(records, desc="preprocess", unit="ecg")]
+        self.signals = [preprocess(r.load_ecg(), preprocess_config).first_window for r in tqdm(records, desc="preprocess", unit="ecg")]
         self.reports = [r.report for r in records]
         encoded = tokenizer(self.reports, truncation=True, max_length=max_tokens, padding="max_length", return_tensors="pt")
         self.ids, self.attention = encoded["input_ids"], encoded["attention_mask"]
@@ -206,7 +207,7 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
 
     model, tokenizer = build_model(settings)
     if settings.init_from and settings.init_from != "random":
-        from ecgregen.encoder import load_checkpoint
+        from ecgregen.encoders.checkpoint import load_checkpoint
 
         model.ecg.load_state_dict(load_checkpoint(settings.init_from).model.state_dict())
     model.to(device)

@@ -1,9 +1,8 @@
-"""The encoder served by NVIDIA Triton: the same interface as :class:`ecgregen.encoder.InProcessEncoder`.
+"""The encoder served by NVIDIA Triton: the same interface as the in-process runtimes (:mod:`ecgregen.encoders.base`).
 
 The model's config (written by ``ecgregen export``) names the encoder id and preprocessing, so the service
-checks its corpus against the model Triton actually serves, not against a local checkpoint. Triton batches only
-inputs of one shape, so signals are padded to the model's fixed window (recordings shorter than it are
-zero-padded: their z-scored baseline) before the call.
+checks its corpus against the model Triton actually serves, not against a local checkpoint. Like every runtime
+it takes the preprocessing's fixed windows with their real lengths (``samples``), which the model masks.
 
 Concurrent callers (the gRPC server's worker threads) are gathered into one infer call: a dispatcher thread
 waits up to ``batch_window_s`` after the first pending request for others, up to the model's max batch. Triton's
@@ -23,8 +22,9 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from ecgregen.encoder import EncoderUnavailable, InProcessEncoder
-from ecgregen.metrics import ENCODER_FALLBACKS, dependency_failed, dependency_ok
+from ecgregen.encoders.base import EncoderUnavailable
+from ecgregen.encoders.onnxrt import INPUT_NAME, LENGTH_NAME, OUTPUT_NAME
+from ecgregen.metrics import dependency_ok
 from ecgregen.preprocess import PreprocessConfig
 
 
@@ -46,10 +46,13 @@ def _describe(model: str, config: dict) -> TritonModel:
         raise EncoderUnavailable(
             f"Triton model {model!r} has no encoder_id/preprocess parameters; export it with `ecgregen export`"
         )
-    pre = json.loads(params["preprocess"])
-    preprocess = PreprocessConfig(**{**pre, "band_hz": tuple(pre["band_hz"])})
-    (inp,), (out,) = config["input"], config["output"]
-    samples = int(inp["dims"][-1])
+    preprocess = PreprocessConfig.from_dict(json.loads(params["preprocess"]))
+    inputs = {i["name"]: i for i in config["input"]}
+    if set(inputs) != {INPUT_NAME, LENGTH_NAME}:
+        raise EncoderUnavailable(f"Triton model {model!r} takes {sorted(inputs)}, not {INPUT_NAME!r} + "
+                                 f"{LENGTH_NAME!r}: export it again with this version's `ecgregen export`")
+    (out,) = config["output"]
+    samples = int(inputs[INPUT_NAME]["dims"][-1])
     if samples != preprocess.window_samples:
         raise EncoderUnavailable(f"Triton model {model!r} takes {samples} samples, its preprocessing makes "
                                  f"{preprocess.window_samples}")
@@ -71,7 +74,7 @@ class TritonEncoder:
             ("grpc.max_reconnect_backoff_ms", 2000),
         ])
         self.model = self._wait_for_model(model, startup_wait_s)
-        self._pending: queue.Queue[tuple[np.ndarray, Future[np.ndarray]] | None] = queue.Queue()
+        self._pending: queue.Queue[tuple[np.ndarray, int, Future[np.ndarray]] | None] = queue.Queue()
         self._dispatcher = threading.Thread(target=self._dispatch, name="triton-batcher", daemon=True)
         self._dispatcher.start()
 
@@ -101,18 +104,17 @@ class TritonEncoder:
     def preprocess_config(self) -> PreprocessConfig:
         return self.model.preprocess
 
-    def encode(self, signals: list[np.ndarray]) -> np.ndarray:
-        """(12, n_i) float32 arrays -> (len(signals), dim) unit vectors, in input order (blocks the caller)."""
+    def encode(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """(n, 12, window) windows and their real lengths -> (n, dim) unit vectors, in input order (blocks)."""
         futures = []
-        for signal in signals:
+        for window, length in zip(windows, lengths):
             future: Future[np.ndarray] = Future()
-            self._pending.put((self._fit(signal), future))
+            self._pending.put((window.astype(np.float32, copy=False), int(length), future))
             futures.append(future)
         return np.stack([f.result() for f in futures]) if futures else np.empty((0, self.dim), np.float32)
 
-    def _fit(self, signal: np.ndarray) -> np.ndarray:
-        n = self.model.samples
-        return np.pad(signal[:, :n], ((0, 0), (0, max(0, n - signal.shape[1])))).astype(np.float32)
+    def encode_noting(self, windows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, str]:
+        return self.encode(windows, lengths), ""
 
     def _dispatch(self) -> None:
         while True:
@@ -132,64 +134,27 @@ class TritonEncoder:
                 batch.append(item)
             self._infer(batch)
 
-    def _infer(self, batch: list[tuple[np.ndarray, Future[np.ndarray]]]) -> None:
-        data = np.stack([signal for signal, _ in batch])
-        request = triton.InferInput("ecg", list(data.shape), "FP32")
-        request.set_data_from_numpy(data)
+    def _infer(self, batch: list[tuple[np.ndarray, int, Future[np.ndarray]]]) -> None:
+        data = np.stack([window for window, _, _ in batch])
+        lengths = np.array([[length] for _, length, _ in batch], np.int64)
+        inputs = [triton.InferInput(INPUT_NAME, list(data.shape), "FP32"),
+                  triton.InferInput(LENGTH_NAME, list(lengths.shape), "INT64")]
+        inputs[0].set_data_from_numpy(data)
+        inputs[1].set_data_from_numpy(lengths)
         try:
-            result = self._client.infer(self.model.name, [request], outputs=[triton.InferRequestedOutput("embedding")],
+            result = self._client.infer(self.model.name, inputs, outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
                                         client_timeout=self.timeout_s)
-            vectors = result.as_numpy("embedding")
+            vectors = result.as_numpy(OUTPUT_NAME)
         except InferenceServerException as exc:
             error = EncoderUnavailable(f"Triton at {self.url} ({self.model.name}): {exc.message() or exc}")
-            for _, future in batch:
+            for _, _, future in batch:
                 future.set_exception(error)
             return
         dependency_ok("triton")
-        for (_, future), vector in zip(batch, vectors):
+        for (_, _, future), vector in zip(batch, vectors):
             future.set_result(vector)
 
     def close(self) -> None:
         self._pending.put(None)
         self._dispatcher.join(timeout=5)
         self._client.close()
-
-
-class FallbackEncoder:
-    """Triton first; while Triton is unavailable, the same model in-process (``--triton-fallback-local``).
-
-    Both must be the same encoder (same id), or the corpus would be searched with vectors from another space.
-    """
-
-    def __init__(self, primary: TritonEncoder, fallback: InProcessEncoder) -> None:
-        if primary.encoder_id != fallback.encoder_id:
-            raise EncoderUnavailable(f"the in-process fallback is {fallback.encoder_id}, Triton serves "
-                                     f"{primary.encoder_id}; give --checkpoint of the model Triton serves")
-        self.primary, self.fallback = primary, fallback
-
-    @property
-    def dim(self) -> int:
-        return self.primary.dim
-
-    @property
-    def encoder_id(self) -> str:
-        return self.primary.encoder_id
-
-    @property
-    def preprocess_config(self) -> PreprocessConfig:
-        return self.primary.preprocess_config
-
-    def encode(self, signals: list[np.ndarray]) -> np.ndarray:
-        return self.encode_noting(signals)[0]
-
-    def encode_noting(self, signals: list[np.ndarray]) -> tuple[np.ndarray, str]:
-        """Vectors, and a note for the response when they came from the fallback."""
-        try:
-            return self.primary.encode(signals), ""
-        except EncoderUnavailable as exc:
-            dependency_failed("triton")
-            ENCODER_FALLBACKS.inc()
-            return self.fallback.encode(signals), f"encoded in-process: Triton unavailable ({exc})"
-
-    def close(self) -> None:
-        self.primary.close()

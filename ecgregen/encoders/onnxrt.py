@@ -4,9 +4,8 @@ Why: on this project's CPU machines onnxruntime runs the same model 2-4x faster 
 server's worker threads (measured by `ecgregen bench`), with outputs equal to 1e-6. The export is made once per
 set of weights (keyed by their digest, so a retrained checkpoint never meets a stale file), cached beside the
 other derived files, and checked against PyTorch every time it is loaded - a stale, truncated or foreign file is
-re-exported, never served. The export's time axis is fixed at the model's window (the exporter bakes shapes into
-attention reshapes), so ECGs shorter than the window take the PyTorch path: every input gets the embedding the
-PyTorch model would give it.
+re-exported, never served. The graph takes the model's fixed windows and their real lengths (see
+:mod:`ecgregen.encoders.model`), so every ECG, short or long, runs through it.
 """
 
 from __future__ import annotations
@@ -20,30 +19,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ecgregen.encoder import BatchingEncoder, EncoderBundle, embed_batch, weights_digest
+from ecgregen.encoders.model import EncoderBundle, weights_digest
+from ecgregen.encoders.pytorch import BatchingEncoder, embed_batch
 from ecgregen.host import default_cache_dir
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "ecg"
+LENGTH_NAME = "samples"  # real samples per window; the rest is padding the model masks
 OUTPUT_NAME = "embedding"
+EXPORT_FORMAT = 2  # 2: windows + lengths (1: windows only); part of the cache key
 ONNX_OPSET = 17
 TOLERANCE = 1e-4  # largest |onnxruntime - PyTorch| accepted on the check input
 
 
 def export_onnx(bundle: EncoderBundle, path: Path) -> None:
-    """Write the model as ONNX: input ``ecg`` (batch, 12, window) float32, output ``embedding`` (batch, dim).
+    """Write the model as ONNX: inputs ``ecg`` (batch, 12, window) float32 and ``samples`` (batch,) int64, output
+    ``embedding`` (batch, dim).
 
     Shared by the serving cache and the Triton repositories (`ecgregen export`), so both run the same graph.
     """
     model = bundle.model.eval()
-    example = torch.zeros(2, 12, bundle.preprocess.window_samples)
+    window = bundle.preprocess.window_samples
+    example = (torch.zeros(2, 12, window), torch.tensor([window, window // 2]))
     with warnings.catch_warnings():  # the TorchScript-based exporter is deprecated upstream but needs no onnxscript
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (example,), str(path), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}, opset_version=ONNX_OPSET,
-            dynamo=False,
+            model, example, str(path), input_names=[INPUT_NAME, LENGTH_NAME], output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, LENGTH_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=ONNX_OPSET, dynamo=False,
         )
 
 
@@ -62,16 +66,31 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession (imported lazily: a
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+def check_inputs(window: int) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed pseudo-random batch (the same every time): full windows and padded ones of 2 s to 9.9 s at 100 Hz."""
+    lengths = np.array([window, window, window // 5, window // 2, window - 1], np.int64)
+    x = np.random.default_rng(0).standard_normal((len(lengths), 12, window)).astype(np.float32)
+    x *= (np.arange(window)[None, :] < lengths[:, None])[:, None, :]
+    return x, lengths
+
+
+def run_session(session, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The exported graph on (n, 12, window) windows and their real lengths -> (n, dim)."""
+    return session.run(None, {INPUT_NAME: np.ascontiguousarray(windows, dtype=np.float32),
+                              LENGTH_NAME: np.ascontiguousarray(lengths, dtype=np.int64)})[0]
+
+
 def _difference(bundle: EncoderBundle, session) -> float:
-    """Largest |onnxruntime - PyTorch| over a fixed pseudo-random batch (the same every time)."""
-    x = np.random.default_rng(0).standard_normal((2, 12, bundle.preprocess.window_samples)).astype(np.float32)
-    return float(np.abs(session.run(None, {INPUT_NAME: x})[0] - embed_batch(bundle.model, x)).max())
+    """Largest |onnxruntime - PyTorch| over :func:`check_inputs`."""
+    x, lengths = check_inputs(bundle.preprocess.window_samples)
+    return float(np.abs(run_session(session, x, lengths) - embed_batch(bundle.model, x, lengths)).max())
 
 
 def load_or_export(bundle: EncoderBundle, cache_dir: Path | None = None):
     """An onnxruntime session equal to ``bundle``'s PyTorch model, from the cache or freshly exported into it."""
     directory = (cache_dir or default_cache_dir()) / "onnx"
-    path = directory / f"encoder-{weights_digest(bundle.model)}-{bundle.preprocess.window_samples}.onnx"
+    path = directory / (f"encoder-{weights_digest(bundle.model)}-{bundle.preprocess.window_samples}"
+                        f"-v{EXPORT_FORMAT}.onnx")
     if path.exists():
         try:
             session = _session(path)
@@ -114,9 +133,6 @@ class OnnxRuntimeEncoder(BatchingEncoder):
     def __init__(self, bundle: EncoderBundle, cache_dir: Path | None = None, max_batch: int = 64) -> None:
         super().__init__(bundle, max_batch)
         self._session = load_or_export(bundle, cache_dir)
-        self._window = bundle.preprocess.window_samples
 
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        if batch.shape[2] != self._window:  # the export's time axis is fixed: shorter ECGs go through PyTorch
-            return embed_batch(self.bundle.model, batch)
-        return self._session.run(None, {INPUT_NAME: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+    def _forward(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return run_session(self._session, windows, lengths)
