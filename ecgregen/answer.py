@@ -7,9 +7,11 @@ the baseline the LLM answerer is compared with, and its fallback when the LLM fa
 
 With diagnoses, a statement's probability ``p`` is its calibrated probability (0 when no neighbour carries it);
 a phrase that stands for several codes (a superclass such as "myocardial infarction", or a group such as "any
-form-related symptoms") takes the largest ``p`` of its codes. ECG-QA's reading of a label is yes = listed with
-likelihood 100 (or listed at all, for rhythm statements, which PTB-XL lists with likelihood 0), not sure = listed
-with 0 < likelihood < 100, no = not listed. ``p`` is the probability of being listed at all, so the answerer maps
+form-related symptoms") takes the largest ``p`` of its codes. ECG-QA's reading of a label
+(:func:`ecgregen.qa_conventions.label_state`) is yes = listed with likelihood 100 (or listed at all, for rhythm
+statements, which PTB-XL lists with likelihood 0), not sure = listed with 0 < likelihood < 100, no = not listed.
+Verify questions are those whose options are yes / no / not sure (:func:`ecgregen.qa_conventions.is_verify`), as for
+the LLM prompt. ``p`` is the probability of being listed at all, so the answerer maps
 probability bands onto those answers (the edges are :class:`AnswerSettings`):
 
 - verify, "not sure" offered, non-rhythm statement: ``p >= verify_yes`` -> yes; ``verify_not_sure <= p <
@@ -40,11 +42,9 @@ from pathlib import Path
 import pandas as pd
 
 from ecgregen.diagnoses import Diagnosis
+from ecgregen.qa_conventions import NONE, is_verify, label_state, normalise, question_lead
 from ecgregen.records import DEMO_PTBXL
 from ecgregen.store import Hit
-
-VERIFY_OPTIONS = frozenset({"yes", "no", "not sure"})
-NONE_OPTION = "none"
 
 # ECG-QA's names of PTB-XL's diagnostic superclasses. Its "hypertrophy" leaves out atrial overload (LAO/LAE).
 _SUPERCLASS_PHRASES = {
@@ -71,7 +71,6 @@ _GROUP_PHRASES = {
 }
 _NORMAL_CODES = {"NORM", "SR"}
 _EXCLUDING = " excluding uncertain"
-_LEAD = re.compile(r"\bin lead (\w+)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -115,11 +114,6 @@ DEFAULT_SETTINGS = AnswerSettings(
     fitted_on="evaluate qa 2026-12-01: generated ECG-QA questions on PTB-XL folds 1-7, calibration fold 8, "
               "encoder small-paper+contrastive-7ee06cd23d5f",
 )
-
-
-def normalise(text: str) -> str:
-    """Lower case, punctuation as spaces (except the '/' of "st/t"), single spaces: the form phrases are matched in."""
-    return re.sub(r"[^a-z0-9/]+", " ", text.lower()).strip()
 
 
 @dataclass(frozen=True)
@@ -187,14 +181,6 @@ class LabelVocabulary:
         return self.phrases.get(normalise(option))
 
 
-def _neighbour_state(hit: Hit, codes: frozenset[str]) -> str:
-    """ECG-QA's reading of a label: likelihood 100 (or 0, as rhythm codes are listed) is yes, 0-100 not sure."""
-    values = [hit.scp_codes[c] for c in codes if c in hit.scp_codes]
-    if not values:
-        return "no"
-    return "yes" if any(v in (0.0, 100.0) for v in values) else "not sure"
-
-
 class LabelVoteAnswerer:
     """Answers from the predicted diagnoses when given them, else a majority vote of the neighbours' SCP labels
     (ties go to the closer neighbour)."""
@@ -209,14 +195,13 @@ class LabelVoteAnswerer:
         self, question: str, options: Sequence[str], neighbours: Sequence[Hit], diagnoses: Sequence[Diagnosis] = (),
     ) -> Answer:
         options = [o.strip() for o in options if o.strip()]
-        lowered = {normalise(o) for o in options}
         if diagnoses:
-            answered = self._from_diagnoses(question, options, lowered, diagnoses)
+            answered = self._from_diagnoses(question, options, diagnoses)
             if answered is not None:
                 return answered
         if not neighbours:
             return Answer([], "no neighbours to vote")
-        if lowered and lowered <= VERIFY_OPTIONS:
+        if is_verify(options):
             return self._verify(question, options, neighbours)
         if options:
             return self._choose(options, neighbours)
@@ -225,11 +210,11 @@ class LabelVoteAnswerer:
     # --- from the predicted diagnoses -------------------------------------------------------------------------
 
     def _from_diagnoses(
-        self, question: str, options: list[str], lowered: set[str], diagnoses: Sequence[Diagnosis]
+        self, question: str, options: list[str], diagnoses: Sequence[Diagnosis]
     ) -> Answer | None:
         """The answer from calibrated probabilities; None where they cannot answer (no statement named)."""
         by_code = {d.code: d for d in diagnoses}
-        if lowered and lowered <= VERIFY_OPTIONS:
+        if is_verify(options):
             return self._verify_diagnoses(question, options, by_code)
         if options:
             return self._choose_diagnoses(options, by_code)
@@ -263,8 +248,7 @@ class LabelVoteAnswerer:
             rule = "bands"
         else:
             rule = "binary"
-        lead = _LEAD.search(question)
-        return {"rule": rule, "p": self._probability(codes, by_code), "lead": lead.group(1) if lead else None,
+        return {"rule": rule, "p": self._probability(codes, by_code), "lead": question_lead(question),
                 "statements": [p for p, _ in statements], "codes": sorted(codes)}
 
     @staticmethod
@@ -303,7 +287,7 @@ class LabelVoteAnswerer:
         by_code = {d.code: d for d in diagnoses}
         out = {}
         for option in options:
-            codes = self.vocabulary.codes_of(option) if normalise(option) != NONE_OPTION else None
+            codes = self.vocabulary.codes_of(option) if normalise(option) != NONE else None
             if codes is not None:
                 out[option] = (self._probability(codes, by_code), self._holds(codes, by_code, None))
         return out
@@ -314,7 +298,7 @@ class LabelVoteAnswerer:
         chosen = [o for o, (p, own) in evidence.items() if (own if threshold is None else p >= threshold)]
         if chosen:
             return chosen
-        none = next((o for o in options if normalise(o) == NONE_OPTION), None)
+        none = next((o for o in options if normalise(o) == NONE), None)
         if none is not None:
             return [none]
         best = max(evidence, key=lambda o: evidence[o][0])
@@ -329,7 +313,7 @@ class LabelVoteAnswerer:
         chosen = self.choose_options(options, evidence, threshold)
         rule = "own present thresholds" if threshold is None else f"threshold {threshold}"
         shown = {o: round(p, 2) for o, (p, _) in evidence.items()}
-        others = [o for o in options if o not in evidence and normalise(o) != NONE_OPTION]
+        others = [o for o in options if o not in evidence and normalise(o) != NONE]
         return Answer(chosen, f"calibrated probabilities {shown} ({rule}, {'query' if query else 'choose'})"
                               + (f"; not SCP statements: {others}" if others else ""))
 
@@ -354,7 +338,7 @@ class LabelVoteAnswerer:
         allowed = {normalise(o): o for o in options}
         votes = []
         for hit in neighbours:
-            state = _neighbour_state(hit, codes)
+            state = label_state(hit.scp_codes, codes)
             if state == "not sure" and "not sure" not in allowed:
                 state = "yes"
             votes.append(state)
@@ -372,7 +356,7 @@ class LabelVoteAnswerer:
         notes: list[str] = []
         tally: dict[str, int] = {}
         for option in options:
-            if normalise(option) == NONE_OPTION:
+            if normalise(option) == NONE:
                 continue
             codes = self.vocabulary.codes_of(option)
             if codes is None:
@@ -381,7 +365,7 @@ class LabelVoteAnswerer:
             tally[option] = sum(1 for h in neighbours if codes & h.scp_codes.keys())
             if tally[option] > majority:
                 chosen.append(option)
-        none = next((o for o in options if normalise(o) == NONE_OPTION), None)
+        none = next((o for o in options if normalise(o) == NONE), None)
         if not chosen:
             if none is not None:
                 chosen = [none]

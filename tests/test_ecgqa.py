@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ast
 import json
+from collections import Counter
 from pathlib import Path
 
 import pandas as pd
@@ -31,11 +32,12 @@ from ecgregen.evaluate.ecgqa import (
     load_templates,
     parse_extra_systoles,
     parse_noise_leads,
-    question_lead,
     supported_templates,
     write_generated,
 )
 from ecgregen.evaluate.qa import FIT_TEMPLATES, fit_answer_settings, question_evidence
+from ecgregen.llm.prompts import infer_question_type
+from ecgregen.qa_conventions import is_verify, question_lead
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared"
 ECGQA = SHARED / "data" / "ecgqa" / "ptbxl"
@@ -242,6 +244,23 @@ def test_question_lead():
     assert question_lead("Does this ECG show static noise in lead aVL?") == "aVL"
     assert question_lead("Which noise does this ECG show in lead II, static noise or baseline drift? Given") == "II"
     assert question_lead("Does this ECG show baseline drift?") is None
+
+
+def test_question_types_of_the_real_questions(real_sample):
+    """Serving tells a verify question by its options (and a choose question by "X or Y"): right on every published
+    question of each type and on the paraphrased verify wordings ("Is", "Can", "Are ..."), offered what an evaluation
+    offers (the answer classes, or a choose question's attributes and "none"), also typed by hand ("Yes.")."""
+    paraphrased = load_questions([ECGQA / "paraphrased" / "train" / "120000.json"])
+    seen = Counter()
+    for q in [*real_sample, *paraphrased]:
+        options = answer_options(q["template_id"], q["attribute"])
+        verify = q["question_type"] == "single-verify"
+        assert is_verify(options) == verify, q["question"]
+        assert is_verify([f"{o.capitalize()}." for o in options]) == verify, q["question"]
+        assert infer_question_type(q["question"], options) == q["question_type"], q["question"]
+        seen[q["question"].split()[0], q["question_type"]] += 1
+    assert {t for _, t in seen} == {"single-verify", "single-choose", "single-query"}
+    assert {w for w, t in seen if t == "single-verify"} == {"Does", "Is", "Can", "Are"}
 
 
 # --- generation ----------------------------------------------------------------------------------------------------

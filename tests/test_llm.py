@@ -66,6 +66,7 @@ def test_question_cannot_open_a_new_prompt_section() -> None:
 
 def test_question_type_inference_and_schema() -> None:
     assert infer_question_type("Does this ECG show MI?", ["yes", "no", "not sure"]) == "single-verify"
+    assert infer_question_type("Does this ECG show MI?", ["Yes.", "No."]) == "single-verify"  # as the label answerer
     assert infer_question_type("Which of X or Y does it show?", ["X", "Y", "none"]) == "single-choose"
     assert infer_question_type("What rhythm does it show?", ["sinus rhythm", "none"]) == "single-query"
     schema = qa_answer_schema(["yes", "no"], "single-verify")

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from ecgregen.answer import NONE_OPTION, AnswerSettings, LabelVoteAnswerer, normalise
+from ecgregen.answer import AnswerSettings, LabelVoteAnswerer
 from ecgregen.diagnoses import K_GRID, Calibration, CalibrationError, Diagnoser, Diagnosis, load_statements
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
 from ecgregen.evaluate.ecgqa import (
@@ -47,15 +47,15 @@ from ecgregen.evaluate.ecgqa import (
     load_questions,
     load_templates,
     needs_lead,
-    question_lead,
 )
 from ecgregen.llm.answerer import LlmAnswerer
+from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmConfig, LlmStage
 from ecgregen.pipeline import RetrievalPipeline
+from ecgregen.qa_conventions import NONE, normalise, question_lead
 from ecgregen.records import load_ptbxl
 from ecgregen.store import Hit
 
-SINGLE_TYPES = ("single-verify", "single-choose", "single-query")
 # Templates whose questions are about SCP statements and that ECG-QA's rules answer from metadata: the questions
 # generated to fit the answerer's band edges.
 FIT_TEMPLATES = tuple(range(1, 17))
@@ -104,7 +104,7 @@ def _right_edges(options: Sequence[str], evidence: dict[str, tuple[float, bool]]
     """The edges t with low < t <= high for which :meth:`LabelVoteAnswerer.choose_options` answers `truth` (an
     empty interval, low >= high, when none does)."""
     p = {o: v for o, (v, _) in evidence.items()}
-    none = next((o for o in options if normalise(o) == NONE_OPTION), None)
+    none = next((o for o in options if normalise(o) == NONE), None)
     top = max(p.values())
     if truth <= p.keys() and truth:
         low, high = max((v for o, v in p.items() if o not in truth), default=-1.0), min(p[o] for o in truth)
@@ -305,7 +305,7 @@ def evaluate_qa(
     fold_of = {r.ecg_id: int(r.fold) if r.fold is not None else 0 for r in records}
     questions = [
         q for q in load_questions(question_paths)
-        if q["question_type"] in SINGLE_TYPES and str(q["ecg_id"][0]) in with_signal
+        if q["question_type"] in QUESTION_TYPES and str(q["ecg_id"][0]) in with_signal
         and (test_folds is None or fold_of[str(q["ecg_id"][0])] in test_folds)
     ][:limit]
     if not questions:
@@ -477,7 +477,7 @@ def format_qa(result: dict) -> str:
     method = f"LLM {result['llm']['model']}" if result.get("llm") else result["answerer"]
     for name, scores in ((f"retrieval + {method} (ours)", result["by_type"]),
                          ("per-type majority (ours)", result["majority"])):
-        cells = [f"{100 * scores[t]['exact_match']:.2f} (n={scores[t]['n']})" if t in scores else "-" for t in SINGLE_TYPES]
+        cells = [f"{100 * scores[t]['exact_match']:.2f} (n={scores[t]['n']})" if t in scores else "-" for t in QUESTION_TYPES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, values in PAPER_TABLE_II.items():
         lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
@@ -488,7 +488,7 @@ def format_qa(result: dict) -> str:
         for fold, part in by_fold.items():
             cells = [
                 f"{100 * part['by_type'][t]['exact_match']:.1f} / {100 * part['majority'][t]['exact_match']:.1f} "
-                f"(n={part['by_type'][t]['n']})" if t in part["by_type"] else "-" for t in SINGLE_TYPES
+                f"(n={part['by_type'][t]['n']})" if t in part["by_type"] else "-" for t in QUESTION_TYPES
             ]
             lines.append(f"| {fold} | " + " | ".join(cells) + " |")
     folds = result.get("folds") or {}

@@ -18,10 +18,10 @@ from string import Template
 from typing import Any
 
 from ecgregen.diagnoses import Diagnosis
+from ecgregen.qa_conventions import is_verify
 from ecgregen.store import Hit
 
 QUESTION_TYPES = ("single-verify", "single-choose", "single-query")
-VERIFY_WORDS = frozenset({"yes", "no", "not sure"})
 
 QA_SYSTEM_PROMPT = (
     "Given the closest ECG retrieved reports and diagnoses to the test ECG as discovered by a multimodal model. "
@@ -69,11 +69,11 @@ REFINE_USER_TEMPLATE = Template(
 
 
 def infer_question_type(question: str, options: Sequence[str]) -> str:
-    """ECG-QA's type from the options and wording: yes/no options verify; "X or Y" chooses; the rest query."""
-    lowered = {o.strip().lower() for o in options if o.strip()}
-    if lowered and lowered <= VERIFY_WORDS:
+    """ECG-QA's type from the options and wording: yes/no options verify (:func:`~ecgregen.qa_conventions.is_verify`,
+    the label answerer's rule); "X or Y" with options chooses; the rest query."""
+    if is_verify(options):
         return "single-verify"
-    if re.search(r"\bor\b", question, re.IGNORECASE) and lowered:
+    if re.search(r"\bor\b", question, re.IGNORECASE) and any(o.strip() for o in options):
         return "single-choose"
     return "single-query"
 
