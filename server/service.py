@@ -24,11 +24,11 @@ from typing import Any, TypeVar
 import grpc
 
 from ecgregen import __version__
+from ecgregen.api_values import Answerer, FallbackReason, QuestionType, StreamErrorCode, StreamWarningCode
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError
 from ecgregen.encoders.base import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
-from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.stage import LlmStage
 from ecgregen.metrics import (
     LLM_FALLBACKS,
@@ -76,7 +76,6 @@ from ecgregen.wire import (
 log = logging.getLogger("ecgregen.server")
 
 INSERT_BATCH = 64
-ANSWERERS = ("labels", "llm")
 MAX_HNSW_EF = 4096
 BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 MAX_QUESTION_CHARS = 2000
@@ -134,6 +133,8 @@ async def _call_scope(method: str, context: grpc.aio.ServicerContext) -> AsyncIt
         RPC_REQUESTS.labels(method, code.name).inc()
         RPC_LATENCY.labels(method).observe(time.perf_counter() - start)
 
+
+INTERNAL_STREAM_ERROR = pb.StreamError(code=StreamErrorCode.INTERNAL, message="internal error; see the server log")
 
 def rpc(handler: Handler) -> Handler:
     """Run a unary or server-streaming handler inside :func:`_call_scope`."""
@@ -222,8 +223,8 @@ def check_question(request: pb.AnswerQuestionRequest) -> tuple[str, list[str], s
     options = [o.strip() for o in request.options if o.strip()]
     if len(options) > MAX_OPTIONS or any(len(o) > MAX_OPTION_CHARS for o in options):
         raise EcgInputError(f"at most {MAX_OPTIONS} options of at most {MAX_OPTION_CHARS} characters each")
-    if request.question_type and request.question_type not in QUESTION_TYPES:
-        raise EcgInputError(f"unknown question_type {request.question_type!r}; one of {', '.join(QUESTION_TYPES)}")
+    if request.question_type and request.question_type not in list(QuestionType):
+        raise EcgInputError(f"unknown question_type {request.question_type!r}; one of {', '.join(QuestionType)}")
     return question, options, request.question_type
 
 
@@ -277,10 +278,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         """Deltas of the served report refined against the other neighbours, as they come; `outcome` ends with the
         text or why there is none."""
         if self.llm.answerer is None:
-            outcome.fail("llm_disabled", f"LLM {self.llm.detail}", retrieval)
+            outcome.fail(FallbackReason.LLM_DISABLED, f"LLM {self.llm.detail}", retrieval)
             return
         if not retrieval.hits:
-            outcome.fail("no_neighbours", "no neighbours to refine", retrieval)
+            outcome.fail(FallbackReason.NO_NEIGHBOURS, "no neighbours to refine", retrieval)
             return
         try:
             with stage_timer("llm", retrieval.seconds):
@@ -292,7 +293,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             outcome.fail(exc.reason, str(exc), retrieval)
             return
         if not outcome.text:
-            outcome.fail("empty", "the LLM returned no text", retrieval)
+            outcome.fail(FallbackReason.EMPTY, "the LLM returned no text", retrieval)
 
     def _refined_fields(self, outcome: Refinement) -> dict[str, Any]:
         fields: dict[str, Any] = {"fallback_reason": outcome.reason, "llm_model": self.llm.model}
@@ -317,12 +318,18 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         report, retrieval = await self._generate(request)
         yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start))
         fields: dict[str, Any] = {}
-        if request.refine:
-            outcome = Refinement()
-            async for delta in self._refine(report, retrieval, outcome):
-                yield pb.ReportEvent(delta=delta)
-            fields = self._refined_fields(outcome)
-        yield pb.ReportEvent(done=self._report_response(report, retrieval, start, **fields))
+        try:
+            if request.refine:
+                outcome = Refinement()
+                async for delta in self._refine(report, retrieval, outcome):
+                    yield pb.ReportEvent(delta=delta)
+                fields = self._refined_fields(outcome)
+            done = self._report_response(report, retrieval, start, **fields)
+        except Exception:  # after events went out a status would discard them: the stream ends with an error event
+            log.exception("GenerateReportStream failed after its first event")
+            yield pb.ReportEvent(error=INTERNAL_STREAM_ERROR)
+            return
+        yield pb.ReportEvent(done=done)
 
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
@@ -341,17 +348,17 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         start = time.perf_counter()
         ecg, k, filt = parse_query(request, default_k=3)
         question, options, question_type = check_question(request)
-        answerer = request.answerer or "labels"
-        if answerer not in ANSWERERS:
-            raise EcgInputError(f"unknown answerer {answerer!r}; available: {', '.join(ANSWERERS)}")
-        if answerer == "labels":
+        answerer = request.answerer or Answerer.LABELS
+        if answerer not in list(Answerer):
+            raise EcgInputError(f"unknown answerer {answerer!r}; available: {', '.join(Answerer)}")
+        if answerer == Answerer.LABELS:
             answer, retrieval = await asyncio.to_thread(self.pipeline.answer, ecg, question, options, k, filt)
-            result = QaResult(answer.answer, "labels", answer.rationale)
+            result = QaResult(answer.answer, Answerer.LABELS, answer.rationale)
         elif self.llm.answerer is None:
             answer, retrieval = await asyncio.to_thread(self.pipeline.answer, ecg, question, options, k, filt)
             LLM_FALLBACKS.labels("llm_disabled").inc()
-            result = QaResult(answer.answer, "labels", f"LLM {self.llm.detail}; label vote: {answer.rationale}",
-                              fallback_reason="llm_disabled")
+            result = QaResult(answer.answer, Answerer.LABELS, f"LLM {self.llm.detail}; label vote: {answer.rationale}",
+                              fallback_reason=FallbackReason.LLM_DISABLED)
         else:
             retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt)
             result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds,
@@ -506,8 +513,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                         if item is not None:
                             yield await self._stream_item(item, settings, slots)
                     code, message = (
-                        ("shutting_down", "the server is shutting down; reconnect to continue") if draining in done
-                        else ("max_duration", f"streams last at most {self.max_stream_s:g} s; reconnect to continue")
+                        (StreamWarningCode.SHUTTING_DOWN, "the server is shutting down; reconnect to continue")
+                        if draining in done else (StreamWarningCode.MAX_DURATION,
+                                                  f"streams last at most {self.max_stream_s:g} s; reconnect to continue")
                     )
                     yield pb.StreamEcgResponse(warning=pb.StreamWarning(code=code, message=message))
                     return
@@ -529,7 +537,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         try:
             async for message in requests:
                 if message.WhichOneof("message") != "chunk":
-                    out.put_nowait(("warning", pb.StreamWarning(code="bad_chunk", message="a second config; ignored")))
+                    out.put_nowait(("warning", pb.StreamWarning(code=StreamWarningCode.BAD_CHUNK,
+                                                                message="a second config; ignored")))
                     continue
                 windows, warnings = session.feed(message.chunk)
                 for warning in warnings:
@@ -542,7 +551,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             raise
         except Exception:  # a bug here must end the stream with an error, not leave the writer waiting
             log.exception("stream reader failed")
-            out.put_nowait(("error", pb.StreamError(code="internal", message="internal error; see the server log")))
+            out.put_nowait(("error", INTERNAL_STREAM_ERROR))
         out.put_nowait(None)
 
     async def _stream_item(self, item: tuple, settings: StreamSettings, slots: asyncio.Semaphore) -> pb.StreamEcgResponse:
@@ -559,7 +568,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if error is not None:
             STREAM_WINDOWS.labels("dropped_unusable").inc()
             return pb.StreamEcgResponse(warning=pb.StreamWarning(
-                code="window_dropped", message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
+                code=StreamWarningCode.WINDOW_DROPPED, message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
         STREAM_WINDOWS.labels("answered").inc()
         hits, seconds = retrieval.hits, retrieval.seconds
         report = self.pipeline.report_of(retrieval, self.pipeline.resolved_report_mode())

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ecgregen.api_values import StreamWarningCode
 from ecgregen.ecg import MAX_RATE_HZ, MIN_RATE_HZ, STANDARD_LEADS, EcgInputError, canonical_lead, ecg_from_array, unit_scale
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
 from ecgregen.pipeline import Retrieval, RetrievalPipeline
@@ -121,17 +122,17 @@ class StreamSession:
     def feed(self, chunk: pb.StreamChunk) -> tuple[list[Window], list[pb.StreamWarning]]:
         warnings: list[pb.StreamWarning] = []
         if chunk.sequence < self.expected:
-            return [], [_warning(chunk.sequence, "duplicate_or_late",
+            return [], [_warning(chunk.sequence, StreamWarningCode.DUPLICATE_OR_LATE,
                                  f"chunk {chunk.sequence} arrived after chunk {self.expected - 1}; dropped")]
         try:
             samples, off = self._decode(chunk)
         except EcgInputError as exc:
             self.expected = chunk.sequence + 1
             self._restart()
-            return [], [_warning(chunk.sequence, "bad_chunk", f"chunk {chunk.sequence}: {exc}; the window under way "
+            return [], [_warning(chunk.sequence, StreamWarningCode.BAD_CHUNK, f"chunk {chunk.sequence}: {exc}; the window under way "
                                  "is dropped")]
         if chunk.sequence > self.expected:
-            warnings.append(_warning(chunk.sequence, "gap", f"chunks {self.expected}-{chunk.sequence - 1} missing; "
+            warnings.append(_warning(chunk.sequence, StreamWarningCode.GAP, f"chunks {self.expected}-{chunk.sequence - 1} missing; "
                                      "the window under way is dropped"))
             STREAM_WINDOWS.labels("dropped_gap").inc()
             self._restart()
@@ -198,7 +199,7 @@ class StreamSession:
         return out
 
 
-def _warning(sequence: int, code: str, message: str) -> pb.StreamWarning:
+def _warning(sequence: int, code: StreamWarningCode, message: str) -> pb.StreamWarning:
     return pb.StreamWarning(sequence=sequence, code=code, message=message)
 
 

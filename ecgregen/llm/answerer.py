@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ecgregen.answer import LabelVoteAnswerer, normalise
+from ecgregen.api_values import FallbackReason
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.llm.client import LlmClient, LlmFailure
 from ecgregen.llm.prompts import QUESTION_TYPES, infer_question_type, qa_answer_schema, qa_messages, refine_messages
@@ -50,9 +51,9 @@ def parse_answer(text: str, options: Sequence[str], question_type: str) -> list[
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
-        raise UnusableAnswer("malformed", f"reply is not JSON ({exc.msg}): {text[:120]!r}") from None
+        raise UnusableAnswer(FallbackReason.MALFORMED, f"reply is not JSON ({exc.msg}): {text[:120]!r}") from None
     if not isinstance(data, dict) or "answer" not in data:
-        raise UnusableAnswer("malformed", f'reply has no "answer": {text[:120]!r}')
+        raise UnusableAnswer(FallbackReason.MALFORMED, f'reply has no "answer": {text[:120]!r}')
     raw = data["answer"]
     items = raw if isinstance(raw, list) else [raw]
     allowed = {normalise(o): o for o in options}
@@ -61,19 +62,19 @@ def parse_answer(text: str, options: Sequence[str], question_type: str) -> list[
         if isinstance(item, bool) and question_type == "single-verify":
             item = "yes" if item else "no"
         if not isinstance(item, str) or not item.strip():
-            raise UnusableAnswer("malformed", f"answer item {item!r} is not a non-empty string")
+            raise UnusableAnswer(FallbackReason.MALFORMED, f"answer item {item!r} is not a non-empty string")
         if not options:
             value = item.strip()
         elif normalise(item) in allowed:
             value = allowed[normalise(item)]
         else:
-            raise UnusableAnswer("out_of_options", f"{item!r} is not one of {list(options)}")
+            raise UnusableAnswer(FallbackReason.OUT_OF_OPTIONS, f"{item!r} is not one of {list(options)}")
         if value not in chosen:
             chosen.append(value)
     if not chosen:
-        raise UnusableAnswer("empty", "the answer list is empty")
+        raise UnusableAnswer(FallbackReason.EMPTY, "the answer list is empty")
     if question_type == "single-verify" and len(chosen) > 1:
-        raise UnusableAnswer("out_of_options", f"a verify question takes one answer, got {chosen}")
+        raise UnusableAnswer(FallbackReason.OUT_OF_OPTIONS, f"a verify question takes one answer, got {chosen}")
     order = {o: i for i, o in enumerate(options)}
     return sorted(chosen, key=lambda o: order.get(o, len(order)))
 

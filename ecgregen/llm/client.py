@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import openai
 
+from ecgregen.api_values import FallbackReason
 from ecgregen.metrics import LLM_BREAKER_OPEN, LLM_CALLS, LLM_TOKENS, dependency_failed, dependency_ok
 
 log = logging.getLogger("ecgregen.llm")
@@ -36,7 +37,7 @@ ATTEMPT_ERRORS = (TimeoutError, openai.OpenAIError, httpx.HTTPError, ValueError)
 class LlmFailure(Exception):
     """The LLM gave no usable answer; `reason` is the short tag that fallbacks and metrics are counted by."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: FallbackReason, detail: str) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
 
@@ -118,18 +119,19 @@ def _retryable(exc: Exception) -> bool:
     return isinstance(exc, openai.APIStatusError) and (exc.status_code == 429 or exc.status_code >= 500)
 
 
-def _describe(exc: Exception) -> tuple[str, str]:
+def _describe(exc: Exception) -> tuple[FallbackReason, str]:
     """(metric/fallback reason, human detail) of a failed attempt."""
     if isinstance(exc, (openai.APITimeoutError, TimeoutError, httpx.TimeoutException)):
-        return "timeout", "no reply within the timeout"
+        return FallbackReason.TIMEOUT, "no reply within the timeout"
     if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
-        return "connection", f"cannot reach the endpoint ({exc.__cause__ or exc})"
+        return FallbackReason.CONNECTION, f"cannot reach the endpoint ({exc.__cause__ or exc})"
     if isinstance(exc, openai.APIStatusError):
-        reason = "rate_limited" if exc.status_code == 429 else "server_error" if exc.status_code >= 500 else "rejected"
+        reason = (FallbackReason.RATE_LIMITED if exc.status_code == 429 else
+                  FallbackReason.SERVER_ERROR if exc.status_code >= 500 else FallbackReason.REJECTED)
         return reason, f"HTTP {exc.status_code}: {str(exc.message)[:200]}"
     if isinstance(exc, ValueError):
-        return "bad_response", f"the endpoint's reply is not an OpenAI chat completion ({str(exc)[:200]})"
-    return "error", f"{type(exc).__name__}: {exc}"
+        return FallbackReason.BAD_RESPONSE, f"the endpoint's reply is not an OpenAI chat completion ({str(exc)[:200]})"
+    return FallbackReason.ERROR, f"{type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -179,14 +181,14 @@ class LlmClient:
             await asyncio.wait_for(self._slots.acquire(), self.settings.timeout_s)
         except TimeoutError:
             LLM_CALLS.labels("busy").inc()
-            raise LlmUnavailable("busy", f"all {self.settings.concurrency} LLM slots stayed busy for "
+            raise LlmUnavailable(FallbackReason.BUSY, f"all {self.settings.concurrency} LLM slots stayed busy for "
                                          f"{self.settings.timeout_s:.0f} s") from None
 
     def _gate(self) -> None:
         if not self.breaker.allow():
             LLM_CALLS.labels("circuit_open").inc()
             raise LlmUnavailable(
-                "circuit_open",
+                FallbackReason.CIRCUIT_OPEN,
                 f"LLM endpoint failed {self.breaker.consecutive_failures} times in a row; "
                 f"not called for {self.settings.breaker_reset_s:.0f} s",
             )

@@ -17,11 +17,12 @@ from collections.abc import Mapping, Sequence
 from string import Template
 from typing import Any
 
+from ecgregen.api_values import QuestionType
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.qa_conventions import is_verify
 from ecgregen.store import Hit
 
-QUESTION_TYPES = ("single-verify", "single-choose", "single-query")
+QUESTION_TYPES = tuple(QuestionType)  # the order reports list them in
 
 QA_SYSTEM_PROMPT = (
     "Given the closest ECG retrieved reports and diagnoses to the test ECG as discovered by a multimodal model. "
