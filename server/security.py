@@ -8,12 +8,15 @@
 - Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
   calls keep their latency instead of everything slowing down together. Per token (without tokens, all callers
   share one budget: the interceptor does not see peer addresses) at most ``rate_limit`` calls per second (token
-  bucket, bursts of one second's worth) and ``daily_quota`` calls per UTC day (in memory: a restart resets it).
-- The caller's identity is put in :data:`CALLER` for the audit log of writes.
+  bucket, bursts of one second's worth but at least one call, so rates below 1/s work) and ``daily_quota`` calls
+  per UTC day (in memory: a restart resets it).
+- The caller's identity is put in :data:`CALLER` for the audit log of writes, which shows patient ids only as keyed
+  pseudonyms (HMAC under a secret kept in the data dir).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import datetime as dt
 import hashlib
@@ -21,6 +24,7 @@ import hmac
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -111,14 +115,16 @@ def _deny(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, message: str) -
 
 
 class _Bucket:
-    """Token bucket: `rate` calls per second, bursts of up to `rate`."""
+    """Token bucket: `rate` calls per second, bursts of one second's worth - but at least one call: a call takes a
+    whole token, so a bucket holding only `rate` < 1 tokens would refuse every call."""
 
     def __init__(self, rate: float) -> None:
-        self.rate, self.tokens, self.stamp = rate, rate, time.monotonic()
+        self.rate, self.capacity = rate, max(1.0, rate)
+        self.tokens, self.stamp = self.capacity, time.monotonic()
 
     def take(self) -> bool:
         now = time.monotonic()
-        self.tokens = min(self.rate, self.tokens + (now - self.stamp) * self.rate)
+        self.tokens = min(self.capacity, self.tokens + (now - self.stamp) * self.rate)
         self.stamp = now
         if self.tokens < 1:
             return False
@@ -208,24 +214,77 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         return _same_kind(handler, behaviour)
 
 
-def pseudonym(identifier: str) -> str:
-    """A patient id as logs may show it: a short one-way hash (equal ids stay equal, the id is not readable)."""
-    return hashlib.sha256(f"ecgregen:{identifier}".encode()).hexdigest()[:16] if identifier else ""
+PSEUDONYM_KEY_FILE = "pseudonym.key"
+PSEUDONYM_KEY_BYTES = 32
+
+
+def pseudonym_key(folder: Path) -> bytes:
+    """The secret that keys patient pseudonyms: ``folder/pseudonym.key``, made on first use, read afterwards.
+
+    Patient ids are small integers: an unkeyed hash of one is reversed by hashing them all, a keyed one is not. The
+    key must stay the same across restarts (equal ids keep equal pseudonyms in the audit log) and private to the
+    server's user, so a file readable by others or of the wrong size is refused (ValueError) rather than used or
+    replaced. A new key is written to a private temporary file and linked into place: of concurrent first starts,
+    exactly one link succeeds and the others read that complete file.
+    """
+    path = Path(folder) / PSEUDONYM_KEY_FILE
+    if not path.exists():
+        temporary = path.with_name(f".{PSEUDONYM_KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(PSEUDONYM_KEY_BYTES))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(temporary, path)
+            folder_fd = os.open(path.parent, os.O_RDONLY)  # the new name must survive a crash too
+            try:
+                os.fsync(folder_fd)
+            finally:
+                os.close(folder_fd)
+        except FileExistsError:
+            pass  # another start linked its key first: use that one
+        finally:
+            temporary.unlink()
+    with open(path, "rb") as f:
+        mode = os.fstat(f.fileno()).st_mode & 0o777
+        if mode & 0o077:
+            raise ValueError(f"{path} (the key of patient pseudonyms) has mode {mode:o}: it must be readable by "
+                             f"the server's user only; run `chmod 600 {path}`")
+        key = f.read()
+    if len(key) != PSEUDONYM_KEY_BYTES:
+        raise ValueError(f"{path} (the key of patient pseudonyms) holds {len(key)} bytes, not {PSEUDONYM_KEY_BYTES}: "
+                         f"restore the server's own copy; delete it only to start new pseudonyms for every patient")
+    return key
 
 
 class AuditLog:
     """Append-only JSON lines of corpus writes: who (token name), when, what (method, batch, record keys); patient
-    ids only as pseudonyms. Flushed and fsynced per entry: the audit trail must survive a crash like the data."""
+    ids only as keyed pseudonyms. Flushed and fsynced per entry: the audit trail must survive a crash like the data.
+
+    The key of the pseudonyms is :func:`pseudonym_key` of the log's folder (the data dir)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._key = pseudonym_key(self.path.parent)
+        self._appending = threading.Lock()  # entries are appended from worker threads: one whole line at a time
 
-    def write(self, method: str, **what: Any) -> None:
+    def pseudonym(self, identifier: str) -> str:
+        """A patient id as logs may show it: HMAC-SHA256 under the server's key, cut to 16 hex digits. Equal ids
+        stay equal, and without the key an id cannot be found by hashing candidate ids."""
+        return hmac.new(self._key, identifier.encode(), hashlib.sha256).hexdigest()[:16] if identifier else ""
+
+    async def write(self, method: str, **what: Any) -> None:
+        """Append one entry and return once it is on disk. The fsync runs in a worker thread: it can take
+        milliseconds (far more on a busy disk), which on the event loop would stall every other call."""
         entry = {"time": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds"), "caller": CALLER.get(),
                  "method": method, **what}
-        with self.path.open("a") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        await asyncio.to_thread(self._append, json.dumps(entry, ensure_ascii=False) + "\n")
+
+    def _append(self, line: str) -> None:
+        with self._appending, self.path.open("a") as f:
+            f.write(line)
             f.flush()
             os.fsync(f.fileno())
 

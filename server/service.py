@@ -52,7 +52,7 @@ from ecgregen.pipeline import (
     RetrievalPipeline,
     new_batch_id,
 )
-from ecgregen.server.security import AuditLog, pseudonym
+from ecgregen.server.security import AuditLog
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
     StreamLimiter,
@@ -382,9 +382,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             if self.audit:
                 rejected = {position for position, _ in outcome.rejected}
                 written = [r for i, (_, r) in enumerate(batch) if i not in rejected]
-                self.audit.write("InsertRecords", batch_id=response.batch_id,
-                                 records=[{"source": r.source, "ecg_id": r.ecg_id, "patient": pseudonym(r.patient_id)}
-                                          for r in written])
+                await self.audit.write("InsertRecords", batch_id=response.batch_id,
+                                       records=[{"source": r.source, "ecg_id": r.ecg_id,
+                                                 "patient": self.audit.pseudonym(r.patient_id)} for r in written])
             response.inserted += outcome.inserted
             response.updated += outcome.updated
             for position, reason in outcome.rejected:
@@ -429,7 +429,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             deleted = await asyncio.to_thread(self.pipeline.delete, (), check_batch_id(request.batch_id))
             log.info("rolled back batch %s: %d records deleted", request.batch_id, deleted)
             if self.audit:
-                self.audit.write("DeleteRecords", batch_id=request.batch_id, deleted=deleted)
+                await self.audit.write("DeleteRecords", batch_id=request.batch_id, deleted=deleted)
             return pb.DeleteRecordsResponse(deleted=deleted)
         keys = []
         for i, key in enumerate(request.keys):
@@ -440,7 +440,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             raise EcgInputError("no keys to delete")
         deleted = await asyncio.to_thread(self.pipeline.delete, keys)
         if self.audit:
-            self.audit.write("DeleteRecords", records=[{"source": s, "ecg_id": e} for s, e in keys], deleted=deleted)
+            await self.audit.write("DeleteRecords", records=[{"source": s, "ecg_id": e} for s, e in keys],
+                                   deleted=deleted)
         return pb.DeleteRecordsResponse(deleted=deleted)
 
     @rpc
@@ -493,9 +494,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             STREAM_WINDOWS.labels("refused_stream").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                                 f"the server already serves {self.streams.limit} streams; retry later or elsewhere")
+        patient = self.audit.pseudonym(settings.patient_id) if self.audit and settings.patient_id else "-"
         log.info("stream opened: device %s, patient %s, %g Hz, %d leads, %g s windows every %g s",
-                 first.config.device_id.strip() or "-", pseudonym(settings.patient_id) if settings.patient_id else "-",
-                 settings.rate_hz, len(settings.leads), settings.window_s, settings.hop_s)
+                 first.config.device_id.strip() or "-", patient, settings.rate_hz, len(settings.leads), settings.window_s,
+                 settings.hop_s)
         out: asyncio.Queue[tuple | None] = asyncio.Queue()
         slots = asyncio.Semaphore(MAX_PENDING_WINDOWS)
         reader = asyncio.get_running_loop().create_task(self._read_stream(request_iterator, settings, out, slots))

@@ -3,9 +3,14 @@ checks that request decoding and preprocessing answer any input with a value or 
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import json
 import os
+import stat
 import subprocess
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -20,6 +25,8 @@ from hypothesis import strategies as st
 from ecgregen.ecg import EcgInputError
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
+from ecgregen.server import security
+from ecgregen.server.security import AuditLog
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import ecg_from_proto, ecg_to_proto
@@ -176,22 +183,107 @@ def test_any_ecg_message_decodes_or_is_refused_clearly(message: pb.Ecg) -> None:
     assert out.windows.shape[1] == 12 and np.isfinite(out.windows).all() and (out.lengths > 0).all()
 
 
+def audit_entries(data_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (data_dir / "audit.log").read_text().splitlines()]
+
+
+def keyed_pseudonym(data_dir: Path, patient_id: str) -> str:
+    """The pseudonym the audit log must show: HMAC-SHA256 of the id under the server's key file, 16 hex digits."""
+    return hmac.new((data_dir / "pseudonym.key").read_bytes(), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def unkeyed_hashes(patient_id: str) -> set[str]:
+    """What anyone can compute from a guessed id: every fixed-length hashlib digest of it, bare or prefixed."""
+    return {hashlib.new(name, text.encode()).hexdigest() for name in hashlib.algorithms_guaranteed
+            if not name.startswith("shake") for text in (patient_id, f"ecgregen:{patient_id}")}
+
+
+def insert_audited(stub: pb_grpc.EcgReGenStub, record: pb.Record, **call: object) -> str:
+    """Insert one record; its audit entry must be on disk when the call returns (fsynced before the reply)."""
+    return stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record)]), timeout=60, **call).batch_id
+
+
 def test_writes_are_audited_with_pseudonymous_patients(secured: tuple, demo_queries: list[EcgRecord]) -> None:
     server, certs, tokens = secured
+    data_dir = server.log_path.parent / "var"
     archive = [("authorization", f"Bearer {tokens['archive']}")]
     record = pb.Record(ecg_id="audit-1", patient_id="patient-4711", report="r", source="audit",
                        ecg=ecg_to_proto(demo_queries[0].load_ecg()))
     with mtls_channel(server.address, certs) as channel:
         stub = pb_grpc.EcgReGenStub(channel)
-        batch = stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record)]), timeout=60, metadata=archive).batch_id
+        batch = insert_audited(stub, record, metadata=archive)
+        insert = next(e for e in audit_entries(data_dir) if e["method"] == "InsertRecords" and e["batch_id"] == batch)
         stub.DeleteRecords(pb.DeleteRecordsRequest(batch_id=batch), timeout=60, metadata=archive)
-    text = (server.log_path.parent / "var" / "audit.log").read_text()
-    entries = [json.loads(line) for line in text.splitlines()]
-    insert = next(e for e in entries if e["method"] == "InsertRecords" and e["batch_id"] == batch)
+    entries = audit_entries(data_dir)
     assert insert["caller"] == "archive" and insert["records"][0]["ecg_id"] == "audit-1"
-    assert "patient-4711" not in text and len(insert["records"][0]["patient"]) == 16
+    patient = insert["records"][0]["patient"]
+    assert not any(digest.startswith(patient) for digest in unkeyed_hashes("patient-4711"))
+    assert patient == keyed_pseudonym(data_dir, "patient-4711")
+    assert stat.S_IMODE((data_dir / "pseudonym.key").stat().st_mode) == 0o600
+    assert "patient-4711" not in (data_dir / "audit.log").read_text()
     assert any(e["method"] == "DeleteRecords" and e.get("batch_id") == batch and e["deleted"] == 1 for e in entries)
     assert "patient-4711" not in server.log()
+
+
+def test_pseudonyms_stay_the_same_across_restarts(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
+    data_dir = tmp_path / "var"
+    ecg = ecg_to_proto(demo_queries[0].load_ecg())
+    pseudonyms = []
+    for start in range(2):
+        server = start_server(tmp_path, "--data-dir", str(data_dir), "--no-llm", "--no-demo")
+        try:
+            record = pb.Record(ecg_id=f"restart-{start}", patient_id="17", report="r", source="audit", ecg=ecg)
+            batch = insert_audited(server.stub(), record)
+        finally:
+            server.stop()
+        insert = next(e for e in audit_entries(data_dir) if e.get("batch_id") == batch)
+        pseudonyms.append(insert["records"][0]["patient"])
+    assert not any(digest.startswith(pseudonyms[0]) for digest in unkeyed_hashes("17"))
+    assert pseudonyms[0] == pseudonyms[1] == keyed_pseudonym(data_dir, "17")
+
+
+def test_pseudonym_key_is_made_once_private_and_checked(tmp_path: Path) -> None:
+    key_path = tmp_path / "pseudonym.key"
+    barrier = threading.Barrier(8)
+
+    def first_start(_: int) -> str:
+        barrier.wait()  # all at once: exactly one key may win
+        return AuditLog(tmp_path / "audit.log").pseudonym("17")
+
+    with ThreadPoolExecutor(8) as pool:
+        assert len(set(pool.map(first_start, range(8)))) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["pseudonym.key"]  # no temporary files left behind
+    assert stat.S_IMODE(key_path.stat().st_mode) == 0o600 and len(key_path.read_bytes()) == 32
+    other = tmp_path / "other"
+    assert AuditLog(other / "audit.log").pseudonym("17") != AuditLog(tmp_path / "audit.log").pseudonym("17")
+
+    key_path.chmod(0o640)
+    with pytest.raises(ValueError, match="has mode 640: it must be readable by the server's user only"):
+        AuditLog(tmp_path / "audit.log")
+    key_path.chmod(0o600)
+    key_path.write_bytes(b"short")
+    with pytest.raises(ValueError, match="holds 5 bytes, not 32"):
+        AuditLog(tmp_path / "audit.log")
+
+
+def test_audit_entries_are_fsynced_off_the_event_loop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    audit = AuditLog(tmp_path / "audit.log")
+    fsynced_on = []
+    fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        fsynced_on.append(threading.get_ident())
+        fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+
+    async def write_on_the_loop() -> int:
+        await audit.write("DeleteRecords", batch_id="b-1", deleted=0)
+        assert audit_entries(tmp_path)[-1]["batch_id"] == "b-1"  # durable once the await returns
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(write_on_the_loop())
+    assert fsynced_on and loop_thread not in fsynced_on
 
 
 def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:
@@ -223,6 +315,31 @@ def test_rate_limit_and_message_size(tmp_path: Path, demo_queries: list[EcgRecor
         with pytest.raises(grpc.RpcError) as error:
             stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
         assert "has used its quota of 30 calls today (UTC)" in error.value.details()
+    finally:
+        server.stop()
+
+
+def test_rate_limits_below_one_call_per_second(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [100.0]
+    monkeypatch.setattr(security.time, "monotonic", lambda: now[0])
+    bucket = security._Bucket(0.5)  # one call every 2 s, bursts of one
+    assert bucket.take() and not bucket.take()
+    now[0] += 1.9
+    assert not bucket.take()
+    now[0] += 0.1
+    assert bucket.take()
+    now[0] += 60  # a long pause still buys a single call
+    assert bucket.take() and not bucket.take()
+    monkeypatch.undo()
+
+    server = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--no-demo", "--rate-limit", "0.5")
+    try:
+        stub = server.stub()
+        assert stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10).points == 0
+        with pytest.raises(grpc.RpcError) as error:
+            stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=10)
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "rate limit of 0.5 calls/s for 'anonymous' exceeded" in error.value.details()
     finally:
         server.stop()
 
