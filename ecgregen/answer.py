@@ -43,7 +43,7 @@ import pandas as pd
 
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.qa_conventions import NONE, is_verify, label_state, normalise, question_lead
-from ecgregen.records import DEMO_PTBXL
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit
 
 # ECG-QA's names of PTB-XL's diagnostic superclasses. Its "hypertrophy" leaves out atrial overload (LAO/LAE).

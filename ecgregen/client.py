@@ -1,32 +1,28 @@
-"""Client side of the CLI: read a WFDB record, call the server, print for a person or as JSON, plot.
+"""Client side of the CLI: call the server with messages, return its answers as the JSON-ready dicts the CLI prints,
+and word them for a person.
 
 Errors surface as the gRPC status name and message (``INVALID_ARGUMENT: expected 12 leads, got 3``) and a
-non-zero exit, raised as :class:`ClientError` for the CLI to print.
+non-zero exit, raised as :class:`~ecgregen.errors.ClientError` for the CLI to print. gRPC, the generated stubs and
+the stdlib are all this imports: ``ecgregen client stats`` starts in a fraction of a second, and reading a record
+file is the caller's (:mod:`ecgregen.cli.client`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import textwrap
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import numpy as np
 
-from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
-from ecgregen.records import WfdbSignal, read_wfdb_signal
+from ecgregen.errors import ClientError
+from ecgregen.messages import diagnosis_to_dict, neighbour_to_dict
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.wire import diagnosis_to_dict, neighbour_to_dict, signal_to_proto
 
 DEFAULT_TIMEOUT_S = 60.0
-
-
-class ClientError(RuntimeError):
-    """A failed call, worded for the terminal."""
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -104,19 +100,6 @@ def call(method, request, timeout_s: float):  # noqa: ANN001 - any unary or stre
         raise client_error(exc) from None
 
 
-def load_record(path: str) -> WfdbSignal:
-    try:
-        return read_wfdb_signal(path)
-    except FileNotFoundError as exc:
-        raise ClientError(str(exc)) from None
-
-
-def record_proto(path: str) -> tuple[pb.Ecg, WfdbSignal]:
-    """The record as stored (leads, rate and units untouched): the server checks it and says what is wrong."""
-    raw = load_record(path)
-    return signal_to_proto(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw
-
-
 def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
     return {
         "preprocess": round(latency.preprocess_ms, 3), "encode": round(latency.encode_ms, 3),
@@ -143,13 +126,12 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
 
 
 def report(
-    address: str, record: str, k: int, exclude_patient: str | None = None, *, refine: bool = False,
+    address: str, ecg: pb.Ecg, k: int, exclude_patient: str | None = None, *, refine: bool = False,
     on_delta: Callable[[str], None] | None = None, report_mode: str = "",
-) -> tuple[dict, Ecg]:
+) -> dict:
     """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives."""
-    ecg_msg, raw = record_proto(record)
     request = pb.GenerateReportRequest(
-        ecg=ecg_msg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
+        ecg=ecg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
         report_mode=report_mode,
     )
     with Connection(address) as stub:
@@ -167,15 +149,13 @@ def report(
                 raise client_error(exc) from None
             if response is None:
                 raise ClientError("the server closed the report stream without a final result")
-    # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.
-    return report_dict(response), ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units)
+    return report_dict(response)
 
 
-def ask(address: str, record: str, question: str, options: Sequence[str], answerer: str, k: int,
+def ask(address: str, ecg: pb.Ecg, question: str, options: Sequence[str], answerer: str, k: int,
         question_type: str = "") -> dict:
     request = pb.AnswerQuestionRequest(
-        ecg=record_proto(record)[0], question=question, options=options, answerer=answerer, k=k,
-        question_type=question_type,
+        ecg=ecg, question=question, options=options, answerer=answerer, k=k, question_type=question_type,
     )
     with Connection(address) as stub:
         response = call(stub.AnswerQuestion, request, DEFAULT_TIMEOUT_S)
@@ -192,22 +172,11 @@ def ask(address: str, record: str, question: str, options: Sequence[str], answer
     }
 
 
-def insert(address: str, records: Sequence[str], *, report_text: str, scp_codes: dict[str, float],
-           ecg_id: str | None, patient_id: str, source: str) -> dict:
-    if ecg_id and len(records) > 1:
-        raise ClientError("--ecg-id names one record; give one RECORD or leave it out (the file name is used)")
-
-    def messages() -> Iterator[pb.InsertRecordsRequest]:
-        for path in records:
-            yield pb.InsertRecordsRequest(
-                record=pb.Record(
-                    ecg_id=ecg_id or Path(path).name, patient_id=patient_id, report=report_text,
-                    scp_codes=scp_codes, source=source, ecg=record_proto(path)[0],
-                )
-            )
-
+def insert(address: str, records: Iterable[pb.Record]) -> dict:
+    """InsertRecords, streaming `records` as they are made (a caller reading files reads one at a time)."""
+    requests = (pb.InsertRecordsRequest(record=record) for record in records)
     with Connection(address) as stub:
-        response = call(stub.InsertRecords, messages(), DEFAULT_TIMEOUT_S)
+        response = call(stub.InsertRecords, requests, DEFAULT_TIMEOUT_S)
     return {
         "batch_id": response.batch_id,
         "inserted": response.inserted, "updated": response.updated, "rejected": response.rejected,
@@ -319,45 +288,6 @@ def format_answer(result: dict) -> str:
     text += f"\nWhy: {result['rationale']}\n\nDiagnoses (+ = present):\n{format_diagnoses(result['diagnoses'])}"
     text += f"\n\nEvidence:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(text, result["warnings"])
-
-
-def plot_report(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ecg | None], out: Path) -> None:
-    """The query's 12 leads beside its top-3 neighbours, each titled with report and score."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    columns = [(f"query {query_name}", query)] + [
-        (f"#{i + 1} ecg {n['ecg_id']}  score {n['score']:.3f}\n{_wrap(n['report'])}", ecg)
-        for i, (n, ecg) in enumerate(zip(result["neighbours"][:3], neighbour_ecgs))
-    ]
-    fig, axes = plt.subplots(12, len(columns), figsize=(4.2 * len(columns), 11), sharex="col", squeeze=False)
-    for col, (title, ecg) in enumerate(columns):
-        axes[0, col].set_title(title, fontsize=8, loc="left")
-        for row, lead in enumerate(STANDARD_LEADS):
-            ax = axes[row, col]
-            if ecg is not None:
-                t = np.arange(ecg.n_samples) / ecg.sampling_rate_hz
-                ax.plot(t, ecg.signal[row], lw=0.6, color="black" if col == 0 else "tab:blue")
-            else:
-                ax.text(0.5, 0.5, "signal not available here", ha="center", va="center", fontsize=7, transform=ax.transAxes)
-            ax.set_yticks([])
-            ax.tick_params(labelsize=6)
-            if col == 0:
-                ax.set_ylabel(lead, rotation=0, labelpad=14, fontsize=8)
-    for ax in axes[-1]:
-        ax.set_xlabel("s", fontsize=7)
-    present = [d for d in result.get("diagnoses", []) if d["present"]]
-    diagnoses = ", ".join(f"{d['code']} {d['probability']:.2f}" for d in present) or "none present"
-    fig.suptitle(f"Generated report: {_wrap(result['report'], 120)}\nDiagnoses: {_wrap(diagnoses, 140)}", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
-def _wrap(text: str, width: int = 48) -> str:
-    return "\n".join(textwrap.wrap(text, width)[:3])
 
 
 def dumps(obj: dict) -> str:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit
 
 CALIBRATION_VERSION = 1
@@ -63,8 +64,6 @@ class Statement:
 def load_statements(path: str | Path | None = None) -> dict[str, Statement]:
     """SCP statements from a PTB-XL ``scp_statements.csv`` (default: the one shipped with the demo corpus)."""
     if path is None:
-        from ecgregen.records import DEMO_PTBXL
-
         path = DEMO_PTBXL / "scp_statements.csv"
     df = pd.read_csv(path, index_col=0)
     statements = {}

@@ -19,8 +19,6 @@ import wfdb
 from ecgregen.ecg import Ecg, EcgInputError, ecg_from_array
 
 PTBXL_SOURCE = "ptbxl"
-# The 300-record demo corpus shipped in the package (see its README): PTB-XL layout.
-DEMO_PTBXL = Path(__file__).resolve().parent / "demo_corpus" / "ptbxl"
 
 
 @dataclass(frozen=True)

@@ -1,17 +1,17 @@
 """Conversions between the ``ecgregen.v1`` protobuf messages and the library's own types.
 
-Shared by the server (proto -> domain, with validation that becomes INVALID_ARGUMENT) and the client CLI
-(domain -> proto). Kept apart from the generated code, which is never edited by hand.
+The server's half (proto -> domain, with validation that becomes INVALID_ARGUMENT), and ECGs as messages for the
+indexer and the benchmarks; a client's half, which needs none of the library's types, is :mod:`ecgregen.messages`.
+Kept apart from the generated code, which is never edited by hand.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.store import Hit, SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -38,14 +38,6 @@ def ecg_from_proto(msg: pb.Ecg) -> Ecg:
     return assemble_ecg(leads, msg.sampling_rate_hz)
 
 
-def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str]) -> pb.Ecg:
-    """Any (n_leads, n_samples) signal as an ``Ecg`` message, unchecked: the server is the judge."""
-    return pb.Ecg(
-        sampling_rate_hz=sampling_rate_hz,
-        leads=[pb.Lead(name=n, samples=row.tolist(), units=u) for n, row, u in zip(lead_names, signal, units)],
-    )
-
-
 def ecg_to_proto(ecg: Ecg) -> pb.Ecg:
     return signal_to_proto(ecg.signal, ecg.sampling_rate_hz, STANDARD_LEADS, ["mV"] * len(STANDARD_LEADS))
 
@@ -67,20 +59,6 @@ def neighbour_to_proto(hit: Hit) -> pb.Neighbour:
 def diagnosis_to_proto(d: Diagnosis) -> pb.Diagnosis:
     return pb.Diagnosis(code=d.code, description=d.description, superclass=d.superclass, probability=d.probability,
                         present=d.present, threshold=d.threshold)
-
-
-def diagnosis_to_dict(d: pb.Diagnosis) -> dict:
-    """The JSON shape the CLI prints for one diagnosis."""
-    return {"code": d.code, "description": d.description, "superclass": d.superclass,
-            "probability": round(float(d.probability), 4), "present": d.present, "threshold": round(float(d.threshold), 4)}
-
-
-def neighbour_to_dict(n: pb.Neighbour) -> dict:
-    """The JSON shape the CLI prints (stable: acceptance checks read it)."""
-    return {
-        "ecg_id": n.ecg_id, "patient_id": n.patient_id, "score": round(float(n.score), 6), "report": n.report,
-        "scp_codes": dict(n.scp_codes), "source": n.source,
-    }
 
 
 def record_from_proto(msg: pb.Record) -> RecordToInsert:

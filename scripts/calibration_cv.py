@@ -20,6 +20,7 @@ from ecgregen.diagnoses import Diagnoser, ValidationCase, fit_calibration, load_
 from ecgregen.evaluate.corpus import open_eval_index
 from ecgregen.evaluate.text_metrics import scp_f1
 from ecgregen.records import load_ptbxl, parse_folds
+from ecgregen.settings import EVAL_DIR
 
 SETTINGS = {  # name -> fit_calibration keyword arguments
     "search k 5-30, T 0.02-0.1, weight 1, own >= 20": dict(k_grid=(5, 10, 20, 30), temperature_grid=(0.02, 0.05, 0.1),
@@ -37,7 +38,7 @@ def main() -> None:
     parser.add_argument("--index-folds", default="1-8")
     parser.add_argument("--fold", type=int, default=8, help="the validation fold split in two")
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--data-dir", type=Path, default=Path("./var/eval"))
+    parser.add_argument("--data-dir", type=Path, default=EVAL_DIR)
     args = parser.parse_args()
 
     pipeline = open_eval_index(load_ptbxl(args.ptbxl, parse_folds(args.index_folds)), data_dir=args.data_dir,

@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -16,15 +14,15 @@ from grpc_reflection.v1alpha import reflection
 from ecgregen import __version__
 from ecgregen.calibrate import calibrate_records
 from ecgregen.calibrate import save as save_calibration
-from ecgregen.encoders.base import EncoderUnavailable
+from ecgregen.errors import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
-from ecgregen.llm.stage import LlmConfig, LlmStage
+from ecgregen.llm.stage import LlmStage
 from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
-from ecgregen.records import DEMO_PTBXL, load_ptbxl
-from ecgregen.server.security import AuditLog, GuardInterceptor, TlsSettings, load_keys, server_credentials
+from ecgregen.records import load_ptbxl
+from ecgregen.server.security import AuditLog, GuardInterceptor, load_keys, server_credentials
 from ecgregen.server.service import EcgReGenService
-from ecgregen.store import IndexSettings
+from ecgregen.settings import DEMO_PTBXL, ServeSettings
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 
@@ -34,36 +32,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
 LLM_HEALTH_NAME = "ecgregen.v1.llm"  # SERVING when the LLM stage is up; NOT_SERVING when retrieval-only
 DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
 DEMO_CALIBRATION_FOLDS = (8,)  # never trained on by the shipped encoder's label stage (folds 1-7)
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024  # a 5-minute 12-lead ECG at 1 kHz as float32 is ~15 MB
-
-
-@dataclass(frozen=True)
-class ServeSettings:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9464
-    data_dir: Path = Path("./var")
-    qdrant_url: str | None = None
-    checkpoint: Path | None = None
-    seed_demo: bool = True
-    shutdown_grace_s: float = 10.0
-    llm: LlmConfig = LlmConfig()
-    index: IndexSettings | None = None  # for a collection this server creates
-    triton_url: str | None = None  # encode in Triton (gRPC HOST:PORT) instead of in-process
-    triton_model: str = "ecg_encoder"
-    triton_wait_s: float = 30.0
-    max_streams: int = 64
-    max_in_flight: int = 256  # calls handled at once; beyond: RESOURCE_EXHAUSTED (load shedding)
-    tls: TlsSettings | None = None
-    tokens_file: Path | None = None  # bearer tokens with roles; None: no authentication (loopback development)
-    rate_limit: float = 0.0  # calls per second per client; 0: unlimited
-    daily_quota: int = 0  # calls per client per UTC day; 0: unlimited
-    max_stream_s: float = 24 * 3600.0
-    triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
-    encoder_runtime: str = "onnxruntime"  # how the in-process encoder runs (see ecgregen.encoders.factory.ENCODER_RUNTIMES)
-    max_message_bytes: int = MAX_MESSAGE_BYTES
-    report_mode: str = "auto"  # top1, consensus, or auto: the corpus calibration's best
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:

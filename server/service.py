@@ -26,7 +26,7 @@ import grpc
 from ecgregen import __version__
 from ecgregen.api_values import Answerer, FallbackReason, QuestionType, StreamErrorCode, StreamWarningCode
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError
-from ecgregen.encoders.base import EncoderUnavailable
+from ecgregen.errors import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
 from ecgregen.llm.stage import LlmStage

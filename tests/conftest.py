@@ -24,7 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from ecgregen.ecg import Ecg
 from ecgregen.encoder_export.local_triton import LocalTriton, start_local_triton
 from ecgregen.host import free_port
-from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
+from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from tests.scripted_llm import ScriptedLlm
 

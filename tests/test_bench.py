@@ -13,7 +13,8 @@ from pathlib import Path
 
 from ecgregen.bench.encoder import run_encoder_bench
 from ecgregen.encoders.checkpoint import load_encoder
-from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from ecgregen.records import load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 
 
 def test_batched_encoding_is_cheaper_per_ecg_and_onnxruntime_beats_eager_torch(tmp_path: Path) -> None:

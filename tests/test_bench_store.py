@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ecgregen.bench.store import format_store_bench, run_store_bench, search_comparison
-from ecgregen.records import DEMO_PTBXL
+from ecgregen.settings import DEMO_PTBXL
 
 
 def test_store_bench_on_demo_corpus(tmp_path: Path) -> None:

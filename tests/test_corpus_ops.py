@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from ecgregen.records import DEMO_PTBXL, EcgRecord, load_ptbxl
+from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import EdgeStore, restore_snapshot
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto

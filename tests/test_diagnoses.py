@@ -23,7 +23,8 @@ from ecgregen.diagnoses import (
 )
 from ecgregen.evaluate.corpus import open_eval_index
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
-from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from ecgregen.records import load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit, open_store
 from tests.test_cli import run
 

@@ -18,7 +18,8 @@ from ecgregen.encoders.model import CONFIGS, EcgEncoder, random_encoder
 from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
 from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.preprocess import Preprocessed, preprocess
-from ecgregen.records import DEMO_PTBXL, load_ptbxl
+from ecgregen.records import load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from tests.conftest import LENGTHS_S, real_ecg_of
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from ecgregen.cli.flags import add_llm_flags, llm_config_from_args
 from ecgregen.llm import local
-from ecgregen.llm.stage import add_llm_flags, llm_config_from_args
 
 
 def install_part(site: Path, name: str, data: bytes, version: str = "1.0") -> None:

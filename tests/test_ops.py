@@ -23,7 +23,7 @@ from ecgregen.cli import build_parser
 from ecgregen.encoder_export.local_triton import LocalTriton
 from ecgregen.host import http_ok
 from ecgregen.records import EcgRecord
-from ecgregen.server.app import ServeSettings
+from ecgregen.settings import ServeSettings
 from ecgregen.simulate import simulate
 from ecgregen.encoders.triton import TritonEncoder
 from ecgregen.v1 import ecgregen_pb2 as pb

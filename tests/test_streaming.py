@@ -15,11 +15,12 @@ import numpy as np
 import pytest
 
 from ecgregen.ecg import STANDARD_LEADS
+from ecgregen.messages import signal_to_proto
 from ecgregen.preprocess import resample
 from ecgregen.records import EcgRecord
 from ecgregen.simulate import simulate
 from ecgregen.v1 import ecgregen_pb2 as pb
-from ecgregen.wire import ecg_to_proto, signal_to_proto
+from ecgregen.wire import ecg_to_proto
 from tests.conftest import ServerProcess, real_ecg_of, start_server
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ecgregen.bench.measure import Progress, machine, table
+from ecgregen.settings import BENCH_DIR
 
 SECTIONS = ("encoder", "search", "service")
 
@@ -33,7 +34,7 @@ class BenchConfig:
     index_folds: Sequence[int] = (1, 2, 3, 4, 5, 6, 7, 8)
     query_folds: Sequence[int] = (9,)
     sections: Sequence[str] = SECTIONS
-    work_dir: Path = Path("var/bench")
+    work_dir: Path = BENCH_DIR
     # encoder
     batch_sizes: Sequence[int] = (1, 8, 32, 64)
     triton: str | None = "local"

@@ -16,10 +16,6 @@ import numpy as np
 from ecgregen.preprocess import Preprocessed, PreprocessConfig
 
 
-class EncoderUnavailable(RuntimeError):
-    """A remote encoder (Triton) cannot answer now; the request may be retried later."""
-
-
 class Encoder(Protocol):
     """An encoder runtime: in-process (:mod:`ecgregen.encoders.pytorch`, :mod:`~ecgregen.encoders.onnxrt`) or
     Triton (:mod:`ecgregen.encoders.triton`, :mod:`~ecgregen.encoders.fallback`)."""

@@ -7,8 +7,7 @@ from pathlib import Path
 from ecgregen.encoders.base import Encoder
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.encoders.pytorch import InProcessEncoder
-
-ENCODER_RUNTIMES = ("onnxruntime", "torch")
+from ecgregen.settings import ENCODER_RUNTIMES
 
 
 def in_process_encoder(checkpoint: Path | None, runtime: str = "onnxruntime") -> Encoder:

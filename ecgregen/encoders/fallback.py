@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ecgregen.encoders.base import Encoder, EncoderUnavailable
+from ecgregen.encoders.base import Encoder
 from ecgregen.encoders.triton import TritonEncoder
+from ecgregen.errors import EncoderUnavailable
 from ecgregen.metrics import ENCODER_FALLBACKS, dependency_failed
 from ecgregen.preprocess import PreprocessConfig
 

@@ -22,8 +22,8 @@ import numpy as np
 import tritonclient.grpc as triton
 from tritonclient.utils import InferenceServerException
 
-from ecgregen.encoders.base import EncoderUnavailable
 from ecgregen.encoders.onnxrt import INPUT_NAME, LENGTH_NAME, OUTPUT_NAME
+from ecgregen.errors import EncoderUnavailable
 from ecgregen.metrics import dependency_ok
 from ecgregen.preprocess import PreprocessConfig
 

@@ -13,9 +13,8 @@ from pathlib import Path
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.pipeline import Retrieval, RetrievalPipeline, open_pipeline
 from ecgregen.records import EcgRecord
+from ecgregen.settings import EVAL_DIR
 from ecgregen.store import Hit, SearchFilter, StoreMismatchError
-
-DEFAULT_EVAL_DIR = Path("./var/eval")
 
 
 def eval_collection(index: Sequence[EcgRecord]) -> str:
@@ -24,7 +23,7 @@ def eval_collection(index: Sequence[EcgRecord]) -> str:
 
 
 def open_eval_index(
-    index: Sequence[EcgRecord], *, data_dir: Path = DEFAULT_EVAL_DIR, qdrant_url: str | None = None,
+    index: Sequence[EcgRecord], *, data_dir: Path = EVAL_DIR, qdrant_url: str | None = None,
     checkpoint: Path | None = None, progress: bool = True,
 ) -> RetrievalPipeline:
     """A pipeline whose store holds exactly `index` (embedding whatever is missing); the caller closes its store."""

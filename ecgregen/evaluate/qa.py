@@ -50,7 +50,8 @@ from ecgregen.evaluate.ecgqa import (
 )
 from ecgregen.llm.answerer import LlmAnswerer
 from ecgregen.llm.prompts import QUESTION_TYPES
-from ecgregen.llm.stage import LlmConfig, LlmStage
+from ecgregen.llm.settings import LlmConfig
+from ecgregen.llm.stage import LlmStage
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.qa_conventions import NONE, normalise, question_lead
 from ecgregen.records import load_ptbxl

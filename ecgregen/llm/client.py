@@ -24,11 +24,11 @@ import httpx
 import openai
 
 from ecgregen.api_values import FallbackReason
+from ecgregen.llm.settings import LlmSettings
 from ecgregen.metrics import LLM_BREAKER_OPEN, LLM_CALLS, LLM_TOKENS, dependency_failed, dependency_ok
 
 log = logging.getLogger("ecgregen.llm")
 
-JSON_MODES = ("json_schema", "json_object", "off")
 # What one failed attempt can raise: the client's own errors, the transport's when a stream is cut mid-way, and
 # ValueError (JSON decoding, pydantic validation) when the endpoint's body is not the OpenAI wire format.
 ATTEMPT_ERRORS = (TimeoutError, openai.OpenAIError, httpx.HTTPError, ValueError)
@@ -44,31 +44,6 @@ class LlmFailure(Exception):
 
 class LlmUnavailable(LlmFailure):
     """No reply: endpoint down, slow, failing, busy, or the circuit is open."""
-
-
-@dataclass(frozen=True)
-class LlmSettings:
-    """Where the LLM is and how hard to try. Defaults follow the paper (temperature 1.0, 256 tokens)."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    temperature: float = 1.0
-    max_tokens: int = 256
-    timeout_s: float = 30.0
-    retries: int = 2
-    concurrency: int = 4
-    json_mode: str = "json_schema"
-    breaker_failures: int = 5
-    breaker_reset_s: float = 30.0
-    backoff_base_s: float = 0.25
-    backoff_max_s: float = 4.0
-
-    def __post_init__(self) -> None:
-        if self.json_mode not in JSON_MODES:
-            raise ValueError(f"json mode must be one of {', '.join(JSON_MODES)}, got {self.json_mode!r}")
-        if self.concurrency < 1 or self.retries < 0 or self.timeout_s <= 0 or self.max_tokens < 1:
-            raise ValueError("LLM concurrency and max tokens must be >= 1, retries >= 0, timeout > 0")
 
 
 @dataclass

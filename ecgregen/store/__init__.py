@@ -7,7 +7,8 @@ identically whichever one it is given. ``open_store`` picks one from the ``--qdr
 
 Where things are:
 
-- ``types``: the values callers pass and get back (records, hits, filters, stats, index settings, errors).
+- ``types``: the values callers pass and get back (records, hits, filters, stats, errors); the index settings are
+  :class:`ecgregen.settings.IndexSettings` and the base error :class:`ecgregen.errors.StoreError`, stdlib only.
 - ``base``: ``VectorStore``, the interface with its validation, counting, locking and error translation.
 - ``payload``: a record's payload, the same in every engine.
 - ``dialect``: filters, HNSW and int8 settings and search parameters, decided once for both Qdrant APIs.
@@ -18,6 +19,8 @@ Where things are:
 - ``factory``: ``open_store`` and ``open_qdrant``, which choose the engine.
 """
 
+from ecgregen.errors import StoreError
+from ecgregen.settings import IndexSettings
 from ecgregen.store.base import VectorStore
 from ecgregen.store.client import QdrantClientStore
 from ecgregen.store.edge import EdgeStore
@@ -26,13 +29,10 @@ from ecgregen.store.local import QdrantLocalStore
 from ecgregen.store.remote import QdrantRemoteStore
 from ecgregen.store.snapshot import restore_snapshot
 from ecgregen.store.types import (
-    QUANTIZATIONS,
     BatchInfo,
     Hit,
-    IndexSettings,
     SearchFilter,
     StoredRecord,
-    StoreError,
     StoreMismatchError,
     StoreStats,
     StoreUnsupported,
@@ -41,7 +41,6 @@ from ecgregen.store.types import (
 )
 
 __all__ = [
-    "QUANTIZATIONS",
     "BatchInfo",
     "EdgeStore",
     "Hit",

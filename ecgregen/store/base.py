@@ -21,15 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from ecgregen.errors import StoreError
+from ecgregen.settings import IndexSettings
 from ecgregen.store.payload import to_hit, to_record
 from ecgregen.store.types import (
     BatchInfo,
     CollectionSpec,
     Hit,
-    IndexSettings,
     SearchFilter,
     StoredRecord,
-    StoreError,
     StoreMismatchError,
     StoreStats,
     StoreUnsupported,

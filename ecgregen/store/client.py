@@ -15,19 +15,12 @@ import numpy as np
 from qdrant_client import QdrantClient
 from qdrant_client import models as qm
 
+from ecgregen.errors import StoreError
+from ecgregen.settings import IndexSettings
 from ecgregen.store import dialect
 from ecgregen.store.base import VectorStore
 from ecgregen.store.payload import to_payload
-from ecgregen.store.types import (
-    ENCODER_ID_KEY,
-    INDEX_KEY,
-    CollectionSpec,
-    IndexSettings,
-    SearchFilter,
-    StoredRecord,
-    StoreError,
-    StoreStats,
-)
+from ecgregen.store.types import ENCODER_ID_KEY, INDEX_KEY, CollectionSpec, SearchFilter, StoredRecord, StoreStats
 
 CALIBRATION_KEY = "diagnosis_calibration"  # in the collection's metadata
 

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ecgregen.store.types import CollectionSpec, IndexSettings, SearchFilter
+from ecgregen.settings import IndexSettings
+from ecgregen.store.types import CollectionSpec, SearchFilter
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ecgregen.store.types import StoreError
+from ecgregen.errors import StoreError
 
 
 def lock_directory(lock_file: Path) -> int:

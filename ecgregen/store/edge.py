@@ -12,20 +12,13 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from ecgregen.errors import StoreError
+from ecgregen.settings import IndexSettings
 from ecgregen.store import dialect
 from ecgregen.store.base import VectorStore
 from ecgregen.store.disk import fsync_dir, lock_directory, write_json_atomic
 from ecgregen.store.payload import KEYWORD_FIELDS, to_payload
-from ecgregen.store.types import (
-    ENCODER_ID_KEY,
-    INDEX_KEY,
-    CollectionSpec,
-    IndexSettings,
-    SearchFilter,
-    StoredRecord,
-    StoreError,
-    StoreStats,
-)
+from ecgregen.store.types import ENCODER_ID_KEY, INDEX_KEY, CollectionSpec, SearchFilter, StoredRecord, StoreStats
 
 # The directory layout, which snapshots copy as it is.
 META_FILE = "store.json"

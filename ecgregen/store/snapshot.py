@@ -8,9 +8,9 @@ import tarfile
 import time
 from pathlib import Path
 
+from ecgregen.errors import StoreError
 from ecgregen.store.disk import lock_directory
 from ecgregen.store.edge import LOCK_FILE, META_FILE, SHARD_DIR, EdgeStore
-from ecgregen.store.types import StoreError
 
 
 def restore_snapshot(archive: Path, path: Path, *, force: bool = False) -> None:

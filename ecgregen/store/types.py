@@ -1,68 +1,30 @@
 """The values that cross the store's interface: what goes in, what comes out, and what is kept with a collection.
 
-Nothing here talks to an engine; these are what the pipeline, the wire format and the prompts pass around.
+Nothing here talks to an engine; these are what the pipeline, the wire format and the prompts pass around. The index
+settings and the base :class:`StoreError` live in :mod:`ecgregen.settings` and :mod:`ecgregen.errors`, where the
+command line reads and catches them without loading an engine.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from ecgregen.errors import StoreError
+from ecgregen.settings import IndexSettings
+
 NAMESPACE = uuid.UUID("a1b1281c-8c3a-4e74-8a93-d507a8a944d1")
-QUANTIZATIONS = ("none", "int8")
 # Keys of what is kept with a collection (a Qdrant collection's metadata, or the embedded store's store.json).
 ENCODER_ID_KEY = "encoder_id"
 INDEX_KEY = "index"
 
 
-@dataclass(frozen=True)
-class IndexSettings:
-    """How a collection is indexed. Fixed when the collection is created and kept with it, so a store reopens
-    with the settings it was built with (flags given later for an existing collection are ignored, with a log).
-
-    ``full_scan_threshold_kb``: segments with fewer KB of vectors are searched by brute force even when indexed,
-    which is faster there and exact (Qdrant's default 10 MB). ``on_disk``: vectors memory-mapped instead of in RAM.
-    ``quantization="int8"``: scalar quantisation (4x smaller vectors in RAM); searches rescore the candidates with
-    the original vectors.
-    """
-
-    hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
-    full_scan_threshold_kb: int = 10_000
-    on_disk: bool = False
-    quantization: str = "none"
-    shards: int = 1  # a Qdrant cluster: shards spread over the nodes (the embedded store has one)
-    replicas: int = 1  # a Qdrant cluster: copies of each shard (2+ survives a node loss)
-
-    def __post_init__(self) -> None:
-        if self.hnsw_m < 2 or self.hnsw_ef_construct < 4 or self.full_scan_threshold_kb < 0:
-            raise ValueError("HNSW m must be >= 2, ef_construct >= 4 and full_scan_threshold_kb >= 0")
-        if self.shards < 1 or self.replicas < 1:
-            raise ValueError("shards and replicas must be >= 1")
-        if self.quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {', '.join(QUANTIZATIONS)}, got {self.quantization!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> IndexSettings:
-        """Settings kept with a collection; a collection made before they were kept used the defaults."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in (data or {}).items() if k in known})
-
-
 def point_id(source: str, ecg_id: str) -> str:
     """uuid5(NAMESPACE, f"{source}/{ecg_id}") as str; deterministic so re-inserting an ECG updates its point."""
     return str(uuid.uuid5(NAMESPACE, f"{source}/{ecg_id}"))
-
-
-class StoreError(RuntimeError):
-    """The engine or the disk failed, the store is closed, or it has no collection yet."""
 
 
 class StoreUnsupported(StoreError):

@@ -1,0 +1,172 @@
+"""`ecgregen client` {report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}: call a running
+server.
+
+Start-up is what a person waits for on every call, so this imports gRPC and the stubs only (:mod:`ecgregen.client`);
+the calls that send a record load the WFDB reader when they read it, and `report --plot` matplotlib when it plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from ecgregen.cli.flags import scp_codes
+from ecgregen.errors import ClientError
+from ecgregen.settings import DEFAULT_SERVER
+
+if TYPE_CHECKING:
+    from ecgregen.records import WfdbSignal
+    from ecgregen.v1 import ecgregen_pb2 as pb
+
+
+def add_client(commands: argparse._SubParsersAction) -> None:
+    client = commands.add_parser("client", help="call a running server")
+    csub = client.add_subparsers(dest="client_command", required=True)
+
+    def client_parser(name: str, help_text: str, handler: Callable[[argparse.Namespace], None]) -> argparse.ArgumentParser:
+        p = csub.add_parser(name, help=help_text)
+        p.add_argument("--server", default=DEFAULT_SERVER, help=f"HOST:PORT (default {DEFAULT_SERVER})")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(handler=handler)
+        return p
+
+    report = client_parser("report", "generate a report for a WFDB record", run_report)
+    report.add_argument("record", help="WFDB record path without extension")
+    report.add_argument("--k", type=int, default=3)
+    report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
+    report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
+    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus"],
+                        help="whose report: top1 (closest), consensus (agrees best with the diagnoses); "
+                        "default: the server's")
+    report.add_argument("--refine", action="store_true",
+                        help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
+    report.add_argument("--ptbxl", type=Path, action="append", default=[],
+                        help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot (the demo corpus is always looked in)")
+
+    ask = client_parser("ask", "answer a question about a WFDB record", run_ask)
+    ask.add_argument("record")
+    ask.add_argument("question")
+    ask.add_argument("--options", default="", help="allowed answers, comma-separated (e.g. yes,no,not sure)")
+    ask.add_argument("--answerer", default="labels", choices=["labels", "llm"])
+    ask.add_argument("--k", type=int, default=3)
+    ask.add_argument("--question-type", default="", choices=["", "single-verify", "single-choose", "single-query"],
+                     help="ECG-QA question type (default: inferred from the options and wording)")
+
+    insert = client_parser("insert", "insert WFDB records with their report and labels", run_insert)
+    insert.add_argument("records", nargs="+")
+    insert.add_argument("--report", default="")
+    insert.add_argument("--scp-codes", default="{}", help='JSON, e.g. \'{"NORM": 100}\'')
+    insert.add_argument("--ecg-id", default=None, help="id of the record (default: the file name)")
+    insert.add_argument("--patient-id", default="")
+    insert.add_argument("--source", default="custom")
+
+    delete = client_parser("delete", "delete records by ecg_id", run_delete)
+    delete.add_argument("ecg_ids", nargs="+")
+    delete.add_argument("--source", default="custom")
+
+    client_parser("stats", "corpus statistics", run_fields)
+    client_parser("info", "server version, encoder and LLM state", run_fields)
+    client_parser("batches", "the inserts the corpus holds", run_batches)
+    client_rollback = client_parser("rollback", "delete every record one insert wrote", run_rollback)
+    client_rollback.add_argument("batch_id")
+    client_parser("snapshot", "back up the server's embedded store (written on the server host)", run_fields)
+    client_parser("optimize", "build the HNSW index over recently inserted points (the server pauses meanwhile)",
+                  run_fields)
+
+
+def read_record(path: str) -> tuple[pb.Ecg, WfdbSignal]:
+    """A WFDB record as an ``Ecg`` message, as stored (leads, rate and units untouched): the server checks it and
+    says what is wrong. The signal comes back too, for plotting."""
+    from ecgregen.messages import signal_to_proto
+    from ecgregen.records import read_wfdb_signal
+
+    raw = read_wfdb_signal(path)
+    return signal_to_proto(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    ecg, raw = read_record(args.record)
+    streaming = args.refine and not args.json
+    if streaming:
+        print("Refining: ", end="", flush=True)
+    result = client.report(
+        args.server, ecg, args.k, args.exclude_patient, refine=args.refine, report_mode=args.report_mode,
+        on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None,
+    )
+    if streaming:
+        print("\n")
+    if args.plot:
+        from ecgregen.cli.report_plot import plot_report
+
+        plot_report(raw, Path(args.record).name, result, args.ptbxl, args.plot)
+    print(client.dumps(result) if args.json else client.format_report(result))
+    if args.plot and not args.json:
+        print(f"plot written to {args.plot}")
+
+
+def run_ask(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    options = [o.strip() for o in args.options.split(",") if o.strip()]
+    result = client.ask(args.server, read_record(args.record)[0], args.question, options, args.answerer, args.k,
+                        args.question_type)
+    print(client.dumps(result) if args.json else client.format_answer(result))
+
+
+def run_insert(args: argparse.Namespace) -> None:
+    from ecgregen import client
+    from ecgregen.v1 import ecgregen_pb2 as pb
+
+    codes = scp_codes(args.scp_codes)
+    if args.ecg_id and len(args.records) > 1:
+        raise ClientError("--ecg-id names one record; give one RECORD or leave it out (the file name is used)")
+
+    def records() -> Iterator[pb.Record]:  # read as they are sent
+        for path in args.records:
+            yield pb.Record(ecg_id=args.ecg_id or Path(path).name, patient_id=args.patient_id, report=args.report,
+                            scp_codes=codes, source=args.source, ecg=read_record(path)[0])
+
+    result = client.insert(args.server, records())
+    print(client.dumps(result) if args.json else
+          f"inserted {result['inserted']}, updated {result['updated']}, rejected {result['rejected']} "
+          f"(batch {result['batch_id']})"
+          + "".join(f"\n  record {r['index']} ({r['ecg_id']}): {r['reason']}" for r in result["rejections"]))
+
+
+def run_delete(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    result = client.delete(args.server, args.ecg_ids, args.source)
+    print(client.dumps(result) if args.json else f"deleted {result['deleted']}")
+
+
+def run_fields(args: argparse.Namespace) -> None:
+    """`stats`, `info`, `snapshot`, `optimize`: the answer as JSON, or one `key: value` line per field."""
+    from ecgregen import client
+
+    calls: dict[str, Callable[[str], dict]] = {
+        "stats": client.stats, "info": client.info, "snapshot": client.snapshot,
+        "optimize": lambda address: client.stats(address, optimize=True),
+    }
+    result = calls[args.client_command](args.server)
+    print(client.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+
+
+def run_batches(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    result = client.batches(args.server)
+    print(client.dumps(result) if args.json else "\n".join(
+        f"{b['batch_id'] or '(no batch id)'}  {b['points']} points  {b['first_inserted_at']} .. {b['last_inserted_at']}"
+        for b in result["batches"]) + f"\n{len(result['batches'])} batches")
+
+
+def run_rollback(args: argparse.Namespace) -> None:
+    from ecgregen import client
+
+    result = client.rollback(args.server, args.batch_id)
+    print(client.dumps(result) if args.json else f"deleted {result['deleted']} records of batch {args.batch_id}")

@@ -1,0 +1,131 @@
+"""The paper's tables, `evaluate` {report (Table I), qa (Table II)}, and `qa-generate`, the ECG-QA-style questions
+Table II can be run on."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ecgregen.cli.flags import add_llm_flags, llm_config_from_args
+from ecgregen.settings import EVAL_DIR
+
+
+def add_evaluate(commands: argparse._SubParsersAction) -> None:
+    evaluate = commands.add_parser("evaluate", help="the paper's tables: report generation (I) and ECG-QA (II)")
+    esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
+    ev_report = esub.add_parser("report", help="Table I: retrieved reports vs ground truth, with baselines")
+    ev_report.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (index, and test unless --mimic)")
+    ev_report.add_argument("--index-folds", default="1-8")
+    ev_report.add_argument("--test-folds", default="9")
+    ev_report.add_argument("--mimic", type=Path, help="MIMIC-IV-ECG-layout folder to take the test queries from (cross-domain)")
+    ev_report.add_argument("--limit", type=int, help="at most N test records (the first N by id)")
+    ev_report.add_argument("--no-bertscore", action="store_true", help="skip BERTScore (the slowest metric)")
+    ev_report.add_argument("--calibration-folds", default="auto",
+                           help="folds (of --ptbxl, searched against the index with their own patient left out) "
+                           "that fit the diagnosis calibration; auto = the highest index fold; none = raw votes")
+    ev_qa = esub.add_parser("qa", help="Table II: ECG-QA exact match per question type")
+    ev_qa.add_argument("--ptbxl", type=Path, required=True)
+    ev_qa.add_argument("--questions", type=Path, nargs="+", required=True, help="ECG-QA JSON files or folders")
+    ev_qa.add_argument("--index-folds", default="1-8")
+    ev_qa.add_argument("--answerer", default="labels", choices=["labels", "llm"])
+    ev_qa.add_argument("--k", type=int, default=3)
+    ev_qa.add_argument("--limit", type=int, help="at most N questions")
+    ev_qa.add_argument("--test-folds", default=None,
+                       help="only questions about ECGs of these folds, e.g. 9 (default: every fold with questions)")
+    ev_qa.add_argument("--encoder-folds", default="1-7 (labels) / 1-8 (self-supervised)",
+                       help="note recorded in the JSON: the folds the encoder was trained on")
+    ev_qa.add_argument("--calibration-folds", default="9,8",
+                       help="A,B: the diagnosis calibration is fitted on fold A for questions on other folds, on fold B "
+                            "for questions on fold A")
+    ev_qa.add_argument("--fit-folds", default="1-8",
+                       help="folds whose generated questions fit the answerer's band edges (less the question's fold "
+                            "and its calibration fold)")
+    ev_qa.add_argument("--no-diagnoses", action="store_true",
+                       help="answer by the neighbours' vote as before the calibrated diagnoses")
+    add_llm_flags(ev_qa)
+    for p in (ev_report, ev_qa):
+        p.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
+        p.add_argument("--data-dir", type=Path, default=EVAL_DIR, help="where the cached evaluation index lives")
+        p.add_argument("--qdrant-url", default=None)
+        p.add_argument("--checkpoint", type=Path, default=None)
+    ev_report.add_argument("--markdown", type=Path, help="write the table as markdown")
+    ev_report.add_argument("--plot", type=Path, help="write a bar chart PNG")
+    ev_report.set_defaults(handler=run_report)
+    ev_qa.set_defaults(handler=run_qa)
+
+
+def add_qa_generate(commands: argparse._SubParsersAction) -> None:
+    generate = commands.add_parser("qa-generate", help="ECG-QA-style questions from PTB-XL metadata")
+    generate.add_argument("--ptbxl", type=Path, required=True)
+    generate.add_argument("--out", type=Path, required=True)
+    generate.add_argument("--folds", default=None, help="only records of these folds (default: all)")
+    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--check", type=Path, nargs="+",
+                          help="real ECG-QA question files to validate the answer rules against")
+    generate.set_defaults(handler=run_qa_generate)
+
+
+def run_report(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.report import evaluate_reports, markdown_table, write_outputs
+    from ecgregen.records import load_mimic_ecg, load_ptbxl, parse_folds
+
+    index_folds = parse_folds(args.index_folds)
+    index = load_ptbxl(args.ptbxl, index_folds)
+    if args.mimic:
+        queries, test = load_mimic_ecg(args.mimic, args.limit), f"MIMIC-IV-ECG {args.mimic}"
+    else:
+        test_folds = parse_folds(args.test_folds)
+        queries = sorted(load_ptbxl(args.ptbxl, test_folds), key=lambda r: int(r.ecg_id))[: args.limit]
+        test = f"{args.ptbxl} folds {args.test_folds}"
+    if not index or not queries:
+        raise SystemExit(f"nothing to evaluate: {len(index)} index records, {len(queries)} test records")
+    calibration_folds = (
+        [] if args.calibration_folds == "none"
+        else [max(index_folds)] if args.calibration_folds == "auto" else parse_folds(args.calibration_folds)
+    )
+    calibration = load_ptbxl(args.ptbxl, calibration_folds) if calibration_folds else []
+    result = evaluate_reports(
+        index, queries, calibration=calibration, data_dir=args.data_dir, qdrant_url=args.qdrant_url,
+        checkpoint=args.checkpoint, bertscore=not args.no_bertscore,
+    )
+    result.update(index_folds=index_folds, index=f"{args.ptbxl} folds {args.index_folds}", test=test,
+                  calibration_folds=calibration_folds, calibration_source=f"{args.ptbxl} folds {calibration_folds}")
+    if not args.mimic:
+        result["test_folds"] = parse_folds(args.test_folds)
+    write_outputs(result, args.json_out, args.markdown, args.plot)
+    print(markdown_table(result))
+
+
+def run_qa(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.qa import evaluate_qa, format_qa
+    from ecgregen.records import parse_folds
+
+    calibration_folds = [int(f) for f in args.calibration_folds.split(",") if f.strip()]
+    if len(calibration_folds) != 2 or calibration_folds[0] == calibration_folds[1]:
+        raise SystemExit(f"--calibration-folds takes two different folds A,B; got {args.calibration_folds!r}")
+    result = evaluate_qa(
+        args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
+        limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+        llm=llm_config_from_args(args),
+        test_folds=parse_folds(args.test_folds) if args.test_folds else None,
+        diagnoses=not args.no_diagnoses, calibration_folds=(calibration_folds[0], calibration_folds[1]),
+        fit_folds=parse_folds(args.fit_folds), encoder_folds=args.encoder_folds,
+    )
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    print(format_qa(result))
+
+
+def run_qa_generate(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.ecgqa import PtbxlMetadata, check_against_real, load_questions, write_generated
+    from ecgregen.records import parse_folds
+
+    folds = parse_folds(args.folds) if args.folds else None
+    summary = write_generated(args.ptbxl, args.out, folds=folds, seed=args.seed)
+    if args.check:
+        # The fullest metadata table the folder has: the real questions refer to ECGs without signals too.
+        table = args.ptbxl / "ptbxl_database_all_reports.csv"
+        metadata = PtbxlMetadata.from_csv(table if table.exists() else args.ptbxl / "ptbxl_database.csv")
+        summary["check"] = check_against_real(load_questions(args.check), metadata)
+    print(json.dumps(summary, indent=2))

@@ -1,0 +1,74 @@
+"""`client report --plot`: the query's 12 leads beside its top-3 neighbours' (matplotlib, imported only to plot)."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
+from ecgregen.records import PTBXL_SOURCE, WfdbSignal, read_wfdb
+from ecgregen.settings import DEMO_PTBXL
+
+
+def plot_report(query: WfdbSignal, query_name: str, result: dict, folders: Sequence[Path], out: Path) -> None:
+    """The query beside its top-3 neighbours, each titled with report and score; a neighbour's signal is looked for
+    in `folders` and the demo corpus (PTB-XL layout)."""
+    # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.
+    ecg = ecg_from_array(query.signal, query.sampling_rate_hz, query.lead_names, query.units)
+    neighbours = result["neighbours"][:3]
+    signals = [_find_signal(n["ecg_id"], [*folders, DEMO_PTBXL]) if n["source"] == PTBXL_SOURCE else None
+               for n in neighbours]
+    _plot(ecg, query_name, result, signals, out)
+
+
+def _find_signal(ecg_id: str, folders: list[Path]) -> Ecg | None:
+    """A neighbour's ECG from a PTB-XL-layout folder (None if not found)."""
+    if not ecg_id.isdigit():
+        return None
+    n = int(ecg_id)
+    for folder in folders:
+        path = folder / "records100" / f"{n // 1000 * 1000:05d}" / f"{n:05d}_lr"
+        if path.with_suffix(".hea").exists():
+            return read_wfdb(path)
+    return None
+
+
+def _plot(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ecg | None], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = [(f"query {query_name}", query)] + [
+        (f"#{i + 1} ecg {n['ecg_id']}  score {n['score']:.3f}\n{_wrap(n['report'])}", ecg)
+        for i, (n, ecg) in enumerate(zip(result["neighbours"][:3], neighbour_ecgs))
+    ]
+    fig, axes = plt.subplots(12, len(columns), figsize=(4.2 * len(columns), 11), sharex="col", squeeze=False)
+    for col, (title, ecg) in enumerate(columns):
+        axes[0, col].set_title(title, fontsize=8, loc="left")
+        for row, lead in enumerate(STANDARD_LEADS):
+            ax = axes[row, col]
+            if ecg is not None:
+                t = np.arange(ecg.n_samples) / ecg.sampling_rate_hz
+                ax.plot(t, ecg.signal[row], lw=0.6, color="black" if col == 0 else "tab:blue")
+            else:
+                ax.text(0.5, 0.5, "signal not available here", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            ax.set_yticks([])
+            ax.tick_params(labelsize=6)
+            if col == 0:
+                ax.set_ylabel(lead, rotation=0, labelpad=14, fontsize=8)
+    for ax in axes[-1]:
+        ax.set_xlabel("s", fontsize=7)
+    present = [d for d in result.get("diagnoses", []) if d["present"]]
+    diagnoses = ", ".join(f"{d['code']} {d['probability']:.2f}" for d in present) or "none present"
+    fig.suptitle(f"Generated report: {_wrap(result['report'], 120)}\nDiagnoses: {_wrap(diagnoses, 140)}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def _wrap(text: str, width: int = 48) -> str:
+    return "\n".join(textwrap.wrap(text, width)[:3])

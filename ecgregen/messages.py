@@ -1,0 +1,39 @@
+"""The half of the wire format a client needs: request messages from plain arrays, response messages as the JSON the
+CLI prints.
+
+Protobuf and stdlib only, so a client (the CLI's ``client`` commands) does not load the server's model, store or
+tables to talk to it; :mod:`ecgregen.wire` holds the server's half (messages to and from the library's own types,
+validated).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from ecgregen.v1 import ecgregen_pb2 as pb
+
+if TYPE_CHECKING:
+    import numpy as np
+
+
+def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str]) -> pb.Ecg:
+    """Any (n_leads, n_samples) signal as an ``Ecg`` message, unchecked: the server is the judge."""
+    return pb.Ecg(
+        sampling_rate_hz=sampling_rate_hz,
+        leads=[pb.Lead(name=n, samples=row.tolist(), units=u) for n, row, u in zip(lead_names, signal, units)],
+    )
+
+
+def diagnosis_to_dict(d: pb.Diagnosis) -> dict:
+    """The JSON shape the CLI prints for one diagnosis."""
+    return {"code": d.code, "description": d.description, "superclass": d.superclass,
+            "probability": round(float(d.probability), 4), "present": d.present, "threshold": round(float(d.threshold), 4)}
+
+
+def neighbour_to_dict(n: pb.Neighbour) -> dict:
+    """The JSON shape the CLI prints (stable: acceptance checks read it)."""
+    return {
+        "ecg_id": n.ecg_id, "patient_id": n.patient_id, "score": round(float(n.score), 6), "report": n.report,
+        "scp_codes": dict(n.scp_codes), "source": n.source,
+    }
