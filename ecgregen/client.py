@@ -145,6 +145,8 @@ def report(
                         on_delta(event.delta)
                     elif event.HasField("done"):
                         response = event.done
+                    elif event.HasField("error"):
+                        raise ClientError(f"{event.error.code}: {event.error.message}")
             except grpc.RpcError as exc:
                 raise client_error(exc) from None
             if response is None:
