@@ -5,6 +5,7 @@ Buckets span sub-millisecond searches to multi-second calls so one histogram fam
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -118,6 +119,13 @@ CALIBRATION_STATE = Gauge(
     ["state"],
     registry=REGISTRY,
 )
+EVENT_LOOP_LAG = Histogram(
+    "ecgregen_event_loop_lag_seconds",
+    "How late the server's event loop woke from a 50 ms sleep: time in which it served nothing (health checks "
+    "included), because a call held the GIL or blocked the loop.",
+    buckets=LATENCY_BUCKETS,
+    registry=REGISTRY,
+)
 BUILD_INFO = Info("ecgregen_build", "Version and encoder of this server.", registry=REGISTRY)
 
 
@@ -153,6 +161,15 @@ def observe_calibration(*, calibrated: bool, stale: bool) -> None:
     state = "stale" if stale else "calibrated" if calibrated else "uncalibrated"
     for name in ("calibrated", "stale", "uncalibrated"):
         CALIBRATION_STATE.labels(name).set(1 if name == state else 0)
+
+
+async def watch_event_loop(interval_s: float = 0.05) -> None:
+    """Sleep ``interval_s`` again and again and observe each wake-up's delay in EVENT_LOOP_LAG, until cancelled."""
+    loop = asyncio.get_running_loop()
+    while True:
+        start = loop.time()
+        await asyncio.sleep(interval_s)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - start - interval_s))
 
 
 def dependency_failed(name: str) -> None:

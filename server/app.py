@@ -17,7 +17,7 @@ from ecgregen.calibrate import save as save_calibration
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmStage
-from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics
+from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics, watch_event_loop
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import load_ptbxl
 from ecgregen.server.security import AuditLog, GuardInterceptor, load_keys, server_credentials
@@ -94,6 +94,7 @@ async def serve(settings: ServeSettings) -> None:
             await asyncio.to_thread(seed_demo_corpus, pipeline)
         observe_corpus(pipeline.store.stats())
         BUILD_INFO.info({"version": __version__, "encoder_id": pipeline.encoder.encoder_id})
+        lag_watch = asyncio.get_running_loop().create_task(watch_event_loop())
         await server.start()
         for name in ("", SERVICE_NAME):
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -127,6 +128,7 @@ async def serve(settings: ServeSettings) -> None:
         await health_servicer.enter_graceful_shutdown()
         service.draining.set()  # open streams answer what they hold, say goodbye and end
         await server.stop(settings.shutdown_grace_s)
+        lag_watch.cancel()
     finally:
         if llm is not None:
             await llm.close()

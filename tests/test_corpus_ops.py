@@ -86,6 +86,8 @@ def test_batch_id_from_the_client_and_rollback(demo_server: ServerProcess, ecgs:
     assert batches["site-a:2026-11-25.1"].points == 3
     stub = demo_server.stub()
     assert stub.DeleteRecords(pb.DeleteRecordsRequest(batch_id="site-a:2026-11-25.1"), timeout=30).deleted == 3
+    listed = stub.ListBatches(pb.ListBatchesRequest(), timeout=30).batches
+    assert "site-a:2026-11-25.1" not in {b.batch_id for b in listed}
     hits = stub.Search(pb.SearchRequest(ecg=ecgs[0], k=5, filter=pb.SearchFilter(source="rollback-test")), timeout=30)
     assert len(hits.neighbours) == 0
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from ecgregen.errors import StoreError
 from ecgregen.settings import IndexSettings
+from ecgregen.store.batches import BatchRegistry
 from ecgregen.store.payload import to_hit, to_record
 from ecgregen.store.types import (
     BatchInfo,
@@ -50,9 +51,15 @@ class VectorStore(abc.ABC):
 
     def __init__(self) -> None:
         # Writes are serialised so that "which ids existed" and the write that follows are one step: concurrent
-        # upserts of the same ids would otherwise both count them as inserted.
+        # upserts of the same ids would otherwise both count them as inserted. Long jobs on the whole store
+        # (optimize, snapshot) hold only this one, so that reads go on meanwhile.
+        self._write_lock = threading.RLock()
+        # Held for each engine call (by reads too where the engine needs it) and to close or swap the engine.
+        # Always taken after _write_lock, never before it.
         self._lock = threading.RLock()
         self._collection: CollectionSpec | None = None
+        # Engines that keep a batch registry set it when the collection opens; None: batches() scans.
+        self._batches: BatchRegistry | None = None
         self._closed = False
 
     # ---- engine primitives ----
@@ -68,7 +75,8 @@ class VectorStore(abc.ABC):
     def _drop(self) -> None: ...
 
     @abc.abstractmethod
-    def _retrieve_ids(self, ids: list[str]) -> set[str]: ...
+    def _retrieve_batches(self, ids: list[str]) -> dict[str, str]:
+        """The ids present, each with the batch its record was written by ("" before batches existed)."""
 
     @abc.abstractmethod
     def _upsert(self, records: list[StoredRecord]) -> None:
@@ -125,7 +133,7 @@ class VectorStore(abc.ABC):
         if not encoder_id:
             raise ValueError("encoder_id must not be empty")
         wanted = CollectionSpec(dim=dim, encoder_id=encoder_id, index=index or IndexSettings())
-        with self._lock, self._engine_errors():
+        with self._write_lock, self._lock, self._engine_errors():
             self._check_open()
             current = self._read_collection()
             if current is not None and not recreate:
@@ -154,21 +162,25 @@ class VectorStore(abc.ABC):
             if not by_id:
                 return UpsertResult(inserted=0, updated=0)
             with self._engine_errors():
-                existing = self._retrieve_ids(list(by_id))
+                existing = self._retrieve_batches(list(by_id))
                 self._upsert(list(by_id.values()))
+            if self._batches is not None:
+                self._batches.written(by_id.values(), existing)
         return UpsertResult(inserted=len(by_id) - len(existing), updated=len(existing))
 
     def existing_ids(self, point_ids: Sequence[str]) -> set[str]:
         """The subset of ``point_ids`` present in the store."""
         with self._operation(write=False), self._engine_errors():
-            return self._retrieve_ids(list(dict.fromkeys(point_ids))) if point_ids else set()
+            return set(self._retrieve_batches(list(dict.fromkeys(point_ids)))) if point_ids else set()
 
     def delete(self, point_ids: Sequence[str]) -> int:
         """Remove the points; returns how many of them existed. Durable on return."""
         with self._operation(write=True), self._engine_errors():
-            existing = self._retrieve_ids(list(dict.fromkeys(point_ids))) if point_ids else set()
+            existing = self._retrieve_batches(list(dict.fromkeys(point_ids))) if point_ids else {}
             if existing:
                 self._delete(list(existing))
+                if self._batches is not None:
+                    self._batches.deleted(existing)
         return len(existing)
 
     def search(
@@ -208,14 +220,14 @@ class VectorStore(abc.ABC):
                 return
 
     def batches(self) -> list[BatchInfo]:
-        """The inserts the corpus holds, oldest first (records written before batches existed: batch_id "")."""
-        seen: dict[str, list[Any]] = {}
-        for record in self.scroll(with_vectors=False):
-            entry = seen.setdefault(record.batch_id, [0, record.inserted_at, record.inserted_at])
-            entry[0] += 1
-            entry[1], entry[2] = min(entry[1], record.inserted_at), max(entry[2], record.inserted_at)
-        return sorted((BatchInfo(b, n, first, last) for b, (n, first, last) in seen.items()),
-                      key=lambda b: (b.first_inserted_at, b.batch_id))
+        """The inserts the corpus holds, oldest first (records written before batches existed: batch_id "").
+
+        From the engine's batch registry where it keeps one (no records read), else by a scan of the corpus.
+        """
+        with self._operation(write=False):
+            if self._batches is not None:
+                return self._batches.infos()
+        return BatchRegistry.scan(self.scroll(with_vectors=False)).infos()
 
     def delete_batch(self, batch_id: str) -> int:
         """Roll back one insert: delete every record it wrote (durable on return); returns how many."""
@@ -287,13 +299,25 @@ class VectorStore(abc.ABC):
 
     @contextlib.contextmanager
     def _operation(self, *, write: bool) -> Iterator[CollectionSpec]:
-        """Hold the lock the call needs and hand over the collection, or refuse if there is none."""
+        """Hold the locks the call needs and hand over the collection, or refuse if there is none."""
+        writes = self._write_lock if write else contextlib.nullcontext()
         lock = self._lock if write or self._reads_need_lock() else contextlib.nullcontext()
-        with lock:
-            self._check_open()
-            if self._collection is None:
-                raise StoreError(f"{self.engine}: no collection yet; call ensure_collection(dim, encoder_id) first")
-            yield self._collection
+        with writes, lock:
+            yield self._open_collection()
+
+    @contextlib.contextmanager
+    def _writes_held(self) -> Iterator[CollectionSpec]:
+        """Hold off every write, not reads, for a long job on the whole store; its engine calls take ``_lock``."""
+        with self._write_lock:
+            with self._lock:
+                collection = self._open_collection()
+            yield collection
+
+    def _open_collection(self) -> CollectionSpec:
+        self._check_open()
+        if self._collection is None:
+            raise StoreError(f"{self.engine}: no collection yet; call ensure_collection(dim, encoder_id) first")
+        return self._collection
 
 
 def _check_vector(vector: np.ndarray, dim: int) -> list[float]:

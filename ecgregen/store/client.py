@@ -37,7 +37,11 @@ CLIENT = dialect.Dialect(
 
 class QdrantClientStore(VectorStore):
     """A Qdrant collection through qdrant-client. The encoder id and index settings are kept in the collection's
-    own metadata, so the collection describes itself when reopened. Writes wait for the engine (``wait=True``)."""
+    own metadata, so the collection describes itself when reopened. Writes wait for the engine (``wait=True``).
+
+    ``batches()`` scans the collection here (no registry as the embedded store keeps): local mode holds small
+    corpora, and a Qdrant server may have several writers (replicas of the service) that one process's registry
+    would not see."""
 
     UPSERT_BATCH = 256  # points per request, well under the server's default 32 MB request limit
 
@@ -105,9 +109,9 @@ class QdrantClientStore(VectorStore):
         # Collection metadata is merged key by key, so this leaves the encoder id and index settings as they are.
         self._call(self._client.update_collection, self._name, metadata={CALIBRATION_KEY: data})
 
-    def _retrieve_ids(self, ids: list[str]) -> set[str]:
-        found = self._call(self._client.retrieve, self._name, ids, with_payload=False, with_vectors=False)
-        return {str(r.id) for r in found}
+    def _retrieve_batches(self, ids: list[str]) -> dict[str, str]:
+        found = self._call(self._client.retrieve, self._name, ids, with_payload=["batch_id"], with_vectors=False)
+        return {str(r.id): (r.payload or {}).get("batch_id", "") for r in found}
 
     def _upsert(self, records: list[StoredRecord]) -> None:
         for start in range(0, len(records), self.UPSERT_BATCH):

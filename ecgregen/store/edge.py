@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,20 @@ import qdrant_edge as qe
 
 from ecgregen.errors import StoreError
 from ecgregen.settings import IndexSettings
-from ecgregen.store import dialect
+from ecgregen.store import dialect, shard_files
 from ecgregen.store.base import VectorStore
+from ecgregen.store.batches import BatchRegistry
 from ecgregen.store.disk import fsync_dir, lock_directory, write_json_atomic
 from ecgregen.store.payload import KEYWORD_FIELDS, to_payload
+from ecgregen.store.shard_files import SHARD_DIR
 from ecgregen.store.types import ENCODER_ID_KEY, INDEX_KEY, CollectionSpec, SearchFilter, StoredRecord, StoreStats
 
-# The directory layout, which snapshots copy as it is.
+# The directory layout (and shard_files' names for the shard); snapshots hold store.json, calibration.json and
+# shard/ as they are.
 META_FILE = "store.json"
 CALIBRATION_FILE = "calibration.json"
-SHARD_DIR = "shard"
 LOCK_FILE = "store.lock"
+BATCHES_FILE = "batches.json"
 
 EDGE = dialect.Dialect(
     match_value=lambda key, value: qe.FieldCondition(key, match=qe.MatchValue(value)),
@@ -42,12 +47,16 @@ class EdgeStore(VectorStore):
 
     Layout of ``path``: ``shard/`` (the engine's files), ``store.json`` (dim and encoder id, written atomically and
     only once the shard exists, so its presence means "the collection exists"), ``calibration.json`` (the
-    diagnosis calibration of this corpus, when one was fitted) and ``store.lock``.
+    diagnosis calibration of this corpus, when one was fitted), ``batches.json`` (the batch registry, see
+    :meth:`_load_batches`), ``store.lock``, and while a job runs ``tmp/`` and ``shard.old/``.
 
     Qdrant Edge holds the GIL for the whole of every call (searches and ``optimize`` included), so threads gain no
     parallelism from it and a lock around every call costs nothing; the lock also makes ``close`` safe against
-    in-flight calls. The engine locks its WAL against a second opener but reports only "WouldBlock", so the
-    directory is locked here as well (``flock`` on ``store.lock``), with a message naming the holder's pid.
+    in-flight calls. Because of the GIL, the long jobs (optimize, snapshot) work on a copy of the shard: copying
+    files releases the GIL, and the optimize itself runs in a child process. The engine locks its WAL against a
+    second opener but reports only "WouldBlock", so the directory is locked here as well (``flock`` on
+    ``store.lock``), with a message naming the holder's pid; the child opens only its copy, which nobody else
+    opens.
     """
 
     engine = "qdrant-edge"
@@ -58,14 +67,20 @@ class EdgeStore(VectorStore):
         self._shard_dir = self._path / SHARD_DIR
         self._meta_file = self._path / META_FILE
         self._calibration_file = self._path / CALIBRATION_FILE
+        self._batches_file = self._path / BATCHES_FILE
+        self._batches_saved = False  # whether batches.json holds what the registry in memory holds
         self._shard: qe.EdgeShard | None = None
+        self._optimizer: subprocess.Popen | None = None
         self._path.mkdir(parents=True, exist_ok=True)
         self._lock_fd = lock_directory(self._path / LOCK_FILE)
         try:
+            shard_files.recover(self._path)
             with self._engine_errors():
                 self._collection = self._load()
+                if self._collection is not None:
+                    self._batches = self._load_batches()
         except BaseException:
-            os.close(self._lock_fd)
+            self._close()
             raise
 
     def _load(self) -> CollectionSpec | None:
@@ -76,9 +91,37 @@ class EdgeStore(VectorStore):
             dim=int(meta["dim"]), encoder_id=str(meta[ENCODER_ID_KEY]),
             index=IndexSettings.from_json(meta.get(INDEX_KEY)),
         )
-        # Passing the vector config makes the engine check it against the segments on disk.
-        self._shard = qe.EdgeShard.load(str(self._shard_dir), qe.EdgeConfig(vectors=_edge_vectors(collection)))
+        self._shard = _open_shard(self._shard_dir, collection)
         return collection
+
+    def _load_batches(self) -> BatchRegistry:
+        """The batch registry as saved, or rebuilt by a scan when there is none: a store from before the registry,
+        a restored snapshot (archives leave it out), or a process that died after a write.
+
+        The file is saved when the store closes and deleted before the first write after that (see
+        :meth:`_registry_file_stale`), so it matches the shard - unless an ecgregen from before the registry
+        wrote to the store since, which the point count catches in all but contrived cases.
+        """
+        if self._batches_file.exists():
+            registry = BatchRegistry.from_json(json.loads(self._batches_file.read_text()))
+            if registry.points() == self._count():
+                self._batches_saved = True
+                return registry
+        registry = BatchRegistry.scan(self.scroll(with_vectors=False))
+        self._save_batches(registry)
+        return registry
+
+    def _save_batches(self, registry: BatchRegistry) -> None:
+        write_json_atomic(self._batches_file, registry.to_json())
+        self._batches_saved = True
+
+    def _registry_file_stale(self) -> None:
+        """A write is about to change the shard: batches.json goes first (once until the next save), so that a
+        crash after the write leaves no registry that misses it, and the next open rebuilds one."""
+        if self._batches_saved:
+            self._batches_file.unlink(missing_ok=True)
+            fsync_dir(self._path)
+            self._batches_saved = False
 
     def _read_collection(self) -> CollectionSpec | None:
         # The directory lock makes this store the only writer, so what it loaded is what is on disk.
@@ -100,11 +143,15 @@ class EdgeStore(VectorStore):
             self._shard.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
         self._shard.flush()
         write_json_atomic(self._meta_file, {"dim": collection.dim, **collection.metadata()})
+        self._batches = BatchRegistry()
+        self._save_batches(self._batches)
 
     def _drop(self) -> None:
         # store.json goes first: a crash part-way then leaves "no collection", never a half-deleted one.
         self._meta_file.unlink()
         self._calibration_file.unlink(missing_ok=True)
+        self._batches_file.unlink(missing_ok=True)
+        self._batches, self._batches_saved = None, False
         fsync_dir(self._path)
         self._close_shard()
         shutil.rmtree(self._shard_dir)
@@ -119,17 +166,21 @@ class EdgeStore(VectorStore):
         else:
             write_json_atomic(self._calibration_file, data)
 
-    def _retrieve_ids(self, ids: list[str]) -> set[str]:
-        return {str(record.id) for record in self._live_shard().retrieve(ids, with_payload=False, with_vector=False)}
+    def _retrieve_batches(self, ids: list[str]) -> dict[str, str]:
+        found = self._live_shard().retrieve(ids, with_payload=qe.PayloadSelector.Include(["batch_id"]),
+                                            with_vector=False)
+        return {str(record.id): (record.payload or {}).get("batch_id", "") for record in found}
 
     def _upsert(self, records: list[StoredRecord]) -> None:
         points = [qe.Point(r.point_id, np.asarray(r.vector, np.float32).tolist(), to_payload(r)) for r in records]
         shard = self._live_shard()
+        self._registry_file_stale()
         shard.update(qe.UpdateOperation.upsert_points(points))
         shard.flush()
 
     def _delete(self, ids: list[str]) -> None:
         shard = self._live_shard()
+        self._registry_file_stale()
         shard.update(qe.UpdateOperation.delete_points(ids))
         shard.flush()
 
@@ -174,30 +225,86 @@ class EdgeStore(VectorStore):
         )
 
     def snapshot(self, out: Path) -> tuple[Path, int]:
-        """A consistent copy of the store as one tar file, taken online (writes wait while it is made); returns
-        the file and the number of points it holds."""
+        """A consistent copy of the store as one tar file, taken online; returns the file and the number of points
+        it holds.
+
+        Writes wait only while the shard's files are copied (file copies run without the GIL; reads go on). The
+        copy is tarred afterwards, outside every lock, in this thread: tarfile works in blocks and lets the
+        server's event loop run between them. Needs free disk for the copy as well as the archive.
+        """
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
-        with self._operation(write=True), self._engine_errors():
-            shard = self._live_shard()
-            shard.flush()
-            points = self._count()
+        with shard_files.scratch(self._path, "snapshot") as copy, self._engine_errors():
+            with self._writes_held():
+                with self._lock:
+                    self._live_shard().flush()
+                    points = self._count()
+                shutil.copytree(self._shard_dir, copy / SHARD_DIR)
+                for name in (META_FILE, CALIBRATION_FILE):
+                    if (self._path / name).exists():
+                        shutil.copyfile(self._path / name, copy / name)
             with tarfile.open(partial, "w") as tar:
-                tar.add(self._meta_file, arcname=META_FILE)
-                if self._calibration_file.exists():
-                    tar.add(self._calibration_file, arcname=CALIBRATION_FILE)
-                tar.add(self._shard_dir, arcname=SHARD_DIR)
+                for name in (META_FILE, CALIBRATION_FILE, SHARD_DIR):
+                    if (copy / name).exists():
+                        tar.add(copy / name, arcname=name)
         os.replace(partial, out)
         return out, points
 
     def optimize(self) -> None:
-        """Build HNSW over everything written so far and merge segments; blocks (and holds the GIL) until done."""
-        with self._operation(write=True), self._engine_errors():
-            self._live_shard().optimize()
+        """Build HNSW over everything written so far and merge segments, without holding this process's GIL.
+
+        The engine's optimize runs in a child process (:mod:`ecgregen.shard_optimizer`) on a copy of the shard.
+        Writes wait from the copy to the swap; reads go on against the live shard and pause only for the swap
+        (close the live shard, two renames, load the optimized one). A crash at any point leaves either shard
+        whole (see :mod:`ecgregen.store.shard_files`). Needs free disk for a second copy of the shard.
+        """
+        with shard_files.scratch(self._path, "optimize") as work, self._writes_held(), self._engine_errors():
+            with self._lock:
+                self._live_shard().flush()
+            copy = work / SHARD_DIR
+            shutil.copytree(self._shard_dir, copy)
+            if self._run_optimizer(copy):
+                self._swap_in(copy)
+
+    def _run_optimizer(self, shard_dir: Path) -> bool:
+        """Optimize the shard at ``shard_dir`` in a child process; whether it changed anything."""
+        command = [sys.executable, "-m", "ecgregen.shard_optimizer", str(os.getpid()), str(shard_dir)]
+        with self._lock:  # close() kills the child, so it must not start after close
+            self._check_open()
+            process = self._optimizer = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                                         text=True)
+        try:
+            out, err = process.communicate()
+        finally:
+            self._optimizer = None
+        self._check_open()
+        if process.returncode != 0:
+            raise StoreError(f"{self.engine}: the optimizer process failed (exit {process.returncode}): "
+                             f"{err.strip()[-800:]}")
+        return bool(json.loads(out)["optimized"])
+
+    def _swap_in(self, optimized: Path) -> None:
+        """Serve the optimized copy instead of the live shard (reads pause meanwhile); the old one is deleted."""
+        with self._lock:
+            collection = self._open_collection()
+            self._close_shard()
+            shard_files.swap_in(self._path, optimized)
+            try:
+                self._shard = _open_shard(self._shard_dir, collection)
+            except BaseException:
+                shard_files.swap_back(self._path, optimized)
+                self._shard = _open_shard(self._shard_dir, collection)
+                raise
+        shard_files.drop_old(self._path)
 
     def _close(self) -> None:
         try:
+            optimizer = self._optimizer
+            if optimizer is not None:  # the optimize in flight fails; its copy goes with its scratch directory
+                optimizer.kill()
+            if self._batches is not None and not self._batches_saved:
+                self._save_batches(self._batches)
             self._close_shard()
         finally:
             os.close(self._lock_fd)
@@ -212,6 +319,11 @@ class EdgeStore(VectorStore):
         if self._shard is None:
             raise StoreError(f"{self.engine}: the shard at {self._shard_dir} is not open")
         return self._shard
+
+
+def _open_shard(shard_dir: Path, collection: CollectionSpec) -> qe.EdgeShard:
+    # Passing the vector config makes the engine check it against the segments on disk.
+    return qe.EdgeShard.load(str(shard_dir), qe.EdgeConfig(vectors=_edge_vectors(collection)))
 
 
 def _edge_vectors(collection: CollectionSpec) -> qe.EdgeVectorParams:
