@@ -167,6 +167,18 @@ def index_records(
     report = IndexReport(batch_id=batch_id or new_batch_id())
     start = time.perf_counter()
     sink.start()
+    try:  # even when a batch fails or the run is interrupted, so that a Qdrant server gets its index back
+        _write_all(records, sink, report, batch_size=batch_size, resume=resume, progress=progress,
+                   description=description)
+    finally:
+        sink.finish()
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def _write_all(records: Sequence[EcgRecord], sink: Sink, report: IndexReport, *, batch_size: int, resume: bool,
+               progress: bool, description: str) -> None:
+    """The body of :func:`index_records` between the sink's start and finish."""
 
     def account(outcome: InsertOutcome, batch: list[RecordToInsert]) -> None:
         report.inserted += outcome.inserted
@@ -191,6 +203,3 @@ def index_records(
         if in_flight is not None:
             account(in_flight[0].result(), in_flight[1])
             bar.update(in_flight[2])
-    sink.finish()
-    report.seconds = time.perf_counter() - start
-    return report

@@ -38,21 +38,23 @@ def migrate(source: VectorStore, target: VectorStore, *, progress: bool = True) 
     stats = source.stats()
     target.ensure_collection(stats.dim, stats.encoder_id, index=stats.index)
     target.begin_bulk_load()
-    copied = 0
-    page: list[StoredRecord] = []
-    with tqdm(total=stats.points, desc="migrating", unit="rec", disable=not progress, dynamic_ncols=True) as bar:
-        for record in source.scroll():
-            page.append(record)
-            if len(page) == PAGE:
+    try:  # an interrupted copy must not leave a Qdrant server with indexing off
+        copied = 0
+        page: list[StoredRecord] = []
+        with tqdm(total=stats.points, desc="migrating", unit="rec", disable=not progress, dynamic_ncols=True) as bar:
+            for record in source.scroll():
+                page.append(record)
+                if len(page) == PAGE:
+                    target.upsert(page)
+                    copied += len(page)
+                    bar.update(len(page))
+                    page = []
+            if page:
                 target.upsert(page)
                 copied += len(page)
                 bar.update(len(page))
-                page = []
-        if page:
-            target.upsert(page)
-            copied += len(page)
-            bar.update(len(page))
-    target.optimize()
+    finally:
+        target.optimize()
     missing = 0
     ids: list[str] = []
     for record in source.scroll(with_vectors=False):  # checked page by page: the corpus may not fit one request

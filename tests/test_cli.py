@@ -51,11 +51,31 @@ def test_client_report_text_and_plot(edge_server: ServerProcess, demo_queries: l
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 
 
-def test_client_ask(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
-    out = run("client", "ask", str(demo_queries[2].path), "Is this a normal ECG?", "--server", edge_server.address,
-              "--options", "yes,no", "--json")
+def test_client_ask_prints_the_servers_answer_which_follows_the_normal_ecg_diagnosis(
+    edge_server: ServerProcess, demo_queries: list[EcgRecord]
+) -> None:
+    """`client ask` on a real fold-9 ECG (PTB-XL 134, labelled NDT and sinus rhythm, not NORM), "Is this a normal
+    ECG?" with options yes/no: it prints the answer, answerer and neighbours the AnswerQuestion RPC gives the same
+    ECG and question; the answer follows the NORM diagnosis's calibrated probability against the binary band
+    (yes at or over it, the rationale says so), and it is "no", as the record's labels say."""
+    from ecgregen.answer import DEFAULT_SETTINGS
+    from ecgregen.v1 import ecgregen_pb2 as pb
+    from ecgregen.wire import ecg_to_proto
+
+    record, question = demo_queries[2], "Is this a normal ECG?"
+    assert record.ecg_id == "134" and "NORM" not in record.scp_codes
+    out = run("client", "ask", str(record.path), question, "--server", edge_server.address, "--options", "yes,no",
+              "--json")
     result = json.loads(out.stdout)
-    assert result["answerer"] == "labels" and result["answer"] in (["yes"], ["no"]) and len(result["neighbours"]) == 3
+    rpc = edge_server.stub().AnswerQuestion(
+        pb.AnswerQuestionRequest(ecg=ecg_to_proto(record.load_ecg()), question=question, options=["yes", "no"]),
+        timeout=30)
+    assert (result["answerer"], result["answer"]) == (rpc.answerer, list(rpc.answer)) == ("labels", ["no"])
+    assert [n["ecg_id"] for n in result["neighbours"]] == [n.ecg_id for n in rpc.neighbours] and len(rpc.neighbours) == 3
+    norm = next((d.probability for d in rpc.diagnoses if d.code == "NORM"), 0.0)
+    band = DEFAULT_SETTINGS.verify_binary
+    assert result["answer"] == (["yes"] if norm >= band else ["no"]), (norm, result["rationale"])
+    assert "normal ecg" in result["rationale"] and f"band {band}" in result["rationale"], result["rationale"]
 
 
 def test_client_insert_then_report_then_delete(edge_server: ServerProcess, tmp_path: Path) -> None:

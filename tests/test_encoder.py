@@ -6,6 +6,8 @@ from __future__ import annotations
 import concurrent.futures
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,16 +132,57 @@ def test_an_ecg_of_any_length_embeds_alike_through_pytorch_and_onnxruntime(secon
     np.testing.assert_allclose(np.linalg.norm(torch_vector), 1, atol=1e-5)
 
 
-def test_concurrent_callers_share_passes_and_a_bad_input_fails_only_its_caller() -> None:
-    encoder = InProcessEncoder(load_encoder(None))
+class _CountingEncoder(InProcessEncoder):
+    """The real in-process encoder, counting its forward passes (with their sizes); while ``hold`` is set the
+    first pass waits for ``release``, so that the test can line callers up behind a running pass."""
+
+    def __init__(self) -> None:
+        super().__init__(load_encoder(None))
+        self.pass_sizes: list[int] = []
+        self.hold = False
+        self.release = threading.Event()
+
+    def _forward(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        self.pass_sizes.append(len(windows))
+        if self.hold and len(self.pass_sizes) == 1:
+            assert self.release.wait(60), "the callers never lined up"
+        return super()._forward(windows, lengths)
+
+
+def _arrive_together(encoder: _CountingEncoder, inputs: list[np.ndarray]) -> list[concurrent.futures.Future]:
+    """Every input encoded by its own thread, all of them waiting while the first pass runs: then released."""
+    encoder.pass_sizes.clear()
+    encoder.hold, encoder.release = True, threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=len(inputs))
+    futures = [pool.submit(encoder.encode, x, np.full(len(x), x.shape[-1])) for x in inputs]
+    deadline = time.monotonic() + 60
+    while True:  # one caller's job is in the held pass, the others queue behind it
+        with encoder._cv:
+            if len(encoder._waiting) == len(inputs) - 1:
+                break
+        assert time.monotonic() < deadline, "the callers never lined up"
+        time.sleep(0.01)
+    encoder.release.set()
+    pool.shutdown(wait=True)
+    encoder.hold = False
+    return futures
+
+
+def test_concurrent_callers_share_forward_passes_and_a_bad_input_fails_only_its_caller() -> None:
+    """16 callers arriving while a pass runs are served by 2 forward passes (the running one, then one for the 15
+    that waited), not 16, each getting the vector it gets alone; an 11-lead input among 16 good ones fails its own
+    caller only (its batch is rerun caller by caller) and the others still get their one-by-one vectors."""
+    encoder = _CountingEncoder()
     windows = np.concatenate([p.windows for p in _real_prepared(16)])
-    full = np.full(1, windows.shape[-1])
-    alone = encoder.encode(windows, np.full(len(windows), windows.shape[-1]))
-    bad = np.zeros((1, 11, 1000), dtype=np.float32)  # 11 leads: the model refuses it
-    with concurrent.futures.ThreadPoolExecutor(max_workers=8) as pool:
-        good = [pool.submit(encoder.encode, w[None], full) for w in windows]
-        failing = pool.submit(encoder.encode, bad, full)
-        results = np.concatenate([f.result() for f in good])
-        with pytest.raises(RuntimeError):
-            failing.result()
-    np.testing.assert_allclose(results, alone, atol=1e-5)
+    alone = [encoder.encode(w[None], np.full(1, windows.shape[-1])) for w in windows]
+    assert encoder.pass_sizes == [1] * 16  # one by one: one pass each
+
+    futures = _arrive_together(encoder, [w[None] for w in windows])
+    np.testing.assert_allclose(np.concatenate([f.result() for f in futures]), np.concatenate(alone), atol=1e-5)
+    assert sorted(encoder.pass_sizes) == [1, 15], encoder.pass_sizes  # 2 passes for 16 callers
+
+    bad = np.zeros((1, 11, windows.shape[-1]), dtype=np.float32)  # 11 leads: the model refuses it
+    futures = _arrive_together(encoder, [*(w[None] for w in windows), bad])
+    with pytest.raises(RuntimeError):
+        futures[-1].result()
+    np.testing.assert_allclose(np.concatenate([f.result() for f in futures[:-1]]), np.concatenate(alone), atol=1e-5)

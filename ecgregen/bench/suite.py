@@ -116,6 +116,9 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target with what was measured and whether it holds; a target whose section did not run is absent."""
     targets: list[dict[str, Any]] = []
+    encoder = result.get("encoder")
+    if encoder:
+        targets += encoder_targets(encoder)
     service = result.get("service")
     if service:
         levels = {r["concurrency"]: r for r in service["grpc"]["GenerateReport"]}
@@ -154,6 +157,30 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": row["hnsw_recall"] >= MIN_RECALL and row["hnsw_over_faiss_p50"] <= limit
                 and row["hnsw_over_faiss_p99"] <= limit and (limit > 1 or row["hnsw_over_faiss_p50"] < 1),
             })
+    return targets
+
+
+def encoder_targets(encoder: dict[str, Any]) -> list[dict[str, Any]]:
+    """The encoder's speed claims, measured: batching makes each ECG cheaper on every backend, and the served
+    runtime (onnxruntime) is faster than eager PyTorch at batch 1 (if not, the served default is wrong)."""
+    per_ecg = {name: {r["batch"]: r["ms_per_ecg"] for r in rows} for name, rows in encoder["backends"].items()}
+    targets: list[dict[str, Any]] = []
+    batched = {name: (min(sizes), max(sizes)) for name, sizes in per_ecg.items() if len(sizes) > 1}
+    if batched:
+        targets.append({
+            "target": "Encoder: batching makes each ECG cheaper (ms per ECG at the largest batch < at the smallest, "
+                      "every backend)",
+            "measured": "; ".join(f"{name} {per_ecg[name][lo]} ms at batch {lo}, {per_ecg[name][hi]} ms at batch {hi}"
+                                  for name, (lo, hi) in batched.items()),
+            "met": all(per_ecg[name][hi] < per_ecg[name][lo] for name, (lo, hi) in batched.items()),
+        })
+    if {"torch", "onnxruntime"} <= per_ecg.keys() and 1 in per_ecg["torch"] and 1 in per_ecg["onnxruntime"]:
+        onnx, torch = per_ecg["onnxruntime"][1], per_ecg["torch"][1]
+        targets.append({
+            "target": "Encoder: the served runtime (onnxruntime) is faster than eager PyTorch at batch 1",
+            "measured": f"onnxruntime {onnx} ms per ECG, torch {torch} ms ({onnx / torch:.2f}x)",
+            "met": onnx < torch,
+        })
     return targets
 
 

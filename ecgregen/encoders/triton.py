@@ -7,6 +7,11 @@ it takes the preprocessing's fixed windows with their real lengths (``samples``)
 Concurrent callers (the gRPC server's worker threads) are gathered into one infer call: a dispatcher thread
 waits up to ``batch_window_s`` after the first pending request for others, up to the model's max batch. Triton's
 own dynamic batcher does the same server-side; gathering here also saves a round trip per request.
+
+No caller waits on Triton without a deadline: each infer call has ``timeout_s`` and each ``encode`` gives up on
+its results after ``timeout_s`` too (a request queued behind a hung batch would otherwise wait for that batch
+first), and whatever the infer call raises fails only that batch - before, an exception other than Triton's
+own killed the dispatcher thread and every later ``encode`` waited forever.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,8 +89,12 @@ class TritonEncoder:
         deadline = time.monotonic() + wait_s
         while True:
             try:
-                if self._client.is_server_ready(client_timeout=2) and self._client.is_model_ready(model):
-                    return _describe(model, self._client.get_model_config(model, as_json=True)["config"])
+                # Each call bounded: a Triton that accepts connections but never answers must not hang start-up.
+                ready = self._client.is_server_ready(client_timeout=2) and self._client.is_model_ready(
+                    model, client_timeout=2)
+                if ready:
+                    config = self._client.get_model_config(model, as_json=True, client_timeout=2)["config"]
+                    return _describe(model, config)
                 problem = f"model {model!r} is not ready"
             except InferenceServerException as exc:
                 problem = str(exc)
@@ -111,7 +121,15 @@ class TritonEncoder:
             future: Future[np.ndarray] = Future()
             self._pending.put((window.astype(np.float32, copy=False), int(length), future))
             futures.append(future)
-        return np.stack([f.result() for f in futures]) if futures else np.empty((0, self.dim), np.float32)
+        deadline = time.monotonic() + self.timeout_s
+        try:
+            vectors = [f.result(timeout=max(0.0, deadline - time.monotonic())) for f in futures]
+        except FutureTimeout:
+            for future in futures:
+                future.cancel()  # still queued: the dispatcher drops it instead of inferring it for nobody
+            raise EncoderUnavailable(f"Triton at {self.url} ({self.model.name}): no answer within "
+                                     f"{self.timeout_s:g} s") from None
+        return np.stack(vectors) if vectors else np.empty((0, self.dim), np.float32)
 
     def encode_noting(self, windows: np.ndarray, lengths: np.ndarray) -> tuple[np.ndarray, str]:
         return self.encode(windows, lengths), ""
@@ -132,27 +150,42 @@ class TritonEncoder:
                     self._pending.put(None)  # stop after this batch
                     break
                 batch.append(item)
-            self._infer(batch)
+            # Running futures can no longer be cancelled by a waiter that gave up; cancelled ones are dropped.
+            batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+            if not batch:
+                continue
+            try:
+                vectors = self._infer(batch)
+            except InferenceServerException as exc:
+                self._fail(batch, exc.message() or str(exc))
+            except Exception as exc:  # noqa: BLE001 - any other fault fails this batch, never the dispatcher
+                self._fail(batch, f"{type(exc).__name__}: {exc}")
+            else:
+                dependency_ok("triton")
+                for (_, _, future), vector in zip(batch, vectors):
+                    future.set_result(vector)
 
-    def _infer(self, batch: list[tuple[np.ndarray, int, Future[np.ndarray]]]) -> None:
+    def _fail(self, batch: list[tuple[np.ndarray, int, Future[np.ndarray]]], cause: str) -> None:
+        error = EncoderUnavailable(f"Triton at {self.url} ({self.model.name}): {cause}")
+        for _, _, future in batch:
+            future.set_exception(error)
+
+    def _infer(self, batch: list[tuple[np.ndarray, int, Future[np.ndarray]]]) -> np.ndarray:
+        """One infer call for `batch`; its (len(batch), dim) vectors, or whatever numpy / Triton raised."""
         data = np.stack([window for window, _, _ in batch])
         lengths = np.array([[length] for _, length, _ in batch], np.int64)
         inputs = [triton.InferInput(INPUT_NAME, list(data.shape), "FP32"),
                   triton.InferInput(LENGTH_NAME, list(lengths.shape), "INT64")]
         inputs[0].set_data_from_numpy(data)
         inputs[1].set_data_from_numpy(lengths)
-        try:
-            result = self._client.infer(self.model.name, inputs, outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
-                                        client_timeout=self.timeout_s)
-            vectors = result.as_numpy(OUTPUT_NAME)
-        except InferenceServerException as exc:
-            error = EncoderUnavailable(f"Triton at {self.url} ({self.model.name}): {exc.message() or exc}")
-            for _, _, future in batch:
-                future.set_exception(error)
-            return
-        dependency_ok("triton")
-        for (_, _, future), vector in zip(batch, vectors):
-            future.set_result(vector)
+        result = self._client.infer(self.model.name, inputs, outputs=[triton.InferRequestedOutput(OUTPUT_NAME)],
+                                    client_timeout=self.timeout_s)
+        vectors = result.as_numpy(OUTPUT_NAME)
+        if vectors is None or vectors.shape != (len(batch), self.model.dim):
+            shape = None if vectors is None else vectors.shape
+            raise ValueError(f"Triton answered {OUTPUT_NAME!r} of shape {shape}, "
+                             f"expected {(len(batch), self.model.dim)}")
+        return vectors
 
     def close(self) -> None:
         self._pending.put(None)
