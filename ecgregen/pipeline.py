@@ -32,6 +32,7 @@ from ecgregen.store import (
     open_store,
     point_id,
 )
+from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 
 MAX_K = 100
 
@@ -267,7 +268,7 @@ def new_batch_id() -> str:
 def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
-    triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0, triton_fallback_local: bool = False,
+    triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
     encoder_runtime: str = "onnxruntime", report_mode: str = "auto",
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.

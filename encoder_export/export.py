@@ -33,8 +33,9 @@ from ecgregen.encoders.model import EncoderBundle
 from ecgregen.encoders.onnxrt import INPUT_NAME, LENGTH_NAME, OUTPUT_NAME, export_onnx, run_session
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
+from ecgregen.settings import TRITON_MODEL
 
-MODEL_NAME = "ecg_encoder"
+MODEL_NAME = TRITON_MODEL
 TORCHSCRIPT_NAME = "ecg_encoder_torchscript"
 MAX_BATCH = 64
 PREFERRED_BATCHES = (8, 16, 32)

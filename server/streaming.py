@@ -31,7 +31,16 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ecgregen.api_values import StreamWarningCode
-from ecgregen.ecg import MAX_RATE_HZ, MIN_RATE_HZ, STANDARD_LEADS, EcgInputError, canonical_lead, ecg_from_array, unit_scale
+from ecgregen.ecg import (
+    MAX_RATE_HZ,
+    MIN_DURATION_S,
+    MIN_RATE_HZ,
+    STANDARD_LEADS,
+    EcgInputError,
+    canonical_lead,
+    ecg_from_array,
+    unit_scale,
+)
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
 from ecgregen.pipeline import Retrieval, RetrievalPipeline
 from ecgregen.store import SearchFilter
@@ -43,7 +52,7 @@ MAX_PENDING_WINDOWS = 2
 SATURATION_MV = 10.0
 SATURATED_FRACTION = 0.05
 MAX_BATCH = 64
-MIN_WINDOW_S, MAX_WINDOW_S = 2.0, 60.0
+MAX_WINDOW_S = 60.0  # windows are ECGs: at least ecg.MIN_DURATION_S
 
 
 @dataclass(frozen=True)
@@ -84,8 +93,8 @@ def parse_config(config: pb.StreamConfig, max_k: int) -> StreamSettings:
     to_mv = unit_scale(config.units)
     window = config.window_s or 10.0
     hop = config.hop_s or window
-    if not MIN_WINDOW_S <= window <= MAX_WINDOW_S or not 0 < hop <= window:
-        raise EcgInputError(f"window_s must be {MIN_WINDOW_S:g}-{MAX_WINDOW_S:g} s and hop_s in (0, window_s]; got "
+    if not MIN_DURATION_S <= window <= MAX_WINDOW_S or not 0 < hop <= window:
+        raise EcgInputError(f"window_s must be {MIN_DURATION_S:g}-{MAX_WINDOW_S:g} s and hop_s in (0, window_s]; got "
                             f"{window:g} and {hop:g}")
     k = config.k or 3
     if k > max_k:

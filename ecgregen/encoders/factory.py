@@ -7,7 +7,7 @@ from pathlib import Path
 from ecgregen.encoders.base import Encoder
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.encoders.pytorch import InProcessEncoder
-from ecgregen.settings import ENCODER_RUNTIMES
+from ecgregen.settings import ENCODER_RUNTIMES, TRITON_MODEL, TRITON_WAIT_S
 
 
 def in_process_encoder(checkpoint: Path | None, runtime: str = "onnxruntime") -> Encoder:
@@ -24,7 +24,7 @@ def in_process_encoder(checkpoint: Path | None, runtime: str = "onnxruntime") ->
 
 def open_encoder(
     checkpoint: Path | None, runtime: str = "onnxruntime", *, triton_url: str | None = None,
-    triton_model: str = "ecg_encoder", triton_wait_s: float = 30.0, triton_fallback_local: bool = False,
+    triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
 ) -> Encoder:
     """In-process from `checkpoint` with `runtime`, or Triton at `triton_url` (optionally falling back in-process)."""
     if not triton_url:

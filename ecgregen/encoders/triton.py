@@ -32,6 +32,7 @@ from ecgregen.encoders.onnxrt import INPUT_NAME, LENGTH_NAME, OUTPUT_NAME
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.metrics import dependency_ok
 from ecgregen.preprocess import PreprocessConfig
+from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 
 
 @dataclass(frozen=True)
@@ -69,8 +70,8 @@ def _describe(model: str, config: dict) -> TritonModel:
 class TritonEncoder:
     """Encodes through a Triton server (gRPC); raises :class:`EncoderUnavailable` when Triton cannot answer."""
 
-    def __init__(self, url: str, model: str = "ecg_encoder", *, timeout_s: float = 10.0,
-                 batch_window_s: float = 0.002, startup_wait_s: float = 30.0) -> None:
+    def __init__(self, url: str, model: str = TRITON_MODEL, *, timeout_s: float = 10.0,
+                 batch_window_s: float = 0.002, startup_wait_s: float = TRITON_WAIT_S) -> None:
         self.url = url
         self.timeout_s = timeout_s
         self.batch_window_s = batch_window_s
