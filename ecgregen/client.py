@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 
 from ecgregen.errors import ClientError
-from ecgregen.messages import diagnosis_to_dict, neighbour_to_dict
+from ecgregen.messages import diagnosis_to_dict, ecg_field, file_info_to_dict, neighbour_to_dict
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 
@@ -119,6 +119,8 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
         "warnings": list(response.warnings),
         "encoder_id": response.encoder_id,
     }
+    if response.HasField("source_file"):
+        result["source_file"] = file_info_to_dict(response.source_file)
     if response.llm_model or response.fallback_reason:  # refinement was asked for
         result.update(retrieved_report=response.retrieved_report, refined=response.refined,
                       fallback_reason=response.fallback_reason, llm_model=response.llm_model)
@@ -126,12 +128,12 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
 
 
 def report(
-    address: str, ecg: pb.Ecg, k: int, exclude_patient: str | None = None, *, refine: bool = False,
+    address: str, ecg: pb.Ecg | pb.EcgFile, k: int, exclude_patient: str | None = None, *, refine: bool = False,
     on_delta: Callable[[str], None] | None = None, report_mode: str = "",
 ) -> dict:
     """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives."""
     request = pb.GenerateReportRequest(
-        ecg=ecg, k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
+        **ecg_field(ecg), k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
         report_mode=report_mode,
     )
     with Connection(address) as stub:
@@ -154,10 +156,10 @@ def report(
     return report_dict(response)
 
 
-def ask(address: str, ecg: pb.Ecg, question: str, options: Sequence[str], answerer: str, k: int,
+def ask(address: str, ecg: pb.Ecg | pb.EcgFile, question: str, options: Sequence[str], answerer: str, k: int,
         question_type: str = "") -> dict:
     request = pb.AnswerQuestionRequest(
-        ecg=ecg, question=question, options=options, answerer=answerer, k=k, question_type=question_type,
+        **ecg_field(ecg), question=question, options=options, answerer=answerer, k=k, question_type=question_type,
     )
     with Connection(address) as stub:
         response = call(stub.AnswerQuestion, request, DEFAULT_TIMEOUT_S)
@@ -171,6 +173,7 @@ def ask(address: str, ecg: pb.Ecg, question: str, options: Sequence[str], answer
         "warnings": list(response.warnings),
         "fallback_reason": response.fallback_reason,
         "llm_model": response.llm_model,
+        **({"source_file": file_info_to_dict(response.source_file)} if response.HasField("source_file") else {}),
     }
 
 
@@ -270,8 +273,22 @@ def _with_warnings(text: str, warnings: list[str]) -> str:
     return text + "".join(f"\nwarning: {w}" for w in warnings)
 
 
+def format_source_file(info: dict | None) -> str:
+    """A line on what the server read from a sent file (empty for samples)."""
+    if not info:
+        return ""
+    device = " ".join(info["device"].get(k, "") for k in ("manufacturer", "model") if info["device"].get(k))
+    line = (f"File: {info['format']}" + (f", {device}" if device else "")
+            + (f", acquired {info['acquired_at']}" if info["acquired_at"] else "")
+            + f", {info['duration_s']:g} s at {info['sampling_rate_hz']:g} Hz"
+            + (f" (from {info['start_s']:g} s of {info['file_duration_s']:g} s)" if info["duration_s"] < info["file_duration_s"] else ""))
+    if info["statements"]:
+        line += f"\nThe device's interpretation ({info['statements_source'] or 'unstated'}): " + "; ".join(info["statements"])
+    return line + "\n\n"
+
+
 def format_report(result: dict) -> str:
-    text = f"Report: {result['report']}"
+    text = format_source_file(result.get("source_file")) + f"Report: {result['report']}"
     if result.get("refined"):
         text += f"\n(refined by {result['llm_model']}; retrieved report: {result['retrieved_report']})"
     elif result.get("fallback_reason"):
@@ -283,7 +300,7 @@ def format_report(result: dict) -> str:
 
 
 def format_answer(result: dict) -> str:
-    text = f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}"
+    text = format_source_file(result.get("source_file")) + f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}"
     text += f", {result['llm_model']}]" if result["answerer"] == "llm" else "]"
     if result["fallback_reason"]:
         text += f"\n(LLM answer unusable: {result['fallback_reason']}; retrieval-only answer given)"

@@ -17,6 +17,22 @@ if TYPE_CHECKING:
     import numpy as np
 
 
+def ecg_field(ecg: pb.Ecg | pb.EcgFile) -> dict[str, pb.Ecg | pb.EcgFile]:
+    """The request field that carries `ecg`: sampled leads (`ecg`) or a hospital export (`ecg_file`)."""
+    return {"ecg_file": ecg} if isinstance(ecg, pb.EcgFile) else {"ecg": ecg}
+
+
+def file_info_to_dict(info: pb.EcgFileInfo) -> dict:
+    """What the server read from a sent file, as the CLI prints it."""
+    return {
+        "format": info.format, "device": dict(info.device), "acquired_at": info.acquired_at,
+        "statements": list(info.statements), "statements_source": info.statements_source,
+        "leads_stored": list(info.leads_stored), "leads_derived": list(info.leads_derived),
+        "file_duration_s": info.file_duration_s, "start_s": info.start_s, "duration_s": info.duration_s,
+        "sampling_rate_hz": info.sampling_rate_hz, "measurements": dict(info.measurements),
+    }
+
+
 def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str]) -> pb.Ecg:
     """Any (n_leads, n_samples) signal as an ``Ecg`` message, unchecked: the server is the judge."""
     return pb.Ecg(

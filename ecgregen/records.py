@@ -1,4 +1,5 @@
-"""Reading ECGs from disk: plain WFDB records and datasets in PTB-XL layout.
+"""Reading ECGs from disk: plain WFDB records, hospital exports (:mod:`ecgregen.ecg_files`) and datasets in PTB-XL
+layout.
 
 PTB-XL layout = ``ptbxl_database.csv`` (one row per ECG: ecg_id, patient_id, report, scp_codes, strat_fold,
 filename_lr/filename_hr) beside the WFDB folders it points to. Any folder in that layout works - the shared
@@ -16,7 +17,8 @@ import numpy as np
 import pandas as pd
 import wfdb
 
-from ecgregen.ecg import Ecg, EcgInputError, ecg_from_array
+from ecgregen.ecg import MAX_DURATION_S, Ecg, EcgInputError, ecg_from_array
+from ecgregen.ecg_files import is_wfdb, read_ecg_file
 
 PTBXL_SOURCE = "ptbxl"
 
@@ -30,11 +32,19 @@ class EcgRecord:
     report: str
     scp_codes: dict[str, float]
     source: str
-    path: Path  # WFDB record path without extension
+    path: Path  # WFDB record path without extension, or a hospital export (HL7 aECG, MUSE, DICOM, ...)
     fold: int | None = None
 
-    def load_ecg(self) -> Ecg:
-        return read_wfdb(self.path)
+    def load_ecg(self, seconds: float = 0.0) -> Ecg:
+        """The record's ECG; `seconds` > 0 takes at most that much from the start of a long file (a Holter)."""
+        return read_ecg_path(self.path, seconds)
+
+
+def read_ecg_path(path: str | Path, seconds: float = 0.0) -> Ecg:
+    """A WFDB record or any hospital export, checked as the service checks any ECG."""
+    if is_wfdb(path):
+        return read_wfdb(path)
+    return read_ecg_file(path, seconds=min(seconds, MAX_DURATION_S)).ecg
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""`ecgregen simulate-monitors`: WFDB records replayed as live bedside monitors over StreamECG.
+"""`ecgregen simulate-monitors`: WFDB records or hospital files (a Holter, an EDF) replayed as live bedside monitors
+over StreamECG.
 
 Each monitor streams one record (looped to the requested duration) in chunks at real time times ``speed``,
 starting at a random offset within the first window so that monitors are not in lock-step. A window's latency is
@@ -48,8 +49,9 @@ class SimulationSummary:
 
 
 def monitor_signal(record: EcgRecord, rate_hz: float | None, duration_s: float) -> tuple[np.ndarray, float]:
-    """The record in mV at `rate_hz` (its own by default), looped to `duration_s`."""
-    ecg = record.load_ecg()
+    """The record in mV at `rate_hz` (its own by default), looped to `duration_s` (a long file: its first
+    `duration_s`)."""
+    ecg = record.load_ecg(seconds=duration_s)
     rate = rate_hz or ecg.sampling_rate_hz
     signal = resample(ecg.signal.astype(np.float64), ecg.sampling_rate_hz, rate).astype(np.float32)
     repeats = int(np.ceil(duration_s * rate / signal.shape[1]))

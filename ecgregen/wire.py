@@ -7,10 +7,14 @@ Kept apart from the generated code, which is never edited by hand.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.ecg_files import FileMetadata, read_ecg_bytes
 from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.store import Hit, SearchFilter
@@ -38,6 +42,43 @@ def ecg_from_proto(msg: pb.Ecg) -> Ecg:
     return assemble_ecg(leads, msg.sampling_rate_hz)
 
 
+@dataclass(frozen=True)
+class ReceivedEcg:
+    """The ECG a request or record carries, with what reading a file said about it (nothing for samples)."""
+
+    ecg: Ecg
+    warnings: tuple[str, ...] = ()
+    file: FileMetadata | None = None
+
+
+def received_ecg(msg: Any, kind: str = "request") -> ReceivedEcg:
+    """The `ecg` or `ecg_file` of a request or record (exactly one). Reading a file is CPU work: call this off the
+    event loop."""
+    has_ecg, has_file = msg.HasField("ecg"), msg.HasField("ecg_file")
+    if has_ecg and has_file:
+        raise EcgInputError("give ecg or ecg_file, not both")
+    if has_file:
+        f = msg.ecg_file
+        read = read_ecg_bytes(f.content, name=f.name, format_hint=f.format_hint, start_s=f.start_s,
+                              seconds=f.duration_s)
+        return ReceivedEcg(read.ecg, read.warnings, read.metadata)
+    if not has_ecg:
+        raise EcgInputError(f"{kind} has no ECG: give ecg (samples) or ecg_file (a hospital export)")
+    return ReceivedEcg(ecg_from_proto(msg.ecg))
+
+
+def file_info_to_proto(meta: FileMetadata | None) -> pb.EcgFileInfo | None:
+    """What the server read from a file (never the patient's identifiers); None for sampled ECGs."""
+    if meta is None:
+        return None
+    return pb.EcgFileInfo(
+        format=meta.format, format_key=meta.format_key, device=meta.device, acquired_at=meta.acquired_at,
+        statements=meta.statements, statements_source=meta.statements_source, leads_stored=meta.leads_stored,
+        leads_derived=meta.leads_derived, file_duration_s=meta.file_duration_s, start_s=meta.start_s,
+        duration_s=meta.duration_s, sampling_rate_hz=meta.sampling_rate_hz, measurements=meta.measurements,
+    )
+
+
 def ecg_to_proto(ecg: Ecg) -> pb.Ecg:
     return signal_to_proto(ecg.signal, ecg.sampling_rate_hz, STANDARD_LEADS, ["mV"] * len(STANDARD_LEADS))
 
@@ -62,16 +103,14 @@ def diagnosis_to_proto(d: Diagnosis) -> pb.Diagnosis:
 
 
 def record_from_proto(msg: pb.Record) -> RecordToInsert:
-    """Validate one record of an InsertRecords stream."""
+    """Validate one record of an InsertRecords stream (reading its file, if it carries one: off the event loop)."""
     ecg_id = msg.ecg_id.strip()
     if not ecg_id:
         raise EcgInputError("record has no ecg_id")
-    if not msg.HasField("ecg"):
-        raise EcgInputError("record has no ECG")
     for code, likelihood in msg.scp_codes.items():
         if not code.strip() or not 0.0 <= likelihood <= 100.0:
             raise EcgInputError(f"SCP code {code!r} has likelihood {likelihood:g}; expected a code with 0-100")
     return RecordToInsert(
-        ecg=ecg_from_proto(msg.ecg), ecg_id=ecg_id, patient_id=msg.patient_id.strip(), report=msg.report,
+        ecg=received_ecg(msg, "record").ecg, ecg_id=ecg_id, patient_id=msg.patient_id.strip(), report=msg.report,
         scp_codes=dict(msg.scp_codes), source=msg.source.strip() or DEFAULT_SOURCE,
     )

@@ -25,7 +25,7 @@ import grpc
 
 from ecgregen import __version__
 from ecgregen.api_values import Answerer, FallbackReason, QuestionType, StreamErrorCode, StreamWarningCode
-from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError
+from ecgregen.ecg import STANDARD_LEADS, EcgInputError
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
 from ecgregen.llm.client import LlmUnavailable
@@ -66,10 +66,12 @@ from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import (
     DEFAULT_SOURCE,
+    ReceivedEcg,
     diagnosis_to_proto,
-    ecg_from_proto,
+    file_info_to_proto,
     filter_from_proto,
     neighbour_to_proto,
+    received_ecg,
     record_from_proto,
 )
 
@@ -206,11 +208,17 @@ def check_batch_id(batch_id: str) -> str:
     return batch_id
 
 
-def parse_query(request: Any, default_k: int) -> tuple[Ecg, int, SearchFilter | None]:
-    """The ECG, k and filter every query request carries, checked."""
-    if not request.HasField("ecg"):
-        raise EcgInputError("request has no ECG")
-    return ecg_from_proto(request.ecg), check_k(request.k, default_k), filter_from_proto(request.filter)
+async def parse_query(request: Any, default_k: int) -> tuple[ReceivedEcg, int, SearchFilter | None]:
+    """The ECG (samples, or a file read off the event loop), k and filter every query request carries, checked."""
+    k, filt = check_k(request.k, default_k), filter_from_proto(request.filter)
+    received = await asyncio.to_thread(received_ecg, request) if request.HasField("ecg_file") else received_ecg(request)
+    return received, k, filt
+
+
+def with_file(retrieval: Retrieval, received: ReceivedEcg) -> dict[str, Any]:
+    """A response's fields for a file-borne ECG: what reading the file said comes first among the warnings."""
+    retrieval.warnings[:0] = received.warnings
+    return {"source_file": file_info_to_proto(received.file)}
 
 
 def check_question(request: pb.AnswerQuestionRequest) -> tuple[str, list[str], str]:
@@ -269,10 +277,12 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             report_ecg_id=served.source.ecg_id if served.source else "", **fields,
         )
 
-    async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval]:
-        ecg, k, filt = parse_query(request, default_k=3)
+    async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval, dict[str, Any]]:
+        """The served report, its retrieval, and the response fields of a file-borne ECG."""
+        received, k, filt = await parse_query(request, default_k=3)
         mode = self.pipeline.resolved_report_mode(request.report_mode.strip())
-        return await asyncio.to_thread(self.pipeline.generate_report, ecg, k, filt, mode)
+        report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, received.ecg, k, filt, mode)
+        return report, retrieval, with_file(retrieval, received)
 
     async def _refine(self, report: GeneratedReport, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
         """Deltas of the served report refined against the other neighbours, as they come; `outcome` ends with the
@@ -304,20 +314,20 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
-        report, retrieval = await self._generate(request)
+        report, retrieval, file_fields = await self._generate(request)
         if not request.refine:
-            return self._report_response(report, retrieval, start)
+            return self._report_response(report, retrieval, start, **file_fields)
         outcome = Refinement()
         async for _ in self._refine(report, retrieval, outcome):
             pass
-        return self._report_response(report, retrieval, start, **self._refined_fields(outcome))
+        return self._report_response(report, retrieval, start, **file_fields, **self._refined_fields(outcome))
 
     @rpc
     async def GenerateReportStream(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReportEvent]:
         start = time.perf_counter()
-        report, retrieval = await self._generate(request)
-        yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start))
-        fields: dict[str, Any] = {}
+        report, retrieval, file_fields = await self._generate(request)
+        yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start, **file_fields))
+        fields: dict[str, Any] = dict(file_fields)
         try:
             if request.refine:
                 outcome = Refinement()
@@ -334,20 +344,23 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def Search(self, request: pb.SearchRequest, context: grpc.aio.ServicerContext) -> pb.SearchResponse:
         start = time.perf_counter()
-        ecg, k, filt = parse_query(request, default_k=10)
+        received, k, filt = await parse_query(request, default_k=10)
         retrieval = await asyncio.to_thread(
-            self.pipeline.search, ecg, k, filt, exact=request.exact, hnsw_ef=check_hnsw_ef(request.hnsw_ef)
+            self.pipeline.search, received.ecg, k, filt, exact=request.exact, hnsw_ef=check_hnsw_ef(request.hnsw_ef)
         )
+        file_fields = with_file(retrieval, received)
         return pb.SearchResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings, diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
+            **file_fields,
         )
 
     @rpc
     async def AnswerQuestion(self, request: pb.AnswerQuestionRequest, context: grpc.aio.ServicerContext) -> pb.AnswerQuestionResponse:
         start = time.perf_counter()
-        ecg, k, filt = parse_query(request, default_k=3)
         question, options, question_type = check_question(request)
+        received, k, filt = await parse_query(request, default_k=3)
+        ecg = received.ecg
         answerer = request.answerer or Answerer.LABELS
         if answerer not in list(Answerer):
             raise EcgInputError(f"unknown answerer {answerer!r}; available: {', '.join(Answerer)}")
@@ -363,8 +376,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt)
             result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds,
                                                     diagnoses=retrieval.diagnoses)
+        file_fields = with_file(retrieval, received)
         return pb.AnswerQuestionResponse(
-            answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
+            **file_fields, answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
             rationale=result.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
             fallback_reason=result.fallback_reason, llm_model=result.model,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
@@ -399,7 +413,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             try:
                 if not message.HasField("record"):
                     raise EcgInputError("message has no record")
-                batch.append((index, record_from_proto(message.record)))
+                record = message.record
+                batch.append((index, await asyncio.to_thread(record_from_proto, record)
+                              if record.HasField("ecg_file") else record_from_proto(record)))
             except EcgInputError as exc:
                 rejections.append(pb.Rejection(index=index, ecg_id=message.record.ecg_id, reason=str(exc)))
                 RECORDS_WRITTEN.labels("rejected").inc()

@@ -1,6 +1,10 @@
 """`ecgregen client` {report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}: call a running
 server.
 
+An ECG goes in as a WFDB record (read here and sent as samples) or as a hospital export (HL7 aECG, GE MUSE, Philips
+Sierra, SCP-ECG, DICOM, EDF, ISHNE, MFER: sent as the file's bytes, which the server reads - as a gateway would).
+`--format fhir` prints the answer as a FHIR R4 Bundle (:mod:`ecgregen.fhir`).
+
 Start-up is what a person waits for on every call, so this imports gRPC and the stubs only (:mod:`ecgregen.client`);
 the calls that send a record load the WFDB reader when they read it, and `report --plot` matplotlib when it plots.
 """
@@ -17,8 +21,11 @@ from ecgregen.errors import ClientError
 from ecgregen.settings import DEFAULT_SERVER
 
 if TYPE_CHECKING:
+    from ecgregen.ecg import Ecg
     from ecgregen.records import WfdbSignal
     from ecgregen.v1 import ecgregen_pb2 as pb
+
+OUTPUT_FORMATS = ("text", "json", "fhir")
 
 
 def add_client(commands: argparse._SubParsersAction) -> None:
@@ -32,8 +39,24 @@ def add_client(commands: argparse._SubParsersAction) -> None:
         p.set_defaults(handler=handler)
         return p
 
-    report = client_parser("report", "generate a report for a WFDB record", run_report)
-    report.add_argument("record", help="WFDB record path without extension")
+    def add_input_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format-hint", default="", help="a hospital file's format, checked against its content "
+                       "(hl7_aecg, ge_muse_xml, sierra_xml, scp_ecg, dicom_waveform, edf, ishne_holter, mfer)")
+        p.add_argument("--start", type=float, default=0.0, help="a long recording (Holter): where the segment starts, s")
+        p.add_argument("--seconds", type=float, default=0.0,
+                       help="a long recording: the segment's length, s (0: to the end; a request takes at most 300 s)")
+
+    def add_output_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--format", choices=OUTPUT_FORMATS, default=None,
+                       help="text (default), json (as --json) or fhir (a FHIR R4 Bundle: DiagnosticReport, "
+                       "diagnosis Observations, the ECG as an Observation)")
+        p.add_argument("--include-patient", action="store_true",
+                       help="--format fhir: put the file's patient identifiers in a Patient resource")
+
+    report = client_parser("report", "generate a report for an ECG file", run_report)
+    report.add_argument("record", help="a WFDB record (path without extension) or a hospital export")
+    add_input_flags(report)
+    add_output_flags(report)
     report.add_argument("--k", type=int, default=3)
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
     report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
@@ -45,17 +68,20 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--ptbxl", type=Path, action="append", default=[],
                         help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot (the demo corpus is always looked in)")
 
-    ask = client_parser("ask", "answer a question about a WFDB record", run_ask)
-    ask.add_argument("record")
+    ask = client_parser("ask", "answer a question about an ECG file", run_ask)
+    ask.add_argument("record", help="a WFDB record (path without extension) or a hospital export")
     ask.add_argument("question")
+    add_input_flags(ask)
+    add_output_flags(ask)
     ask.add_argument("--options", default="", help="allowed answers, comma-separated (e.g. yes,no,not sure)")
     ask.add_argument("--answerer", default="labels", choices=["labels", "llm"])
     ask.add_argument("--k", type=int, default=3)
     ask.add_argument("--question-type", default="", choices=["", "single-verify", "single-choose", "single-query"],
                      help="ECG-QA question type (default: inferred from the options and wording)")
 
-    insert = client_parser("insert", "insert WFDB records with their report and labels", run_insert)
-    insert.add_argument("records", nargs="+")
+    insert = client_parser("insert", "insert ECG files with their report and labels", run_insert)
+    insert.add_argument("records", nargs="+", help="WFDB records (paths without extension) or hospital exports")
+    add_input_flags(insert)
     insert.add_argument("--report", default="")
     insert.add_argument("--scp-codes", default="{}", help='JSON, e.g. \'{"NORM": 100}\'')
     insert.add_argument("--ecg-id", default=None, help="id of the record (default: the file name)")
@@ -86,11 +112,63 @@ def read_record(path: str) -> tuple[pb.Ecg, WfdbSignal]:
     return signal_to_proto(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw
 
 
+def ecg_message(path: str, args: argparse.Namespace) -> pb.Ecg | pb.EcgFile:
+    """What to send for `path`: a WFDB record's samples, or any other file's bytes for the server to read."""
+    from ecgregen.ecg_files import MAX_FILE_BYTES, is_wfdb
+
+    if is_wfdb(path):
+        if args.start or args.seconds:
+            raise ClientError("--start/--seconds choose a segment of a hospital file; a WFDB record is sent whole")
+        return read_record(path)[0]
+    from ecgregen.v1 import ecgregen_pb2 as pb
+
+    file = Path(path)
+    if not file.is_file():
+        raise ClientError(f"{path}: no such file (nor a WFDB record {path}.hea)")
+    if file.stat().st_size > MAX_FILE_BYTES:
+        raise ClientError(f"{path}: {file.stat().st_size / 2**20:.1f} MB; the server reads files of at most "
+                          f"{MAX_FILE_BYTES // 2**20} MB")
+    return pb.EcgFile(content=file.read_bytes(), name=file.name, format_hint=args.format_hint, start_s=args.start,
+                      duration_s=args.seconds)
+
+
+def local_ecg(path: str, args: argparse.Namespace) -> tuple[Ecg, dict | None]:
+    """The ECG read here as the server reads it (for a plot or a FHIR Bundle), with the file's metadata."""
+    from ecgregen.ecg_files import is_wfdb, read_ecg_file
+
+    if is_wfdb(path):
+        from ecgregen.records import read_wfdb
+
+        return read_wfdb(path), None
+    read = read_ecg_file(path, format_hint=args.format_hint, start_s=args.start, seconds=args.seconds,
+                         include_patient=args.include_patient)
+    return read.ecg, read.metadata.to_dict()
+
+
+def output_format(args: argparse.Namespace) -> str:
+    if args.json and args.format not in (None, "json"):
+        raise ClientError(f"--json and --format {args.format} disagree; give one")
+    return "json" if args.json else args.format or "text"
+
+
+def fhir_bundle(args: argparse.Namespace, result: dict, question: str | None = None) -> dict:
+    """The answer as a FHIR R4 Bundle, with the ECG as an Observation and the server's encoder/corpus as Device."""
+    from ecgregen import client
+    from ecgregen.fhir import answer_bundle, report_bundle
+
+    ecg, source = local_ecg(args.record, args)
+    server = client.info(args.server)
+    if question is None:
+        return report_bundle(result, ecg=ecg, source=source, server=server)
+    return answer_bundle(result, question, ecg=ecg, source=source, server=server)
+
+
 def run_report(args: argparse.Namespace) -> None:
     from ecgregen import client
 
-    ecg, raw = read_record(args.record)
-    streaming = args.refine and not args.json
+    fmt = output_format(args)
+    ecg = ecg_message(args.record, args)
+    streaming = args.refine and fmt == "text"
     if streaming:
         print("Refining: ", end="", flush=True)
     result = client.report(
@@ -101,24 +179,37 @@ def run_report(args: argparse.Namespace) -> None:
         print("\n")
     if args.plot:
         from ecgregen.cli.report_plot import plot_report
+        from ecgregen.ecg import STANDARD_LEADS
+        from ecgregen.records import WfdbSignal
 
+        signal, _ = local_ecg(args.record, args)
+        raw = WfdbSignal(signal.signal.astype("float64"), signal.sampling_rate_hz, list(STANDARD_LEADS),
+                         ["mV"] * len(STANDARD_LEADS))
         plot_report(raw, Path(args.record).name, result, args.ptbxl, args.plot)
-    print(client.dumps(result) if args.json else client.format_report(result))
-    if args.plot and not args.json:
+    if fmt == "fhir":
+        print(client.dumps(fhir_bundle(args, result)))
+        return
+    print(client.dumps(result) if fmt == "json" else client.format_report(result))
+    if args.plot and fmt == "text":
         print(f"plot written to {args.plot}")
 
 
 def run_ask(args: argparse.Namespace) -> None:
     from ecgregen import client
 
+    fmt = output_format(args)
     options = [o.strip() for o in args.options.split(",") if o.strip()]
-    result = client.ask(args.server, read_record(args.record)[0], args.question, options, args.answerer, args.k,
+    result = client.ask(args.server, ecg_message(args.record, args), args.question, options, args.answerer, args.k,
                         args.question_type)
-    print(client.dumps(result) if args.json else client.format_answer(result))
+    if fmt == "fhir":
+        print(client.dumps(fhir_bundle(args, result, args.question)))
+        return
+    print(client.dumps(result) if fmt == "json" else client.format_answer(result))
 
 
 def run_insert(args: argparse.Namespace) -> None:
     from ecgregen import client
+    from ecgregen.messages import ecg_field
     from ecgregen.v1 import ecgregen_pb2 as pb
 
     codes = scp_codes(args.scp_codes)
@@ -128,7 +219,7 @@ def run_insert(args: argparse.Namespace) -> None:
     def records() -> Iterator[pb.Record]:  # read as they are sent
         for path in args.records:
             yield pb.Record(ecg_id=args.ecg_id or Path(path).name, patient_id=args.patient_id, report=args.report,
-                            scp_codes=codes, source=args.source, ecg=read_record(path)[0])
+                            scp_codes=codes, source=args.source, **ecg_field(ecg_message(path, args)))
 
     result = client.insert(args.server, records())
     print(client.dumps(result) if args.json else

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 def add_index(commands: argparse._SubParsersAction) -> None:
     index = commands.add_parser("index", help="embed records and upsert them into the corpus")
-    index.add_argument("files", nargs="*", help="WFDB record paths (without extension)")
+    index.add_argument("files", nargs="*", help="WFDB records (path without extension) or hospital exports (HL7 aECG, "
+                       "GE MUSE, Philips Sierra, SCP-ECG, DICOM, EDF, ISHNE, MFER)")
     index.add_argument("--ptbxl", type=Path, help="a folder in PTB-XL layout")
     index.add_argument("--folds", default="1-8", help="strat folds to index with --ptbxl (default 1-8)")
     index.add_argument("--server", help="send to a running server (HOST:PORT) instead of writing the store directly")
@@ -29,7 +30,8 @@ def add_index(commands: argparse._SubParsersAction) -> None:
     index.add_argument("--recreate", action="store_true",
                        help="empty the store first (needed after changing the encoder)")
     index.add_argument("--source", default=None, help="source name for FILES (default 'custom')")
-    index.add_argument("--report", default=None, help="report for FILES (default: the header's '# report:' comment)")
+    index.add_argument("--report", default=None,
+                       help="report for FILES (default: a WFDB header's '# report:' comment; none for other files)")
     index.add_argument("--scp-codes", default="{}", help='labels for FILES as JSON, e.g. \'{"NORM": 100}\'')
     index.add_argument("--patient-id", default="")
     index.add_argument("--batch-id", default=None, help="id of this insert, for rollback (default: a new one)")
@@ -93,18 +95,20 @@ def _open_pipeline(args: argparse.Namespace, **options: object) -> RetrievalPipe
 
 
 def _records_from_files(args: argparse.Namespace) -> list[EcgRecord]:
+    from ecgregen.ecg_files import is_wfdb
     from ecgregen.records import EcgRecord, wfdb_comments
 
     records = []
     for f in args.files:
-        path = Path(f).with_suffix("") if Path(f).suffix in {".hea", ".dat"} else Path(f)
+        wfdb = is_wfdb(f)
+        path = Path(f).with_suffix("") if wfdb and Path(f).suffix in {".hea", ".dat"} else Path(f)
         report = args.report
-        if report is None:
+        if report is None and wfdb:
             comments = wfdb_comments(path)
             report = next((c.split(":", 1)[1].strip() for c in comments if c.lower().startswith("report:")), "")
         records.append(
             EcgRecord(
-                ecg_id=path.name, patient_id=args.patient_id, report=report, scp_codes=scp_codes(args.scp_codes),
+                ecg_id=path.name, patient_id=args.patient_id, report=report or "", scp_codes=scp_codes(args.scp_codes),
                 source=args.source or "custom", path=path,
             )
         )

@@ -1,4 +1,5 @@
-"""`ecgregen simulate-monitors`: WFDB records replayed as live bedside monitors against a running server."""
+"""`ecgregen simulate-monitors`: PTB-XL records or hospital files (a Holter, an EDF recording) replayed as live
+bedside monitors against a running server."""
 
 from __future__ import annotations
 
@@ -10,8 +11,12 @@ from ecgregen.settings import DEFAULT_SERVER
 
 
 def add_simulate(commands: argparse._SubParsersAction) -> None:
-    sim = commands.add_parser("simulate-monitors", help="replay WFDB records as live bedside monitors (StreamECG)")
-    sim.add_argument("--records", type=Path, required=True, help="a PTB-XL-layout folder")
+    sim = commands.add_parser("simulate-monitors", help="replay ECG records as live bedside monitors (StreamECG)")
+    source = sim.add_mutually_exclusive_group(required=True)
+    source.add_argument("--records", type=Path, help="a PTB-XL-layout folder")
+    source.add_argument("--files", nargs="+", type=Path,
+                        help="WFDB records or hospital exports (ISHNE Holter, EDF, HL7 aECG, DICOM, ...), one per "
+                        "monitor in turn")
     sim.add_argument("--folds", default=None, help="only records of these folds (default: all)")
     sim.add_argument("--monitors", type=int, default=4)
     sim.add_argument("--speed", type=float, default=1.0, help="1.0 = real time; 2.0 = twice as fast")
@@ -26,10 +31,14 @@ def add_simulate(commands: argparse._SubParsersAction) -> None:
 def run_simulate(args: argparse.Namespace) -> None:
     import asyncio
 
-    from ecgregen.records import load_ptbxl, parse_folds
+    from ecgregen.records import EcgRecord, load_ptbxl, parse_folds
     from ecgregen.simulate import simulate
 
-    records = load_ptbxl(args.records, parse_folds(args.folds) if args.folds else None)
+    if args.files:
+        records = [EcgRecord(ecg_id=path.name, patient_id="", report="", scp_codes={}, source="file", path=path)
+                   for path in args.files]
+    else:
+        records = load_ptbxl(args.records, parse_folds(args.folds) if args.folds else None)
     if not records:
         raise SystemExit(f"no records with signals in {args.records}")
     summary = asyncio.run(simulate(

@@ -1,0 +1,284 @@
+"""FHIR R4 resources for the service's answers, so a hospital EHR can file a report or an answer with its evidence.
+
+:func:`report_bundle` and :func:`answer_bundle` return plain JSON-ready dicts (a ``Bundle`` of type
+``collection``): no pydantic or FHIR library runs here, and this imports only numpy and :mod:`ecgregen.ecg`.
+The shapes validate against the R4B models of ``fhir.resources`` (8.x ships R5, R4B and STU3, no plain R4; every
+element used here is the same in R4 and R4B).
+
+Judgement calls, and why:
+
+* **Status "preliminary"** on the DiagnosticReport and on every Observation computed by the service: the text and
+  the probabilities come from nearest-neighbour retrieval (optionally reworded by an LLM) with no clinician in the
+  loop. FHIR's "final" means the result is complete and verified; an automated read awaiting over-read is what
+  "preliminary" is for. Neighbours are "final": each is a corpus ECG with its cardiologist's filed report.
+* **SCP-ECG statements** (PTB-XL's acronyms: NORM, IMI, AFIB, ...) have no FHIR code system, and no OID for these
+  acronyms could be confirmed, so they use the project system :data:`SCP_SYSTEM` under the reserved ``.invalid``
+  domain: clearly local, never mistaken for a registered terminology, and easy to map once a site has one.
+* **Leads** use ISO/IEEE 11073-10101 (MDC) under FHIR's canonical URI ``urn:iso:std:iso:11073:10101`` (the HL7 v3
+  OID ``urn:oid:2.16.840.1.113883.6.24`` names the same system): the waveform is ``MDC_ECG_ELEC_POTL`` (131328),
+  each lead its ``MDC_ECG_ELEC_POTL_<lead>`` code, as in the HL7 Point-of-Care Device IG's ECG example.
+  (131073... are ``MDC_ECG_LEAD_*``, the lead *names*, not the potentials a SampledData carries.)
+* **Samples** are integers with ``factor`` :data:`SAMPLE_STEP_MV` (1 µV): compact, and within 0.5 µV of the signal,
+  far below any ECG recorder's resolution. Origin 0 mV, ``period`` = 1000 / rate in ms. The ECG is taken to be mV.
+* **Evidence**: R4 DiagnosticReport has no ``supportingInfo`` (R5 only) and no ``note``. Each retrieved neighbour is
+  an Observation (identifier = its ecg_id under a per-source system, value = its report, components = similarity,
+  rank and its SCP codes with PTB-XL likelihoods, in %), and each diagnosis Observation lists them in ``derivedFrom``
+  (a probability is a similarity-weighted vote of exactly these neighbours). Neighbours carry no subject and not
+  their patient_id: they are other people, and ecg_id + source is enough to trace them in the corpus.
+* **Device**: R4 ``DiagnosticReport.performer`` cannot reference a Device, so the encoder + corpus Device is the
+  ``device`` of every Observation the service computed; the recording device (from the file) is the ECG's.
+* **Machine statements** of the recording are an Observation of their own (method = who made them; "final" once
+  over-read or confirmed), so the device's read and the retrieval read stay side by side and distinguishable.
+* **Warnings** go where a reader of the numbers will see them: ``note`` on the diagnosis (and answer) Observations,
+  and the DiagnosticReport's ``presentedForm``, the full text as issued with its provenance.
+* **Ids** are uuid5 of each resource's content, so the same inputs give the same bundle, byte for byte.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from urllib.parse import quote
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg
+
+_BASE = "https://ecgregen.invalid/fhir"
+SCP_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-scp"  # PTB-XL's SCP-ECG statement acronyms
+SUPERCLASS_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-superclass"
+CONCEPT_SYSTEM = f"{_BASE}/CodeSystem/ecgregen"  # the project's own concepts (neighbour, similarity, ...)
+ECG_ID_SYSTEM = f"{_BASE}/NamingSystem/ecg-id"  # + "/<source>": corpus ECG ids
+_UCUM = "http://unitsofmeasure.org"
+_LOINC = "http://loinc.org"
+_MDC = "urn:iso:std:iso:11073:10101"
+_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+_DIAGNOSTIC_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
+_OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
+_DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, _BASE)
+
+SAMPLE_STEP_MV = 0.001  # SampledData.factor: one data step is 1 µV
+LEAD_CODES: dict[str, int] = dict(zip(  # MDC_ECG_ELEC_POTL_<lead>
+    STANDARD_LEADS, (131329, 131330, 131389, 131390, 131391, 131392, *range(131331, 131337)), strict=True))
+
+
+def _concept(system: str, code: str, display: str | None = None, text: str | None = None) -> dict:
+    return {"coding": [{"system": system, "code": code, "display": display}], "text": text}
+
+
+def _quantity(value: float, unit: str, code: str) -> dict:
+    return {"value": value, "unit": unit, "system": _UCUM, "code": code}
+
+
+def _prune(value: object) -> object:
+    """Drop None, "" and empty containers: FHIR forbids empty elements, and it keeps the builders flat."""
+    if isinstance(value, dict):
+        pruned = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in pruned.items() if v not in (None, "", [], {})}
+    if isinstance(value, list):
+        return [v for v in map(_prune, value) if v not in (None, "", [], {})]
+    return value
+
+
+def _fhir_datetime(text: str | None) -> str | None:
+    """ISO 8601 as a FHIR dateTime. A time without a UTC offset is not valid FHIR and no timezone is guessed:
+    such a local time keeps only its date."""
+    if not text:
+        return None
+    moment = datetime.fromisoformat(text)
+    return moment.isoformat() if moment.tzinfo else moment.date().isoformat()
+
+
+class _Bundle:
+    """Entries with content-derived urn:uuid fullUrls; `add` returns the Reference to use elsewhere."""
+
+    def __init__(self) -> None:
+        self.entries: list[dict] = []
+
+    def add(self, resource: dict, *, first: bool = False) -> dict:
+        resource = _prune(resource)
+        rid = str(uuid.uuid5(_NAMESPACE, json.dumps(resource, sort_keys=True, separators=(",", ":"))))
+        entry = {"fullUrl": f"urn:uuid:{rid}", "resource": {"resourceType": resource["resourceType"], "id": rid,
+                                                            **resource}}
+        self.entries.insert(0 if first else len(self.entries), entry)
+        return {"reference": entry["fullUrl"]}
+
+    def as_dict(self) -> dict:
+        rid = uuid.uuid5(_NAMESPACE, " ".join(e["fullUrl"] for e in self.entries))
+        return {"resourceType": "Bundle", "id": str(rid), "type": "collection", "entry": self.entries}
+
+
+@dataclass
+class _Evidence:
+    """References to what both bundles share, for the report or the answer to point at."""
+
+    subject: dict | None
+    effective: str | None
+    encoder: dict
+    ecg: dict | None
+    statements: dict | None
+    neighbours: list[dict]
+    diagnoses: list[dict]  # one reference per result["diagnoses"] item, same order
+
+    def observations(self) -> list[dict]:
+        return [*self.diagnoses, *(r for r in (self.ecg, self.statements) if r)]
+
+
+def _encoder_device(encoder_id: str, server: dict) -> dict:
+    calibration = server.get("calibration") or {}
+    versions = [("service", server.get("version")), ("encoder", encoder_id),
+                ("corpus-points", calibration.get("corpus_points")), ("calibrated", calibration.get("calibrated")),
+                ("calibration-created-at", calibration.get("created_at"))]
+    return {"resourceType": "Device", "manufacturer": "ecgregen",
+            "deviceName": [{"name": encoder_id or "ecgregen", "type": "model-name"}],
+            "type": {"text": "ECG retrieval, diagnosis and report-generation software (encoder + corpus)"},
+            "version": [{"type": {"text": kind}, "value": str(v)} for kind, v in versions if v not in (None, "")]}
+
+
+def _recording_device(device: dict) -> dict:
+    return {"resourceType": "Device", "manufacturer": device.get("manufacturer"),
+            "deviceName": [{"name": str(device["model"]), "type": "model-name"}] if device.get("model") else None,
+            "serialNumber": device.get("serial_number"), "type": {"text": "Electrocardiograph"},
+            "version": [{"type": {"text": "software"}, "value": str(device["software_version"])}]
+            if device.get("software_version") else None}
+
+
+def _patient(patient: dict) -> dict:
+    sex = str(patient.get("sex") or "").strip()[:1].lower()
+    return {"resourceType": "Patient",
+            "identifier": [{"value": str(patient["patient_id"])}] if patient.get("patient_id") else None,
+            "name": [{"family": patient.get("last_name"),
+                      "given": [patient["first_name"]] if patient.get("first_name") else None}],
+            "birthDate": str(patient["birth_date"]) if patient.get("birth_date") else None,
+            "gender": {"m": "male", "f": "female"}.get(sex, "unknown") if sex else None}
+
+
+def _ecg_observation(ecg: Ecg, source: dict, context: dict) -> dict:
+    steps = np.rint(ecg.signal.astype(np.float64) / SAMPLE_STEP_MV).astype(np.int64)
+    components = [{
+        "code": _concept(_MDC, str(LEAD_CODES[lead]), f"MDC_ECG_ELEC_POTL_{lead.upper()}", lead),
+        "valueSampledData": {"origin": _quantity(0, "mV", "mV"), "period": 1000.0 / ecg.sampling_rate_hz,
+                             "factor": SAMPLE_STEP_MV, "dimensions": 1, "data": " ".join(map(str, row.tolist()))},
+    } for lead, row in zip(STANDARD_LEADS, steps, strict=True)]
+    notes = [f"Read from a {source['format']} file." if source.get("format") else None,
+             f"Leads derived by the recorder, not measured: {', '.join(source['leads_derived'])}."
+             if source.get("leads_derived") else None]
+    return {"resourceType": "Observation", "status": "final", **context,
+            "code": _concept(_MDC, "131328", "MDC_ECG_ELEC_POTL", "12-lead ECG waveform"),
+            "component": components, "note": [{"text": n} for n in notes if n]}
+
+
+def _neighbour(rank: int, n: dict, encoder: dict) -> dict:
+    system = f"{ECG_ID_SYSTEM}/{quote(n['source'], safe='')}" if n.get("source") else ECG_ID_SYSTEM
+    return {"resourceType": "Observation", "status": "final", "device": encoder,
+            "code": _concept(CONCEPT_SYSTEM, "retrieved-neighbour", "Similar ECG retrieved from the corpus"),
+            "identifier": [{"system": system, "value": str(n["ecg_id"])}], "valueString": n.get("report"),
+            "component": [
+                {"code": _concept(CONCEPT_SYSTEM, "similarity", "Similarity score"),
+                 "valueQuantity": _quantity(n["score"], "score", "1")},
+                {"code": _concept(CONCEPT_SYSTEM, "rank", "Retrieval rank"), "valueInteger": rank},
+                *({"code": _concept(SCP_SYSTEM, code), "valueQuantity": _quantity(likelihood, "%", "%")}
+                  for code, likelihood in sorted(n.get("scp_codes", {}).items())),
+            ]}
+
+
+def _diagnosis(d: dict, context: dict, derived_from: list[dict], notes: list[dict]) -> dict:
+    threshold = _quantity(d["threshold"], "probability", "1")
+    return {"resourceType": "Observation", "status": "preliminary", **context,
+            "category": [*context["category"], _concept(SUPERCLASS_SYSTEM, d["superclass"])]
+            if d.get("superclass") else context["category"],
+            "code": _concept(SCP_SYSTEM, d["code"], d.get("description")),
+            "valueQuantity": _quantity(d["probability"], "probability", "1"),
+            "interpretation": [_concept(_INTERPRETATION, "POS", "Positive") if d["present"]
+                               else _concept(_INTERPRETATION, "NEG", "Negative")],
+            "referenceRange": [{"low": threshold, "text": "calibrated decision threshold: the statement is reported "
+                                                          "present (POS) at or above this probability"}],
+            "derivedFrom": derived_from, "note": notes}
+
+
+def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict | None, server: dict | None,
+                  subject: str | None) -> _Evidence:
+    """Devices, patient, ECG, machine statements, neighbours and diagnoses: everything but the report/answer."""
+    source, server = source or {}, server or {}
+    encoder = bundle.add(_encoder_device(result.get("encoder_id") or server.get("encoder_id") or "", server))
+    recorder = bundle.add(_recording_device(source["device"])) if source.get("device") else None
+    if subject:
+        subject_ref: dict | None = {"reference": subject}
+    else:
+        subject_ref = bundle.add(_patient(source["patient"])) if source.get("patient") else None
+    effective = _fhir_datetime(source.get("acquired_at"))
+    context = {"subject": subject_ref, "effectiveDateTime": effective,
+               "category": [_concept(_OBSERVATION_CATEGORY, "procedure", "Procedure")]}
+    ecg_ref = bundle.add(_ecg_observation(ecg, source, {**context, "device": recorder})) if ecg is not None else None
+    statements = None
+    if source.get("statements"):
+        made_by = source.get("statements_source") or "machine"
+        statements = bundle.add({
+            "resourceType": "Observation", "status": "final" if made_by in ("overread", "confirmed") else "preliminary",
+            **context, "device": recorder, "derivedFrom": [ecg_ref],
+            "code": _concept(CONCEPT_SYSTEM, "recording-statements", "Interpretation statements of the recording"),
+            "valueString": "\n".join(source["statements"]), "method": {"text": f"statements made by: {made_by}"}})
+    neighbours = [bundle.add(_neighbour(rank, n, encoder)) for rank, n in enumerate(result["neighbours"], 1)]
+    notes = [{"text": f"warning: {w}"} for w in result.get("warnings", [])]
+    diagnoses = [bundle.add(_diagnosis(d, {**context, "device": encoder}, [r for r in (ecg_ref, *neighbours) if r],
+                                       notes)) for d in result["diagnoses"]]
+    return _Evidence(subject_ref, effective, encoder, ecg_ref, statements, neighbours, diagnoses)
+
+
+def _report_text(result: dict) -> str:
+    """The report as issued, with where it came from: the presentedForm a clinician opens."""
+    lines = [result["report"], "", f"Retrieved from corpus ECG {result['report_ecg_id']} "
+                                   f"(report mode {result['report_mode']}); not reviewed by a clinician."]
+    if result.get("refined"):
+        lines.append(f"Reworded by {result['llm_model']}; the retrieved report was: {result['retrieved_report']}")
+    elif result.get("fallback_reason"):
+        lines.append(f"Not reworded ({result['fallback_reason']}): this is the retrieved report.")
+    return "\n".join([*lines, *(f"Warning: {w}" for w in result.get("warnings", []))])
+
+
+def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None = None, server: dict | None = None,
+                  subject: str | None = None) -> dict:
+    """A Bundle whose first entry is the DiagnosticReport for a :func:`ecgregen.client.report_dict` result.
+
+    `subject` (a reference such as "Patient/123") wins over ``source["patient"]``; with neither, nothing in the
+    bundle identifies anyone.
+    """
+    bundle = _Bundle()
+    evidence = _add_evidence(bundle, result, ecg, source, server, subject)
+    text = _report_text(result).encode()
+    bundle.add({
+        "resourceType": "DiagnosticReport", "status": "preliminary",
+        "category": [_concept(_DIAGNOSTIC_SERVICE, "EC", "Electrocardiac")],
+        "code": _concept(_LOINC, "11524-6", "EKG study"), "subject": evidence.subject,
+        "effectiveDateTime": evidence.effective, "result": evidence.observations(), "conclusion": result["report"],
+        "conclusionCode": [_concept(SCP_SYSTEM, d["code"], d.get("description"))
+                           for d in result["diagnoses"] if d["present"]],
+        "presentedForm": [{"contentType": "text/plain", "data": base64.b64encode(text).decode(), "size": len(text),
+                           "title": "ECG report (automated retrieval, preliminary)"}],
+    }, first=True)
+    return bundle.as_dict()
+
+
+def answer_bundle(result: dict, question: str, *, ecg: Ecg | None = None, source: dict | None = None,
+                  server: dict | None = None, subject: str | None = None) -> dict:
+    """A Bundle whose first entry is the answer Observation for an :func:`ecgregen.client.ask` result:
+    code = the question as text, value = the answer(s), method = the answerer, notes = rationale and warnings."""
+    bundle = _Bundle()
+    evidence = _add_evidence(bundle, result, ecg, source, server, subject)
+    answer = "; ".join(result["answer"])
+    answerer = result["answerer"] + (f" ({result['llm_model']})" if result.get("llm_model") else "")
+    notes = [f"rationale: {result['rationale']}" if result.get("rationale") else None,
+             f"LLM answer unusable ({result['fallback_reason']}); retrieval-only answer given"
+             if result.get("fallback_reason") else None, *(f"warning: {w}" for w in result.get("warnings", []))]
+    bundle.add({
+        "resourceType": "Observation", "status": "preliminary", "subject": evidence.subject,
+        "effectiveDateTime": evidence.effective, "code": {"text": question}, "valueString": answer,
+        "dataAbsentReason": None if answer else _concept(_DATA_ABSENT, "unknown", "Unknown"),
+        "method": {"text": f"answerer: {answerer}"}, "device": evidence.encoder,
+        "derivedFrom": [*evidence.observations(), *evidence.neighbours], "note": [{"text": n} for n in notes if n],
+    }, first=True)
+    return bundle.as_dict()

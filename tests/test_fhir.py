@@ -1,0 +1,244 @@
+"""FHIR R4 output: bundles built from a real PTB-XL ECG and a result made of real PTB-XL rows, validated against
+the R4B models of fhir.resources (8.x has no plain R4 package; these resources are the same in R4 and R4B)."""
+
+from __future__ import annotations
+
+import ast
+import base64
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fhir.resources.R4B import get_fhir_model_class
+from fhir.resources.R4B.bundle import Bundle
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.fhir import LEAD_CODES, SAMPLE_STEP_MV, SCP_SYSTEM, answer_bundle, report_bundle
+from ecgregen.records import read_wfdb
+from tests.conftest import shared_ptbxl
+
+QUERY_ID = "1"  # records100/00000/00001_lr
+NEIGHBOUR_SCORES = {"2": 0.9312, "3": 0.9105, "8": 0.8871, "7": 0.8620}
+SERVER = {"version": "0.1.0", "encoder_id": "ecg-fm-v1",
+          "calibration": {"calibrated": True, "corpus_points": 17418, "created_at": "2026-11-30T10:00:00+00:00"}}
+
+
+@pytest.fixture(scope="module")
+def ptbxl() -> Path:
+    return shared_ptbxl()
+
+
+@pytest.fixture(scope="module")
+def ecg(ptbxl: Path) -> Ecg:
+    return read_wfdb(ptbxl / "records100/00000/00001_lr")
+
+
+@pytest.fixture(scope="module")
+def result(ptbxl: Path) -> dict:
+    """A report result shaped like client.report_dict: neighbours are real PTB-XL rows, diagnoses their
+    similarity-weighted vote with PTB-XL's statement descriptions."""
+    with (ptbxl / "ptbxl_database.csv").open() as f:
+        rows = {r["ecg_id"]: r for r in csv.DictReader(f)}
+    with (ptbxl / "scp_statements.csv").open() as f:
+        statements = {r[""]: r for r in csv.DictReader(f)}
+    neighbours = [{"ecg_id": i, "patient_id": rows[i]["patient_id"].removesuffix(".0"), "score": score,
+                   "report": rows[i]["report"], "scp_codes": ast.literal_eval(rows[i]["scp_codes"]), "source": "ptbxl"}
+                  for i, score in NEIGHBOUR_SCORES.items()]
+    total = sum(NEIGHBOUR_SCORES.values())
+    codes = sorted({c for n in neighbours for c in n["scp_codes"]})
+    diagnoses = []
+    for code in codes:
+        probability = round(sum(n["score"] for n in neighbours if code in n["scp_codes"]) / total, 4)
+        diagnoses.append({"code": code, "description": statements[code]["description"],
+                          "superclass": statements[code]["diagnostic_class"], "probability": probability,
+                          "present": probability >= 0.5, "threshold": 0.5})
+    return {"report": neighbours[0]["report"], "report_mode": "nearest", "report_ecg_id": neighbours[0]["ecg_id"],
+            "diagnoses": diagnoses, "neighbours": neighbours, "latency_ms": {"total": 12.5},
+            "warnings": ["flat lead(s) aVF set to zero"], "encoder_id": "ecg-fm-v1"}
+
+
+@pytest.fixture(scope="module")
+def source(ptbxl: Path) -> dict:
+    """File metadata as the reader gives it, without patient identifiers."""
+    return {"format": "GE MUSE XML", "acquired_at": "1984-11-09T09:17:34+01:00",
+            "device": {"manufacturer": "Schiller", "model": "CS-12", "serial_number": "A123", "software_version": "E"},
+            "statements": ["Sinus rhythm", "Low QRS voltage"], "statements_source": "machine",
+            "leads_derived": ["III", "aVR", "aVL", "aVF"], "duration_s": 10.0, "sampling_rate_hz": 100.0}
+
+
+def resources(bundle: dict, kind: str | None = None) -> list[dict]:
+    return [e["resource"] for e in bundle["entry"] if kind in (None, e["resource"]["resourceType"])]
+
+
+def by_url(bundle: dict) -> dict[str, dict]:
+    return {e["fullUrl"]: e["resource"] for e in bundle["entry"]}
+
+
+def code_of(resource: dict, system: str) -> str | None:
+    return next((c["code"] for c in resource["code"].get("coding", []) if c["system"] == system), None)
+
+
+def assert_valid(bundle: dict) -> None:
+    """The Bundle and each resource validate against R4B, fullUrls are unique, every urn:uuid reference resolves,
+    and every status is one of R4's codes (fhir.resources checks types and cardinality, not code bindings)."""
+    Bundle.model_validate(bundle)
+    for resource in resources(bundle):
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        assert resource.get("status", "final") in {"preliminary", "final"}
+    urls = set(by_url(bundle))
+    assert len(urls) == len(bundle["entry"])
+    text = json.dumps(bundle)
+    referenced = {part.split('"')[0] for part in text.split('"reference": "')[1:]}
+    assert {r for r in referenced if r.startswith("urn:uuid:")} <= urls
+
+
+def test_report_bundle_and_every_resource_validate_as_r4b(result: dict, ecg: Ecg, source: dict) -> None:
+    """The full report bundle (ECG, file metadata, server info) validates and its references resolve."""
+    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER)
+    assert bundle["type"] == "collection"
+    assert all(e["fullUrl"].startswith("urn:uuid:") for e in bundle["entry"])
+    assert_valid(bundle)
+    assert_valid(report_bundle(result))  # the bare result alone, too
+
+
+def test_report_carries_conclusion_present_codes_and_every_probability(result: dict) -> None:
+    """Conclusion is the report text, one conclusionCode per present diagnosis, one result per diagnosis."""
+    bundle = report_bundle(result)
+    report = bundle["entry"][0]["resource"]
+    assert report["resourceType"] == "DiagnosticReport" and report["status"] == "preliminary"
+    assert report["conclusion"] == result["report"]
+    present = [d["code"] for d in result["diagnoses"] if d["present"]]
+    assert [c["coding"][0]["code"] for c in report["conclusionCode"]] == present and present
+    results = [by_url(bundle)[r["reference"]] for r in report["result"]]
+    assert [code_of(o, SCP_SYSTEM) for o in results] == [d["code"] for d in result["diagnoses"]]
+    for o, d in zip(results, result["diagnoses"], strict=True):
+        assert o["valueQuantity"]["value"] == d["probability"]
+        assert o["referenceRange"][0]["low"]["value"] == d["threshold"]
+        assert o["interpretation"][0]["coding"][0]["code"] == ("POS" if d["present"] else "NEG")
+        assert o["note"] == [{"text": "warning: flat lead(s) aVF set to zero"}]
+    assert "flat lead(s) aVF" in base64.b64decode(report["presentedForm"][0]["data"]).decode()
+
+
+def test_neighbours_are_evidence_with_ecg_id_score_and_report(result: dict) -> None:
+    """Each diagnosis is derivedFrom every neighbour, which carries its ecg_id, similarity and report."""
+    bundle = report_bundle(result)
+    urls = by_url(bundle)
+    diagnosis = urls[bundle["entry"][0]["resource"]["result"][0]["reference"]]
+    evidence = [urls[r["reference"]] for r in diagnosis["derivedFrom"]]
+    assert [e["identifier"][0]["value"] for e in evidence] == list(NEIGHBOUR_SCORES)
+    for e, n in zip(evidence, result["neighbours"], strict=True):
+        assert e["valueString"] == n["report"] and "subject" not in e
+        assert e["component"][0]["valueQuantity"]["value"] == n["score"]
+        assert {c["code"]["coding"][0]["code"] for c in e["component"][2:]} == set(n["scp_codes"])
+    text = json.dumps(evidence)
+    assert not [n["patient_id"] for n in result["neighbours"] if n["patient_id"] in text]  # other people's ids
+
+
+def test_ecg_observation_decodes_to_the_signal_within_half_a_microvolt(result: dict, ecg: Ecg, source: dict) -> None:
+    """12 MDC-coded leads whose data * factor + origin equals the signal within 0.5 µV, period 1000/rate ms."""
+    bundle = report_bundle(result, ecg=ecg, source=source)
+    waveform = next(o for o in resources(bundle, "Observation") if "component" in o and "valueSampledData"
+                    in o["component"][0])
+    assert waveform["effectiveDateTime"] == "1984-11-09T09:17:34+01:00"
+    assert [c["code"]["coding"][0]["code"] for c in waveform["component"]] == [str(LEAD_CODES[x]) for x in
+                                                                               STANDARD_LEADS]
+    for component, lead in zip(waveform["component"], ecg.signal, strict=True):
+        sampled = component["valueSampledData"]
+        assert sampled["period"] == pytest.approx(1000.0 / ecg.sampling_rate_hz) == 10.0
+        decoded = np.array(sampled["data"].split(), dtype=float) * sampled["factor"] + sampled["origin"]["value"]
+        assert decoded.shape == lead.shape
+        np.testing.assert_allclose(decoded, lead, rtol=0, atol=SAMPLE_STEP_MV / 2 + 1e-6)
+
+
+def test_no_patient_or_identifiers_without_source_patient(result: dict, ecg: Ecg, source: dict) -> None:
+    """Without source.patient or a subject reference, no Patient, subject or patient identifier is emitted."""
+    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER)
+    assert not resources(bundle, "Patient")
+    assert all("subject" not in r for r in resources(bundle))
+
+
+def test_source_patient_becomes_subject_of_report_and_its_observations(result: dict, source: dict) -> None:
+    """source.patient gives one Patient (identifier, name, birthDate, gender) that report and diagnoses point at."""
+    patient = {"patient_id": "15709", "first_name": "Anna", "last_name": "Muster", "birth_date": "1928-03-01",
+               "sex": "F", "age": 56}
+    bundle = report_bundle(result, source={**source, "patient": patient})
+    assert_valid(bundle)
+    [person] = resources(bundle, "Patient")
+    assert person["identifier"] == [{"value": "15709"}] and person["gender"] == "female"
+    assert person["name"] == [{"family": "Muster", "given": ["Anna"]}] and person["birthDate"] == "1928-03-01"
+    url = next(e["fullUrl"] for e in bundle["entry"] if e["resource"] is person)
+    report = bundle["entry"][0]["resource"]
+    assert report["subject"] == {"reference": url}
+    assert all(by_url(bundle)[r["reference"]]["subject"] == {"reference": url} for r in report["result"])
+
+
+def test_subject_reference_is_used_without_a_patient_resource(result: dict) -> None:
+    """A caller's subject reference is used as is and no Patient resource is added."""
+    bundle = report_bundle(result, subject="Patient/abc-123")
+    assert bundle["entry"][0]["resource"]["subject"] == {"reference": "Patient/abc-123"}
+    assert not resources(bundle, "Patient")
+    assert_valid(bundle)
+
+
+def test_devices_carry_encoder_corpus_and_recorder(result: dict, ecg: Ecg, source: dict) -> None:
+    """The encoder Device names the encoder and corpus version; the recorder Device is the ECG's device."""
+    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER)
+    urls = by_url(bundle)
+    encoder = urls[urls[bundle["entry"][0]["resource"]["result"][0]["reference"]]["device"]["reference"]]
+    assert encoder["deviceName"][0]["name"] == "ecg-fm-v1"
+    versions = {v["type"]["text"]: v["value"] for v in encoder["version"]}
+    assert versions["service"] == "0.1.0" and versions["corpus-points"] == "17418"
+    assert versions["calibration-created-at"] == SERVER["calibration"]["created_at"]
+    recorder = next(d for d in resources(bundle, "Device") if d is not encoder)
+    assert recorder["manufacturer"] == "Schiller" and recorder["serialNumber"] == "A123"
+
+
+def test_machine_statements_are_kept_as_their_own_observation(result: dict, source: dict) -> None:
+    """The recording's own statements are one preliminary Observation listed in the report's results."""
+    bundle = report_bundle(result, source=source)
+    urls = by_url(bundle)
+    observations = [urls[r["reference"]] for r in bundle["entry"][0]["resource"]["result"]]
+    [statements] = [o for o in observations if o.get("valueString")]
+    assert statements["valueString"] == "Sinus rhythm\nLow QRS voltage"
+    assert statements["status"] == "preliminary" and "machine" in statements["method"]["text"]
+
+
+def test_local_time_without_offset_keeps_only_the_date(result: dict, source: dict) -> None:
+    """An acquisition time without a UTC offset (invalid as a FHIR dateTime) is reduced to its date."""
+    bundle = report_bundle(result, source={**source, "acquired_at": "1984-11-09T09:17:34"})
+    assert bundle["entry"][0]["resource"]["effectiveDateTime"] == "1984-11-09"
+    assert_valid(bundle)
+
+
+def test_answer_bundle_carries_question_answer_and_evidence(result: dict, ecg: Ecg, source: dict) -> None:
+    """The answer Observation has the question as code, the answers as value, answerer and rationale."""
+    answer = {"answer": ["IMI", "NORM"], "answerer": "labels", "rationale": "majority of 4 neighbours",
+              "diagnoses": result["diagnoses"], "neighbours": result["neighbours"], "latency_ms": {"total": 9.0},
+              "warnings": [], "fallback_reason": "", "llm_model": ""}
+    question = "Which diagnostic statements does this ECG show?"
+    bundle = answer_bundle(answer, question, ecg=ecg, source=source, server=SERVER)
+    assert_valid(bundle)
+    observation = bundle["entry"][0]["resource"]
+    assert observation["code"] == {"text": question} and observation["valueString"] == "IMI; NORM"
+    assert observation["method"] == {"text": "answerer: labels"}
+    assert observation["note"] == [{"text": "rationale: majority of 4 neighbours"}]
+    derived = {by_url(bundle)[r["reference"]]["resourceType"] for r in observation["derivedFrom"]}
+    assert derived == {"Observation"} and len(observation["derivedFrom"]) == len(answer["diagnoses"]) + 2 + 4
+    assert not resources(bundle, "DiagnosticReport")
+
+
+def test_bundles_are_deterministic(result: dict, ecg: Ecg, source: dict) -> None:
+    """Two builds from the same inputs give identical bundles (content-derived uuid5 ids)."""
+    assert report_bundle(result, ecg=ecg, source=source) == report_bundle(result, ecg=ecg, source=source)
+
+
+def test_module_imports_no_heavy_libraries() -> None:
+    """Importing ecgregen.fhir pulls in no torch, scipy, pandas, grpc or fhir.resources."""
+    code = ("import sys, ecgregen.fhir; heavy = {'torch', 'scipy', 'pandas', 'grpc', 'fhir'} & "
+            "{m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
