@@ -188,16 +188,23 @@ def _parse(path: Path, label: str) -> tuple[Any, list[str]]:
             raise EcgFileError(f"{label}: not an ECG file this service reads (HL7 aECG, GE MUSE XML, Philips "
                                "Sierra XML, SCP-ECG, DICOM waveform, EDF, ISHNE, MFER)") from None
         except (ECGDataKitError, ValueError, OSError, MemoryError, RecursionError) as exc:
-            raise EcgFileError(f"{label}: cannot be read: {exc}") from None
+            raise EcgFileError(f"{label}: cannot be read: {_named(exc, path, label)}") from None
     if record.source_format in _MULTI_FILE_FORMATS and not path.with_suffix(".dat").exists():
         raise EcgFileError(f"{label}: {_MULTI_FILE_FORMATS[record.source_format]} is several files")
     notes = []
     for w in caught:
-        text = str(w.message)
+        text = _named(w.message, path, label)
+        if "truncated" in text.lower():  # the library reads what is complete; a cut-off recording is not served
+            raise EcgFileError(f"{label}: the file is truncated ({text})")
         if text.startswith("Invalid value for VR") or text in notes:  # pydicom's UID syntax remarks: not ours
             continue
         notes.append(f"{label}: {text}")
     return record, notes
+
+
+def _named(message: object, path: Path, label: str) -> str:
+    """A library message with our temporary path replaced by the name the caller knows."""
+    return str(message).replace(str(path), label)
 
 
 def _lead_key(label: str) -> str | None:
