@@ -165,7 +165,8 @@ def _ecg_observation(ecg: Ecg, source: dict, context: dict) -> dict:
                              "factor": SAMPLE_STEP_MV, "dimensions": 1, "data": " ".join(map(str, row.tolist()))},
     } for lead, row in zip(STANDARD_LEADS, steps, strict=True)]
     notes = [f"Read from a {source['format']} file." if source.get("format") else None,
-             f"Leads derived by the recorder, not measured: {', '.join(source['leads_derived'])}."
+             f"Leads computed from the stored limb leads when the file was read, not recorded: "
+             f"{', '.join(source['leads_derived'])}."
              if source.get("leads_derived") else None]
     return {"resourceType": "Observation", "status": "final", **context,
             "code": _concept(_MDC, "131328", "MDC_ECG_ELEC_POTL", "12-lead ECG waveform"),
