@@ -111,7 +111,8 @@ def test_errors_print_status_and_message(edge_server: ServerProcess, tmp_path: P
     assert out.stderr.strip() == "INVALID_ARGUMENT: expected 12 leads, got 3"
 
     out = run("client", "report", str(tmp_path / "missing"), "--server", edge_server.address, check=False)
-    assert out.returncode == 1 and "no WFDB header" in out.stderr
+    assert out.returncode == 1 and out.stderr.strip().endswith("missing: no such file (nor a WFDB record "
+                                                              f"{tmp_path / 'missing'}.hea)")
 
     nobody = f"127.0.0.1:{free_port()}"
     out = run("client", "stats", "--server", nobody, check=False)

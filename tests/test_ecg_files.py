@@ -4,10 +4,12 @@ served over gRPC as the file's own bytes (EcgFile), refused clearly when bad, an
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,8 +90,23 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "absurd gain": (re.sub(rb"<LeadAmplitudeUnitsPerBit>[^<]*<", b"<LeadAmplitudeUnitsPerBit>4880000<", muse),
                         f"an ECG stays within ±{MAX_ABS_MV:g} mV"),
         "zero leads": (re.sub(rb"<LeadData>.*?</LeadData>", b"", muse, flags=re.S), "No rhythm waveform"),
+        "only median beats": (median_beats_only(), "only median (representative) beats"),
         "empty file": (b"", "the file is empty"),
     }
+
+
+def median_beats_only() -> bytes:
+    """The Mortara DICOM with its rhythm group removed (pydicom), leaving the median-beat group alone."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = pydicom.dcmread(FORMATS / DICOM_MORTARA)
+        assert [g.MultiplexGroupLabel for g in dataset.WaveformSequence] == ["RHYTHM", "MEDIAN BEAT"]
+        del dataset.WaveformSequence[0]
+        out = io.BytesIO()
+        dataset.save_as(out)
+    return out.getvalue()
 
 
 # --- the reader ----------------------------------------------------------------------------------------------------
