@@ -177,3 +177,29 @@ def test_scp_f1_micro_and_macro_by_hand() -> None:
 def test_score_reports_needs_both_code_lists() -> None:
     with pytest.raises(ValueError, match="both"):
         tm.score_reports(REPORTS, REPORTS, CODES, None)
+
+
+@needs_java
+def test_one_meteor_session_scores_each_corpus_as_its_own_jvm_would(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two corpora scored in one `meteor_session` (one JVM, as `evaluate report` scores its five methods) get the
+    scores each gets in a JVM of its own; the session's JVM is ended on leaving."""
+    started: list[tm._Meteor] = []
+    init = tm._Meteor.__init__
+
+    def recording_init(self: tm._Meteor) -> None:
+        init(self)
+        started.append(self)
+
+    monkeypatch.setattr(tm._Meteor, "__init__", recording_init)
+    corpora = [
+        (["sinusrhythmus linkstyp sonst normales ekg", "vorhofflimmern mit schneller ueberleitung"],
+         ["sinusrhythmus normales ekg", "vorhofflimmern"]),
+        (["sinus rhythm left axis deviation", "inferior infarct age undetermined"],
+         ["sinus rhythm", "old inferior infarct"]),
+    ]
+    alone = [tm._meteor_score(refs, hyps) for refs, hyps in corpora]
+    assert len(started) == 2
+    with tm.meteor_session():
+        shared = [tm._meteor_score(refs, hyps) for refs, hyps in corpora]
+    assert len(started) == 3 and shared == alone and 0 < alone[1] < 1 and alone[0] != alone[1]
+    assert started[-1].meteor_p.poll() is not None

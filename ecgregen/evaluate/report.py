@@ -29,7 +29,7 @@ from tqdm import tqdm
 from ecgregen.calibrate import calibrate_records
 from ecgregen.diagnoses import REPORT_MODES, present_codes, select_report
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index, retrieval_excluding_patient
-from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, scp_f1, score_reports
+from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session, score_reports, scp_f1
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
@@ -166,10 +166,11 @@ def evaluate_reports(
     has_codes = any(q.scp_codes for q in queries)
     true_codes = [frozenset(q.scp_codes) for q in queries] if has_codes else None
     methods = {}
-    for name in methods_order:
-        hypotheses = [p.report for p in predictions[name]]
-        predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
-        methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
+    with meteor_session():
+        for name in methods_order:
+            hypotheses = [p.report for p in predictions[name]]
+            predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
+            methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
     return {
         "n": len(queries),
         "n_index": len(index),

@@ -23,6 +23,7 @@ and "|||" inside a reference (silently split into several references); `tokenize
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 import importlib.metadata
 import re
@@ -104,9 +105,6 @@ class _Meteor(_pycoco_meteor.Meteor):
         )
         self.lock = threading.Lock()
         self._timed_out = threading.Event()
-        self._watchdog = threading.Timer(_METEOR_TIMEOUT_S, self._expire)
-        self._watchdog.daemon = True
-        self._watchdog.start()
 
     def score(self, references: Sequence[str], hypotheses: Sequence[str]) -> float:
         """Corpus-level METEOR, as the jar reports it: from the summed statistics of all segments.
@@ -114,6 +112,9 @@ class _Meteor(_pycoco_meteor.Meteor):
         One METEOR 1.5 detail: a segment whose words all match in one chunk adds no chunks to the corpus
         count, so identical pairs lower the corpus fragmentation penalty (an identical corpus scores 1).
         """
+        watchdog = threading.Timer(_METEOR_TIMEOUT_S, self._expire)  # each corpus gets the whole allowance
+        watchdog.daemon = True
+        watchdog.start()
         try:
             score, _ = self.compute_score(
                 {i: [r] for i, r in enumerate(references)}, {i: [h] for i, h in enumerate(hypotheses)}
@@ -126,6 +127,8 @@ class _Meteor(_pycoco_meteor.Meteor):
             if self._timed_out.is_set():
                 raise RuntimeError(f"METEOR (java) killed: no answer within {_METEOR_TIMEOUT_S:.0f} s") from error
             raise RuntimeError(f"METEOR (java) failed: {error}; its stderr: {log or '(empty)'}") from error
+        finally:
+            watchdog.cancel()
         return float(score)
 
     def _expire(self) -> None:
@@ -134,7 +137,6 @@ class _Meteor(_pycoco_meteor.Meteor):
 
     def close(self) -> None:
         """End the JVM (EOF on stdin ends it; kill if it does not) and release its pipes; safe to repeat."""
-        self._watchdog.cancel()
         with contextlib.suppress(BrokenPipeError):
             self.meteor_p.stdin.close()
         try:
@@ -150,13 +152,31 @@ class _Meteor(_pycoco_meteor.Meteor):
         `_meteor_score` always calls `close` instead."""
 
 
-def _meteor_score(references: Sequence[str], hypotheses: Sequence[str]) -> float:
-    """Corpus METEOR of already tokenised texts; one JVM for the call, always ended before returning."""
+_SESSION: contextvars.ContextVar[_Meteor | None] = contextvars.ContextVar("meteor_session", default=None)
+
+
+@contextlib.contextmanager
+def meteor_session() -> Iterator[None]:
+    """One JVM for every METEOR score computed inside, ended on leaving: starting one costs ~10 s (the jar loads
+    its paraphrase tables), which dominated an evaluation that scores five methods. Scores are the same as with a
+    JVM per corpus: each EVAL aggregates only the segments it lists."""
     meteor = _Meteor()
+    token = _SESSION.set(meteor)
     try:
-        return meteor.score(references, hypotheses)
+        yield
     finally:
+        _SESSION.reset(token)
         meteor.close()
+
+
+def _meteor_score(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus METEOR of already tokenised texts: in the current :func:`meteor_session`, or in a JVM of its own
+    that is ended before returning."""
+    shared = _SESSION.get()
+    if shared is not None:
+        return shared.score(references, hypotheses)
+    with meteor_session():
+        return _meteor_score(references, hypotheses)
 
 
 def _check_pairs(references: Sequence[object], hypotheses: Sequence[object]) -> None:
