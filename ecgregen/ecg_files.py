@@ -12,6 +12,7 @@ service's :class:`~ecgregen.ecg.Ecg`, with every decision said in a warning:
   into NaN): it is read back as that value, and only a run at the end where all leads carry it is padding;
 * a stretch at the start or end where all leads carry the same value (a calibration pulse, padding) is cut;
   short gaps of missing samples inside a lead are bridged linearly, longer ones refused;
+* a recorder faster than a request may be (> 1 kHz) is resampled to 1 kHz;
 * a recording longer than a request takes (:data:`~ecgregen.ecg.MAX_DURATION_S`) is refused unless a segment is
   chosen; the encoder's windows are then made by the usual length policy;
 * amplitudes beyond what a body produces mean a wrong gain or unit in the file, and are refused.
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgregen.ecg import MAX_DURATION_S, STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.ecg import MAX_DURATION_S, MAX_RATE_HZ, STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
 
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest resting-ECG exports are a few MB; a 5-minute Holter slice fits
 MAX_ABS_MV = 50.0  # surface ECGs (pacing spikes included) stay well inside this; beyond it the gain or unit is wrong
@@ -53,7 +54,7 @@ FORMAT_KEYS: dict[str, str] = {
 # Formats made of several files cannot arrive as one file's bytes.
 _MULTI_FILE_FORMATS = {"wfdb": "WFDB (a .hea header with its .dat)", "edan_arc": "EDAN ARC (patient.hea + ecgraw.dat)"}
 _LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
-_LEAD_PREFIXES = ("MDC_ECG_LEAD_", "LEAD_", "LEAD ", "LEAD")
+_MDC_LEAD_PREFIX = "MDC_ECG_LEAD_"
 _PARSE_LOCK = threading.Lock()  # warnings.catch_warnings changes process-wide state
 
 
@@ -153,6 +154,7 @@ def _read(path: Path, label: str, format_hint: str, start_s: float, seconds: flo
     leads = _restore_dicom_padding(leads, record, path, notes)
     leads = _cut_edges(leads, rate, notes)
     leads = _bridge_gaps(leads, label, notes)
+    leads, rate = _within_rate_limit(leads, rate, notes)
     stored = tuple(leads)
     leads, derived = _complete(leads, label, notes)
     _check_amplitudes(leads, label)
@@ -208,14 +210,17 @@ def _named(message: object, path: Path, label: str) -> str:
 
 
 def _lead_key(label: str) -> str | None:
-    """A standard lead name for a file's channel label, or None for channels that are not one of the 12."""
-    key = label.strip().upper()
-    for prefix in _LEAD_PREFIXES:
-        if key.startswith(prefix) and len(key) > len(prefix):
-            key = key[len(prefix):].strip()
-            break
-    names = {name.upper(): name for name in STANDARD_LEADS}
-    return names.get(key)
+    """A standard lead name for a file's channel label ("Lead I", "ECG AVR", "MDC_ECG_LEAD_V1", "-aVR" for the
+    inverted aVR of a Cabrera layout), or None for channels that are not one of the 12 (V7, V4R, pacer)."""
+    from ecgdatakit.parsing.helpers.labels import normalize_lead_label
+
+    text = label.strip()
+    if text.upper().startswith(_MDC_LEAD_PREFIX):
+        text = text[len(_MDC_LEAD_PREFIX):]
+    name = normalize_lead_label(text)
+    if name == "-aVR":
+        return name
+    return name if name in STANDARD_LEADS else None
 
 
 def _rhythm_leads(record: Any, label: str, notes: list[str]) -> tuple[dict[str, np.ndarray], int]:
@@ -238,6 +243,10 @@ def _rhythm_leads(record: Any, label: str, notes: list[str]) -> tuple[dict[str, 
         leads[name] = lead
     if skipped:
         notes.append(f"channel(s) {', '.join(skipped)} are not one of the 12 standard leads (or repeat one); left out")
+    inverted = leads.pop("-aVR", None)
+    if inverted is not None and "aVR" not in leads:
+        leads["aVR"] = dataclasses.replace(inverted, samples=-np.asarray(inverted.samples, dtype=np.float64))
+        notes.append("lead aVR taken as the negated -aVR the file stores (Cabrera layout)")
     if not leads:
         raise EcgFileError(f"{label}: none of the channels ({', '.join(lead.label for lead in record.leads[:12])}) "
                            "is a standard ECG lead")
@@ -300,9 +309,9 @@ def _restore_dicom_padding(leads: dict[str, np.ndarray], record: Any, path: Path
     for name, samples in leads.items():
         nan = np.isnan(samples)
         if nan.any():
-            lead = by_label[name]
-            value = dataclasses.replace(lead, samples=np.array([pad_code]), is_raw=True,
-                                        units="").to_physical().convert_units("mV").samples[0]
+            lead, sign = (by_label[name], 1.0) if name in by_label else (by_label["-aVR"], -1.0)
+            value = sign * dataclasses.replace(lead, samples=np.array([pad_code]), is_raw=True,
+                                               units="").to_physical().convert_units("mV").samples[0]
             samples = samples.copy()
             samples[nan] = value
             restored += int(nan.sum())
@@ -347,6 +356,18 @@ def _bridge_gaps(leads: dict[str, np.ndarray], label: str, notes: list[str]) -> 
             notes.append(f"lead {name}: {int(nan.sum())} missing samples bridged linearly")
         out[name] = samples
     return out
+
+
+def _within_rate_limit(leads: dict[str, np.ndarray], rate: int, notes: list[str]) -> tuple[dict[str, np.ndarray], int]:
+    """Recorders sampling faster than a request may be (2 kHz, 8 kHz research carts) are resampled to the limit:
+    the encoder works at far lower rates, so nothing it uses is lost."""
+    if rate <= MAX_RATE_HZ:
+        return leads, rate
+    from ecgregen.preprocess import resample  # scipy: only for such files, so a client stays light
+
+    target = int(MAX_RATE_HZ)
+    notes.append(f"resampled from {rate} Hz to {target} Hz (the most a request takes)")
+    return {name: resample(samples, rate, target) for name, samples in leads.items()}, target
 
 
 def _complete(leads: dict[str, np.ndarray], label: str, notes: list[str]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:

@@ -189,6 +189,28 @@ def test_a_recording_longer_than_a_request_needs_a_segment() -> None:
     np.testing.assert_array_equal(part.ecg.signal[:, :800], whole.ecg.signal[:, 80_000 - 37_855 * 2: 80_800 - 37_855 * 2])
 
 
+def test_a_recorder_faster_than_a_request_takes_is_resampled_to_1_khz() -> None:
+    """The EDF sample declared at 1,600 Hz (record duration halved in its header): read at 1 kHz, the same
+    23.66 s, with a warning; the signal is the original resampled (same peaks, same place)."""
+    raw = data(EDF)
+    fast = raw[:244] + f"{float(raw[244:252]) / 2:<8g}".encode() + raw[252:]
+    read = read_ecg_bytes(fast, name="fast.edf")
+    assert (read.ecg.sampling_rate_hz, read.ecg.duration_s) == (1000.0, pytest.approx(23.66, abs=1e-3))
+    assert read.warnings == ("resampled from 1600 Hz to 1000 Hz (the most a request takes)",)
+    original = read_ecg_file(FORMATS / EDF).ecg.signal[0]
+    peak = int(np.argmax(original[: 37_855]))
+    assert abs(int(np.argmax(read.ecg.signal[0])) - round(peak * 1000 / 1600)) <= 2
+
+
+def test_an_inverted_avr_is_taken_back_and_said() -> None:
+    """The aECG sample with its aVR coded as "-aVR" (a Cabrera layout stores the inverted lead): aVR is its negation,
+    with a warning."""
+    cabrera = data(AECG).replace(b'code="MDC_ECG_LEAD_AVR"', b'code="MDC_ECG_LEAD_-aVR"')
+    read = read_ecg_bytes(cabrera)
+    np.testing.assert_array_equal(read.ecg.signal[3], -read_ecg_bytes(data(AECG)).ecg.signal[3])
+    assert read.warnings == ("lead aVR taken as the negated -aVR the file stores (Cabrera layout)",)
+
+
 def test_a_format_hint_is_checked_against_the_content() -> None:
     """A hint that names the content's format is accepted; another one, an unknown one or WFDB is refused."""
     assert read_ecg_bytes(data(SCP), format_hint="scp").metadata.format_key == "scp_ecg"
