@@ -181,8 +181,9 @@ def test_score_reports_needs_both_code_lists() -> None:
 
 @needs_java
 def test_one_meteor_session_scores_each_corpus_as_its_own_jvm_would(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Two corpora scored in one `meteor_session` (one JVM, as `evaluate report` scores its five methods) get the
-    scores each gets in a JVM of its own; the session's JVM is ended on leaving."""
+    """Two corpora scored in one `meteor_session` (one JVM, as `evaluate report` scores its five methods): the
+    second, the known pair above, still gets its hand-computed score 0.454034 (what a JVM of its own gives), the
+    first a score of its own; one JVM is started and it is ended on leaving."""
     started: list[tm._Meteor] = []
     init = tm._Meteor.__init__
 
@@ -191,15 +192,10 @@ def test_one_meteor_session_scores_each_corpus_as_its_own_jvm_would(monkeypatch:
         started.append(self)
 
     monkeypatch.setattr(tm._Meteor, "__init__", recording_init)
-    corpora = [
-        (["sinusrhythmus linkstyp sonst normales ekg", "vorhofflimmern mit schneller ueberleitung"],
-         ["sinusrhythmus normales ekg", "vorhofflimmern"]),
-        (["sinus rhythm left axis deviation", "inferior infarct age undetermined"],
-         ["sinus rhythm", "old inferior infarct"]),
-    ]
-    alone = [tm._meteor_score(refs, hyps) for refs, hyps in corpora]
-    assert len(started) == 2
     with tm.meteor_session():
-        shared = [tm._meteor_score(refs, hyps) for refs, hyps in corpora]
-    assert len(started) == 3 and shared == alone and 0 < alone[1] < 1 and alone[0] != alone[1]
-    assert started[-1].meteor_p.poll() is not None
+        first = tm._meteor_score(["sinus rhythm left axis deviation", "inferior infarct age undetermined"],
+                                 ["sinus rhythm", "old inferior infarct"])
+        known = tm._meteor_score(["sinusrhythmus linkstyp sonst normales ekg unbestätigter bericht"],
+                                 ["sinusrhythmus linkstyp sonst normales ekg bericht"])
+    assert len(started) == 1 and started[0].meteor_p.poll() is not None
+    assert known == pytest.approx(0.454034, abs=1e-5) and 0 < first < 1 and first != known
