@@ -173,7 +173,8 @@ def test_served_diagnoses_and_reports_beat_the_baselines_on_held_out_fold(shared
 def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_path: Path) -> None:
     """Questions generated about the demo fold 9, answered by the labels answerer: every generated question is
     counted once (per type, per template, per answer source, for ours and the majority baseline alike), scores
-    lie in [0, 1], and fold 9's split equals the whole (the only fold asked about)."""
+    lie in [0, 1], and fold 9's split equals the whole (the only fold asked about); then by an LLM endpoint whose
+    prompts carry the diagnoses, its out-of-options replies counted as label fallbacks."""
     out = tmp_path / "generated.json"
     run("qa-generate", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--out", str(out))
     questions = json.loads(out.read_text())
@@ -193,10 +194,25 @@ def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_pa
     assert sum(s["n"] for s in result["by_template"].values()) == sum(result["answered_from"].values()) == len(questions)
     assert result["by_fold"] == {"9": {"by_type": result["by_type"], "majority": result["majority"]}}
 
+    # The LLM answerer against an endpoint (scripted: it answers "yes" to everything), on the same cached index.
+    with ScriptedLlm() as llm:
+        run("evaluate", "qa", "--ptbxl", str(DEMO_PTBXL), "--questions", str(out), "--index-folds", "1-8",
+            "--data-dir", str(eval_dir), "--json", str(tmp_path / "llm.json"), "--answerer", "llm",
+            "--llm-base-url", llm.base_url, "--llm-model", "scripted")
+        prompts = [r["messages"][1]["content"] for r in llm.requests]
+    result = json.loads((tmp_path / "llm.json").read_text())
+    n = len(questions)
+    assert result["n"] == n and len(prompts) == n and result["llm"]["model"] == "scripted"
+    # "yes" is an option of verify questions only; the others fall back to the label answer, and are counted.
+    verify = result["by_type"]["single-verify"]["n"]
+    assert result["answered_from"] == {"llm": verify, "fallback:out_of_options": n - verify}
+    assert all(p.startswith("Question Specific Prompt: ") and "\nOptions: " in p for p in prompts)
+    assert all("Predicted diagnoses" in p for p in prompts)
+
 
 def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Path) -> None:
     """The real ECG-QA questions about fold 9, answered from diagnoses calibrated on fold 8 (never on the
-    question's fold), with the folds recorded; then by an LLM endpoint whose prompts carry the diagnoses."""
+    question's fold), with the folds recorded (the LLM answerer is checked on generated questions, above)."""
     root = shared_ptbxl()
     if not ECGQA_SAMPLE.exists():
         pytest.skip(f"ECG-QA questions not found at {ECGQA_SAMPLE}")
@@ -218,15 +234,3 @@ def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Pa
     right_of = Counter(type_of[a["question_id"], a["ecg_id"]] for a in answers if set(a["predicted"]) == set(a["answer"]))
     assert result["by_type"] == {t: {"n": n, "exact_match": round(right_of[t] / n, 4)} for t, n in sorted(rows_of.items())}
 
-    # The LLM answerer against an endpoint (scripted: it answers "yes" to everything), on the same cached index.
-    with ScriptedLlm() as llm:
-        run(*common, "--json", str(tmp_path / "llm.json"), "--answerer", "llm", "--llm-base-url", llm.base_url,
-            "--llm-model", "scripted")
-        prompts = [r["messages"][1]["content"] for r in llm.requests]
-    result = json.loads((tmp_path / "llm.json").read_text())
-    assert result["n"] == 22 and len(prompts) == 22 and result["llm"]["model"] == "scripted"
-    # "yes" is an option of verify questions only; the others fall back to the label answer, and are counted.
-    verify = result["by_type"]["single-verify"]["n"]
-    assert result["answered_from"] == {"llm": verify, "fallback:out_of_options": 22 - verify}
-    assert all(p.startswith("Question Specific Prompt: ") and "\nOptions: " in p for p in prompts)
-    assert all("Predicted diagnoses" in p for p in prompts)
