@@ -1,6 +1,6 @@
 """The ``ecgregen.v1.EcgReGen`` gRPC service on grpc.aio.
 
-Handlers only translate: proto -> domain (validation), the blocking pipeline in a worker thread (numpy, torch
+Handlers only translate: proto -> domain (validation: :mod:`ecgregen.server.requests`), the blocking pipeline in a worker thread (numpy, torch
 and the store must not block the event loop), domain -> proto. Errors of the domain become gRPC status codes in
 one place, :func:`rpc`, which also records the per-RPC metrics.
 """
@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import inspect
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ecgregen import __version__
-from ecgregen.api_values import Answerer, FallbackReason, QuestionType, StreamErrorCode, StreamWarningCode
+from ecgregen.api_values import Answerer, FallbackReason, StreamErrorCode, StreamWarningCode
 from ecgregen.ecg import STANDARD_LEADS, EcgInputError
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
@@ -52,6 +51,14 @@ from ecgregen.pipeline import (
     RetrievalPipeline,
     new_batch_id,
 )
+from ecgregen.server.requests import (
+    check_batch_id,
+    check_hnsw_ef,
+    check_question,
+    off_loop_if_file,
+    parse_query,
+    with_file,
+)
 from ecgregen.server.security import AuditLog
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
@@ -61,28 +68,19 @@ from ecgregen.server.streaming import (
     WindowBatcher,
     parse_config,
 )
-from ecgregen.store import SearchFilter, StoreError, StoreStats, StoreUnsupported
+from ecgregen.store import StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import (
     DEFAULT_SOURCE,
-    ReceivedEcg,
     diagnosis_to_proto,
-    file_info_to_proto,
-    filter_from_proto,
     neighbour_to_proto,
-    received_ecg,
     record_from_proto,
 )
 
 log = logging.getLogger("ecgregen.server")
 
 INSERT_BATCH = 64
-MAX_HNSW_EF = 4096
-BATCH_ID = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
-MAX_QUESTION_CHARS = 2000
-MAX_OPTIONS = 100
-MAX_OPTION_CHARS = 200
 
 Handler = TypeVar("Handler", bound=Callable[..., Awaitable[Any]])
 
@@ -159,14 +157,6 @@ def rpc(handler: Handler) -> Handler:
     return wrapper  # type: ignore[return-value]
 
 
-def check_k(k: int, default: int) -> int:
-    if k == 0:
-        return default
-    if k > MAX_K:
-        raise EcgInputError(f"k must be between 1 and {MAX_K}, got {k}")
-    return k
-
-
 def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     s = retrieval.seconds
     return pb.StageLatency(
@@ -194,46 +184,6 @@ def stats_proto(stats: StoreStats) -> pb.CorpusStats:
         engine=stats.engine, status=stats.status, optimizer=stats.optimizer, segments=stats.segments,
         index=pb.IndexSettings(**dataclasses.asdict(stats.index)),
     )
-
-
-def check_hnsw_ef(hnsw_ef: int) -> int | None:
-    if hnsw_ef > MAX_HNSW_EF:
-        raise EcgInputError(f"hnsw_ef must be at most {MAX_HNSW_EF}, got {hnsw_ef}")
-    return hnsw_ef or None
-
-
-def check_batch_id(batch_id: str) -> str:
-    if not BATCH_ID.fullmatch(batch_id):
-        raise EcgInputError(f"batch_id {batch_id[:80]!r} must be 1-64 letters, digits, '-', '_', '.' or ':'")
-    return batch_id
-
-
-async def parse_query(request: Any, default_k: int) -> tuple[ReceivedEcg, int, SearchFilter | None]:
-    """The ECG (samples, or a file read off the event loop), k and filter every query request carries, checked."""
-    k, filt = check_k(request.k, default_k), filter_from_proto(request.filter)
-    received = await asyncio.to_thread(received_ecg, request) if request.HasField("ecg_file") else received_ecg(request)
-    return received, k, filt
-
-
-def with_file(retrieval: Retrieval, received: ReceivedEcg) -> dict[str, Any]:
-    """A response's fields for a file-borne ECG: what reading the file said comes first among the warnings."""
-    retrieval.warnings[:0] = received.warnings
-    return {"source_file": file_info_to_proto(received.file)}
-
-
-def check_question(request: pb.AnswerQuestionRequest) -> tuple[str, list[str], str]:
-    """Question, options and question type, bounded: the question reaches an LLM prompt."""
-    question = request.question.strip()
-    if not question:
-        raise EcgInputError("question is empty")
-    if len(question) > MAX_QUESTION_CHARS:
-        raise EcgInputError(f"question is {len(question)} characters; at most {MAX_QUESTION_CHARS}")
-    options = [o.strip() for o in request.options if o.strip()]
-    if len(options) > MAX_OPTIONS or any(len(o) > MAX_OPTION_CHARS for o in options):
-        raise EcgInputError(f"at most {MAX_OPTIONS} options of at most {MAX_OPTION_CHARS} characters each")
-    if request.question_type and request.question_type not in list(QuestionType):
-        raise EcgInputError(f"unknown question_type {request.question_type!r}; one of {', '.join(QuestionType)}")
-    return question, options, request.question_type
 
 
 @dataclass
@@ -413,9 +363,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             try:
                 if not message.HasField("record"):
                     raise EcgInputError("message has no record")
-                record = message.record
-                batch.append((index, await asyncio.to_thread(record_from_proto, record)
-                              if record.HasField("ecg_file") else record_from_proto(record)))
+                batch.append((index, await off_loop_if_file(record_from_proto, message.record)))
             except EcgInputError as exc:
                 rejections.append(pb.Rejection(index=index, ecg_id=message.record.ecg_id, reason=str(exc)))
                 RECORDS_WRITTEN.labels("rejected").inc()
