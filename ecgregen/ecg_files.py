@@ -116,7 +116,7 @@ def read_ecg_file(path: str | Path, *, format_hint: str = "", start_s: float = 0
     if not path.is_file():
         raise EcgFileError(f"{path}: no such file")
     size = path.stat().st_size
-    _check_size(path.name, size)
+    check_file_size(path.name, size)
     return _read(path, path.name, format_hint, start_s, seconds, include_patient)
 
 
@@ -124,14 +124,15 @@ def read_ecg_bytes(content: bytes, *, name: str = "", format_hint: str = "", sta
                    seconds: float = 0.0, include_patient: bool = False) -> EcgFromFile:
     """The same for a file's bytes as they arrived (a gateway forwarding an export); `name` is for messages."""
     label = Path(name).name or "the file"
-    _check_size(label, len(content))
+    check_file_size(label, len(content))
     with tempfile.TemporaryDirectory(prefix="ecgregen-file-") as tmp:
         path = Path(tmp) / "upload"  # formats are detected from the content, never from a caller's name
         path.write_bytes(content)
         return _read(path, label, format_hint, start_s, seconds, include_patient)
 
 
-def _check_size(label: str, size: int) -> None:
+def check_file_size(label: str, size: int) -> None:
+    """Empty and oversized files are refused before anything reads them (a client checks before sending)."""
     if size == 0:
         raise EcgFileError(f"{label}: the file is empty")
     if size > MAX_FILE_BYTES:

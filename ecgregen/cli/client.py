@@ -114,7 +114,7 @@ def read_record(path: str) -> tuple[pb.Ecg, WfdbSignal]:
 
 def ecg_message(path: str, args: argparse.Namespace) -> pb.Ecg | pb.EcgFile:
     """What to send for `path`: a WFDB record's samples, or any other file's bytes for the server to read."""
-    from ecgregen.ecg_files import MAX_FILE_BYTES, is_wfdb
+    from ecgregen.ecg_files import check_file_size, is_wfdb
 
     if is_wfdb(path):
         if args.start or args.seconds:
@@ -125,9 +125,7 @@ def ecg_message(path: str, args: argparse.Namespace) -> pb.Ecg | pb.EcgFile:
     file = Path(path)
     if not file.is_file():
         raise ClientError(f"{path}: no such file (nor a WFDB record {path}.hea)")
-    if file.stat().st_size > MAX_FILE_BYTES:
-        raise ClientError(f"{path}: {file.stat().st_size / 2**20:.1f} MB; the server reads files of at most "
-                          f"{MAX_FILE_BYTES // 2**20} MB")
+    check_file_size(path, file.stat().st_size)
     return pb.EcgFile(content=file.read_bytes(), name=file.name, format_hint=args.format_hint, start_s=args.start,
                       duration_s=args.seconds)
 
@@ -151,12 +149,14 @@ def output_format(args: argparse.Namespace) -> str:
     return "json" if args.json else args.format or "text"
 
 
-def fhir_bundle(args: argparse.Namespace, result: dict, question: str | None = None) -> dict:
-    """The answer as a FHIR R4 Bundle, with the ECG as an Observation and the server's encoder/corpus as Device."""
+def fhir_bundle(args: argparse.Namespace, result: dict, local: tuple[Ecg, dict | None],
+                question: str | None = None) -> dict:
+    """The answer as a FHIR R4 Bundle, with the ECG (`local`, from :func:`local_ecg`) as an Observation and the
+    server's encoder/corpus as Device."""
     from ecgregen import client
     from ecgregen.fhir import answer_bundle, report_bundle
 
-    ecg, source = local_ecg(args.record, args)
+    ecg, source = local
     server = client.info(args.server)
     if question is None:
         return report_bundle(result, ecg=ecg, source=source, server=server)
@@ -177,17 +177,18 @@ def run_report(args: argparse.Namespace) -> None:
     )
     if streaming:
         print("\n")
+    local = local_ecg(args.record, args) if args.plot or fmt == "fhir" else None  # read here once, for both
     if args.plot:
         from ecgregen.cli.report_plot import plot_report
         from ecgregen.ecg import STANDARD_LEADS
         from ecgregen.records import WfdbSignal
 
-        signal, _ = local_ecg(args.record, args)
+        signal = local[0]
         raw = WfdbSignal(signal.signal.astype("float64"), signal.sampling_rate_hz, list(STANDARD_LEADS),
                          ["mV"] * len(STANDARD_LEADS))
         plot_report(raw, Path(args.record).name, result, args.ptbxl, args.plot)
     if fmt == "fhir":
-        print(client.dumps(fhir_bundle(args, result)))
+        print(client.dumps(fhir_bundle(args, result, local)))
         return
     print(client.dumps(result) if fmt == "json" else client.format_report(result))
     if args.plot and fmt == "text":
@@ -202,7 +203,7 @@ def run_ask(args: argparse.Namespace) -> None:
     result = client.ask(args.server, ecg_message(args.record, args), args.question, options, args.answerer, args.k,
                         args.question_type)
     if fmt == "fhir":
-        print(client.dumps(fhir_bundle(args, result, args.question)))
+        print(client.dumps(fhir_bundle(args, result, local_ecg(args.record, args), args.question)))
         return
     print(client.dumps(result) if fmt == "json" else client.format_answer(result))
 
