@@ -1,0 +1,211 @@
+"""The representative (median) beat and its global fiducials, as carts measure them.
+
+QRS onset/offset come from the spatial velocity of all usable independent leads (I, II, V1-V6) - the earliest
+onset and the latest offset over the leads at once, which no single lead's delineation gives (a single-lead DWT
+delineation put QRS up to 100 ms off the carts on the format files). P onset/offset and T end come from the
+spatial magnitude of the same leads, measured against the level at QRS onset (the isoelectric reference carts
+use); T end by the tangent at the steepest descent of the T wave. Axes come from the net areas of the six limb
+leads (a least-squares fit of the frontal-plane vector, so one noisy limb lead does not decide it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS
+from ecgregen.measure.signal import MEASURE_RATE_HZ, filtered, samples_of
+from ecgregen.preprocess import resample
+
+INDEPENDENT = np.array([STANDARD_LEADS.index(n) for n in ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")])
+LIMB = np.array([STANDARD_LEADS.index(n) for n in ("I", "II", "III", "aVR", "aVL", "aVF")])
+# Frontal-plane direction (degrees) and gain of each limb lead (augmented leads see sqrt(3)/2 of the vector).
+_LIMB_ANGLES = np.radians([0.0, 60.0, 120.0, -150.0, -30.0, 90.0])
+_LIMB_GAINS = np.array([1.0, 1.0, 1.0, np.sqrt(3) / 2, np.sqrt(3) / 2, np.sqrt(3) / 2])
+
+# Threshold of the spatial velocity, as a share of its QRS peak above its resting level.
+QRS_ONSET_SHARE = 0.03
+QRS_OFFSET_SHARE = 0.06
+# The velocity must stay below the threshold this long for the QRS to have begun / ended.
+QRS_QUIET_MS = 10.0
+# P onset / offset: where the P wave's magnitude falls to this share of its peak above the floor.
+P_EDGE_SHARE = 0.3
+# A P wave is there when its magnitude reaches this share of the QRS's.
+P_MIN_SHARE = 0.04
+# ... and the P waves of single beats resemble the median's (median correlation).
+P_CONSISTENCY = 0.45
+# T end is only trusted when the T wave rises this many times above the level after it.
+T_MIN_RATIO = 2.0
+
+
+@dataclass(frozen=True)
+class Delineation:
+    """Fiducials (samples of the median beat at :data:`MEASURE_RATE_HZ`) and what could not be found, and why."""
+
+    beat: np.ndarray  # (12, L) at MEASURE_RATE_HZ, baseline (QRS onset level) at 0
+    r_index: int
+    points: dict[str, int]
+    missing: dict[str, str]
+    p_magnitude_share: float  # the P wave's magnitude / the QRS's (0 when no P window)
+
+
+def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_samples: float,
+                rate_hz: float) -> tuple[np.ndarray, int, np.ndarray] | None:
+    """The median of the dominant beats' windows, (12, L) at `rate_hz`, its R sample, and the windows used.
+
+    The window spans 0.5 RR (at most 400 ms) before the QRS peak and 0.8 RR (at most 700 ms) after it; beats whose
+    window runs past the recording are left out. None when no beat fits.
+    """
+    pre = int(min(samples_of(400, rate_hz), 0.5 * rr_samples))
+    post = int(min(samples_of(700, rate_hz), 0.8 * rr_samples))
+    use = peaks[dominant]
+    use = use[(use - pre >= 0) & (use + post < x.shape[1])]
+    if use.size == 0:
+        return None
+    idx = use[:, None] + np.arange(-pre, post + 1)[None, :]
+    windows = np.transpose(x[:, idx], (1, 0, 2))  # (beats, leads, L)
+    return np.median(windows, axis=0), pre, windows
+
+
+def _quiet_crossing(v: np.ndarray, start: int, stop: int, threshold: float, quiet: int) -> int | None:
+    """First sample from `start` towards `stop` (either direction) after which `v` stays below `threshold` for
+    `quiet` samples."""
+    step = 1 if stop >= start else -1
+    run = 0
+    for i in range(start, stop, step):
+        run = run + 1 if v[i] < threshold else 0
+        if run >= quiet:
+            return i - step * (quiet - 1)
+    return None
+
+
+def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float,
+              windows: np.ndarray) -> Delineation:
+    """Global fiducials of a median beat given at `rate_hz` (interpolated to 500 Hz first when slower)."""
+    if rate_hz != MEASURE_RATE_HZ:
+        beat = resample(beat, rate_hz, MEASURE_RATE_HZ)
+        r_index = int(round(r_index * MEASURE_RATE_HZ / rate_hz))
+    fs = MEASURE_RATE_HZ
+    length = beat.shape[1]
+    leads = INDEPENDENT[usable[INDEPENDENT]]
+    if leads.size == 0:
+        leads = np.flatnonzero(usable)
+    missing: dict[str, str] = {}
+    points: dict[str, int] = {}
+    smooth = filtered(beat, fs, None, 45.0)
+    velocity = np.sqrt((np.gradient(smooth[leads], axis=1) ** 2).sum(axis=0))
+    near = samples_of(60, fs)
+    lo, hi = max(0, r_index - near), min(length, r_index + near + 1)
+    peak = lo + int(np.argmax(velocity[lo:hi]))
+    rest = float(np.percentile(velocity, 10))
+    top = float(velocity[peak])
+    quiet = samples_of(QRS_QUIET_MS, fs)
+    onset = _quiet_crossing(velocity, peak, 0, rest + QRS_ONSET_SHARE * (top - rest), quiet)
+    offset = _quiet_crossing(velocity, peak, length, rest + QRS_OFFSET_SHARE * (top - rest), quiet)
+    if onset is None or offset is None:
+        return Delineation(beat, r_index, points, {"qrs_duration_ms": "QRS onset or offset not found"}, 0.0)
+    points["qrs_onset"], points["qrs_offset"] = onset, offset
+    reference = smooth[:, max(0, onset - samples_of(10, fs)): onset + 1].mean(axis=1, keepdims=True)
+    beat = beat - reference
+    slow = filtered(smooth - reference, fs, None, 20.0)
+    magnitude = np.sqrt((slow[leads] ** 2).sum(axis=0))
+    qrs_size = float(magnitude[onset: offset + 1].max())
+    _find_t_end(magnitude, onset, offset, r_index, length, fs, points, missing)
+    share = _find_p(slow[leads], windows[:, leads], onset, rate_hz, fs, qrs_size, points, missing)
+    return Delineation(beat, r_index, points, missing, share)
+
+
+def _find_t_end(magnitude: np.ndarray, onset: int, offset: int, r_index: int, length: int, fs: float,
+                points: dict[str, int], missing: dict[str, str]) -> None:
+    """T end by the tangent at the steepest descent after the T peak, down to the level that follows the T wave."""
+    start = offset + samples_of(40, fs)
+    stop = min(length, onset + samples_of(650, fs))
+    if stop - start < samples_of(80, fs):
+        missing["qt_interval_ms"] = "T end not found (beat too short to hold the T wave)"
+        return
+    t_peak = start + int(np.argmax(magnitude[start:stop]))
+    slope = np.gradient(magnitude)
+    if stop - t_peak < 3:
+        missing["qt_interval_ms"] = "T end not found (T wave runs past the beat)"
+        return
+    steepest = t_peak + int(np.argmin(slope[t_peak:stop]))
+    floor = float(magnitude[steepest:stop].min())
+    if slope[steepest] >= 0 or magnitude[t_peak] < T_MIN_RATIO * max(floor, 1e-12):
+        missing["qt_interval_ms"] = "T end not found (no T wave above the noise)"
+        return
+    # The tangent meets the isoelectric level (0: the level at QRS onset), as the tangent method defines it.
+    end = steepest - magnitude[steepest] / slope[steepest]
+    if not steepest <= end < length:
+        missing["qt_interval_ms"] = "T end not found"
+        return
+    points["t_end"] = int(round(end))
+
+
+def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, fs: float, qrs_size: float,
+            points: dict[str, int], missing: dict[str, str]) -> float:
+    """P onset/offset on the median beat when a P wave is there: big enough and the same from beat to beat."""
+    start, stop = max(0, onset - samples_of(300, fs)), onset - samples_of(20, fs)
+    if stop - start < samples_of(60, fs):
+        missing["pr_interval_ms"] = "no P waves (the beat leaves no room before the QRS)"
+        return 0.0
+    # Against the line from the window's start to QRS onset: the level before the P wave may differ from the
+    # level at QRS onset (slow drift, the previous T wave's tail), which would otherwise read as P wave.
+    head = slow[:, start: start + samples_of(10, fs)].mean(axis=1, keepdims=True)
+    ramp = np.linspace(0.0, 1.0, onset - start + 1)[None, :]
+    detrended = slow[:, start: onset + 1] - head * (1.0 - ramp)
+    magnitude = np.concatenate([np.zeros(start), np.sqrt((detrended**2).sum(axis=0))])
+    p_peak = start + int(np.argmax(magnitude[start:stop]))
+    floor = float(magnitude[start: p_peak + 1].min())
+    size = float(magnitude[p_peak]) - floor
+    share = size / max(qrs_size, 1e-12)
+    consistent = _p_consistency(windows, start, stop, rate_hz / fs)
+    if share < P_MIN_SHARE or consistent < P_CONSISTENCY:
+        missing["pr_interval_ms"] = "no P waves"
+        return share
+    # Edges by slope: the P wave's velocity falls to P_EDGE_SHARE of its up- and downstroke's peaks. Slopes do not
+    # see the level offsets (drift, the previous T wave's tail) that thresholds on the magnitude would.
+    velocity = np.sqrt((np.gradient(slow, axis=1) ** 2).sum(axis=0))
+    reach = samples_of(80, fs)  # a P wave's half is shorter than this
+    first = max(start, p_peak - reach)
+    up = first + int(np.argmax(velocity[first: p_peak + 1]))
+    down = p_peak + int(np.argmax(velocity[p_peak: max(p_peak + 1, min(stop, p_peak + reach))]))
+    before = np.flatnonzero(velocity[start:up] < P_EDGE_SHARE * velocity[up])
+    after = np.flatnonzero(velocity[down:onset] < P_EDGE_SHARE * velocity[down])
+    if before.size == 0 or after.size == 0:
+        missing["pr_interval_ms"] = "P wave edges not found"
+        return share
+    points["p_onset"] = start + int(before[-1])
+    points["p_offset"] = down + int(after[0])
+    return share
+
+
+def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> float:
+    """Median correlation of single beats' P windows with their median (1.0 with fewer than 3 beats).
+
+    `windows` are the beats (beats, leads, samples) at the recording's rate, `scale` that rate / the median beat's.
+    Sinus P waves repeat from beat to beat; AF's fibrillation waves do not, and their median is a small smear.
+    """
+    if windows.shape[0] < 3:
+        return 1.0
+    a = int(start * scale)
+    b = max(a + 2, int(stop * scale))
+    single = windows[:, :, a:b]
+    single = single - single.mean(axis=2, keepdims=True)
+    t = np.median(single, axis=0).ravel()
+    s = single.reshape(single.shape[0], -1)
+    corr = s @ t / (np.linalg.norm(s, axis=1) * (np.linalg.norm(t) or 1.0) + 1e-12)
+    return float(np.median(corr))
+
+
+def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) -> float | None:
+    """Frontal-plane axis (degrees) of the net areas of the usable limb leads between two samples."""
+    leads = [i for i, lead in enumerate(LIMB) if usable[lead]]
+    if len(leads) < 2 or stop <= start:
+        return None
+    areas = beat[LIMB[leads], start: stop + 1].sum(axis=1)
+    design = _LIMB_GAINS[leads, None] * np.stack([np.cos(_LIMB_ANGLES[leads]), np.sin(_LIMB_ANGLES[leads])], axis=1)
+    (hx, hy), *_ = np.linalg.lstsq(design, areas, rcond=None)
+    if np.hypot(hx, hy) == 0:
+        return None
+    return float(np.degrees(np.arctan2(hy, hx)))

@@ -1,0 +1,64 @@
+"""The measuring rate and the few zero-phase filters every part of the stage shares.
+
+Carts measure at 500 Hz: intervals need a few milliseconds of resolution (the encoder's 100 Hz is too coarse for
+QRS onset and offset). A faster recording is brought down to 500 Hz; a slower one is measured at its own rate
+(upsampling adds no information to the detection), and only its median beat is interpolated to 500 Hz for the
+fiducials (:mod:`ecgregen.measure.delineate`).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+from scipy import signal as sps
+
+from ecgregen.preprocess import resample
+
+MEASURE_RATE_HZ = 500.0
+
+
+def working_signal(x: np.ndarray, rate_hz: float) -> tuple[np.ndarray, float]:
+    """(12, n) float64 at the measuring rate: 500 Hz, or the recording's own rate when that is lower."""
+    if rate_hz > MEASURE_RATE_HZ:
+        return resample(x.astype(np.float64), rate_hz, MEASURE_RATE_HZ), MEASURE_RATE_HZ
+    return x.astype(np.float64), float(rate_hz)
+
+
+@lru_cache(maxsize=64)
+def _sos(rate_hz: float, low: float | None, high: float | None, order: int) -> np.ndarray:
+    nyquist = rate_hz / 2.0
+    if high is not None:
+        high = min(high, 0.9 * nyquist)
+    if low is not None and high is not None:
+        return sps.butter(order, [low / nyquist, high / nyquist], btype="bandpass", output="sos")
+    if low is not None:
+        return sps.butter(order, low / nyquist, btype="highpass", output="sos")
+    return sps.butter(order, high / nyquist, btype="lowpass", output="sos")
+
+
+def filtered(x: np.ndarray, rate_hz: float, low: float | None = None, high: float | None = None,
+             order: int = 2) -> np.ndarray:
+    """Zero-phase Butterworth along the last axis (so fiducials keep their place); short signals are padded less."""
+    pad = min(x.shape[-1] - 1, 3 * (2 * order + 1) * 4)
+    return sps.sosfiltfilt(_sos(float(rate_hz), low, high, order), x, axis=-1, padlen=pad)
+
+
+def moving_average(x: np.ndarray, width: int) -> np.ndarray:
+    """Centred moving average along the last axis (same length), by cumulative sums."""
+    width = max(1, int(width))
+    if width == 1:
+        return x
+    pad = width // 2
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, width - 1 - pad)], mode="edge")
+    c = np.cumsum(padded, axis=-1)
+    c = np.concatenate([np.zeros(c.shape[:-1] + (1,)), c], axis=-1)
+    return (c[..., width:] - c[..., :-width]) / width
+
+
+def ms(samples: float, rate_hz: float) -> float:
+    return samples * 1000.0 / rate_hz
+
+
+def samples_of(milliseconds: float, rate_hz: float) -> int:
+    return int(round(milliseconds * rate_hz / 1000.0))

@@ -1,0 +1,180 @@
+"""``measure(ecg)``: quality -> beats -> rhythm -> median beat -> fiducials -> intervals and axes.
+
+Every value is computed from the samples; one that cannot be measured is left out with its reason
+(:class:`ecgregen.measure.types.Measurements`). Works on any length the service accepts (2-300 s, stream windows
+included) and any rate from 50 Hz to 1 kHz.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.measure.beats import Beats, classify_beats, detect_qrs, rr_irregularity
+from ecgregen.measure.delineate import LIMB, MEASURE_RATE_HZ, delineate, frontal_axis, median_beat
+from ecgregen.measure.quality import dead_leads, noise_flags
+from ecgregen.measure.signal import filtered, ms, working_signal
+from ecgregen.measure.types import (
+    BeatOrigin,
+    Measurements,
+    MedianBeat,
+    PrematureBeat,
+    QualityFlag,
+    Rhythm,
+)
+
+# RR irregularity (median |successive difference| / median RR) above which the rhythm is irregular.
+IRREGULAR = 0.08
+# Sinus arrhythmia: P waves, not irregular beat to beat, but the RR range exceeds this share of the median RR.
+SINUS_ARRHYTHMIA_RANGE = 0.16
+BRADYCARDIA_BPM = 60.0
+TACHYCARDIA_BPM = 100.0
+
+
+def _lead_list(leads: list[str]) -> str:
+    """'V1-V6' for a run of chest leads, else the names joined."""
+    chest = [f"V{i}" for i in range(1, 7)]
+    if leads == chest:
+        return "V1-V6"
+    return ", ".join(leads)
+
+
+def measure(ecg: Ecg) -> Measurements:
+    """Measure one ECG. Never raises for a poor signal: what cannot be measured is absent with its reason."""
+    x, fs = working_signal(ecg.signal, ecg.sampling_rate_hz)
+    flags, usable, amplitude = dead_leads(x, fs)
+    missing: dict[str, str] = {}
+    dead = [lead for lead in STANDARD_LEADS if QualityFlag.LEAD_OFF in flags[lead] or QualityFlag.FLAT in flags[lead]]
+    if not usable.any():
+        reason = "no lead carries signal"
+        return Measurements(lead_quality=_quality(flags), missing={f: reason for f in _ALL}, measured_at_hz=fs)
+    peaks, band = detect_qrs(x, usable, fs)
+    beats = classify_beats(band, usable, peaks, fs)
+    noise_flags(x, fs, beats.peaks, amplitude, flags)
+    values: dict[str, float | None] = {}
+    if beats.peaks.size < 2:
+        for f in _RATE_FIELDS + _BEAT_FIELDS:
+            missing[f] = "too few beats" if beats.peaks.size else "no QRS complexes found"
+        return _result(values, beats, flags, missing, fs, None, None, None)
+    rr = np.diff(beats.peaks) * 1000.0 / fs
+    values.update(rr_interval_ms=float(rr.mean()), rr_min_ms=float(rr.min()), rr_max_ms=float(rr.max()))
+    values["heart_rate_bpm"] = 60000.0 / values["rr_interval_ms"]
+    irregularity = rr_irregularity(beats)
+    values["rr_irregularity"] = irregularity
+    if irregularity is None:
+        missing["rr_irregularity"] = "too few beats"
+    dominant = beats.dominant
+    if not dominant.any():
+        dominant = ~beats.other_shape if (~beats.other_shape).any() else np.ones_like(dominant)
+    rr_dominant = float(np.median(np.diff(beats.peaks))) if beats.peaks.size > 1 else fs
+    base = filtered(x, fs, 0.5, min(100.0, 0.45 * fs))
+    found = median_beat(base, beats.peaks, dominant, rr_dominant, fs)
+    if found is None:
+        for f in _BEAT_FIELDS:
+            missing[f] = "too few beats (none wholly inside the recording)"
+        return _result(values, beats, flags, missing, fs, irregularity, None, None)
+    beat, r_index, windows = found
+    d = delineate(beat, r_index, usable, fs, windows)
+    missing.update(d.missing)
+    p_present = "p_onset" in d.points
+    points_ms = {name: ms(sample - d.r_index, MEASURE_RATE_HZ) for name, sample in d.points.items()}
+    on, off = d.points.get("qrs_onset"), d.points.get("qrs_offset")
+    if on is not None and off is not None:
+        values["qrs_duration_ms"] = ms(off - on, MEASURE_RATE_HZ)
+        values["qrs_axis_deg"] = frontal_axis(d.beat, on, off, usable)
+        if "t_end" in d.points:
+            qt = ms(d.points["t_end"] - on, MEASURE_RATE_HZ)
+            rr_s = values["rr_interval_ms"] / 1000.0
+            values.update(qt_interval_ms=qt, qtc_bazett_ms=qt / np.sqrt(rr_s), qtc_fridericia_ms=qt / np.cbrt(rr_s))
+            values["t_axis_deg"] = frontal_axis(d.beat, off, d.points["t_end"], usable)
+        if p_present:
+            values["pr_interval_ms"] = ms(on - d.points["p_onset"], MEASURE_RATE_HZ)
+            values["p_duration_ms"] = ms(d.points["p_offset"] - d.points["p_onset"], MEASURE_RATE_HZ)
+            values["p_axis_deg"] = frontal_axis(d.beat, d.points["p_onset"], d.points["p_offset"], usable)
+    irregular = None if irregularity is None else irregularity > IRREGULAR
+    if not p_present and "pr_interval_ms" in missing and irregular:
+        missing["pr_interval_ms"] = "no P waves (irregular rhythm)"
+    limb_dead = [STANDARD_LEADS[i] for i in LIMB if not usable[i]]
+    for f in ("p_axis_deg", "qrs_axis_deg", "t_axis_deg"):
+        if values.get(f) is None and limb_dead:
+            missing[f] = f"limb lead(s) {', '.join(limb_dead)} unusable"
+    median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms)
+    result = _result(values, beats, flags, missing, fs, irregularity, p_present if on is not None else None, median)
+    return result
+
+
+def _rhythm(rate: float | None, irregular: bool | None, p_present: bool | None, rr_range_share: float) -> Rhythm:
+    if rate is None or irregular is None or p_present is None:
+        return Rhythm.UNDETERMINED
+    if not p_present:
+        return Rhythm.ATRIAL_FIBRILLATION if irregular else Rhythm.REGULAR_WITHOUT_P
+    if rate < BRADYCARDIA_BPM:
+        return Rhythm.SINUS_BRADYCARDIA
+    if rate > TACHYCARDIA_BPM:
+        return Rhythm.SINUS_TACHYCARDIA
+    if irregular or rr_range_share > SINUS_ARRHYTHMIA_RANGE:
+        return Rhythm.SINUS_ARRHYTHMIA
+    return Rhythm.SINUS
+
+
+def _premature(beats: Beats, fs: float, fibrillating: bool) -> tuple[PrematureBeat, ...]:
+    """Ventricular: another shape and wide (or another shape and early); supraventricular: early, usual shape -
+    not in AF, where every short RR is "early"."""
+    out = []
+    for i in range(1, beats.peaks.size):
+        coupling = ms(beats.peaks[i] - beats.peaks[i - 1], fs)
+        if beats.other_shape[i] and (beats.wide[i] or beats.premature[i]):
+            out.append(PrematureBeat(beats.peaks[i] / fs, BeatOrigin.VENTRICULAR, coupling))
+        elif beats.premature[i] and not beats.other_shape[i] and not fibrillating:
+            out.append(PrematureBeat(beats.peaks[i] / fs, BeatOrigin.SUPRAVENTRICULAR, coupling))
+    return tuple(out)
+
+
+def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag, ...]]:
+    return {lead: tuple(dict.fromkeys(flags[lead])) for lead in STANDARD_LEADS}
+
+
+def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],
+            missing: dict[str, str], fs: float, irregularity: float | None, p_present: bool | None,
+            median: MedianBeat | None) -> Measurements:
+    irregular = None if irregularity is None else irregularity > IRREGULAR
+    rate = values.get("heart_rate_bpm")
+    rr_share = 0.0
+    if rate is not None and values.get("rr_interval_ms"):
+        rr_share = (values["rr_max_ms"] - values["rr_min_ms"]) / values["rr_interval_ms"]
+        if any(beats.premature) or any(beats.other_shape):
+            rr_share = 0.0  # the range then says "ectopic beats", not sinus arrhythmia
+    rhythm = _rhythm(rate, irregular, p_present, rr_share)
+    fibrillating = rhythm is Rhythm.ATRIAL_FIBRILLATION
+    for name in _VALUE_NAMES:
+        if values.get(name) is None and name not in missing:
+            missing[name] = _derived_reason(name, missing)
+    clean = {k: (round(float(v), 1) if v is not None else None) for k, v in values.items()}
+    return Measurements(
+        **{k: v for k, v in clean.items() if k in _VALUE_NAMES}, beat_count=int(beats.peaks.size),
+        rr_irregular=irregular, p_waves_present=p_present, rhythm=rhythm,
+        premature_beats=_premature(beats, fs, fibrillating), lead_quality=_quality(flags),
+        missing={k: missing[k] for k in _VALUE_NAMES if k in missing}, measured_at_hz=MEASURE_RATE_HZ if median else fs,
+        median_beat=median,
+    )
+
+
+def _derived_reason(name: str, missing: dict[str, str]) -> str:
+    """The reason of a value that depends on another that is missing (QTc on QT, P axis on P waves, ...)."""
+    for source in _DEPENDS.get(name, ()):
+        if source in missing:
+            return missing[source]
+    return "not measurable"
+
+
+_RATE_FIELDS = ["heart_rate_bpm", "rr_interval_ms", "rr_min_ms", "rr_max_ms", "rr_irregularity"]
+_BEAT_FIELDS = ["pr_interval_ms", "p_duration_ms", "qrs_duration_ms", "qt_interval_ms", "qtc_bazett_ms",
+                "qtc_fridericia_ms", "p_axis_deg", "qrs_axis_deg", "t_axis_deg"]
+_ALL = _RATE_FIELDS + _BEAT_FIELDS
+_VALUE_NAMES = frozenset(_ALL)
+_DEPENDS = {
+    "p_duration_ms": ("pr_interval_ms",), "p_axis_deg": ("pr_interval_ms",),
+    "qt_interval_ms": ("qrs_duration_ms",), "qtc_bazett_ms": ("qt_interval_ms", "qrs_duration_ms"),
+    "qtc_fridericia_ms": ("qt_interval_ms", "qrs_duration_ms"), "t_axis_deg": ("qt_interval_ms", "qrs_duration_ms"),
+    "pr_interval_ms": ("qrs_duration_ms",), "qrs_axis_deg": ("qrs_duration_ms",),
+}
