@@ -32,9 +32,9 @@ QRS_QUIET_MS = 10.0
 # P onset / offset: where the P wave's magnitude falls to this share of its peak above the floor.
 P_EDGE_SHARE = 0.3
 # A P wave is there when its magnitude reaches this share of the QRS's.
-P_MIN_SHARE = 0.04
+P_MIN_SHARE = 0.02
 # ... and the P waves of single beats resemble the median's (median correlation).
-P_CONSISTENCY = 0.45
+P_CONSISTENCY = 0.6
 # T end is only trusted when the T wave rises this many times above the level after it.
 T_MIN_RATIO = 2.0
 
@@ -170,13 +170,15 @@ def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, f
     first = max(start, p_peak - reach)
     up = first + int(np.argmax(velocity[first: p_peak + 1]))
     down = p_peak + int(np.argmax(velocity[p_peak: max(p_peak + 1, min(stop, p_peak + reach))]))
+    # Where the velocity never falls that low (a P wave running into the QRS, or out of a T wave), the edge is its
+    # quietest point between the stroke and the QRS / the window's start.
     before = np.flatnonzero(velocity[start:up] < P_EDGE_SHARE * velocity[up])
     after = np.flatnonzero(velocity[down:onset] < P_EDGE_SHARE * velocity[down])
-    if before.size == 0 or after.size == 0:
+    if up <= start or down >= onset:
         missing["pr_interval_ms"] = "P wave edges not found"
         return share
-    points["p_onset"] = start + int(before[-1])
-    points["p_offset"] = down + int(after[0])
+    points["p_onset"] = start + int(before[-1] if before.size else np.argmin(velocity[start:up]))
+    points["p_offset"] = down + int(after[0] if after.size else np.argmin(velocity[down:onset]))
     return share
 
 
@@ -199,13 +201,27 @@ def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> 
 
 
 def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) -> float | None:
-    """Frontal-plane axis (degrees) of the net areas of the usable limb leads between two samples."""
-    leads = [i for i, lead in enumerate(LIMB) if usable[lead]]
-    if len(leads) < 2 or stop <= start:
+    """Frontal-plane axis (degrees) of the net areas of the limb leads between two samples.
+
+    From leads I and II when both are usable: every other limb lead is a combination of them in a real recording,
+    and the -30 and +90 degree borders (left axis, right axis) are then where II or I changes sign, which stays
+    true when leads were rescaled one by one (PTB-XL's z-scored records). Otherwise a least-squares fit of the
+    usable limb leads.
+    """
+    i, ii = STANDARD_LEADS.index("I"), STANDARD_LEADS.index("II")
+    if stop <= start:
         return None
-    areas = beat[LIMB[leads], start: stop + 1].sum(axis=1)
-    design = _LIMB_GAINS[leads, None] * np.stack([np.cos(_LIMB_ANGLES[leads]), np.sin(_LIMB_ANGLES[leads])], axis=1)
-    (hx, hy), *_ = np.linalg.lstsq(design, areas, rcond=None)
+    if usable[i] and usable[ii]:
+        lead_i, lead_ii = beat[[i, ii], start: stop + 1].sum(axis=1)
+        hx, hy = lead_i, (lead_ii - 0.5 * lead_i) / (np.sqrt(3) / 2)
+    else:
+        leads = [k for k, lead in enumerate(LIMB) if usable[lead]]
+        if len(leads) < 2:
+            return None
+        areas = beat[LIMB[leads], start: stop + 1].sum(axis=1)
+        design = _LIMB_GAINS[leads, None] * np.stack([np.cos(_LIMB_ANGLES[leads]), np.sin(_LIMB_ANGLES[leads])],
+                                                     axis=1)
+        (hx, hy), *_ = np.linalg.lstsq(design, areas, rcond=None)
     if np.hypot(hx, hy) == 0:
         return None
     return float(np.degrees(np.arctan2(hy, hx)))
