@@ -1,4 +1,4 @@
-"""The SCP-ECG rhythm and axis statements a measurement implies, by PTB-XL's conventions.
+"""The SCP-ECG rhythm statements and the axis classes a measurement implies, by PTB-XL's conventions.
 
 :class:`~ecgregen.measure.types.Rhythm` follows the clinical definitions (bradycardia below 60 bpm). PTB-XL's
 cardiologists and cart coded SBRAD only well below that: on folds 1-8 the SBRAD ECGs' median rate is 49 bpm and
@@ -47,8 +47,3 @@ def rhythm_codes(m: Measurements) -> frozenset[str]:
             codes.add("SR")
     return frozenset(codes)
 
-
-def axis_codes(m: Measurements) -> frozenset[str]:
-    """LAD / RAD (PTB-XL's form statements for left and right axis deviation) from the QRS axis."""
-    cls = axis_class(m.qrs_axis_deg)
-    return frozenset({"left": {"LAD"}, "right": {"RAD"}}.get(cls or "", set()))
