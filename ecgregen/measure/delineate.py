@@ -80,9 +80,10 @@ def _quiet_crossing(v: np.ndarray, start: int, stop: int, threshold: float, quie
     return None
 
 
-def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float,
-              windows: np.ndarray) -> Delineation:
-    """Global fiducials of a median beat given at `rate_hz` (interpolated to 500 Hz first when slower)."""
+def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float, windows: np.ndarray,
+              rr_ms: float) -> Delineation:
+    """Global fiducials of a median beat given at `rate_hz` (interpolated to 500 Hz first when slower); `rr_ms`
+    bounds the T wave's search (it ends before the next beat's P wave)."""
     if rate_hz != MEASURE_RATE_HZ:
         beat = resample(beat, rate_hz, MEASURE_RATE_HZ)
         r_index = int(round(r_index * MEASURE_RATE_HZ / rate_hz))
@@ -111,16 +112,16 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     slow = filtered(smooth - reference, fs, None, 20.0)
     magnitude = np.sqrt((slow[leads] ** 2).sum(axis=0))
     qrs_size = float(magnitude[onset: offset + 1].max())
-    _find_t_end(magnitude, onset, offset, r_index, length, fs, points, missing)
+    _find_t_end(magnitude, onset, offset, length, fs, rr_ms, points, missing)
     share = _find_p(slow[leads], windows[:, leads], onset, rate_hz, fs, qrs_size, points, missing)
     return Delineation(beat, r_index, points, missing, share)
 
 
-def _find_t_end(magnitude: np.ndarray, onset: int, offset: int, r_index: int, length: int, fs: float,
+def _find_t_end(magnitude: np.ndarray, onset: int, offset: int, length: int, fs: float, rr_ms: float,
                 points: dict[str, int], missing: dict[str, str]) -> None:
     """T end by the tangent at the steepest descent after the T peak, down to the level that follows the T wave."""
     start = offset + samples_of(40, fs)
-    stop = min(length, onset + samples_of(650, fs))
+    stop = min(length, onset + samples_of(min(650.0, 0.75 * rr_ms), fs))
     if stop - start < samples_of(80, fs):
         missing["qt_interval_ms"] = "T end not found (beat too short to hold the T wave)"
         return

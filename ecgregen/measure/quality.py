@@ -103,8 +103,11 @@ def noise_flags(x: np.ndarray, rate_hz: float, r_peaks: np.ndarray, amplitude: n
         mask = keep[part]
         if mask.sum() >= second // 4:
             rms[:, j] = np.sqrt(np.mean(high[:, part][:, mask] ** 2, axis=1))
+    # A lead nearly perpendicular to the heart's axis has a tiny QRS; its noise is judged against a quarter of the
+    # typical lead's amplitude at least, or every such lead would read as noisy.
+    floor = 0.25 * float(np.median(amplitude[alive]))
     for row, i in enumerate(alive):
-        lead, amp = STANDARD_LEADS[i], max(float(amplitude[i]), 1e-12)
+        lead, amp = STANDARD_LEADS[i], max(float(amplitude[i]), floor, 1e-12)
         if drift[row] > DRIFT_RELATIVE * amp:
             flags[lead].append(QualityFlag.BASELINE_DRIFT)
         values = rms[row][np.isfinite(rms[row])]

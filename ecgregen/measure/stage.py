@@ -75,7 +75,7 @@ def measure(ecg: Ecg) -> Measurements:
             missing[f] = "too few beats (none wholly inside the recording)"
         return _result(values, beats, flags, missing, fs, irregularity, None, None)
     beat, r_index, windows = found
-    d = delineate(beat, r_index, usable, fs, windows)
+    d = delineate(beat, r_index, usable, fs, windows, ms(rr_dominant, fs))
     missing.update(d.missing)
     p_present = "p_onset" in d.points
     points_ms = {name: ms(sample - d.r_index, MEASURE_RATE_HZ) for name, sample in d.points.items()}
