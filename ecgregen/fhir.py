@@ -31,6 +31,15 @@ Judgement calls, and why:
   over-read or confirmed), so the device's read and the retrieval read stay side by side and distinguishable.
 * **Warnings** go where a reader of the numbers will see them: ``note`` on the diagnosis (and answer) Observations,
   and the DiagnosticReport's ``presentedForm``, the full text as issued with its provenance.
+* **Measurements** (``result["measurements"]``, as :func:`ecgregen.messages.measurements_to_dict` gives them: the
+  proto's field names, an unmeasured value null) are one Observation per value, coded as
+  :data:`MEASUREMENT_CODES` says, in UCUM units (``/min``, ``ms``, ``deg``); the heart rate also carries the
+  ``vital-signs`` category, as R4 asks of every 8867-4 Observation. A value that could not be measured keeps its
+  Observation with no value and a ``dataAbsentReason`` of ``unknown`` whose text is the stage's reason (a reader
+  sees that PR was looked for and why it is not there; the stage gives its reasons in words only, so a finer code
+  would be a guess). Values with no code that could be confirmed (RR min/max, RR irregularity) are components of
+  the rhythm Observation under the project's concepts; rhythm and per-lead signal quality are one Observation
+  each, the rhythm with its SNOMED CT finding where one exists.
 * **Ids** are uuid5 of each resource's content, so the same inputs give the same bundle, byte for byte.
 """
 
@@ -51,6 +60,7 @@ _BASE = "https://ecgregen.invalid/fhir"
 SCP_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-scp"  # PTB-XL's SCP-ECG statement acronyms
 SUPERCLASS_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-superclass"
 CONCEPT_SYSTEM = f"{_BASE}/CodeSystem/ecgregen"  # the project's own concepts (neighbour, similarity, ...)
+RHYTHM_SYSTEM = f"{_BASE}/CodeSystem/ecgregen-rhythm"  # ecgregen.measure's rhythm names (sinus_rhythm, ...)
 ECG_ID_SYSTEM = f"{_BASE}/NamingSystem/ecg-id"  # + "/<source>": corpus ECG ids
 _UCUM = "http://unitsofmeasure.org"
 _LOINC = "http://loinc.org"
@@ -59,11 +69,44 @@ _INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpret
 _DIAGNOSTIC_SERVICE = "http://terminology.hl7.org/CodeSystem/v2-0074"
 _OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _DATA_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+_SNOMED = "http://snomed.info/sct"
 _NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, _BASE)
 
 SAMPLE_STEP_MV = 0.001  # SampledData.factor: one data step is 1 µV
 LEAD_CODES: dict[str, int] = dict(zip(  # MDC_ECG_ELEC_POTL_<lead>
     STANDARD_LEADS, (131329, 131330, 131389, 131390, 131391, 131392, *range(131331, 131337)), strict=True))
+
+# Measurement field -> (system, code, display) codings, UCUM unit, and the text a reader sees. Every LOINC code was
+# checked against LOINC's mod-10 check digit and a published listing: US Core's clinical test codes value set
+# (8625-6, 8626-4, 8632-2, 8633-0, 8634-8, 8636-3, 8638-9 - T wave axis is 8638-9, not 8638-0), FHIR's vital
+# signs (8867-4), FHIR profiles and OMOP's LOINC concepts (8637-1 "R-R interval by EKG", 76635-2 Bazett,
+# 76634-5 Fridericia). No LOINC code for the global P wave duration could be confirmed (8626-4 is the P axis; 8631-2
+# fails the check digit), so it carries ISO/IEEE 11073 MDC_ECG_TIME_PD_P_GL, 2:16184 as DICOM CID 3689 lists it,
+# i.e. 147256 context-free. QTc by Bazett also carries the generic 8636-3: carts' QTc is Bazett's, and receivers
+# that know only the generic code (US Core) find it.
+MEASUREMENT_CODES: dict[str, tuple[tuple[tuple[str, str, str | None], ...], str, str]] = {
+    "heart_rate_bpm": (((_LOINC, "8867-4", "Heart rate"),), "/min", "Heart rate (from the mean RR)"),
+    "rr_interval_ms": (((_LOINC, "8637-1", "R-R interval by EKG"),), "ms", "RR interval (mean)"),
+    "pr_interval_ms": (((_LOINC, "8625-6", "P-R Interval"),), "ms", "PR interval"),
+    "p_duration_ms": (((_MDC, "147256", "MDC_ECG_TIME_PD_P_GL"),), "ms", "P wave duration"),
+    "qrs_duration_ms": (((_LOINC, "8633-0", "QRS duration"),), "ms", "QRS duration"),
+    "qt_interval_ms": (((_LOINC, "8634-8", "Q-T interval"),), "ms", "QT interval"),
+    "qtc_bazett_ms": (((_LOINC, "76635-2", "Q-T interval corrected based on Bazett formula"),
+                       (_LOINC, "8636-3", "Q-T interval corrected")), "ms", "QTc (Bazett)"),
+    "qtc_fridericia_ms": (((_LOINC, "76634-5", None),), "ms", "QTc (Fridericia)"),
+    "p_axis_deg": (((_LOINC, "8626-4", "P wave axis"),), "deg", "P axis (frontal plane)"),
+    "qrs_axis_deg": (((_LOINC, "8632-2", "QRS axis"),), "deg", "QRS axis (frontal plane)"),
+    "t_axis_deg": (((_LOINC, "8638-9", "T wave axis"),), "deg", "T axis (frontal plane)"),
+}
+# Rhythm (ecgregen.measure.types.Rhythm values) -> SNOMED CT finding, as the PhysioNet/CinC 2020-21 challenges map
+# them; regular_without_p_waves and undetermined have no single finding and go as text.
+RHYTHM_SNOMED: dict[str, tuple[str, str]] = {
+    "sinus_rhythm": ("426783006", "Sinus rhythm"),
+    "sinus_bradycardia": ("426177001", "Sinus bradycardia"),
+    "sinus_tachycardia": ("427084000", "Sinus tachycardia"),
+    "sinus_arrhythmia": ("427393009", "Sinus arrhythmia"),
+    "atrial_fibrillation": ("164889003", "Atrial fibrillation"),
+}
 
 
 def _concept(system: str, code: str, display: str | None = None, text: str | None = None) -> dict:
@@ -123,9 +166,10 @@ class _Evidence:
     statements: dict | None
     neighbours: list[dict]
     diagnoses: list[dict]  # one reference per result["diagnoses"] item, same order
+    measurements: list[dict]
 
     def observations(self) -> list[dict]:
-        return [*self.diagnoses, *(r for r in (self.ecg, self.statements) if r)]
+        return [*self.diagnoses, *self.measurements, *(r for r in (self.ecg, self.statements) if r)]
 
 
 def _encoder_device(encoder_id: str, server: dict) -> dict:
@@ -201,9 +245,84 @@ def _diagnosis(d: dict, context: dict, derived_from: list[dict], notes: list[dic
             "derivedFrom": derived_from, "note": notes}
 
 
+def _measurement_values(m: dict, context: dict) -> list[dict]:
+    """One Observation per coded value: the number in its UCUM unit, or no number and the reason it is absent."""
+    observations = []
+    for name, (codings, unit, text) in MEASUREMENT_CODES.items():
+        value = m[name]
+        category = context["category"]
+        if name == "heart_rate_bpm":
+            category = [*category, _concept(_OBSERVATION_CATEGORY, "vital-signs", "Vital Signs")]
+        observations.append({
+            "resourceType": "Observation", "status": "preliminary", **context, "category": category,
+            "code": {"coding": [{"system": system, "code": code, "display": display}
+                                for system, code, display in codings], "text": text},
+            "valueQuantity": None if value is None else _quantity(value, unit, unit),
+            "dataAbsentReason": None if value is not None else {
+                **_concept(_DATA_ABSENT, "unknown", "Unknown"), "text": m["missing"].get(name, "not measured")},
+        })
+    return observations
+
+
+def _rhythm(m: dict, context: dict) -> dict:
+    """The rhythm, with what it was read from (beats, P waves, RR regularity, premature beats) as components."""
+    snomed = RHYTHM_SNOMED.get(m["rhythm"])
+    origins = [b["origin"] for b in m["premature_beats"]]
+
+    def part(code: str, display: str, kind: str, value: object) -> dict | None:
+        return None if value is None else {"code": _concept(CONCEPT_SYSTEM, code, display), kind: value}
+
+    def quantity(name: str, unit: str, ucum: str) -> dict | None:
+        return None if m[name] is None else _quantity(m[name], unit, ucum)
+
+    return {
+        "resourceType": "Observation", "status": "preliminary", **context,
+        "code": _concept(CONCEPT_SYSTEM, "rhythm", "Rhythm read from rate, RR regularity and P waves"),
+        "valueCodeableConcept": {
+            "coding": [*([{"system": _SNOMED, "code": snomed[0], "display": snomed[1]}] if snomed else []),
+                       {"system": RHYTHM_SYSTEM, "code": m["rhythm"]}],
+            "text": m["rhythm"].replace("_", " ")},
+        "component": [
+            part("beat-count", "Beats detected", "valueInteger", m["beat_count"]),
+            part("p-waves-present", "P waves present", "valueBoolean", m["p_waves_present"]),
+            part("rr-irregular", "RR intervals irregular", "valueBoolean", m["rr_irregular"]),
+            part("rr-irregularity", "Median successive RR difference / median RR, premature beats left out",
+                 "valueQuantity", quantity("rr_irregularity", "ratio", "1")),
+            part("rr-min", "Shortest RR interval", "valueQuantity", quantity("rr_min_ms", "ms", "ms")),
+            part("rr-max", "Longest RR interval", "valueQuantity", quantity("rr_max_ms", "ms", "ms")),
+            *(part(f"premature-beats-{origin}", f"Premature beats, {origin}", "valueInteger", origins.count(origin))
+              for origin in sorted(set(origins))),
+        ],
+    }
+
+
+def _lead_quality(m: dict, context: dict) -> dict:
+    """Signal quality: a summary value and one component per lead (its MDC lead code, its flags or "ok")."""
+    leads = [(q["lead"], q["flags"]) for q in m["lead_quality"]]
+    return {
+        "resourceType": "Observation", "status": "preliminary", **context,
+        "code": _concept(CONCEPT_SYSTEM, "lead-quality", "Signal quality per lead"),
+        "valueString": "; ".join(f"{lead}: {', '.join(flags)}" for lead, flags in leads if flags) or "all leads ok",
+        "component": [{"code": _concept(_MDC, str(LEAD_CODES[lead]), f"MDC_ECG_ELEC_POTL_{lead.upper()}", lead),
+                       "valueString": ", ".join(flags) or "ok"} for lead, flags in leads],
+        "note": [{"text": "suspected left/right arm electrode reversal"}] if m["limb_lead_reversal"] else None,
+    }
+
+
+def _add_measurements(bundle: _Bundle, m: dict | None, context: dict) -> list[dict]:
+    """The measurement Observations of ``result["measurements"]``: none when the ECG was not measured."""
+    if m is None:
+        return []
+    resources = [*_measurement_values(m, context), _rhythm(m, context)]
+    if m["lead_quality"]:
+        resources.append(_lead_quality(m, context))
+    return [bundle.add(r) for r in resources]
+
+
 def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict | None, server: dict | None,
                   subject: str | None) -> _Evidence:
-    """Devices, patient, ECG, machine statements, neighbours and diagnoses: everything but the report/answer."""
+    """Devices, patient, ECG, machine statements, neighbours, diagnoses and measurements: everything but the
+    report/answer."""
     source, server = source or {}, server or {}
     encoder = bundle.add(_encoder_device(result.get("encoder_id") or server.get("encoder_id") or "", server))
     recorder = bundle.add(_recording_device(source["device"])) if source.get("device") else None
@@ -227,7 +346,9 @@ def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict |
     notes = [{"text": f"warning: {w}"} for w in result.get("warnings", [])]
     diagnoses = [bundle.add(_diagnosis(d, {**context, "device": encoder}, [r for r in (ecg_ref, *neighbours) if r],
                                        notes)) for d in result["diagnoses"]]
-    return _Evidence(subject_ref, effective, encoder, ecg_ref, statements, neighbours, diagnoses)
+    measurements = _add_measurements(bundle, result.get("measurements"), {
+        **context, "device": encoder, "derivedFrom": [ecg_ref] if ecg_ref else None})
+    return _Evidence(subject_ref, effective, encoder, ecg_ref, statements, neighbours, diagnoses, measurements)
 
 
 def _report_text(result: dict) -> str:

@@ -9,12 +9,14 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import cache
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 if TYPE_CHECKING:
     from ecgregen.diagnoses import Diagnosis
+    from ecgregen.measure import Measurements
     from ecgregen.store import StoreStats
 
 REGISTRY = CollectorRegistry()
@@ -42,7 +44,7 @@ RPC_LATENCY = Histogram(
 )
 STAGE_LATENCY = Histogram(
     "ecgregen_stage_duration_seconds",
-    "Time spent in one pipeline stage (preprocess, encode, search, diagnose, answer, llm, upsert).",
+    "Time spent in one pipeline stage (preprocess, encode, measure, search, diagnose, answer, llm, upsert).",
     ["stage"],
     buckets=LATENCY_BUCKETS,
     registry=REGISTRY,
@@ -119,6 +121,43 @@ CALIBRATION_STATE = Gauge(
     ["state"],
     registry=REGISTRY,
 )
+# Rate buckets at the clinical cut-offs (bradycardia < 60, tachycardia > 100, 150 for flutter with 2:1 block),
+# 10 bpm apart where most ECGs fall, from an escape rhythm (20-40) to the fastest a cart reports (250).
+HEART_RATE_BUCKETS = (20, 30, 40, 50, 60, 70, 80, 90, 100, 110, 120, 150, 180, 210, 250)
+
+MEASURED_HEART_RATE = Histogram(
+    "ecgregen_measured_heart_rate_bpm",
+    "Heart rate measured on the ECGs served (every report, search, answer and stream window whose rate could be "
+    "measured): a shift in the distribution is a shift in the population or a fault of the measurement stage.",
+    buckets=HEART_RATE_BUCKETS,
+    registry=REGISTRY,
+)
+LEAD_QUALITY_FLAGS = Counter(
+    "ecgregen_lead_quality_flags_total",
+    "Signal quality flags raised on measured ECGs, by lead and flag (flat, saturated, lead_off, baseline_drift, "
+    "static_noise, burst_noise): one lead rising is a site's electrode or cable.",
+    ["lead", "flag"],
+    registry=REGISTRY,
+)
+MEASUREMENT_MISSING = Counter(
+    "ecgregen_measurement_missing_total",
+    "Measured ECGs on which a value could not be measured, by field (e.g. pr_interval_ms); the reasons, free "
+    "text, are in the responses, not in labels.",
+    ["field"],
+    registry=REGISTRY,
+)
+MEASURED_RHYTHM = Counter(
+    "ecgregen_measured_rhythm_total",
+    "Measured ECGs by the rhythm read from rate, RR regularity and P waves (sums to the ECGs measured).",
+    ["rhythm"],
+    registry=REGISTRY,
+)
+MEASUREMENT_FAILURES = Counter(
+    "ecgregen_measurement_failures_total",
+    "ECGs whose measurement stage raised (a bug on an unusual signal; the call still succeeds, without "
+    "measurements): rate(...) / rate(ecgregen_stage_duration_seconds_count{stage=\"measure\"}) is the share.",
+    registry=REGISTRY,
+)
 EVENT_LOOP_LAG = Histogram(
     "ecgregen_event_loop_lag_seconds",
     "How late the server's event loop woke from a 50 ms sleep: time in which it served nothing (health checks "
@@ -155,6 +194,35 @@ def observe_diagnoses(diagnoses: Sequence[Diagnosis]) -> None:
     for d in diagnoses:
         if d.present:
             DIAGNOSES_PRESENT.labels(d.code if known_code(d.code) else "other").inc()
+
+
+@cache
+def _create_measurement_series() -> None:
+    """Every series of the measurement counters' closed label sets at 0, so a rate or a ratio of a flag, a missing
+    field or a rhythm that has not happened yet reads 0 rather than no data (once per process)."""
+    from ecgregen.ecg import STANDARD_LEADS
+    from ecgregen.measure.types import VALUE_FIELDS, QualityFlag, Rhythm
+
+    for lead in STANDARD_LEADS:
+        for flag in QualityFlag:
+            LEAD_QUALITY_FLAGS.labels(lead, flag.value)
+    for name in VALUE_FIELDS:
+        MEASUREMENT_MISSING.labels(name)
+    for rhythm in Rhythm:
+        MEASURED_RHYTHM.labels(rhythm.value)
+
+
+def observe_measurements(m: Measurements) -> None:
+    """Count one measured ECG: its rate, quality flags, the values it lacks (by field) and its rhythm."""
+    _create_measurement_series()
+    if m.heart_rate_bpm is not None:
+        MEASURED_HEART_RATE.observe(m.heart_rate_bpm)
+    for lead, flags in m.lead_quality.items():
+        for flag in flags:
+            LEAD_QUALITY_FLAGS.labels(lead, str(flag)).inc()
+    for name in m.missing:
+        MEASUREMENT_MISSING.labels(name).inc()
+    MEASURED_RHYTHM.labels(str(m.rhythm)).inc()
 
 
 def observe_calibration(*, calibrated: bool, stale: bool) -> None:

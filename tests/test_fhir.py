@@ -1,5 +1,6 @@
-"""FHIR R4 output: bundles built from a real PTB-XL ECG and a result made of real PTB-XL rows, validated against
-the R4B models of fhir.resources (8.x has no plain R4 package; these resources are the same in R4 and R4B)."""
+"""FHIR R4 output: bundles built from a real PTB-XL ECG and a result made of real PTB-XL rows (and measurements made
+on real exports), validated against the R4B models of fhir.resources (8.x has no plain R4 package; these resources
+are the same in R4 and R4B)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,29 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.ecg_files import read_ecg_bytes
 from ecgregen.fhir import LEAD_CODES, SAMPLE_STEP_MV, SCP_SYSTEM, answer_bundle, report_bundle
+from ecgregen.measure import Measurements, measure
+from ecgregen.messages import measurements_to_dict
 from ecgregen.records import read_wfdb
-from tests.conftest import shared_ptbxl
+from ecgregen.wire import measurements_to_proto
+from tests.conftest import REPO, shared_ptbxl
 
 QUERY_ID = "1"  # records100/00000/00001_lr
 NEIGHBOUR_SCORES = {"2": 0.9312, "3": 0.9105, "8": 0.8871, "7": 0.8620}
 SERVER = {"version": "0.1.0", "encoder_id": "ecg-fm-v1",
           "calibration": {"calibrated": True, "corpus_points": 17418, "created_at": "2026-11-30T10:00:00+00:00"}}
+FORMATS = REPO.parent / "shared" / "data" / "formats"
+SINUS = "muse_egm-muse-sinus_mv360_500hz.xml"  # a GE cart's sinus rhythm: every value measured
+AF_LEADS_OFF = "edf_contec-ecg90a_0000050_12sig_800hz.edf"  # fast atrial fibrillation, chest leads off
+LOINC = "http://loinc.org"
+# Measurement field -> (LOINC code, UCUM unit), written out here so a changed code in the module fails a test.
+MEASUREMENT_LOINC = {
+    "heart_rate_bpm": ("8867-4", "/min"), "rr_interval_ms": ("8637-1", "ms"), "pr_interval_ms": ("8625-6", "ms"),
+    "qrs_duration_ms": ("8633-0", "ms"), "qt_interval_ms": ("8634-8", "ms"), "qtc_bazett_ms": ("76635-2", "ms"),
+    "qtc_fridericia_ms": ("76634-5", "ms"), "p_axis_deg": ("8626-4", "deg"), "qrs_axis_deg": ("8632-2", "deg"),
+    "t_axis_deg": ("8638-9", "deg"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +84,18 @@ def source(ptbxl: Path) -> dict:
             "device": {"manufacturer": "Schiller", "model": "CS-12", "serial_number": "A123", "software_version": "E"},
             "statements": ["Sinus rhythm", "Low QRS voltage"], "statements_source": "machine",
             "leads_derived": ["III", "aVR", "aVL", "aVF"], "duration_s": 10.0, "sampling_rate_hz": 100.0}
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, tuple[Measurements, dict]]:
+    """Each recording's measurements, and the dict the CLI makes of them (through the wire, as a client gets them)."""
+    if not FORMATS.is_dir():
+        pytest.skip(f"format samples not found at {FORMATS}")
+    out = {}
+    for name in (SINUS, AF_LEADS_OFF):
+        m = measure(read_ecg_bytes((FORMATS / name).read_bytes(), name=name).ecg)
+        out[name] = m, measurements_to_dict(measurements_to_proto(m))
+    return out
 
 
 def resources(bundle: dict, kind: str | None = None) -> list[dict]:
@@ -242,3 +270,80 @@ def test_module_imports_no_heavy_libraries() -> None:
             "{m.split('.')[0] for m in sys.modules}; print(sorted(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def report_results(bundle: dict) -> list[dict]:
+    urls = by_url(bundle)
+    return [urls[r["reference"]] for r in bundle["entry"][0]["resource"]["result"]]
+
+
+@pytest.mark.parametrize("name", [SINUS, AF_LEADS_OFF])
+def test_measurements_are_loinc_coded_results_in_ucum_units(result: dict, source: dict, measured: dict,
+                                                            name: str) -> None:
+    """One result Observation per value (LOINC code, UCUM unit, the measured number) linked like the diagnoses;
+    an unmeasured value has no number, only a dataAbsentReason carrying the stage's reason."""
+    m, wire = measured[name]
+    bundle = report_bundle({**result, "measurements": wire}, source=source, server=SERVER, subject="Patient/p7")
+    assert_valid(bundle)
+    assert_valid(answer_bundle({**result, "answer": ["yes"], "answerer": "labels", "measurements": wire}, "AF?"))
+    results = report_results(bundle)
+    diagnosis = results[0]
+    by_loinc = {c["code"]: o for o in results for c in o["code"].get("coding", []) if c["system"] == LOINC}
+    for field, (code, unit) in MEASUREMENT_LOINC.items():
+        o = by_loinc[code]
+        assert o["status"] == "preliminary"
+        assert [o.get(k) for k in ("subject", "effectiveDateTime", "device")] == \
+            [diagnosis[k] for k in ("subject", "effectiveDateTime", "device")]
+        assert o["category"][0]["coding"][0]["code"] == "procedure"
+        value = m.value(field)
+        if value is None:
+            assert not [key for key in o if key.startswith("value")]
+            assert o["dataAbsentReason"]["coding"][0]["code"] == "unknown"
+            assert o["dataAbsentReason"]["text"] == m.missing[field]
+        else:
+            assert "dataAbsentReason" not in o
+            quantity = o["valueQuantity"]
+            assert (quantity["system"], quantity["code"]) == ("http://unitsofmeasure.org", unit)
+            assert quantity["value"] == pytest.approx(value, abs=1e-3)
+    heart_rate = by_loinc["8867-4"]
+    assert {c["coding"][0]["code"] for c in heart_rate["category"]} == {"procedure", "vital-signs"}
+    assert by_loinc["76635-2"] is by_loinc["8636-3"]  # Bazett's QTc also carries the generic QTc code
+    p_duration = next(o for o in results if o["code"].get("text") == "P wave duration")
+    assert p_duration["code"]["coding"][0] == {"system": "urn:iso:std:iso:11073:10101", "code": "147256",
+                                               "display": "MDC_ECG_TIME_PD_P_GL"}
+    assert ("valueQuantity" in p_duration) == (m.p_duration_ms is not None)
+
+
+def test_sinus_rhythm_fully_measured_on_a_cart_export(result: dict, measured: dict) -> None:
+    """The GE export: every value has a number, rhythm is SNOMED CT sinus rhythm, every lead's quality is ok."""
+    m, wire = measured[SINUS]
+    assert not m.missing
+    results = report_results(report_bundle({**result, "measurements": wire}))
+    assert not [o for o in results if "dataAbsentReason" in o]
+    [rhythm] = [o for o in results if o["code"]["coding"][0]["code"] == "rhythm"]
+    assert rhythm["valueCodeableConcept"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "426783006",
+                                                           "display": "Sinus rhythm"}
+    [quality] = [o for o in results if o["code"]["coding"][0]["code"] == "lead-quality"]
+    assert quality["valueString"] == "all leads ok"
+    assert [c["code"]["text"] for c in quality["component"]] == list(STANDARD_LEADS)
+
+
+def test_atrial_fibrillation_with_leads_off_gives_no_p_wave_numbers(result: dict, measured: dict) -> None:
+    """The Contec EDF (fast AF, chest electrodes off): PR, P duration and P axis are absent with the reason, never
+    0; the rhythm is SNOMED CT atrial fibrillation with its RR evidence; V1-V6 are flagged in the quality."""
+    m, wire = measured[AF_LEADS_OFF]
+    assert m.rhythm == "atrial_fibrillation" and {"pr_interval_ms", "p_axis_deg"} <= set(m.missing)
+    results = report_results(report_bundle({**result, "measurements": wire}))
+    absent = {o["code"]["text"]: o["dataAbsentReason"]["text"] for o in results if "dataAbsentReason" in o}
+    assert absent["PR interval"] == m.missing["pr_interval_ms"]
+    assert absent["P axis (frontal plane)"] == m.missing["p_axis_deg"]
+    [rhythm] = [o for o in results if o["code"]["coding"][0]["code"] == "rhythm"]
+    assert rhythm["valueCodeableConcept"]["coding"][0]["code"] == "164889003"
+    parts = {c["code"]["coding"][0]["code"]: c for c in rhythm["component"]}
+    assert parts["p-waves-present"]["valueBoolean"] is False and parts["rr-irregular"]["valueBoolean"] is True
+    assert parts["beat-count"]["valueInteger"] == m.beat_count
+    assert parts["rr-min"]["valueQuantity"]["value"] == pytest.approx(m.rr_min_ms, abs=1e-3)
+    [quality] = [o for o in results if o["code"]["coding"][0]["code"] == "lead-quality"]
+    flags = {c["code"]["text"]: c["valueString"] for c in quality["component"]}
+    assert all("lead_off" in flags[lead] for lead in ("V1", "V2", "V3", "V4", "V5", "V6"))
+    assert "V1: " in quality["valueString"]

@@ -1,6 +1,7 @@
 """Ops files against the real thing: Prometheus (Debian's) scrapes a running service and Triton after real traffic,
 and every PromQL expression of the dashboard and the alert rules must parse and name only metrics that exist;
-promtool checks the shipped files; compose and k8s files agree with the code's defaults."""
+promtool checks the shipped files; compose and k8s files agree with the code's defaults; a real measurement moves
+the measurement metrics on a /metrics endpoint."""
 
 from __future__ import annotations
 
@@ -18,10 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
 
 from ecgregen.cli import build_parser
+from ecgregen.ecg_files import read_ecg_bytes
 from ecgregen.encoder_export.local_triton import LocalTriton
 from ecgregen.host import http_ok
+from ecgregen.measure import measure
+from ecgregen.metrics import HEART_RATE_BUCKETS, REGISTRY, observe_measurements, stage_timer
 from ecgregen.records import EcgRecord
 from ecgregen.settings import ServeSettings
 from ecgregen.simulate import simulate
@@ -32,6 +38,8 @@ from tests.conftest import REPO, ServerProcess, free_port
 from tests.scripted_llm import ScriptedLlm, Step
 
 DEPLOY = REPO / "deploy"
+# Fast atrial fibrillation with the chest electrodes off: a rate, quality flags and values with no P waves missing.
+AF_LEADS_OFF = REPO.parent / "shared" / "data" / "formats" / "edf_contec-ecg90a_0000050_12sig_800hz.edf"
 PROMQL_WORDS = {
     "sum", "rate", "by", "without", "histogram_quantile", "clamp_min", "le", "on", "ignoring", "group_left", "bool",
     "and", "or", "unless", "max", "min", "avg", "count", "increase", "irate", "humanizePercentage", "humanizeDuration",
@@ -188,3 +196,60 @@ def test_compose_and_k8s_agree_with_the_code() -> None:
     assert triton_ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
     assert "--triton-url=triton:8001" in container["args"] and "--triton-url=triton:8001" in compose["ecgregen"]["command"]
     assert Path(REPO / "Dockerfile").read_text().count("EXPOSE 50051 9464") == 1
+
+
+def _scrape(url: str) -> dict[tuple[str, frozenset], float]:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_measurement_series_are_exposed_after_real_measurements() -> None:
+    """A real measurement observed as the pipeline does (timed as the "measure" stage, then observe_measurements)
+    moves the rate histogram, the flag, missing-field and rhythm counters on a /metrics endpoint; the series of
+    the closed label sets that did not happen read 0; every metric the dashboard and alerts use for the
+    measurement stage is exposed."""
+    if not AF_LEADS_OFF.exists():
+        pytest.skip(f"format samples not found at {AF_LEADS_OFF.parent}")
+    ecg = read_ecg_bytes(AF_LEADS_OFF.read_bytes(), name=AF_LEADS_OFF.name).ecg
+    port = free_port()
+    server, thread = start_http_server(port, addr="127.0.0.1", registry=REGISTRY)
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        before = _scrape(url)
+        with stage_timer("measure"):
+            m = measure(ecg)
+        observe_measurements(m)
+        after = _scrape(url)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, frozenset(labels.items()))
+        assert key in after, f"{name}{labels} is not exposed"
+        return after[key] - before.get(key, 0.0)
+
+    assert m.heart_rate_bpm is not None and m.missing and m.flagged_leads  # what this recording is chosen for
+    bucket = next(b for b in HEART_RATE_BUCKETS if m.heart_rate_bpm <= b)
+    assert delta("ecgregen_measured_heart_rate_bpm_count") == 1
+    assert delta("ecgregen_measured_heart_rate_bpm_bucket", le=f"{float(bucket)}") == 1
+    assert delta("ecgregen_measured_heart_rate_bpm_bucket", le=f"{float(HEART_RATE_BUCKETS[0])}") == 0
+    for lead, flags in m.lead_quality.items():
+        for flag in ("flat", "saturated", "lead_off", "baseline_drift", "static_noise", "burst_noise"):
+            assert delta("ecgregen_lead_quality_flags_total", lead=lead, flag=flag) == (flag in flags)
+    for field in ("pr_interval_ms", "qrs_duration_ms", "qt_interval_ms", "p_axis_deg"):
+        assert delta("ecgregen_measurement_missing_total", field=field) == (field in m.missing)
+    other_rhythm = next(r for r in ("undetermined", "sinus_rhythm") if r != m.rhythm)
+    assert delta("ecgregen_measured_rhythm_total", rhythm=m.rhythm) == 1
+    assert delta("ecgregen_measured_rhythm_total", rhythm=other_rhythm) == 0
+    assert delta("ecgregen_measurement_failures_total") == 0
+    assert delta("ecgregen_stage_duration_seconds_count", stage="measure") == 1
+    exposed = {name for name, _ in after}
+    used = {n for e in dashboard_exprs() + alert_exprs() if "measure" in e for n in metric_names(e)}
+    assert {"ecgregen_measured_heart_rate_bpm_bucket", "ecgregen_lead_quality_flags_total",
+            "ecgregen_measurement_missing_total", "ecgregen_measurement_failures_total",
+            "ecgregen_measured_rhythm_total", "ecgregen_stage_duration_seconds_count"} <= used
+    assert used <= exposed, used - exposed
