@@ -1,5 +1,5 @@
-"""The paper's tables, `evaluate` {report (Table I), qa (Table II)}, and `qa-generate`, the ECG-QA-style questions
-Table II can be run on."""
+"""The paper's tables, `evaluate` {report (Table I), qa (Table II)}, `qa-generate`, the ECG-QA-style questions
+Table II can be run on, and `evaluate measurements`, the measurement stage against the carts and PTB-XL."""
 
 from __future__ import annotations
 
@@ -10,9 +10,14 @@ from pathlib import Path
 from ecgregen.cli.flags import add_llm_flags, llm_config_from_args
 from ecgregen.settings import EVAL_DIR
 
+# Where the shared reference data sit beside a checkout (the tests find them there too).
+SHARED_PTBXL = Path("../shared/data/ptbxl")
+SHARED_FORMATS = Path("../shared/data/formats")
+
 
 def add_evaluate(commands: argparse._SubParsersAction) -> None:
-    evaluate = commands.add_parser("evaluate", help="the paper's tables: report generation (I) and ECG-QA (II)")
+    evaluate = commands.add_parser(
+        "evaluate", help="the paper's tables: report generation (I) and ECG-QA (II); the measurement stage's checks")
     esub = evaluate.add_subparsers(dest="evaluate_command", required=True)
     ev_report = esub.add_parser("report", help="Table I: retrieved reports vs ground truth, with baselines")
     ev_report.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (index, and test unless --mimic)")
@@ -53,6 +58,25 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     ev_report.add_argument("--plot", type=Path, help="write a bar chart PNG")
     ev_report.set_defaults(handler=run_report)
     ev_qa.set_defaults(handler=run_qa)
+    add_evaluate_measurements(esub)
+
+
+def add_evaluate_measurements(esub: argparse._SubParsersAction) -> None:
+    ev_measure = esub.add_parser(
+        "measurements", help="the measurement stage vs the carts' own measurements and PTB-XL's annotations")
+    ev_measure.add_argument("--ptbxl", type=Path, default=SHARED_PTBXL,
+                            help="PTB-XL-layout folder (default: %(default)s)")
+    ev_measure.add_argument("--folds", default="9",
+                            help="PTB-XL folds to measure, e.g. 9 or 1-8 (default: %(default)s)")
+    ev_measure.add_argument("--formats", type=Path, default=SHARED_FORMATS,
+                            help="folder of hospital ECG files, some stating their cart's measurements "
+                                 "(default: %(default)s)")
+    ev_measure.add_argument("--sections", default="carts,ptbxl", help="carts, ptbxl or both (default: %(default)s)")
+    ev_measure.add_argument("--limit", type=int, help="at most N PTB-XL records (the first N by ecg_id)")
+    ev_measure.add_argument("--workers", type=int, default=2, help="processes measuring PTB-XL records (default: 2)")
+    ev_measure.add_argument("--json", type=Path, dest="json_out",
+                            help="write the result, every record included, as JSON")
+    ev_measure.set_defaults(handler=run_measurements)
 
 
 def add_qa_generate(commands: argparse._SubParsersAction) -> None:
@@ -115,6 +139,19 @@ def run_qa(args: argparse.Namespace) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
     print(format_qa(result))
+
+
+def run_measurements(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.measurements import evaluate_measurements, format_measurements
+    from ecgregen.records import parse_folds
+
+    result = evaluate_measurements(
+        [s.strip() for s in args.sections.split(",") if s.strip()], formats_dir=args.formats, ptbxl=args.ptbxl,
+        folds=parse_folds(args.folds), limit=args.limit, workers=args.workers,
+    )
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(format_measurements(result), end="")
 
 
 def run_qa_generate(args: argparse.Namespace) -> None:
