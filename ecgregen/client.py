@@ -4,25 +4,47 @@ and word them for a person.
 Errors surface as the gRPC status name and message (``INVALID_ARGUMENT: expected 12 leads, got 3``) and a
 non-zero exit, raised as :class:`~ecgregen.errors.ClientError` for the CLI to print. gRPC, the generated stubs and
 the stdlib are all this imports: ``ecgregen client stats`` starts in a fraction of a second, and reading a record
-file is the caller's (:mod:`ecgregen.cli.client`).
+file is the caller's (:mod:`ecgregen.cli.client`). Printing measurements loads the measurement package's types
+(numpy, never its signal code), when there are measurements to print.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
 from ecgregen.errors import ClientError
-from ecgregen.messages import diagnosis_to_dict, ecg_field, file_info_to_dict, neighbour_to_dict
+from ecgregen.messages import (
+    diagnosis_to_dict,
+    ecg_field,
+    file_info_to_dict,
+    measurements_to_dict,
+    neighbour_to_dict,
+)
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 
 DEFAULT_TIMEOUT_S = 60.0
+
+# How `client report` names a measured value in its reasons (other names print as the proto has them).
+VALUE_LABELS = {
+    "heart_rate_bpm": "rate", "rr_interval_ms": "RR", "rr_min_ms": "RR min", "rr_max_ms": "RR max",
+    "pr_interval_ms": "PR", "p_duration_ms": "P duration", "qrs_duration_ms": "QRS", "qt_interval_ms": "QT",
+    "qtc_bazett_ms": "QTc Bazett", "qtc_fridericia_ms": "QTc Fridericia", "p_axis_deg": "P axis",
+    "qrs_axis_deg": "QRS axis", "t_axis_deg": "T axis", "rr_irregularity": "RR irregularity",
+}
+# A hospital file's own measurements (EcgFileInfo.measurements, named as ecgdatakit reads them) by our field names.
+DEVICE_VALUES = {
+    "heart_rate": "heart_rate_bpm", "rr_interval": "rr_interval_ms", "pr_interval": "pr_interval_ms",
+    "qrs_duration": "qrs_duration_ms", "qt_interval": "qt_interval_ms", "qtc_bazett": "qtc_bazett_ms",
+    "qtc_fridericia": "qtc_fridericia_ms", "p_axis": "p_axis_deg", "qrs_axis": "qrs_axis_deg", "t_axis": "t_axis_deg",
+}
+PREMATURE_TIMES_SHOWN = 5  # per origin; more are counted, not listed
 
 
 class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -104,8 +126,14 @@ def latency_dict(latency: pb.StageLatency) -> dict[str, float]:
     return {
         "preprocess": round(latency.preprocess_ms, 3), "encode": round(latency.encode_ms, 3),
         "search": round(latency.search_ms, 3), "answer": round(latency.answer_ms, 3),
-        "llm": round(latency.llm_ms, 3), "diagnose": round(latency.diagnose_ms, 3), "total": round(latency.total_ms, 3),
+        "llm": round(latency.llm_ms, 3), "diagnose": round(latency.diagnose_ms, 3),
+        "measure": round(latency.measure_ms, 3), "total": round(latency.total_ms, 3),
     }
+
+
+def measurements_field(response: pb.GenerateReportResponse | pb.AnswerQuestionResponse) -> dict | None:
+    """A response's measurements as printed; None when the server could not measure (a warning says why)."""
+    return measurements_to_dict(response.measurements) if response.HasField("measurements") else None
 
 
 def report_dict(response: pb.GenerateReportResponse) -> dict:
@@ -113,6 +141,7 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
         "report": response.report,
         "report_mode": response.report_mode,
         "report_ecg_id": response.report_ecg_id,
+        "measurements": measurements_field(response),
         "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
         "latency_ms": latency_dict(response.latency),
@@ -129,12 +158,13 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
 
 def report(
     address: str, ecg: pb.Ecg | pb.EcgFile, k: int, exclude_patient: str | None = None, *, refine: bool = False,
-    on_delta: Callable[[str], None] | None = None, report_mode: str = "",
+    on_delta: Callable[[str], None] | None = None, report_mode: str = "", include_median_beat: bool = False,
 ) -> dict:
-    """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives."""
+    """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives;
+    `include_median_beat` asks for the beat the measurements were made on (to plot its fiducials)."""
     request = pb.GenerateReportRequest(
         **ecg_field(ecg), k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
-        report_mode=report_mode,
+        report_mode=report_mode, include_median_beat=include_median_beat,
     )
     with Connection(address) as stub:
         if not refine:
@@ -167,6 +197,7 @@ def ask(address: str, ecg: pb.Ecg | pb.EcgFile, question: str, options: Sequence
         "answer": list(response.answer),
         "answerer": response.answerer,
         "rationale": response.rationale,
+        "measurements": measurements_field(response),
         "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
         "latency_ms": latency_dict(response.latency),
@@ -287,8 +318,77 @@ def format_source_file(info: dict | None) -> str:
     return line + "\n\n"
 
 
+def cart_values_line(values: Mapping[str, float | None]) -> str:
+    """The cart line of values by field name (absent: "-"), through the measurement package's own formatter: one
+    format for what the server measured and for what a recording device measured."""
+    from ecgregen.measure.types import VALUE_FIELDS, Measurements, cart_line  # the types only: numpy, no signal code
+
+    return cart_line(Measurements(**{name: values.get(name) for name in VALUE_FIELDS}))
+
+
+def _lead_runs(leads: Sequence[str], indices: Sequence[int]) -> str:
+    """'V1-V6', 'I, III': leads by their positions in standard order, three or more in a row as a range."""
+    runs: list[list[int]] = []
+    for i in indices:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return ", ".join(f"{leads[r[0]]}-{leads[r[-1]]}" if len(r) >= 3 else ", ".join(leads[i] for i in r) for r in runs)
+
+
+def format_quality(lead_quality: Sequence[dict], limb_lead_reversal: bool) -> str:
+    """'Quality: V1-V6 lead_off, flat; II baseline_drift', or 'Quality: all leads ok'."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for i, q in enumerate(lead_quality):
+        if q["flags"]:
+            groups.setdefault(tuple(q["flags"]), []).append(i)
+    leads = [q["lead"] for q in lead_quality]
+    text = "; ".join(f"{_lead_runs(leads, indices)} {', '.join(flags)}" for flags, indices in groups.items())
+    return "Quality: " + (text or "all leads ok") + ("; limb lead reversal suspected" if limb_lead_reversal else "")
+
+
+def format_rhythm(m: dict) -> str:
+    """'Rhythm: sinus rhythm, 11 beats, P waves present, RR regular, premature beats: 1 ventricular (at 4.2 s)'."""
+    parts = [m["rhythm"].replace("_", " ") or "undetermined", f"{m['beat_count']} beats",
+             {True: "P waves present", False: "no P waves", None: "P waves not assessed"}[m["p_waves_present"]]]
+    if m["rr_irregular"] is not None:
+        parts.append("RR irregular" if m["rr_irregular"] else "RR regular")
+    by_origin: dict[str, list[float]] = {}
+    for beat in m["premature_beats"]:
+        by_origin.setdefault(beat["origin"], []).append(beat["time_s"])
+    premature = ", ".join(
+        f"{len(times)} {origin} (at {', '.join(f'{t:.1f}' for t in times[:PREMATURE_TIMES_SHOWN])}"
+        f"{', ...' if len(times) > PREMATURE_TIMES_SHOWN else ''} s)" for origin, times in by_origin.items())
+    return "Rhythm: " + ", ".join(parts) + f", premature beats: {premature or 'none'}"
+
+
+def format_measurements(m: dict | None, device: Mapping[str, int] | None = None) -> str:
+    """What the ECG's samples measure, as a cart prints it, first: the cart line (and a recording device's own
+    values beside it, for a file that carries them), rhythm, why values are absent, and signal quality by lead."""
+    if m is None:
+        return "Measurements: not available (see the warnings)\n\n"
+    lines = [cart_values_line(m)]
+    theirs = {DEVICE_VALUES[name]: value for name, value in (device or {}).items() if name in DEVICE_VALUES}
+    if theirs:
+        lines.append(f"Device: {cart_values_line(theirs)}")
+    lines.append(format_rhythm(m))
+    reasons: dict[str, list[str]] = {}
+    for name, reason in m["missing"].items():
+        reasons.setdefault(reason, []).append(VALUE_LABELS.get(name, name))
+    if reasons:
+        lines.append("Not measured: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items()))
+    lines.append(format_quality(m["lead_quality"], m["limb_lead_reversal"]))
+    return "\n".join(lines) + "\n\n"
+
+
+def _measurements_of(result: dict) -> str:
+    source = result.get("source_file")
+    return format_measurements(result["measurements"], source["measurements"] if source else None)
+
+
 def format_report(result: dict) -> str:
-    text = format_source_file(result.get("source_file")) + f"Report: {result['report']}"
+    text = _measurements_of(result) + format_source_file(result.get("source_file")) + f"Report: {result['report']}"
     if result.get("refined"):
         text += f"\n(refined by {result['llm_model']}; retrieved report: {result['retrieved_report']})"
     elif result.get("fallback_reason"):
@@ -300,7 +400,8 @@ def format_report(result: dict) -> str:
 
 
 def format_answer(result: dict) -> str:
-    text = format_source_file(result.get("source_file")) + f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}"
+    text = (_measurements_of(result) + format_source_file(result.get("source_file"))
+            + f"Answer: {', '.join(result['answer']) or '(none)'}   [answerer: {result['answerer']}")
     text += f", {result['llm_model']}]" if result["answerer"] == "llm" else "]"
     if result["fallback_reason"]:
         text += f"\n(LLM answer unusable: {result['fallback_reason']}; retrieval-only answer given)"

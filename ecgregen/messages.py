@@ -33,6 +33,40 @@ def file_info_to_dict(info: pb.EcgFileInfo) -> dict:
     }
 
 
+# The measured values (Measurements' `optional double` fields, in the proto's order: ecgregen.measure's
+# VALUE_FIELDS), read off the message so this module stays free of the measurement package.
+MEASURED_VALUES: tuple[str, ...] = tuple(
+    f.name for f in pb.Measurements.DESCRIPTOR.fields if f.has_presence and f.type == f.TYPE_DOUBLE)
+
+
+def measurements_to_dict(m: pb.Measurements) -> dict:
+    """The JSON shape the CLI prints: the proto's field names; a value not measured is null (`missing` says why)."""
+
+    def present(name: str) -> bool | float | None:
+        """A field with presence: None when unset (not measured, not assessed)."""
+        return getattr(m, name) if m.HasField(name) else None
+
+    out: dict = {}
+    for name in MEASURED_VALUES:
+        value = present(name)
+        out[name] = None if value is None else round(value, 3)
+    out.update(
+        beat_count=m.beat_count, rr_irregular=present("rr_irregular"), p_waves_present=present("p_waves_present"),
+        rhythm=m.rhythm,
+        premature_beats=[{"time_s": round(b.time_s, 3), "origin": b.origin, "coupling_ms": round(b.coupling_ms, 1)}
+                         for b in m.premature_beats],
+        lead_quality=[{"lead": q.lead, "flags": list(q.flags)} for q in m.lead_quality],
+        limb_lead_reversal=m.limb_lead_reversal, missing=dict(m.missing), measured_at_hz=m.measured_at_hz,
+    )
+    if m.HasField("median_beat"):
+        beat = m.median_beat
+        out["median_beat"] = {
+            "rate_hz": beat.rate_hz, "r_index": beat.r_index, "fiducials_ms": dict(beat.fiducials_ms),
+            "leads": [{"name": lead.name, "samples": [round(x, 4) for x in lead.samples]} for lead in beat.leads],
+        }
+    return out
+
+
 def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str]) -> pb.Ecg:
     """Any (n_leads, n_samples) signal as an ``Ecg`` message, unchecked: the server is the judge."""
     return pb.Ecg(

@@ -1,12 +1,15 @@
-"""ECG in -> preprocess -> encode -> search -> answer: the retrieval pipeline, independent of transport.
+"""ECG in -> preprocess -> encode (+ measure) -> search -> answer: the retrieval pipeline, independent of transport.
 
 The gRPC server, the indexer and the evaluation harness all call this class, so the numbers a reviewer
 measures come from the same code path that serves clinicians. Methods are blocking; the asyncio server runs
-them in worker threads.
+them in worker threads. Beside the encoder, every query ECG is measured (:mod:`ecgregen.measure`) on the same
+checked :class:`Ecg`; the measurements are evidence beside the retrieval, so a failure of that stage costs the
+measurements only, never the call.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -20,7 +23,16 @@ from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, 
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoders.base import Encoder, embed_prepared
 from ecgregen.encoders.factory import open_encoder
-from ecgregen.metrics import RECORDS_WRITTEN, observe_calibration, observe_corpus, observe_diagnoses, stage_timer
+from ecgregen.measure import Measurements, measure
+from ecgregen.metrics import (
+    MEASUREMENT_FAILURES,
+    RECORDS_WRITTEN,
+    observe_calibration,
+    observe_corpus,
+    observe_diagnoses,
+    observe_measurements,
+    stage_timer,
+)
 from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.store import (
     Hit,
@@ -35,6 +47,10 @@ from ecgregen.store import (
 from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 
 MAX_K = 100
+MEASUREMENT_FAILED = ("measurements not available: measuring this ECG failed (the server log has the details); "
+                      "the retrieval is unaffected")
+
+log = logging.getLogger("ecgregen.pipeline")
 
 
 class EmptyCorpusError(RuntimeError):
@@ -50,6 +66,7 @@ class Retrieval:
     seconds: dict[str, float] = field(default_factory=dict)  # per stage
     pool: list[Hit] = field(default_factory=list)  # the neighbours searched: k, or more when the diagnoses need more
     diagnoses: list[Diagnosis] = field(default_factory=list)
+    measurements: Measurements | None = None  # None when measuring failed (a warning says so)
 
 
 @dataclass(frozen=True)
@@ -87,6 +104,23 @@ class InsertOutcome:
 
 def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def measure_or_warn(ecg: Ecg, seconds: dict[str, float] | None = None) -> tuple[Measurements | None, list[str]]:
+    """The measurements of `ecg`, or None and the warning to return instead.
+
+    Any exception is a bug of the measurement stage on an unusual signal (an ECG it cannot measure comes back
+    with its reasons in ``missing``): it is logged and counted, and the call it belongs to still succeeds.
+    """
+    with stage_timer("measure", seconds):
+        try:
+            measurements = measure(ecg)
+        except Exception:
+            log.exception("measuring a %.1f s ECG at %g Hz failed", ecg.duration_s, ecg.sampling_rate_hz)
+            MEASUREMENT_FAILURES.inc()
+            return None, [MEASUREMENT_FAILED]
+    observe_measurements(measurements)
+    return measurements, []
 
 
 class RetrievalPipeline:
@@ -168,16 +202,20 @@ class RetrievalPipeline:
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
     ) -> Retrieval:
-        """The k neighbours of `ecg` and the diagnoses of its (at least `diagnoser.k`) nearest neighbours."""
+        """The k neighbours of `ecg`, the diagnoses of its (at least `diagnoser.k`) nearest neighbours, and its
+        measurements (made once the ECG is known to be usable: a refused ECG costs no measuring)."""
         seconds: dict[str, float] = {}
         vectors, warnings = self.embed([ecg], seconds)
-        return self.retrieve(vectors[0], k, filt, warnings[0], seconds, exact=exact, hnsw_ef=hnsw_ef)
+        measurements, notes = measure_or_warn(ecg, seconds)
+        return self.retrieve(vectors[0], k, filt, [*warnings[0], *notes], seconds, exact=exact, hnsw_ef=hnsw_ef,
+                             measurements=measurements)
 
     def retrieve(
         self, vector: np.ndarray, k: int, filt: SearchFilter | None, warnings: list[str], seconds: dict[str, float],
-        *, exact: bool = False, hnsw_ef: int | None = None,
+        *, exact: bool = False, hnsw_ef: int | None = None, measurements: Measurements | None = None,
     ) -> Retrieval:
-        """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once)."""
+        """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once), with
+        the ECG's `measurements` (:func:`measure_or_warn`) carried along."""
         with stage_timer("search", seconds):
             pool = self.store.search(vector, max(k, self.diagnoser.k), filt, exact=exact, hnsw_ef=hnsw_ef)
         if not pool and self.store.count() == 0:
@@ -186,7 +224,7 @@ class RetrievalPipeline:
             diagnoses = self.diagnoser.diagnose(pool)
         observe_diagnoses(diagnoses)
         notes = [self.calibration_note] if self.calibration_note else []
-        return Retrieval(pool[:k], [*warnings, *notes], seconds, pool, diagnoses)
+        return Retrieval(pool[:k], [*warnings, *notes], seconds, pool, diagnoses, measurements)
 
     def generate_report(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, mode: str = ""

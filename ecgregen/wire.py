@@ -15,6 +15,7 @@ import numpy as np
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
 from ecgregen.ecg_files import FileMetadata, read_ecg_bytes
+from ecgregen.measure import VALUE_FIELDS, Measurements
 from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.store import Hit, SearchFilter
@@ -81,6 +82,27 @@ def file_info_to_proto(meta: FileMetadata | None) -> pb.EcgFileInfo | None:
 
 def ecg_to_proto(ecg: Ecg) -> pb.Ecg:
     return signal_to_proto(ecg.signal, ecg.sampling_rate_hz, STANDARD_LEADS, ["mV"] * len(STANDARD_LEADS))
+
+
+def measurements_to_proto(m: Measurements | None, include_median_beat: bool = False) -> pb.Measurements | None:
+    """The measurements as the wire carries them (None stays unset: measuring failed). Absent values stay unset
+    (proto3 `optional`), so a client tells "not measured" from 0; the median beat (12 leads of samples) only when
+    the caller asked for it."""
+    if m is None:
+        return None
+    beat = m.median_beat if include_median_beat else None
+    return pb.Measurements(
+        **{name: m.value(name) for name in VALUE_FIELDS}, beat_count=m.beat_count, rr_irregular=m.rr_irregular,
+        p_waves_present=m.p_waves_present, rhythm=m.rhythm,
+        premature_beats=[pb.PrematureBeat(time_s=b.time_s, origin=b.origin, coupling_ms=b.coupling_ms)
+                         for b in m.premature_beats],
+        lead_quality=[pb.LeadQuality(lead=lead, flags=flags) for lead, flags in m.lead_quality.items()],
+        limb_lead_reversal=m.limb_lead_reversal, missing=m.missing, measured_at_hz=m.measured_at_hz,
+        median_beat=None if beat is None else pb.MedianBeat(
+            rate_hz=beat.rate_hz, r_index=beat.r_index, fiducials_ms=beat.fiducials_ms,
+            leads=[pb.Lead(name=name, samples=row.tolist(), units="mV") for name, row in zip(STANDARD_LEADS, beat.signal)],
+        ),
+    )
 
 
 def filter_from_proto(msg: pb.SearchFilter) -> SearchFilter | None:

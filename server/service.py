@@ -73,7 +73,9 @@ from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import (
     DEFAULT_SOURCE,
+    ReceivedEcg,
     diagnosis_to_proto,
+    measurements_to_proto,
     neighbour_to_proto,
     record_from_proto,
 )
@@ -162,8 +164,16 @@ def latency_proto(retrieval: Retrieval, start: float) -> pb.StageLatency:
     return pb.StageLatency(
         preprocess_ms=s.get("preprocess", 0.0) * 1e3, encode_ms=s.get("encode", 0.0) * 1e3,
         search_ms=s.get("search", 0.0) * 1e3, answer_ms=s.get("answer", 0.0) * 1e3, llm_ms=s.get("llm", 0.0) * 1e3,
-        diagnose_ms=s.get("diagnose", 0.0) * 1e3, total_ms=(time.perf_counter() - start) * 1e3,
+        diagnose_ms=s.get("diagnose", 0.0) * 1e3, measure_ms=s.get("measure", 0.0) * 1e3,
+        total_ms=(time.perf_counter() - start) * 1e3,
     )
+
+
+def ecg_fields(retrieval: Retrieval, received: ReceivedEcg, include_median_beat: bool = False) -> dict[str, Any]:
+    """The response fields that describe the query ECG itself: what reading its file said (first among the
+    warnings) and what its samples measure."""
+    return {**with_file(retrieval, received),
+            "measurements": measurements_to_proto(retrieval.measurements, include_median_beat)}
 
 
 def calibration_proto(pipeline: RetrievalPipeline) -> pb.CalibrationInfo:
@@ -228,11 +238,11 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         )
 
     async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval, dict[str, Any]]:
-        """The served report, its retrieval, and the response fields of a file-borne ECG."""
+        """The served report, its retrieval, and the response fields that describe the ECG (:func:`ecg_fields`)."""
         received, k, filt = await parse_query(request, default_k=3)
         mode = self.pipeline.resolved_report_mode(request.report_mode.strip())
         report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, received.ecg, k, filt, mode)
-        return report, retrieval, with_file(retrieval, received)
+        return report, retrieval, ecg_fields(retrieval, received, request.include_median_beat)
 
     async def _refine(self, report: GeneratedReport, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
         """Deltas of the served report refined against the other neighbours, as they come; `outcome` ends with the
@@ -246,7 +256,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         try:
             with stage_timer("llm", retrieval.seconds):
                 served = [report.source] if report.source else []
-                async for delta in self.llm.answerer.refine([*served, *(h for h in retrieval.hits if h not in served)]):
+                neighbours = [*served, *(h for h in retrieval.hits if h not in served)]
+                async for delta in self.llm.answerer.refine(neighbours, retrieval.measurements):
                     outcome.parts.append(delta)
                     yield delta
         except LlmUnavailable as exc:
@@ -264,26 +275,26 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
-        report, retrieval, file_fields = await self._generate(request)
+        report, retrieval, ecg_info = await self._generate(request)
         if not request.refine:
-            return self._report_response(report, retrieval, start, **file_fields)
+            return self._report_response(report, retrieval, start, **ecg_info)
         outcome = Refinement()
         async for _ in self._refine(report, retrieval, outcome):
             pass
-        return self._report_response(report, retrieval, start, **file_fields, **self._refined_fields(outcome))
+        return self._report_response(report, retrieval, start, **ecg_info, **self._refined_fields(outcome))
 
     @rpc
     async def GenerateReportStream(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReportEvent]:
         start = time.perf_counter()
-        report, retrieval, file_fields = await self._generate(request)
-        yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start, **file_fields))
-        fields: dict[str, Any] = dict(file_fields)
+        report, retrieval, ecg_info = await self._generate(request)
+        yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start, **ecg_info))
+        fields: dict[str, Any] = dict(ecg_info)
         try:
             if request.refine:
                 outcome = Refinement()
                 async for delta in self._refine(report, retrieval, outcome):
                     yield pb.ReportEvent(delta=delta)
-                fields = self._refined_fields(outcome)
+                fields.update(self._refined_fields(outcome))
             done = self._report_response(report, retrieval, start, **fields)
         except Exception:  # after events went out a status would discard them: the stream ends with an error event
             log.exception("GenerateReportStream failed after its first event")
@@ -298,11 +309,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         retrieval = await asyncio.to_thread(
             self.pipeline.search, received.ecg, k, filt, exact=request.exact, hnsw_ef=check_hnsw_ef(request.hnsw_ef)
         )
-        file_fields = with_file(retrieval, received)
+        ecg_info = ecg_fields(retrieval, received)
         return pb.SearchResponse(
             neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
-            warnings=retrieval.warnings, diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
-            **file_fields,
+            warnings=retrieval.warnings, diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], **ecg_info,
         )
 
     @rpc
@@ -325,10 +335,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         else:
             retrieval = await asyncio.to_thread(self.pipeline.search, ecg, k, filt)
             result = await self.llm.answerer.answer(question, options, retrieval.hits, question_type, retrieval.seconds,
-                                                    diagnoses=retrieval.diagnoses)
-        file_fields = with_file(retrieval, received)
+                                                    diagnoses=retrieval.diagnoses, measurements=retrieval.measurements)
+        ecg_info = ecg_fields(retrieval, received)
         return pb.AnswerQuestionResponse(
-            **file_fields, answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
+            **ecg_info, answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
             rationale=result.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
             fallback_reason=result.fallback_reason, llm_model=result.model,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
@@ -547,9 +557,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             latency=pb.StageLatency(
                 preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
                 search_ms=seconds["search"] * 1e3, diagnose_ms=seconds["diagnose"] * 1e3,
-                total_ms=(time.perf_counter() - completed_at) * 1e3,
+                measure_ms=seconds["measure"] * 1e3, total_ms=(time.perf_counter() - completed_at) * 1e3,
             ),
             leads_used=used, leads_missing=[lead for lead in STANDARD_LEADS if lead not in settings.leads],
             quality_flags=window.flags + flags, answer=answer,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], warnings=retrieval.warnings,
+            measurements=measurements_to_proto(retrieval.measurements),
         ))

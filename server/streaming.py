@@ -19,6 +19,9 @@ Rules for what monitors really send (each produces a warning; none ends the stre
   wait the server stops reading that stream, so gRPC flow control slows a sender that is faster than real time
   instead of the server's memory growing. Windows from all streams that complete together are encoded in one
   call (:class:`WindowBatcher`).
+- **Measurements**: each window is measured on its own (its rate, intervals, rhythm, per-lead quality, as a
+  unary call measures the same seconds), so a monitor follows the rate window by window; a window whose
+  measuring fails keeps its result, with a warning instead of the measurements.
 """
 
 from __future__ import annotations
@@ -36,13 +39,14 @@ from ecgregen.ecg import (
     MIN_DURATION_S,
     MIN_RATE_HZ,
     STANDARD_LEADS,
+    Ecg,
     EcgInputError,
     canonical_lead,
     ecg_from_array,
     unit_scale,
 )
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
-from ecgregen.pipeline import Retrieval, RetrievalPipeline
+from ecgregen.pipeline import Retrieval, RetrievalPipeline, measure_or_warn
 from ecgregen.store import SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -255,24 +259,26 @@ class WindowBatcher:
                     job.future.set_result(result)
 
     def _process(self, jobs: list[_Job]) -> list[tuple[Retrieval | None, list[str], Exception | None]]:
-        """Embed every window in one call (the unary calls' path), then search each with its stream's filter."""
-        ecgs, outcome = [], []
+        """Embed every window in one call (the unary calls' path), then measure each window and search it with its
+        stream's filter."""
+        windows: list[Ecg | EcgInputError] = []
         for job in jobs:
             try:
-                ecgs.append(ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV"))
-                outcome.append(None)
+                windows.append(ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV"))
             except EcgInputError as exc:
-                outcome.append(exc)
+                windows.append(exc)
         shared: dict[str, float] = {}  # one preprocess + encode for the whole batch
-        embedded = iter(self.pipeline.embed_each(ecgs, shared))
+        embedded = iter(self.pipeline.embed_each([w for w in windows if isinstance(w, Ecg)], shared))
         results = []
-        for job, error in zip(jobs, outcome):
-            done = error or next(embedded)
+        for job, ecg in zip(jobs, windows):
+            done = ecg if isinstance(ecg, EcgInputError) else next(embedded)
             if isinstance(done, EcgInputError):
                 results.append((None, [], done))
                 continue
-            s = job.settings
-            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, done.warnings, dict(shared))
+            s, seconds = job.settings, dict(shared)
+            measurements, notes = measure_or_warn(ecg, seconds)  # per window: its own stage time
+            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, [*done.warnings, *notes], seconds,
+                                               measurements=measurements)
             sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]
             results.append((retrieval, [f"flat:{lead}" for lead in done.flat_leads if lead in sent], None))
         return results

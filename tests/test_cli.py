@@ -47,7 +47,8 @@ def test_client_report_json(edge_server: ServerProcess, demo_queries: list[EcgRe
 def test_client_report_text_and_plot(edge_server: ServerProcess, demo_queries: list[EcgRecord], tmp_path: Path) -> None:
     png = tmp_path / "report.png"
     out = run("client", "report", str(demo_queries[1].path), "--server", edge_server.address, "--plot", str(png))
-    assert out.stdout.startswith("Report: ") and "Neighbours:" in out.stdout and f"plot written to {png}" in out.stdout
+    assert out.stdout.startswith("Rate ") and "\nReport: " in out.stdout  # the measurements' cart line comes first
+    assert "Neighbours:" in out.stdout and f"plot written to {png}" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 
 

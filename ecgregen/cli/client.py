@@ -59,7 +59,8 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     add_output_flags(report)
     report.add_argument("--k", type=int, default=3)
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
-    report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours")
+    report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours and its median "
+                        "beat with the fiducials the intervals were measured between")
     report.add_argument("--report-mode", default="", choices=["", "top1", "consensus"],
                         help="whose report: top1 (closest), consensus (agrees best with the diagnoses); "
                         "default: the server's")
@@ -173,7 +174,7 @@ def run_report(args: argparse.Namespace) -> None:
         print("Refining: ", end="", flush=True)
     result = client.report(
         args.server, ecg, args.k, args.exclude_patient, refine=args.refine, report_mode=args.report_mode,
-        on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None,
+        on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None, include_median_beat=bool(args.plot),
     )
     if streaming:
         print("\n")

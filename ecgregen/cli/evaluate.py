@@ -48,6 +48,15 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
                             "and its calibration fold)")
     ev_qa.add_argument("--no-diagnoses", action="store_true",
                        help="answer by the neighbours' vote as before the calibrated diagnoses")
+    ev_qa.add_argument("--no-measurements", action="store_true",
+                       help="answer numeric-feature, axis, noise and extra-systole questions as before the "
+                            "measurements (neighbours' metadata or labels)")
+    ev_qa.add_argument("--serving-fold", type=int, default=8,
+                       help="the fold (split by patient) the shipped answer settings are fitted on: neither reported "
+                            "nor one the encoder learnt the labels of")
+    ev_qa.add_argument("--settings-out", type=Path,
+                       help="write the answer settings fitted on --serving-fold (for this encoder) as JSON, e.g. "
+                            "ecgregen/models/answer-settings.json")
     add_llm_flags(ev_qa)
     for p in (ev_report, ev_qa):
         p.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
@@ -133,11 +142,16 @@ def run_qa(args: argparse.Namespace) -> None:
         limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
         llm=llm_config_from_args(args),
         test_folds=parse_folds(args.test_folds) if args.test_folds else None,
-        diagnoses=not args.no_diagnoses, calibration_folds=(calibration_folds[0], calibration_folds[1]),
-        fit_folds=parse_folds(args.fit_folds), encoder_folds=args.encoder_folds,
+        diagnoses=not args.no_diagnoses, measurements=not args.no_measurements,
+        calibration_folds=(calibration_folds[0], calibration_folds[1]), fit_folds=parse_folds(args.fit_folds),
+        serving_fold=args.serving_fold, encoder_folds=args.encoder_folds,
     )
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
+    if args.settings_out:
+        if result["settings_for_serving"] is None:
+            raise SystemExit("--settings-out needs the diagnoses (drop --no-diagnoses)")
+        args.settings_out.write_text(json.dumps(result["settings_for_serving"]["settings"], indent=2) + "\n")
     print(format_qa(result))
 
 

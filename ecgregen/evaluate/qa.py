@@ -14,6 +14,13 @@ rules that define ECG-QA's ground truth, and the majority wins (ties: the closer
 cannot answer (heart axis, numeric features) fall back to the SCP-statement vote. ``diagnoses=False`` answers every
 question as before the diagnoses.
 
+Questions about measured attributes - numeric features, heart axis, noise, extra systoles - are answered from the
+ECG's own measurements (:func:`ecgregen.measure.measure`, :mod:`ecgregen.answer_measured`) as the server answers them,
+and as before where the measurement is absent. They are also scored per attribute type against that type's majority
+answer, leave-one-fold-out: for questions about fold f, the majority answer and the measurement settings (how many
+flagged leads make a noise present, how many premature beats an extra systole) come from the questions about the
+other folds (of every question file given, whatever ``test_folds`` selects).
+
 The `llm` answerer is the paper's: the top-k reports and diagnoses, and the predicted diagnoses, go into its
 zero-shot prompt with the question and the template's answer options, to whatever OpenAI-compatible endpoint is
 configured (the local model by default); replies it cannot use are answered by the label answerer and counted under
@@ -21,6 +28,10 @@ configured (the local model by default); replies it cannot use are answered by t
 
 The JSON records the folds: what the encoder was trained on (a note), the index, the questions, and what the
 diagnosis calibration and the answerer's settings were fitted on, with the settings per question fold.
+``settings_for_serving`` are the shipped answer settings (``--settings-out``): fitted on one fold the encoder did not
+learn the labels of and that is not reported (fold 8 for the shipped encoder), split by patient - the diagnosis
+calibration on one half, the band edges on questions generated about the other, both ways round - and the
+measurement settings on the real questions about that fold.
 """
 
 from __future__ import annotations
@@ -35,6 +46,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ecgregen.answer import AnswerSettings, LabelVoteAnswerer
+from ecgregen.answer_measured import (
+    EXTRA_SYSTOLE,
+    MEASURED_TYPES,
+    NOISE,
+    MeasuredAnswer,
+    answer_from_measurements,
+    attribute_type,
+)
 from ecgregen.diagnoses import K_GRID, Calibration, CalibrationError, Diagnoser, Diagnosis, load_statements
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
 from ecgregen.evaluate.ecgqa import (
@@ -52,15 +71,19 @@ from ecgregen.llm.answerer import LlmAnswerer
 from ecgregen.llm.prompts import QUESTION_TYPES
 from ecgregen.llm.settings import LlmConfig
 from ecgregen.llm.stage import LlmStage
+from ecgregen.measure import Measurements, measure
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.qa_conventions import NONE, normalise, question_lead
-from ecgregen.records import load_ptbxl
+from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.store import Hit
 
 # Templates whose questions are about SCP statements and that ECG-QA's rules answer from metadata: the questions
 # generated to fit the answerer's band edges.
 FIT_TEMPLATES = tuple(range(1, 17))
 _GRID = tuple(round(float(t), 2) for t in np.arange(0.02, 1.0, 0.02))
+# The counts the measurement settings are chosen from (ties: the smallest, the plain reading "one is enough").
+MEASURED_GRIDS = {"noise_min_leads": (NOISE, tuple(range(1, 13))), "premature_min_beats": (EXTRA_SYSTOLE, (1, 2, 3, 4, 5))}
+OTHER = "other"  # the attribute types answered from labels (scp_code, stage_of_infarction)
 
 # The paper's Table II (exact match, %): S-Verify / S-Choose / S-Query.
 PAPER_TABLE_II = {
@@ -190,14 +213,58 @@ def fit_answer_settings(
     return base.but(**found, fitted_on=fitted_on), report
 
 
+def fit_measured_settings(cases: Sequence[tuple[dict, Sequence[str], Measurements]]) -> tuple[dict, dict]:
+    """``noise_min_leads`` and ``premature_min_beats`` maximising exact match on ECG-QA questions (question, its
+    options, its ECG's measurements), each on the questions of its attribute type (:data:`MEASURED_GRIDS`).
+
+    Returns the settings found (only those with questions) and, per setting, how many questions decided it and
+    their exact match there."""
+    found: dict[str, int] = {}
+    report: dict[str, dict] = {}
+    for name, (kind, grid) in MEASURED_GRIDS.items():
+        decided = [(q, o, m) for q, o, m in cases if attribute_type(q["question"], o) == kind]
+        if not decided:
+            continue
+        scores = [
+            sum(isinstance(a := answer_from_measurements(q["question"], o, m, **{name: value}), MeasuredAnswer)
+                and _exact(frozenset(a.answer), q["answer"]) for q, o, m in decided)
+            for value in grid
+        ]
+        best = max(range(len(grid)), key=lambda i: (scores[i], -i))
+        found[name] = grid[best]
+        report[name] = {"n": len(decided), "exact_match": round(scores[best] / len(decided), 4)}
+    return found, report
+
+
+def attribute_group(q: dict) -> str:
+    """The attribute type a question is scored under: one of :data:`MEASURED_TYPES`, or :data:`OTHER`."""
+    return q["attribute_type"] if q.get("attribute_type") in MEASURED_TYPES else OTHER
+
+
+def split_by_patient(records: Sequence[EcgRecord]) -> tuple[list[EcgRecord], list[EcgRecord]]:
+    """Two halves of `records` with no patient in both (patients sorted by id, alternately), so one half's
+    calibration never saw the other half's patients."""
+    patients = sorted({r.patient_id for r in records}, key=lambda p: (len(p), p))
+    first = set(patients[::2])
+    return [r for r in records if r.patient_id in first], [r for r in records if r.patient_id not in first]
+
+
 def _answer(
     q: dict, hits: Sequence[Hit], diagnoses: Sequence[Diagnosis], metadata: PtbxlMetadata, templates: dict,
-    answerer: LabelVoteAnswerer,
+    answerer: LabelVoteAnswerer, measurements: Measurements | None = None,
 ) -> tuple[frozenset[str], str]:
-    """One question: statement questions (ECG-QA's scp_code attribute type) from the diagnoses when there are any;
-    the others as before - each neighbour answers from its own PTB-XL metadata by ECG-QA's rules and the majority
-    wins (ties: the closer neighbour), or the label vote for templates the metadata cannot answer."""
+    """One question: measured attributes (numeric features, axis, noise, extra systoles) from the ECG's measurements
+    when given; statement questions (ECG-QA's scp_code attribute type) from the diagnoses when there are any; the
+    others, and measured ones whose measurement is absent, as before - each neighbour answers from its own PTB-XL
+    metadata by ECG-QA's rules and the majority wins (ties: the closer neighbour), or the label vote for templates
+    the metadata cannot answer."""
     options = answer_options(q["template_id"], q["attribute"], templates)
+    unmeasured = ""
+    if measurements is not None and q.get("attribute_type") in MEASURED_TYPES:
+        measured = answerer.measured_answer(q["question"], options, measurements)
+        if isinstance(measured, MeasuredAnswer):
+            return frozenset(measured.answer), "measurements"
+        unmeasured = "unmeasured:" if measured is not None else "unrecognised:"
     if diagnoses and q.get("attribute_type") == "scp_code":
         return frozenset(answerer.answer(q["question"], options, hits, diagnoses=diagnoses).answer), "diagnoses"
     lead = question_lead(q["question"]) if needs_lead(q["template_id"]) else None
@@ -205,9 +272,9 @@ def _answer(
         return vote([
             frozenset(answer_from_metadata(q["template_id"], q["attribute"], metadata.row(h.ecg_id), lead=lead))
             for h in hits
-        ]), "metadata"
+        ]), unmeasured + "metadata"
     except UnsupportedTemplate:
-        return frozenset(answerer.answer(q["question"], options, hits).answer), "scp-vote"
+        return frozenset(answerer.answer(q["question"], options, hits).answer), unmeasured + "scp-vote"
 
 
 async def _answer_with_llm(
@@ -282,12 +349,15 @@ def evaluate_qa(
     llm: LlmConfig | None = None,
     test_folds: Sequence[int] | None = None,
     diagnoses: bool = True,
+    measurements: bool = True,
     calibration_folds: tuple[int, int] = (9, 8),
     fit_folds: Sequence[int] = tuple(range(1, 9)),
+    serving_fold: int = 8,
     encoder_folds: str = DEFAULT_ENCODER_FOLDS,
     fit_seed: int = 0,
 ) -> dict:
-    """Exact match per question type on the single-ECG questions about ECGs of `test_folds` (all when None).
+    """Exact match per question type, and per attribute type against its leave-one-fold-out majority, on the
+    single-ECG questions about ECGs of `test_folds` (all when None).
 
     With `diagnoses` (the default), statement questions are answered from calibrated diagnoses, leave-one-fold-out:
     for questions about fold f, the diagnosis calibration is fitted (``calibrate_records``) on fold
@@ -295,8 +365,13 @@ def evaluate_qa(
     fitted (:func:`fit_answer_settings`) on ECG-QA questions generated by ECG-QA's rules about the signal-bearing
     ECGs of `fit_folds` less f and less the calibration fold (its probabilities would be in-sample), diagnosed with
     that calibration, and ``lead_share`` on the published lead questions (template 17) about the same folds. So no
-    fitted number has seen fold f. ``settings_for_serving`` is the same fit for the held-out fold
-    ``calibration_folds[0]``: the answerer defaults. Without `diagnoses`, today's neighbour vote answers.
+    fitted number has seen fold f. Without `diagnoses`, today's neighbour vote answers.
+
+    With `measurements` (the default), measured attributes are answered from the ECG's measurements, with the
+    measurement settings fitted (:func:`fit_measured_settings`) on the questions about the other folds.
+
+    ``settings_for_serving`` (with `diagnoses`): the settings fitted on `serving_fold` alone, split by patient (see
+    the module docstring), for the encoder that ran.
     """
     if answerer not in ("labels", "llm"):
         raise ValueError(f"unknown answerer {answerer!r}; labels or llm")
@@ -304,15 +379,16 @@ def evaluate_qa(
     records = load_ptbxl(ptbxl_dir)
     with_signal = {r.ecg_id: r for r in records}
     fold_of = {r.ecg_id: int(r.fold) if r.fold is not None else 0 for r in records}
-    questions = [
-        q for q in load_questions(question_paths)
-        if q["question_type"] in QUESTION_TYPES and str(q["ecg_id"][0]) in with_signal
-        and (test_folds is None or fold_of[str(q["ecg_id"][0])] in test_folds)
-    ][:limit]
+    all_questions = load_questions(question_paths)
+    # Every single-ECG question with a signal here, whatever `test_folds` selects: what the majorities and the
+    # measurement settings of the other folds are taken from.
+    signal_questions = [q for q in all_questions
+                        if q["question_type"] in QUESTION_TYPES and str(q["ecg_id"][0]) in with_signal]
+    questions = [q for q in signal_questions
+                 if test_folds is None or fold_of[str(q["ecg_id"][0])] in test_folds][:limit]
     if not questions:
         raise ValueError(f"no single-ECG question refers to an ECG with a signal in {ptbxl_dir}"
                          + (f" in folds {list(test_folds)}" if test_folds is not None else ""))
-    all_questions = load_questions(question_paths)
     metadata = PtbxlMetadata.from_ptbxl(ptbxl_dir)
     all_reports = Path(ptbxl_dir) / "ptbxl_database_all_reports.csv"
     lead_metadata = PtbxlMetadata.from_csv(all_reports) if all_reports.exists() else metadata
@@ -336,19 +412,40 @@ def evaluate_qa(
             pools[ecg_id] = neighbours_excluding_patient(pipeline, with_signal[ecg_id], pool_k)
         return pools[ecg_id]
 
+    measured: dict[str, Measurements] = {}
+    measured_cases: list[tuple[int, tuple[dict, list[str], Measurements]]] = []
+    if measurements:
+        asked = sorted({str(q["ecg_id"][0]) for q in signal_questions if q["attribute_type"] in MEASURED_TYPES},
+                       key=int)
+        for ecg_id in tqdm(asked, desc="measure", unit="ecg", disable=not progress, dynamic_ncols=True):
+            measured[ecg_id] = measure(with_signal[ecg_id].load_ecg())
+        measured_cases = [
+            (fold_of[e], (q, answer_options(q["template_id"], q["attribute"], templates), measured[e]))
+            for q in signal_questions if (e := str(q["ecg_id"][0])) in measured
+        ]
+
+    def measured_fit(folds: Sequence[int]) -> tuple[dict, dict]:
+        """The measurement settings fitted on the questions about `folds`."""
+        return fit_measured_settings([case for fold, case in measured_cases if fold in folds]) if measurements \
+            else ({}, {})
+
+    all_folds = sorted(set(fold_of.values()))
     try:
         needed = sorted({str(q["ecg_id"][0]) for q in questions}, key=int)
         if diagnoses:
-            fit_records = [r for r in records if fold_of[r.ecg_id] in set(fit_folds)]
+            fit_records = [r for r in records if fold_of[r.ecg_id] in {*fit_folds, serving_fold}]
             needed = sorted({*needed, *(r.ecg_id for r in fit_records)}, key=int)
         for ecg_id in tqdm(needed, desc="neighbours", unit="ecg", disable=not progress, dynamic_ncols=True):
             pool_of(ecg_id)
         if diagnoses:
             fit_start = time.perf_counter()
             statements = load_statements()
+            serving_records = [r for r in records if fold_of[r.ecg_id] == serving_fold]
+            halves = split_by_patient(serving_records)
             for fold in (held_out, second):
                 calibrations[fold], calibration_info[fold] = _calibrate(
                     pipeline, [r for r in records if fold_of[r.ecg_id] == fold], fold, progress)
+            half_calibrations = [_calibrate(pipeline, half, serving_fold, progress) for half in halves]
             generated = generate_questions(metadata, [int(r.ecg_id) for r in fit_records], templates=FIT_TEMPLATES,
                                            seed=fit_seed)
             diagnosed: dict[int, dict[str, list[Diagnosis]]] = {}
@@ -376,8 +473,36 @@ def evaluate_qa(
                 cal_fold, fitted, info = fit(fold)
                 answerers[fold] = LabelVoteAnswerer(base.vocabulary, fitted)
                 settings_info[str(fold)] = info
-            serving = fit(held_out)[2]
+
+            # The shipped settings: band edges on questions generated about one half of the serving fold, diagnosed
+            # with the other half's calibration (both ways round), measurement settings on its real questions.
+            half_of = {r.ecg_id: i for i, half in enumerate(halves) for r in half}
+            other_half = [Diagnoser(statements, half_calibrations[1 - i][0]) for i in range(2)]
+            serving_evidence = [
+                item for q in generated if (e := str(q["ecg_id"][0])) in half_of
+                and (item := question_evidence(base, q, other_half[half_of[e]].diagnose(pools[e]))) is not None
+            ]
+            share, lead_n = lead_question_share(all_questions, lead_metadata, [serving_fold])
+            fitted, report = fit_answer_settings(serving_evidence, lead_share=share)
+            found, measured_report = measured_fit([serving_fold])
+            encoder_id = pipeline.encoder.encoder_id
+            serving_settings = fitted.but(**found, encoder_id=encoder_id, fitted_on=(
+                f"evaluate qa {time.strftime('%Y-%m-%d')}, encoder {encoder_id}: fold {serving_fold} split by "
+                f"patient ({len(halves[0])} + {len(halves[1])} ECGs), diagnosis calibration on one half, band edges "
+                f"on ECG-QA questions generated about the other (both ways round); lead_share on the {lead_n} "
+                f"published lead questions about fold {serving_fold}; measurement settings on its "
+                f"{sum(f == serving_fold for f, _ in measured_cases)} published measured-attribute questions"))
+            serving = {"fold": serving_fold, "halves": [len(h) for h in halves],
+                       "calibrations": [info for _, info in half_calibrations], "lead_questions": lead_n,
+                       "settings": serving_settings.to_json(), "fit": {**report, **measured_report}}
             fit_time = time.perf_counter() - fit_start
+
+        measured_info: dict[str, dict] = {}
+        for fold in question_folds:
+            others = [f for f in all_folds if f != fold]
+            found, report = measured_fit(others)
+            answerers[fold] = LabelVoteAnswerer(base.vocabulary, answerers.get(fold, base).settings.but(**found))
+            measured_info[str(fold)] = {"fit_folds": others, "settings": found, "fit": report}
 
         def diagnoses_of(ecg_id: str) -> list[Diagnosis]:
             if not diagnoses:
@@ -396,7 +521,7 @@ def evaluate_qa(
             for q in questions:
                 ecg_id = str(q["ecg_id"][0])
                 predicted, how = _answer(q, neighbours[ecg_id], diagnoses_of(ecg_id), metadata, templates,
-                                         answerers.get(fold_of[ecg_id], base))
+                                         answerers.get(fold_of[ecg_id], base), measured.get(ecg_id))
                 results.append((q, predicted, how))
     finally:
         pipeline.store.close()
@@ -427,6 +552,7 @@ def evaluate_qa(
     for fold in question_folds:
         ours, base_rate = scored([r for r in results if fold_of[str(r[0]["ecg_id"][0])] == fold])
         by_fold[str(fold)] = {"by_type": ours, "majority": base_rate}
+    by_attribute = score_by_attribute(results, signal_questions, fold_of)
 
     return {
         "answerer": answerer,
@@ -450,10 +576,19 @@ def evaluate_qa(
                 {"rule": "questions generated by ECG-QA's rules about the ECGs of folds "
                          f"{list(fit_folds)} less the question's fold and less its calibration fold"}
                 if diagnoses else None),
+            "measurement_settings": (
+                {"rule": f"the published questions about the other folds of {all_folds}", "by_fold": measured_info}
+                if measurements else None),
+            "serving_settings": (
+                {"rule": f"fold {serving_fold} split by patient (calibration on one half, band edges on the "
+                         "other, both ways round); measurement settings on its published questions"}
+                if diagnoses else None),
         },
         "diagnoses": diagnoses,
+        "measurements": measurements,
         "by_type": by_type,
         "majority": majority,
+        "by_attribute_type": by_attribute,
         "by_fold": by_fold,
         "by_template": summary(by_template),
         "answered_from": dict(Counter(how for _, _, how in results)),
@@ -469,6 +604,50 @@ def evaluate_qa(
         "llm": llm_summary,
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
+
+
+def score_by_attribute(results: Sequence[tuple[dict, frozenset[str], str]], signal_questions: Sequence[dict],
+                       fold_of: dict[str, int]) -> dict[str, dict]:
+    """Exact match per attribute type (:func:`attribute_group`) beside that type's majority answer set,
+    leave-one-fold-out: a question about fold f is compared with the most frequent answer set among the
+    `signal_questions` of its type about the other folds (none there: counted wrong). Each type lists its question
+    folds and the folds each majority came from."""
+    def fold(q: dict) -> int:
+        return fold_of[str(q["ecg_id"][0])]
+
+    out: dict[str, dict] = {}
+    for group in (*MEASURED_TYPES, OTHER):
+        part = [(q, predicted) for q, predicted, _ in results if attribute_group(q) == group]
+        if not part:
+            continue
+        folds = sorted({fold(q) for q, _ in part})
+        majority_of: dict[int, frozenset[str]] = {}
+        majority_folds: dict[int, list[int]] = {}
+        for f in folds:
+            others = [q for q in signal_questions if attribute_group(q) == group and fold(q) != f]
+            counts = Counter(frozenset(q["answer"]) for q in others)
+            majority_of[f] = counts.most_common(1)[0][0] if counts else frozenset()
+            majority_folds[f] = sorted({fold(q) for q in others})
+        ours = [_exact(predicted, q["answer"]) for q, predicted in part]
+        base = [_exact(majority_of[fold(q)], q["answer"]) for q, _ in part]
+        out[group] = {
+            "n": len(part), "folds": folds, "exact_match": round(sum(ours) / len(ours), 4),
+            "majority": round(sum(base) / len(base), 4),
+            "majority_answers": {str(f): sorted(a) for f, a in majority_of.items()},
+            "majority_folds": {str(f): fs for f, fs in majority_folds.items()},
+        }
+    return out
+
+
+def _folds_text(folds: Sequence[int]) -> str:
+    """[1, 2, 3, 5] -> "1-3, 5"."""
+    runs: list[list[int]] = []
+    for f in sorted(folds):
+        if runs and f == runs[-1][-1] + 1:
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def format_qa(result: dict) -> str:
@@ -492,9 +671,22 @@ def format_qa(result: dict) -> str:
                 f"(n={part['by_type'][t]['n']})" if t in part["by_type"] else "-" for t in QUESTION_TYPES
             ]
             lines.append(f"| {fold} | " + " | ".join(cells) + " |")
+    by_attribute = result.get("by_attribute_type") or {}
+    if by_attribute:
+        lines += ["", "| attribute type | ours | majority of the other folds | ours - majority | n | question folds "
+                      "(each compared with the majority of the others) |", "|---|---|---|---|---|---|"]
+        for group, part in by_attribute.items():
+            folds_text = _folds_text(part["folds"])
+            lines.append(f"| {group} | {100 * part['exact_match']:.1f} (folds {folds_text}) | "
+                         f"{100 * part['majority']:.1f} (folds {folds_text}) | "
+                         f"{100 * (part['exact_match'] - part['majority']):+.1f} (folds {folds_text}) | {part['n']} | "
+                         f"{folds_text} |")
     folds = result.get("folds") or {}
     how = ("statement questions from calibrated diagnoses, leave-one-fold-out (calibration: "
            f"{folds['diagnosis_calibration']['rule']})" if result.get("diagnoses") else "neighbour vote")
+    if result.get("measurements"):
+        how += (", measured attributes from the ECG's measurements (measurement settings and majorities from the "
+                "other folds)")
     return "\n".join(lines) + (
         f"\n\n{result['n']} {kind} questions on folds {result.get('test_folds')}, k = {result['k']}, index folds "
         f"{result['index_folds']}, encoder `{result['encoder']}` (trained on folds {folds.get('encoder_trained_on')}), "

@@ -19,6 +19,7 @@ from ecgregen.api_values import FallbackReason
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.llm.client import LlmClient, LlmFailure
 from ecgregen.llm.prompts import QUESTION_TYPES, infer_question_type, qa_answer_schema, qa_messages, refine_messages
+from ecgregen.measure.types import Measurements
 from ecgregen.metrics import LLM_FALLBACKS, stage_timer
 from ecgregen.store import Hit
 
@@ -92,9 +93,10 @@ class LlmAnswerer:
     async def answer(
         self, question: str, options: Sequence[str], neighbours: Sequence[Hit], question_type: str = "",
         seconds: dict[str, float] | None = None, diagnoses: Sequence[Diagnosis] = (),
+        measurements: Measurements | None = None,
     ) -> QaResult:
-        """The LLM's answer from the top-k reports and diagnoses and the predicted `diagnoses` (when given); the
-        label answerer's (from the same diagnoses) where the reply is unusable."""
+        """The LLM's answer from the top-k reports and diagnoses, the predicted `diagnoses` and the ECG's
+        `measurements` (those given); the label answerer's (from the same diagnoses) where the reply is unusable."""
         options = [o.strip() for o in options if o.strip()]
         qtype = question_type or infer_question_type(question, options)
         if qtype not in QUESTION_TYPES:
@@ -102,14 +104,15 @@ class LlmAnswerer:
         if not neighbours:
             return self._fall_back("no_neighbours", "no neighbours to show the LLM", question, options, neighbours,
                                    diagnoses)
-        messages = qa_messages(question, options, qtype, neighbours, self.descriptions, diagnoses)
+        messages = qa_messages(question, options, qtype, neighbours, self.descriptions, diagnoses, measurements)
         try:
             with stage_timer("llm", seconds):
                 completion = await self.client.complete(messages, qa_answer_schema(options, qtype))
             chosen = parse_answer(completion.text, options, qtype)
         except LlmFailure as exc:
             return self._fall_back(exc.reason, str(exc), question, options, neighbours, diagnoses)
-        predicted = f", {len(diagnoses)} predicted diagnoses" if diagnoses else ""
+        predicted = (f", {len(diagnoses)} predicted diagnoses" if diagnoses else "") + (
+            ", measurements" if measurements is not None else "")
         return QaResult(
             chosen, self.name, f"{self.client.model} ({qtype}, top-{len(neighbours)} reports and diagnoses{predicted}) "
             f"replied {completion.text.strip()[:200]}", model=self.client.model,
@@ -125,7 +128,8 @@ class LlmAnswerer:
             fallback_reason=reason, model=self.client.model,
         )
 
-    async def refine(self, neighbours: Sequence[Hit]) -> AsyncIterator[str]:
-        """Deltas of the top-1 report rewritten against the top-k evidence (raises LlmUnavailable)."""
-        async for delta in self.client.stream(refine_messages(neighbours, self.descriptions)):
+    async def refine(self, neighbours: Sequence[Hit], measurements: Measurements | None = None) -> AsyncIterator[str]:
+        """Deltas of the top-1 report rewritten against the top-k evidence and the ECG's `measurements` (raises
+        LlmUnavailable)."""
+        async for delta in self.client.stream(refine_messages(neighbours, self.descriptions, measurements)):
             yield delta

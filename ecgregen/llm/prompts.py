@@ -6,7 +6,10 @@ contract rather than wording: the allowed options are listed on their own line, 
 data (newlines folded) so a question cannot start a new prompt section. The JSON schema sent beside the prompt
 restricts the answer to the options where the endpoint supports constrained output. A third addition, when the
 retrieval predicted diagnoses (:mod:`ecgregen.diagnoses`): a "Predicted diagnoses" line after the neighbours'
-diagnoses, the most probable statements with their calibrated probabilities.
+diagnoses, the most probable statements with their calibrated probabilities. A fourth, when the ECG was measured
+(:mod:`ecgregen.measure`): a "Measurements" line with what its own samples show - the cart line (rate, PR, QRS,
+QT/QTc, axes), rhythm, P waves, premature beats and flagged leads - evidence about this ECG rather than about its
+neighbours. Refinement gets the same line.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 
 from ecgregen.api_values import QuestionType
 from ecgregen.diagnoses import Diagnosis
+from ecgregen.measure.types import Measurements, cart_line
 from ecgregen.qa_conventions import is_verify
 from ecgregen.store import Hit
 
@@ -49,16 +53,19 @@ QA_USER_TEMPLATE = Template(
     "ECG Reports: ${reports}\n"
     "Diagnoses: ${diagnoses}\n"
     "${predicted}"
+    "${measured}"
     "Question: ${question}\n"
     "Options: ${options}"
 )
 PREDICTED_DIAGNOSES_SHOWN = 10  # the most probable predicted diagnoses in the prompt
+MEASUREMENTS_LABEL = "Measurements of this ECG (from its samples)"
 
 REFINE_SYSTEM_PROMPT = (
     "You are assisting a cardiologist. You get the report of the ECG most similar to a patient's ECG and the "
     "reports and diagnoses of the next most similar ECGs. Rewrite the first report as a concise ECG report for "
     "the patient's ECG, in English, keeping only findings the evidence supports and adding none it does not. "
-    "Do not mention the retrieval or the other ECGs. Output only the report text."
+    "Do not mention the retrieval or the other ECGs. When measurements of the patient's ECG are given, they come "
+    "from its own samples: the report must not contradict them. Output only the report text."
 )
 
 REFINE_USER_TEMPLATE = Template(
@@ -66,6 +73,7 @@ REFINE_USER_TEMPLATE = Template(
     "Closest diagnoses: ${diagnoses}\n"
     "Other retrieved reports: ${other_reports}\n"
     "Other diagnoses: ${other_diagnoses}"
+    "${measured}"
 )
 
 
@@ -104,21 +112,36 @@ def describe_diagnoses(diagnoses: Sequence[Diagnosis], limit: int = PREDICTED_DI
     )
 
 
+def describe_measurements(m: Measurements) -> str:
+    """'Rate 72 bpm | PR 160 ms | ... | Axes P/QRS/T 50/30/40; rhythm: sinus rhythm; P waves: present; premature
+    beats: 1 ventricular; flagged leads: V1 lead_off': what the ECG's samples measure, as a cart prints it (an
+    unmeasured value is "-")."""
+    premature = ", ".join(f"{n} {origin}" for origin, n in m.premature_counts.items() if n) or "none"
+    flagged = "; ".join(f"{lead} {', '.join(flags)}" for lead, flags in m.flagged_leads.items()) or "none"
+    p_waves = {True: "present", False: "absent", None: "not assessed"}[m.p_waves_present]
+    parts = [cart_line(m), f"rhythm: {m.rhythm.replace('_', ' ')}", f"P waves: {p_waves}",
+             f"premature beats: {premature}", f"flagged leads: {flagged}"]
+    if m.limb_lead_reversal:
+        parts.append("limb lead reversal suspected")
+    return "; ".join(parts)
+
+
 def _numbered(items: Sequence[str]) -> str:
     return " ".join(f"({i}) {_one_line(text) or '(empty)'}" for i, text in enumerate(items, 1))
 
 
 def qa_messages(
     question: str, options: Sequence[str], question_type: str, neighbours: Sequence[Hit], descriptions: Mapping[str, str],
-    diagnoses: Sequence[Diagnosis] = (),
+    diagnoses: Sequence[Diagnosis] = (), measurements: Measurements | None = None,
 ) -> list[dict[str, str]]:
     """The paper's prompt for one question over the top-k neighbours (closest first), with the predicted diagnoses
-    (calibrated probabilities) on a line of their own when there are any."""
+    (calibrated probabilities) and the ECG's measurements each on a line of their own when there are any."""
     user = QA_USER_TEMPLATE.substitute(
         question_prompt=QUESTION_PROMPTS[question_type],
         reports=_numbered([h.report for h in neighbours]),
         diagnoses=_numbered([describe_labels(h.scp_codes, descriptions) for h in neighbours]),
         predicted=f"Predicted diagnoses (calibrated probability): {describe_diagnoses(diagnoses)}\n" if diagnoses else "",
+        measured=f"{MEASUREMENTS_LABEL}: {describe_measurements(measurements)}\n" if measurements is not None else "",
         question=json.dumps(_one_line(question), ensure_ascii=False),
         options=", ".join(json.dumps(o, ensure_ascii=False) for o in options) if options else "(any)",
     )
@@ -136,13 +159,15 @@ def qa_answer_schema(options: Sequence[str], question_type: str) -> dict[str, An
     return {"type": "object", "properties": {"answer": answer}, "required": ["answer"], "additionalProperties": False}
 
 
-def refine_messages(neighbours: Sequence[Hit], descriptions: Mapping[str, str]) -> list[dict[str, str]]:
-    """Refinement of the top-1 report against the other neighbours' evidence."""
+def refine_messages(neighbours: Sequence[Hit], descriptions: Mapping[str, str],
+                    measurements: Measurements | None = None) -> list[dict[str, str]]:
+    """Refinement of the top-1 report against the other neighbours' evidence and the ECG's own measurements."""
     top, others = neighbours[0], neighbours[1:]
     user = REFINE_USER_TEMPLATE.substitute(
         report=_one_line(top.report) or "(empty)",
         diagnoses=describe_labels(top.scp_codes, descriptions),
         other_reports=_numbered([h.report for h in others]) or "(none)",
         other_diagnoses=_numbered([describe_labels(h.scp_codes, descriptions) for h in others]) or "(none)",
+        measured=f"\n{MEASUREMENTS_LABEL}: {describe_measurements(measurements)}" if measurements is not None else "",
     )
     return [{"role": "system", "content": REFINE_SYSTEM_PROMPT}, {"role": "user", "content": user}]

@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from ecgregen.evaluate.ecgqa.vocabulary import LEADS, NOISE_COLUMNS, SEXES
+from ecgregen.evaluate.ecgqa.vocabulary import LEADS, SEXES
+from ecgregen.qa_conventions import NOISE_COLUMNS
 
 _LEAD_TOKEN = r"(avr|avl|avf|iii|ii|i|v\s*\d|\d)"
 _LEAD_SPAN = re.compile(rf"(?<![a-z]){_LEAD_TOKEN}(?:\s*-\s*{_LEAD_TOKEN})?(?![a-z])")

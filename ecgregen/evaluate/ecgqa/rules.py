@@ -170,8 +170,10 @@ def answer_from_metadata(
 def answer_options(template_id: int, attribute: Sequence[str],
                    templates: Mapping[int, Template] | None = None) -> list[str]:
     """The answers an answerer should be offered: a choose question's two attributes and "none" (published
-    answers may hold both attributes); otherwise the template's answer classes."""
+    answers may hold both attributes); otherwise the template's answer classes. A numeric feature's attribute names
+    the feature too ("within the normal range of rr interval") while its answer is the range alone: the range is
+    offered."""
     template = (templates or TEMPLATES)[template_id]
     if template.question_type == "single-choose":
-        return [*attribute, NONE]
+        return [*(a.split(" of ")[0] if template.attribute_type == "numeric_feature" else a for a in attribute), NONE]
     return list(template.answer_classes)

@@ -16,20 +16,25 @@ import pandas as pd
 from ecgregen.evaluate.ecgqa.vocabulary import (
     CODE_NAMES,
     DIAGNOSTIC_CODES,
-    EXTRA_SYSTOLES,
     FORM_CODES,
     FORM_IN_LEAD_CODES,
-    HEART_AXES,
     LEADS,
-    NOISES,
-    NUMERIC_FEATURES,
-    RANGES,
     RHYTHM_CODES,
     STAGE_ANSWERS,
     STAGES,
     SUPERCLASSES,
 )
-from ecgregen.qa_conventions import NO, NONE, NOT_SURE, YES
+from ecgregen.qa_conventions import (
+    EXTRA_SYSTOLES,
+    HEART_AXES,
+    NO,
+    NOISES,
+    NONE,
+    NOT_SURE,
+    NUMERIC_FEATURES,
+    RANGES,
+    YES,
+)
 
 
 @dataclass(frozen=True)

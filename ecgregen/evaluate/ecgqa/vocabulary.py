@@ -1,5 +1,6 @@
 """ECG-QA's vocabulary: the SCP statements it asks about and how it words them, its superclasses, and the words of
-its other attributes (heart axis, infarction stage, noise, extra systoles, numeric ranges).
+its other attributes (infarction stage here; heart axis, noise, extra systoles and numeric ranges in
+:mod:`ecgregen.qa_conventions`, which serving shares).
 
 The vocabulary is ECG-QA's own and fixed, so it is written out here rather than re-derived from
 ``scp_statements.csv``; the tests check it against that file and against the published ``templates.csv``.
@@ -109,21 +110,10 @@ ALL_DIAGNOSTIC = frozenset(code for codes in SUPERCLASSES.values() for code in c
 ALL_FORM = frozenset(FORM_CODES) | {"PRC(S)"}
 ALL_RHYTHM = frozenset(RHYTHM_CODES) | {"SVARR", "PSVT", "TRIGU"}
 
-HEART_AXES = ("left axis deviation", "right axis deviation", "extreme axis deviation", "normal heart axis")
 STAGES = ("early stage of myocardial infarction", "middle stage of myocardial infarction",
           "old stage of myocardial infarction")
 NO_INFARCTION = "none of myocardial infarction"
 UNKNOWN_STAGE = "unknown stage of myocardial infarction"
 STAGE_ANSWERS = (NO_INFARCTION, UNKNOWN_STAGE, *STAGES)
-NOISE_COLUMNS: dict[str, str] = {
-    "baseline drift": "baseline_drift",
-    "static noise": "static_noise",
-    "burst noise": "burst_noise",
-    "electrodes problems": "electrodes_problems",
-}
-NOISES = tuple(NOISE_COLUMNS)
-EXTRA_SYSTOLES = ("extrasystoles", "ventricular extrasystoles", "supraventricular extrasystoles")
-RANGES = ("below the normal range", "within the normal range", "above the normal range")
-NUMERIC_FEATURES = ("rr interval", "p duration", "pr interval", "qrs duration", "qt interval", "qt corrected")
 
 SEXES = {0: "Male", 1: "Female"}  # PTB-XL's sex column, as the published questions spell it
