@@ -377,7 +377,8 @@ def format_measurements(m: dict | None, device: Mapping[str, int] | None = None)
     for name, reason in m["missing"].items():
         reasons.setdefault(reason, []).append(VALUE_LABELS.get(name, name))
     if reasons:
-        lines.append("Not measured: " + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items()))
+        lines.append("Not measured: "
+                     + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items()))
     lines.append(format_quality(m["lead_quality"], m["limb_lead_reversal"]))
     return "\n".join(lines) + "\n\n"
 

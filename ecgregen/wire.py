@@ -100,7 +100,8 @@ def measurements_to_proto(m: Measurements | None, include_median_beat: bool = Fa
         limb_lead_reversal=m.limb_lead_reversal, missing=m.missing, measured_at_hz=m.measured_at_hz,
         median_beat=None if beat is None else pb.MedianBeat(
             rate_hz=beat.rate_hz, r_index=beat.r_index, fiducials_ms=beat.fiducials_ms,
-            leads=[pb.Lead(name=name, samples=row.tolist(), units="mV") for name, row in zip(STANDARD_LEADS, beat.signal)],
+            leads=[pb.Lead(name=name, samples=row.tolist(), units="mV")
+                   for name, row in zip(STANDARD_LEADS, beat.signal)],
         ),
     )
 

@@ -345,7 +345,9 @@ def test_cli_report_ask_and_insert_take_hospital_files(server: ServerProcess) ->
     """`client report FILE` prints what the server read and its report; `client ask FILE` answers; `client insert
     FILE` lands the record; a Holter segment is chosen with --start/--seconds."""
     text = run("client", "report", str(FORMATS / MUSE), "--server", server.address).stdout
-    assert text.startswith("File: GE MUSE XML, MV360, acquired 2023-04-29T22:41:16, 10 s at 500 Hz")
+    assert text.startswith("Rate ")  # the measurements first, the cart's own beside them, then what was read
+    assert "\nDevice: Rate 90 bpm | PR 144 ms | QRS 86 ms" in text
+    assert "\n\nFile: GE MUSE XML, MV360, acquired 2023-04-29T22:41:16, 10 s at 500 Hz" in text
     assert "The device's interpretation (machine): Normal Sinus rhythm" in text and "\nReport: " in text
     assert "warning: lead(s) III, aVR, aVL, aVF derived" in text
     holter = json.loads(run("client", "report", str(FORMATS / ISHNE), "--server", server.address, "--json",

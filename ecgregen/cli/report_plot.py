@@ -13,11 +13,13 @@ from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
 from ecgregen.records import PTBXL_SOURCE, WfdbSignal, read_wfdb
 from ecgregen.settings import DEMO_PTBXL
 
-# Where each fiducial of the median beat is drawn (FIDUCIALS of ecgregen.measure): P, QRS and T in their own colours.
+# How each fiducial of the median beat is drawn (FIDUCIALS of ecgregen.measure): a colour per wave, onsets dashed and
+# ends dotted, as the column's title says (a legend would cover the beat or the title).
 FIDUCIAL_STYLE = {
     "p_onset": ("tab:green", "--"), "p_offset": ("tab:green", ":"), "qrs_onset": ("tab:red", "--"),
-    "qrs_offset": ("tab:red", ":"), "t_end": ("tab:purple", "--"),
+    "qrs_offset": ("tab:red", ":"), "t_end": ("tab:purple", ":"),
 }
+FIDUCIAL_KEY = "P green, QRS red, T purple; -- onset, ·· end"
 
 
 def plot_report(query: WfdbSignal, query_name: str, result: dict, folders: Sequence[Path], out: Path) -> None:
@@ -81,12 +83,13 @@ def _plot(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ec
 
 
 def _plot_median_beat(axes: Sequence, measurements: dict | None) -> None:
-    """One column: the 12 leads of the median beat in ms from its QRS peak, a vertical line at each fiducial found,
-    the cart line above; why there is no beat where there is none."""
+    """One column: the 12 leads of the median beat in ms from its alignment point (the R wave: the fiducials' time
+    0), a vertical line at each fiducial found, the cart line above; why there is no beat where there is none."""
     from ecgregen.client import cart_values_line
 
     beat = (measurements or {}).get("median_beat")
-    axes[0].set_title("median beat" + (f"\n{_wrap(cart_values_line(measurements), 44)}" if measurements else ""),
+    title = f"median beat ({FIDUCIAL_KEY})" if beat else "median beat"
+    axes[0].set_title(title + (f"\n{_wrap(cart_values_line(measurements), 52)}" if measurements else ""),
                       fontsize=8, loc="left")
     if beat is None:
         why = "not measured (see the warnings)" if measurements is None else "no median beat could be formed"
@@ -101,10 +104,8 @@ def _plot_median_beat(axes: Sequence, measurements: dict | None) -> None:
         ax.plot((np.arange(samples.size) - beat["r_index"]) / beat["rate_hz"] * 1e3, samples, lw=0.8, color="black")
         for name, ms in beat["fiducials_ms"].items():
             color, style = FIDUCIAL_STYLE.get(name, ("tab:gray", "-"))
-            ax.axvline(ms, color=color, ls=style, lw=0.8, label=name)
-    if beat is not None:
-        axes[0].legend(fontsize=6, loc="upper right", ncol=2, frameon=False)
-    axes[-1].set_xlabel("ms from the QRS peak", fontsize=7)
+            ax.axvline(ms, color=color, ls=style, lw=0.8)
+    axes[-1].set_xlabel("ms from the beat's alignment point (R)", fontsize=7)
 
 
 def _wrap(text: str, width: int = 48) -> str:
