@@ -128,7 +128,7 @@ def cart_line(m: Measurements) -> str:
     """
 
     def num(value: float | None) -> str:
-        return "-" if value is None else f"{value:.0f}"
+        return "-" if value is None else f"{round(value) + 0:.0f}"  # + 0: no "-0" for a small negative axis
 
     return (f"Rate {num(m.heart_rate_bpm)} bpm | PR {num(m.pr_interval_ms)} ms | QRS {num(m.qrs_duration_ms)} ms | "
             f"QT/QTc {num(m.qt_interval_ms)}/{num(m.qtc_bazett_ms)} ms | "
