@@ -247,7 +247,8 @@ class RetrievalPipeline:
     ) -> tuple[Answer, Retrieval]:
         retrieval = self.search(ecg, k, filt)
         with stage_timer("answer", retrieval.seconds):
-            answer = self.answerer.answer(question, options, retrieval.hits, diagnoses=retrieval.diagnoses)
+            answer = self.answerer.answer(question, options, retrieval.hits, diagnoses=retrieval.diagnoses,
+                                          measurements=retrieval.measurements)
         return answer, retrieval
 
     def insert(self, records: Sequence[RecordToInsert], batch_id: str = "") -> InsertOutcome:

@@ -549,7 +549,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         hits, seconds = retrieval.hits, retrieval.seconds
         report = self.pipeline.report_of(retrieval, self.pipeline.resolved_report_mode())
         answer = self.pipeline.answerer.answer(
-            settings.question, settings.options, hits, diagnoses=retrieval.diagnoses).answer if settings.question else []
+            settings.question, settings.options, hits, diagnoses=retrieval.diagnoses,
+            measurements=retrieval.measurements).answer if settings.question else []
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,

@@ -1,15 +1,34 @@
-"""The label-vote answerer on real SCP statements and real ECG-QA question wording."""
+"""The label-vote answerer on real SCP statements and real ECG-QA question wording, and its answers from the ECG's
+measurements (numeric features, heart axis, noise, extra systoles)."""
 
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import pytest
 
-from ecgregen.answer import DEFAULT_SETTINGS, AnswerSettings, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.answer import (
+    DEFAULT_SETTINGS,
+    SHIPPED_SETTINGS,
+    AnswerSettings,
+    LabelVocabulary,
+    LabelVoteAnswerer,
+    default_scp_statements,
+    load_settings,
+)
+from ecgregen.answer_measured import MEASURED_TYPES, attribute_type
 from ecgregen.diagnoses import Diagnosis
+from ecgregen.ecg import STANDARD_LEADS
+from ecgregen.encoders.factory import open_encoder
+from ecgregen.evaluate.ecgqa import answer_options, load_questions
+from ecgregen.measure import BeatOrigin, Measurements, PrematureBeat, QualityFlag, measure
+from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit
-from tests.conftest import REPO
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.wire import ecg_to_proto
+from tests.conftest import REPO, ServerProcess, shared_ptbxl
 
 ECGQA = REPO.parent / "shared" / "data" / "ecgqa" / "ptbxl"
 
@@ -173,3 +192,186 @@ def test_default_settings_are_shipped_and_round_trip() -> None:
     assert DEFAULT_SETTINGS.fitted_on and 0 < DEFAULT_SETTINGS.verify_binary < 1
     assert AnswerSettings.from_json(json.loads(json.dumps(BANDS.to_json()))) == BANDS
     assert AnswerSettings.from_json({"verify_yes": 0.7, "unknown": 1}).verify_yes == 0.7
+
+
+# --- answers from the ECG's measurements ---------------------------------------------------------------------
+
+
+def measured(**values: object) -> Measurements:
+    """Measurements of a plain sinus ECG (every lead fine), with `values` changed."""
+    base = dict(heart_rate_bpm=72.0, rr_interval_ms=833.0, pr_interval_ms=160.0, p_duration_ms=100.0,
+                qrs_duration_ms=90.0, qt_interval_ms=380.0, qtc_bazett_ms=416.0, qrs_axis_deg=40.0, beat_count=12,
+                lead_quality={lead: () for lead in STANDARD_LEADS})
+    return Measurements(**{**base, **values})
+
+
+def test_numeric_features_use_ecgqa_ranges(answerer: LabelVoteAnswerer) -> None:
+    ranges = ["above the normal range", "below the normal range", "within the normal range"]
+    q = "What range does the qrs duration of this ECG fall in?"
+    for qrs, expected in ((58.0, "below"), (60.0, "within"), (110.0, "within"), (111.0, "above")):
+        result = answerer.answer(q, ranges, [], measurements=measured(qrs_duration_ms=qrs))
+        assert result.answer == [f"{expected} the normal range"] and "qrs duration measured" in result.rationale
+    # Verify, choose (the range is not offered: none), and the query by range over the offered features.
+    verify = "Does the rr interval of this ECG fall above the normal range?"
+    assert answerer.answer(verify, ["no", "yes"], [], measurements=measured(rr_interval_ms=1100.0)).answer == ["yes"]
+    assert answerer.answer(verify, ["no", "yes"], [], measurements=measured()).answer == ["no"]
+    choose = "Which range does the rr interval of this ECG fall in, below the normal range or above the normal range?"
+    assert answerer.answer(choose, ["below the normal range", "above the normal range", "none"], [],
+                           measurements=measured()).answer == ["none"]
+    features = ["none", "p duration", "pr interval", "qrs duration", "qt corrected", "qt interval", "rr interval"]
+    query = "What numeric features of this ECG fall above the normal range?"
+    result = answerer.answer(query, features, [], measurements=measured(pr_interval_ms=230.0, qtc_bazett_ms=560.0))
+    assert result.answer == ["pr interval", "qt corrected"]
+    assert answerer.answer(query, features, [], measurements=measured()).answer == ["none"]
+    # P duration has no lower edge in ECG-QA; QTc's upper edge is 430 / sqrt(0.6) ms.
+    assert answerer.answer("Does the p duration of this ECG fall below the normal range?", ["no", "yes"], [],
+                           measurements=measured(p_duration_ms=40.0)).answer == ["no"]
+    assert answerer.answer("Does the qt corrected of this ECG fall within the normal range?", ["no", "yes"], [],
+                           measurements=measured(qtc_bazett_ms=555.0)).answer == ["yes"]
+    # A long QT as an SCP statement is not a numeric-feature question.
+    assert attribute_type("Does this ECG show symptoms of long qt-interval?", ["no", "not sure", "yes"]) is None
+
+
+def test_heart_axis_classes(answerer: LabelVoteAnswerer) -> None:
+    axes = ["extreme axis deviation", "left axis deviation", "normal heart axis", "right axis deviation"]
+    q = "What direction is this ECG deviated to?"
+    for degrees, expected in ((-30.0, "normal heart axis"), (89.0, "normal heart axis"), (-31.0, "left axis deviation"),
+                              (-90.0, "left axis deviation"), (90.0, "right axis deviation"),
+                              (180.0, "right axis deviation"), (-100.0, "extreme axis deviation")):
+        result = answerer.answer(q, axes, [], measurements=measured(qrs_axis_deg=degrees))
+        assert result.answer == [expected] and f"QRS axis measured {degrees:.0f} deg" in result.rationale
+    verify = "Does this ECG show left axis deviation?"
+    assert answerer.answer(verify, ["no", "yes"], [], measurements=measured(qrs_axis_deg=-45.0)).answer == ["yes"]
+    choose = "Which cardiac axis does this ECG show, extreme axis deviation or right axis deviation?"
+    assert answerer.answer(choose, ["extreme axis deviation", "right axis deviation", "none"], [],
+                           measurements=measured()).answer == ["none"]
+
+
+def test_noise_from_lead_quality_flags(answerer: LabelVoteAnswerer) -> None:
+    quality = {lead: () for lead in STANDARD_LEADS} | {
+        "V1": (QualityFlag.STATIC_NOISE,), "V2": (QualityFlag.STATIC_NOISE, QualityFlag.BURST_NOISE),
+        "aVL": (QualityFlag.FLAT, QualityFlag.LEAD_OFF)}
+    m = measured(lead_quality=quality)
+    assert answerer.answer("Does this ECG show static noise in lead V2?", ["no", "yes"], [], measurements=m
+                           ).answer == ["yes"]
+    assert answerer.answer("Does this ECG show static noise in lead V3?", ["no", "yes"], [], measurements=m
+                           ).answer == ["no"]
+    assert answerer.answer("Does this ECG show any kind of noises in lead aVL?", ["no", "yes"], [], measurements=m
+                           ).answer == ["yes"]  # a lead off is an electrode problem
+    kinds = ["baseline drift", "burst noise", "electrodes problems", "none", "static noise"]
+    result = answerer.answer("What kind of noises does this ECG show?", kinds, [], measurements=m)
+    assert result.answer == ["burst noise", "electrodes problems", "static noise"]
+    assert "static noise in V1, V2" in result.rationale
+    leads = [f"lead {lead}" for lead in STANDARD_LEADS] + ["none"]
+    assert answerer.answer("What leads are showing static noise in this ECG?", leads, [], measurements=m
+                           ).answer == ["lead V1", "lead V2"]
+    # For the whole ECG a kind needs noise_min_leads flagged leads.
+    strict = LabelVoteAnswerer(answerer.vocabulary, DEFAULT_SETTINGS.but(noise_min_leads=2))
+    assert strict.answer("Does this ECG show static noise?", ["no", "yes"], [], measurements=m).answer == ["yes"]
+    assert strict.answer("Does this ECG show burst noise?", ["no", "yes"], [], measurements=m).answer == ["no"]
+
+
+def test_extra_systoles_from_premature_beats(answerer: LabelVoteAnswerer) -> None:
+    beats = (PrematureBeat(2.0, BeatOrigin.VENTRICULAR, 480.0), PrematureBeat(6.1, BeatOrigin.VENTRICULAR, 500.0))
+    m = measured(premature_beats=beats)
+    kinds = ["extrasystoles", "none", "supraventricular extrasystoles", "ventricular extrasystoles"]
+    result = answerer.answer("What kind of extra systole does this ECG show?", kinds, [], measurements=m)
+    assert result.answer == ["ventricular extrasystoles"] and "2 ventricular, 0 supraventricular" in result.rationale
+    assert answerer.answer("Does this ECG show any kind of extra systoles?", ["no", "yes"], [], measurements=m
+                           ).answer == ["yes"]
+    assert answerer.answer("Does this ECG show supraventricular extrasystoles?", ["no", "yes"], [], measurements=m
+                           ).answer == ["no"]
+    # The unnamed kind stands for beats of no kind offered.
+    choose = "Which kind of extra systoles does this ECG show, extrasystoles or supraventricular extrasystoles?"
+    assert answerer.answer(choose, ["extrasystoles", "supraventricular extrasystoles", "none"], [], measurements=m
+                           ).answer == ["extrasystoles"]
+    assert answerer.answer(choose, ["extrasystoles", "supraventricular extrasystoles", "none"], [],
+                           measurements=measured()).answer == ["none"]
+    strict = LabelVoteAnswerer(answerer.vocabulary, DEFAULT_SETTINGS.but(premature_min_beats=3))
+    assert strict.answer("Does this ECG show ventricular extrasystoles?", ["no", "yes"], [], measurements=m
+                         ).answer == ["no"]
+
+
+def test_an_absent_measurement_falls_back_and_says_why(answerer: LabelVoteAnswerer) -> None:
+    m = measured(pr_interval_ms=None, missing={"pr_interval_ms": "no P waves (irregular rhythm)"})
+    result = answerer.answer("Does the pr interval of this ECG fall above the normal range?", ["no", "yes"],
+                             [hit({"AFIB": 100})], measurements=m)
+    assert result.answer == ["no"]  # the label vote's default: no statement named
+    assert result.rationale.startswith("pr interval not measured: no P waves (irregular rhythm), so answered as "
+                                       "without measurements: no SCP statement recognised")
+    # Statement questions are not answered from measurements even when given.
+    q = "Does this ECG show symptoms of non-diagnostic t abnormalities?"
+    assert answerer.answer(q, ["no", "not sure", "yes"], [hit({"NDT": 100})] * 3, measurements=m).answer == ["yes"]
+
+
+def test_measured_attribute_types_of_real_ecgqa_questions_are_recognised() -> None:
+    """Every published question (sample and noise chunk) is recognised as the measured attribute type it is, and
+    no statement or infarction-stage question is taken for one."""
+    paths = [ECGQA / "single_sample.json", ECGQA / "template" / "train" / "120000.json"]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"ECG-QA not found at {ECGQA}")
+    questions = load_questions(paths)
+    seen = Counter()
+    for q in questions:
+        expected = q["attribute_type"] if q["attribute_type"] in MEASURED_TYPES else None
+        assert attribute_type(q["question"], answer_options(q["template_id"], q["attribute"])) == expected, q
+        seen[expected] += 1
+    assert all(seen[t] > 50 for t in MEASURED_TYPES) and seen[None] > 600
+
+
+# One published ECG-QA question per measured attribute type about a real PTB-XL record whose answer the measurements
+# give (ecg_id, template, question start, the measurement its rationale names): demo-corpus records where ECG-QA asks
+# about one, shared fold-8 ones otherwise.
+REAL_QUESTIONS = {
+    "heart_axis": ("4636", 22, "What direction is this ECG deviated to?", "QRS axis measured"),
+    "noise": ("5882", 26, "Does this ECG show static noise in lead aVF?", "static noise in aVF"),
+    "numeric_feature": ("14022", 40, "Which range does the rr interval of this ECG fall in",
+                        "rr interval measured"),
+    "extra_systole": ("13651", 37, "Which kind of extra systoles does this ECG show",
+                      "2 supraventricular"),
+}
+
+
+def real_question(kind: str) -> tuple[EcgRecord, dict]:
+    """The record and the published question of :data:`REAL_QUESTIONS` for this attribute type."""
+    ecg_id, template_id, text, _ = REAL_QUESTIONS[kind]
+    paths = [ECGQA / "single_sample.json", ECGQA / "template" / "train" / "120000.json"]
+    if not all(p.exists() for p in paths):
+        pytest.skip(f"ECG-QA not found at {ECGQA}")
+    records = {r.ecg_id: r for r in load_ptbxl(DEMO_PTBXL)}
+    if ecg_id not in records:
+        records = {r.ecg_id: r for r in load_ptbxl(shared_ptbxl(), [8])}
+    question = next(q for q in load_questions(paths) if q["ecg_id"] == [int(ecg_id)]
+                    and q["template_id"] == template_id and q["question"].startswith(text))
+    return records[ecg_id], question
+
+
+@pytest.mark.parametrize("kind", MEASURED_TYPES)
+def test_real_records_are_answered_from_their_measurements(kind: str, answerer: LabelVoteAnswerer) -> None:
+    """ECG-QA's own answer, from the measurements of the real recording (the neighbours, none here, play no part);
+    the rationale names the measurement. One premature beat is enough here, whatever the shipped settings say."""
+    record, q = real_question(kind)
+    one_beat = LabelVoteAnswerer(answerer.vocabulary, DEFAULT_SETTINGS.but(premature_min_beats=1))
+    result = one_beat.answer(q["question"], answer_options(q["template_id"], q["attribute"]), [],
+                             measurements=measure(record.load_ecg()))
+    assert sorted(result.answer) == sorted(q["answer"]), result.rationale
+    assert result.rationale.startswith("from the ECG's measurements: ") and REAL_QUESTIONS[kind][3] in result.rationale
+
+
+def test_axis_question_over_grpc_is_answered_from_the_measurements(client_server: ServerProcess) -> None:
+    """Through a real server: the label answerer answers ECG-QA's axis query on a real record from the ECG's
+    measurements, which the response carries, and says so."""
+    record, q = real_question("heart_axis")
+    options = answer_options(q["template_id"], q["attribute"])
+    response = client_server.stub().AnswerQuestion(pb.AnswerQuestionRequest(
+        ecg=ecg_to_proto(record.load_ecg()), question=q["question"], options=options, answerer="labels"), timeout=60)
+    assert list(response.answer) == q["answer"] == ["left axis deviation"]
+    assert response.answerer == "labels" and "QRS axis measured" in response.rationale
+    assert response.measurements.qrs_axis_deg < -30
+
+
+def test_shipped_settings_name_the_shipped_encoder() -> None:
+    """The shipped band edges were fitted for the encoder the server loads by default (read as the server reads
+    it), not for the one before."""
+    assert DEFAULT_SETTINGS.encoder_id == open_encoder(None, "torch").encoder_id
+    assert load_settings(SHIPPED_SETTINGS) == DEFAULT_SETTINGS and "fold 8" in DEFAULT_SETTINGS.fitted_on

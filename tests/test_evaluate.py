@@ -13,6 +13,7 @@ import wfdb
 
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.qa import attribute_group, fit_measured_settings, split_by_patient
 from ecgregen.evaluate.report import retrieve_top1
 from ecgregen.preprocess import resample
 from ecgregen.records import MIMIC_SOURCE, load_mimic_ecg, load_ptbxl
@@ -212,13 +213,15 @@ def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_pa
 
 def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Path) -> None:
     """The real ECG-QA questions about fold 9, answered from diagnoses calibrated on fold 8 (never on the
-    question's fold), with the folds recorded (the LLM answerer is checked on generated questions, above)."""
+    question's fold) and, for measured attributes, from the ECG's measurements; scored per attribute type against
+    the majority of the other folds, with the folds recorded; the serving settings fitted on fold 8 alone, for the
+    encoder that ran (the LLM answerer is checked on generated questions, above)."""
     root = shared_ptbxl()
     if not ECGQA_SAMPLE.exists():
         pytest.skip(f"ECG-QA questions not found at {ECGQA_SAMPLE}")
     common = ["evaluate", "qa", "--ptbxl", str(root), "--questions", str(ECGQA_SAMPLE), "--index-folds", "1-8",
               "--test-folds", "9", "--data-dir", str(shared_eval_dir)]
-    out = run(*common, "--json", str(tmp_path / "qa.json"))
+    out = run(*common, "--json", str(tmp_path / "qa.json"), "--settings-out", str(tmp_path / "settings.json"))
     result = json.loads((tmp_path / "qa.json").read_text())
     assert result["generated"] is False and result["n"] == 22  # the real questions about fold 9 with a signal here
     assert result["folds"]["questions"] == [9] and result["folds"]["index"] == list(range(1, 9))
@@ -234,3 +237,52 @@ def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Pa
     right_of = Counter(type_of[a["question_id"], a["ecg_id"]] for a in answers if set(a["predicted"]) == set(a["answer"]))
     assert result["by_type"] == {t: {"n": n, "exact_match": round(right_of[t] / n, 4)} for t, n in sorted(rows_of.items())}
 
+    # Per attribute type: the fold-9 rows, each against the majority of the questions about folds 1-8.
+    group_of = {(q["question_id"], q["ecg_id"][0]): attribute_group(q) for q in json.loads(ECGQA_SAMPLE.read_text())}
+    groups = Counter(group_of[a["question_id"], a["ecg_id"]] for a in answers)
+    by_attribute = result["by_attribute_type"]
+    assert {g: part["n"] for g, part in by_attribute.items()} == groups and {"heart_axis", "other"} <= groups.keys()
+    for part in by_attribute.values():
+        assert part["folds"] == [9] and part["majority_folds"]["9"] and 9 not in part["majority_folds"]["9"]
+        assert 0 <= part["majority"] <= 1 and 0 <= part["template_majority"] <= 1
+    measured = [a for a in answers if group_of[a["question_id"], a["ecg_id"]] != "other"]
+    assert measured and all(a["how"] in ("measurements", "unmeasured:metadata", "unmeasured:scp-vote")
+                            for a in measured)
+    assert "measurements" in result["answered_from"] and "| attribute type |" in out.stdout
+    assert result["folds"]["measurement_settings"]["by_fold"]["9"]["fit_folds"] == list(range(1, 9))
+    # The serving settings: fold 8 only, for this encoder, as written to --settings-out.
+    settings = json.loads((tmp_path / "settings.json").read_text())
+    assert settings == result["settings_for_serving"]["settings"] and settings["encoder_id"] == result["encoder"]
+    assert result["settings_for_serving"]["fold"] == 8 and sum(result["settings_for_serving"]["halves"]) == len(
+        load_ptbxl(root, [8]))
+
+
+
+def test_split_by_patient_keeps_each_patient_in_one_half() -> None:
+    records = load_ptbxl(DEMO_PTBXL)
+    first, second = split_by_patient(records)
+    assert len(first) + len(second) == len(records) and abs(len(first) - len(second)) <= len(records) // 5
+    assert not {r.patient_id for r in first} & {r.patient_id for r in second}
+
+
+def test_measurement_settings_are_fitted_on_the_questions_they_decide() -> None:
+    """Whole-ECG noise questions whose "yes" ECGs have noise in 3+ leads and whose "no" ECGs in 1: at least 2 (the
+    smallest that is right); extra-systole questions answered yes only with 2+ premature beats: at least 2."""
+    from ecgregen.ecg import STANDARD_LEADS
+    from ecgregen.measure import BeatOrigin, Measurements, PrematureBeat, QualityFlag
+
+    def ecg(noisy: int, premature: int) -> Measurements:
+        quality = {lead: (QualityFlag.STATIC_NOISE,) if i < noisy else () for i, lead in enumerate(STANDARD_LEADS)}
+        beats = tuple(PrematureBeat(float(i), BeatOrigin.VENTRICULAR, 500.0) for i in range(premature))
+        return Measurements(rr_interval_ms=800.0, beat_count=12, lead_quality=quality, premature_beats=beats)
+
+    noise = "Does this ECG show static noise?"
+    extra = "Does this ECG show any kind of extra systoles?"
+    cases = [({"question": noise, "answer": ["yes"]}, ["no", "yes"], ecg(3, 0)),
+             ({"question": noise, "answer": ["no"]}, ["no", "yes"], ecg(1, 0)),
+             ({"question": extra, "answer": ["yes"]}, ["no", "yes"], ecg(0, 2)),
+             ({"question": extra, "answer": ["no"]}, ["no", "yes"], ecg(0, 1))]
+    found, report = fit_measured_settings(cases)
+    assert found == {"noise_min_leads": 2, "premature_min_beats": 2}
+    assert report["noise_min_leads"] == {"n": 2, "exact_match": 1.0}
+    assert fit_measured_settings(cases[:2])[0] == {"noise_min_leads": 2}

@@ -280,9 +280,10 @@ def _answer(
 async def _answer_with_llm(
     questions: list[dict], neighbours: dict[str, list[Hit]], templates: dict, fallbacks: dict[int, LabelVoteAnswerer],
     diagnoses: dict[str, list[Diagnosis]], fold_of: dict[str, int], config: LlmConfig, progress: bool,
+    measured: dict[str, Measurements],
 ) -> tuple[list[tuple[dict, frozenset[str], str]], dict]:
-    """The paper's zero-shot QA: the LLM reads the top-k reports and diagnoses and the predicted diagnoses (the
-    label answerer where it fails)."""
+    """The paper's zero-shot QA: the LLM reads the top-k reports and diagnoses, the predicted diagnoses and the
+    ECG's measurements where measured, as the server sends them (the label answerer where it fails)."""
     stage = await LlmStage.start(config, next(iter(fallbacks.values())))
     if stage.answerer is None:
         raise ValueError(f"the LLM is not available: {stage.detail}")
@@ -303,7 +304,8 @@ async def _answer_with_llm(
                 options = answer_options(q["template_id"], q["attribute"], templates)
                 llm_answerer = per_fold.get(fold_of[ecg_id], stage.answerer)
                 result = await llm_answerer.answer(q["question"], options, neighbours[ecg_id], q["question_type"],
-                                                     diagnoses=diagnoses.get(ecg_id, ()))
+                                                     diagnoses=diagnoses.get(ecg_id, ()),
+                                                     measurements=measured.get(ecg_id))
                 how = f"fallback:{result.fallback_reason}" if result.fallback_reason else "llm"
                 results[i] = (q, frozenset(result.answer), how)
                 bar.update()
@@ -514,7 +516,7 @@ def evaluate_qa(
         if answerer == "llm":
             results, llm_summary = asyncio.run(_answer_with_llm(
                 questions, neighbours, templates, answerers or {0: base},
-                {e: diagnoses_of(e) for e in neighbours}, fold_of, llm or LlmConfig(), progress,
+                {e: diagnoses_of(e) for e in neighbours}, fold_of, llm or LlmConfig(), progress, measured,
             ))
         else:
             results, llm_summary = [], None
@@ -610,10 +612,16 @@ def score_by_attribute(results: Sequence[tuple[dict, frozenset[str], str]], sign
                        fold_of: dict[str, int]) -> dict[str, dict]:
     """Exact match per attribute type (:func:`attribute_group`) beside that type's majority answer set,
     leave-one-fold-out: a question about fold f is compared with the most frequent answer set among the
-    `signal_questions` of its type about the other folds (none there: counted wrong). Each type lists its question
-    folds and the folds each majority came from."""
+    `signal_questions` of its type about the other folds (none there: counted wrong). A stricter baseline beside it
+    takes the majority of the question's own template on the other folds (of its type where the template has none
+    there): the templates of one type answer in different words. Each type lists its question folds and the folds
+    each majority came from."""
     def fold(q: dict) -> int:
         return fold_of[str(q["ecg_id"][0])]
+
+    def most_common(qs: Sequence[dict]) -> frozenset[str] | None:
+        counts = Counter(frozenset(q["answer"]) for q in qs)
+        return counts.most_common(1)[0][0] if counts else None
 
     out: dict[str, dict] = {}
     for group in (*MEASURED_TYPES, OTHER):
@@ -623,16 +631,21 @@ def score_by_attribute(results: Sequence[tuple[dict, frozenset[str], str]], sign
         folds = sorted({fold(q) for q, _ in part})
         majority_of: dict[int, frozenset[str]] = {}
         majority_folds: dict[int, list[int]] = {}
+        by_template: dict[tuple[int, int], frozenset[str]] = {}
         for f in folds:
             others = [q for q in signal_questions if attribute_group(q) == group and fold(q) != f]
-            counts = Counter(frozenset(q["answer"]) for q in others)
-            majority_of[f] = counts.most_common(1)[0][0] if counts else frozenset()
+            majority_of[f] = most_common(others) or frozenset()
             majority_folds[f] = sorted({fold(q) for q in others})
+            for template in {q["template_id"] for q, _ in part if fold(q) == f}:
+                by_template[f, template] = most_common(
+                    [q for q in others if q["template_id"] == template]) or majority_of[f]
         ours = [_exact(predicted, q["answer"]) for q, predicted in part]
         base = [_exact(majority_of[fold(q)], q["answer"]) for q, _ in part]
+        per_template = [_exact(by_template[fold(q), q["template_id"]], q["answer"]) for q, _ in part]
         out[group] = {
             "n": len(part), "folds": folds, "exact_match": round(sum(ours) / len(ours), 4),
             "majority": round(sum(base) / len(base), 4),
+            "template_majority": round(sum(per_template) / len(per_template), 4),
             "majority_answers": {str(f): sorted(a) for f, a in majority_of.items()},
             "majority_folds": {str(f): fs for f, fs in majority_folds.items()},
         }
@@ -673,14 +686,15 @@ def format_qa(result: dict) -> str:
             lines.append(f"| {fold} | " + " | ".join(cells) + " |")
     by_attribute = result.get("by_attribute_type") or {}
     if by_attribute:
-        lines += ["", "| attribute type | ours | majority of the other folds | ours - majority | n | question folds "
-                      "(each compared with the majority of the others) |", "|---|---|---|---|---|---|"]
+        lines += ["", "| attribute type | ours | type majority of the other folds | ours - type majority | "
+                      "template majority of the other folds | n |", "|---|---|---|---|---|---|"]
         for group, part in by_attribute.items():
-            folds_text = _folds_text(part["folds"])
-            lines.append(f"| {group} | {100 * part['exact_match']:.1f} (folds {folds_text}) | "
-                         f"{100 * part['majority']:.1f} (folds {folds_text}) | "
-                         f"{100 * (part['exact_match'] - part['majority']):+.1f} (folds {folds_text}) | {part['n']} | "
-                         f"{folds_text} |")
+            folds = f"(folds {_folds_text(part['folds'])})"
+            lines.append(f"| {group} | {100 * part['exact_match']:.1f} {folds} | {100 * part['majority']:.1f} {folds} | "
+                         f"{100 * (part['exact_match'] - part['majority']):+.1f} {folds} | "
+                         f"{100 * part['template_majority']:.1f} {folds} | {part['n']} |")
+        lines.append("\nEach question about fold f is compared with the majority answer of its type (or template) "
+                     "among the questions about the other folds; the measurement settings are fitted there too.")
     folds = result.get("folds") or {}
     how = ("statement questions from calibrated diagnoses, leave-one-fold-out (calibration: "
            f"{folds['diagnosis_calibration']['rule']})" if result.get("diagnoses") else "neighbour vote")
