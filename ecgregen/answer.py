@@ -111,8 +111,11 @@ class AnswerSettings:
         return replace(self, **changes)
 
 
-# The shipped settings: written by `ecgregen evaluate qa ... --settings-out` (what they were fitted on is in the file's
-# fitted_on) for the shipped encoder, whose id the file names (tests/test_answer.py checks it).
+# The shipped settings, for the shipped encoder, whose id the file names (tests/test_answer.py checks it); written by
+# `ecgregen evaluate qa --ptbxl ../shared/data/ptbxl --questions ../shared/data/ecgqa/ptbxl/single_sample.json
+# ../shared/data/ecgqa/ptbxl/template/train/120000.json --index-folds 1-8 --settings-out
+# ecgregen/models/answer-settings.json`: fitted on fold 8 split by patient (neither the reported fold 9 nor the
+# encoder's label folds 1-7); the file's fitted_on says how.
 SHIPPED_SETTINGS = Path(__file__).resolve().parent / "models" / "answer-settings.json"
 
 

@@ -13,13 +13,15 @@ How a question is recognised (ECG-QA's templates 20-22 and 26-42, and the same w
   the offered ranges it falls in; query by feature: its range; query by range ("what numeric features fall above the
   normal range?"): the offered features in that range;
 - heart axis: an axis class named, or "axis" / "deviated" in the question; the class of the QRS axis;
-- noise: a kind named (baseline drift, static noise, burst noise, electrodes problems, any kind of noises); present in
+- noise: a kind named (baseline drift, static noise, burst noise, electrodes problems, any kind of noises), or
+  interference / distortion / artefacts (ECG-QA's paraphrases); a lead named anywhere in the question; present in
   a lead when the lead carries the kind's quality flag, in the ECG when at least ``noise_min_leads`` leads do;
   "which leads" questions list the flagged leads;
-- extra systoles: "extrasystole" or "extra systole"; a kind (ventricular, supraventricular) is present when at least
-  ``premature_min_beats`` premature beats of that origin were found. ECG-QA's plain "extrasystoles" (an annotation
-  that does not name the kind) cannot be told apart on the signal: a verify question about it is answered for beats
-  of any origin, and a choice offers it only for beats of no kind offered (ECG-QA keeps the kinds apart).
+- extra systoles: "extrasystole", "extra systole", or extra / premature / ectopic beats; a kind (ventricular,
+  supraventricular) is present when at least ``premature_min_beats`` premature beats of that origin were found.
+  ECG-QA's plain "extrasystoles" (an annotation that does not name the kind) cannot be told apart on the signal: a
+  verify question about it is answered for beats of any origin, and a choice offers it only for beats of no kind
+  offered (ECG-QA keeps the kinds apart).
 """
 
 from __future__ import annotations
@@ -83,7 +85,8 @@ _LEAD_OPTION = re.compile(r"^lead (\w+)$")
 _NOISE_WORDS = re.compile(r"\bnoises?\b|\binterference\b|\bdistortions?\b|\bartifacts?\b|\bartefacts?\b")
 # A lead named anywhere ("Is lead V1 on this ECG showing any interference?"), not only "in lead X".
 _ANY_LEAD = re.compile(r"\blead (aVR|aVL|aVF|III|II|I|V[1-6])\b", re.IGNORECASE)
-_EXTRA = re.compile(r"\bextra ?systol|\bextrasystol")
+# Extra systoles, also as a client says it ("extra beats"); not "premature complex", an SCP statement (PVC, PAC).
+_EXTRA = re.compile(r"\bextra ?systol|\b(extra|premature|ectopic) beats?\b")
 
 
 @dataclass(frozen=True)

@@ -248,6 +248,7 @@ def test_heart_axis_classes(answerer: LabelVoteAnswerer) -> None:
 
 
 def test_noise_from_lead_quality_flags(answerer: LabelVoteAnswerer) -> None:
+    answerer = LabelVoteAnswerer(answerer.vocabulary, DEFAULT_SETTINGS.but(noise_min_leads=1))
     quality = {lead: () for lead in STANDARD_LEADS} | {
         "V1": (QualityFlag.STATIC_NOISE,), "V2": (QualityFlag.STATIC_NOISE, QualityFlag.BURST_NOISE),
         "aVL": (QualityFlag.FLAT, QualityFlag.LEAD_OFF)}
@@ -258,6 +259,10 @@ def test_noise_from_lead_quality_flags(answerer: LabelVoteAnswerer) -> None:
                            ).answer == ["no"]
     assert answerer.answer("Does this ECG show any kind of noises in lead aVL?", ["no", "yes"], [], measurements=m
                            ).answer == ["yes"]  # a lead off is an electrode problem
+    # ECG-QA's paraphrases: other words, the lead named elsewhere.
+    for lead, expected in (("V1", "yes"), ("V3", "no")):
+        assert answerer.answer(f"Is lead {lead} on this ECG showing any signs of interference or distortion?",
+                               ["no", "yes"], [], measurements=m).answer == [expected]
     kinds = ["baseline drift", "burst noise", "electrodes problems", "none", "static noise"]
     result = answerer.answer("What kind of noises does this ECG show?", kinds, [], measurements=m)
     assert result.answer == ["burst noise", "electrodes problems", "static noise"]
@@ -272,6 +277,7 @@ def test_noise_from_lead_quality_flags(answerer: LabelVoteAnswerer) -> None:
 
 
 def test_extra_systoles_from_premature_beats(answerer: LabelVoteAnswerer) -> None:
+    answerer = LabelVoteAnswerer(answerer.vocabulary, DEFAULT_SETTINGS.but(premature_min_beats=1))
     beats = (PrematureBeat(2.0, BeatOrigin.VENTRICULAR, 480.0), PrematureBeat(6.1, BeatOrigin.VENTRICULAR, 500.0))
     m = measured(premature_beats=beats)
     kinds = ["extrasystoles", "none", "supraventricular extrasystoles", "ventricular extrasystoles"]
@@ -305,9 +311,10 @@ def test_an_absent_measurement_falls_back_and_says_why(answerer: LabelVoteAnswer
 
 
 def test_measured_attribute_types_of_real_ecgqa_questions_are_recognised() -> None:
-    """Every published question (sample and noise chunk) is recognised as the measured attribute type it is, and
-    no statement or infarction-stage question is taken for one."""
-    paths = [ECGQA / "single_sample.json", ECGQA / "template" / "train" / "120000.json"]
+    """Every published question (sample and noise chunk, as templated and as paraphrased) is recognised as the
+    measured attribute type it is, and no statement or infarction-stage question is taken for one."""
+    paths = [ECGQA / "single_sample.json", ECGQA / "template" / "train" / "120000.json",
+             ECGQA / "paraphrased" / "train" / "120000.json"]
     if not all(p.exists() for p in paths):
         pytest.skip(f"ECG-QA not found at {ECGQA}")
     questions = load_questions(paths)
