@@ -195,3 +195,21 @@ def test_each_hospital_file_agrees_with_its_cart(name):
         cart.pop("qrs_duration_ms")
     assert cart, "the file states measurements"
     _check(m, cart)
+
+
+def _swap_arm_electrodes(ecg: Ecg) -> Ecg:
+    """What the cart records with the left and right arm electrodes swapped: I inverted, II<->III, aVR<->aVL."""
+    s = ecg.signal
+    i, ii, iii, avr, avl, avf = (STANDARD_LEADS.index(n) for n in ("I", "II", "III", "aVR", "aVL", "aVF"))
+    out = s.copy()
+    out[i], out[ii], out[iii], out[avr], out[avl] = -s[i], s[iii], s[ii], s[avl], s[avr]
+    return Ecg(out, ecg.sampling_rate_hz)
+
+
+def test_swapped_arm_electrodes_are_suspected_and_a_correct_recording_is_not():
+    ecg = synthetic_ecg()
+    assert measure(ecg).limb_lead_reversal is False
+    swapped = measure(_swap_arm_electrodes(ecg))
+    assert swapped.limb_lead_reversal is True
+    for name in CART_FILES:
+        assert measure(_file(name).ecg).limb_lead_reversal is False, name

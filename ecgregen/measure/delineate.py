@@ -226,3 +226,20 @@ def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) ->
     if np.hypot(hx, hy) == 0:
         return None
     return float(np.degrees(np.arctan2(hy, hx)))
+
+
+def arm_leads_reversed(beat: np.ndarray, points: dict[str, int], usable: np.ndarray) -> bool:
+    """Suspected left/right arm electrode reversal: P, QRS and T all negative in lead I and P positive in aVR.
+
+    A swap of the arm electrodes inverts lead I (and swaps II/III, aVR/aVL). A real heart gives this picture only
+    in dextrocardia; a normal or ectopic atrial rhythm keeps the P wave upright in I or negative in aVR. Only said
+    when all three waves were delineated.
+    """
+    i, avr = STANDARD_LEADS.index("I"), STANDARD_LEADS.index("aVR")
+    needed = ("p_onset", "p_offset", "qrs_onset", "qrs_offset", "t_end")
+    if not (usable[i] and usable[avr]) or any(p not in points for p in needed):
+        return False
+    p = slice(points["p_onset"], points["p_offset"] + 1)
+    qrs = slice(points["qrs_onset"], points["qrs_offset"] + 1)
+    t = slice(points["qrs_offset"], points["t_end"] + 1)
+    return bool(beat[i, p].sum() < 0 and beat[i, qrs].sum() < 0 and beat[i, t].sum() < 0 and beat[avr, p].sum() > 0)

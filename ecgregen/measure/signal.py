@@ -18,6 +18,16 @@ from ecgregen.preprocess import resample
 MEASURE_RATE_HZ = 500.0
 
 
+def detection_signal(x: np.ndarray, rate_hz: float) -> tuple[np.ndarray, float]:
+    """The signal beats and quality are judged on: at 400 Hz and above, pairs of samples averaged (a cheap
+    low-pass with its zero at the new Nyquist rate) and halved in rate. QRS detection and noise need no more than
+    200-250 Hz, and the whole-recording passes are most of the stage's cost; fiducials still use every sample."""
+    if rate_hz < 400.0:
+        return x, rate_hz
+    n = x.shape[1] // 2 * 2
+    return 0.5 * (x[:, 0:n:2] + x[:, 1:n:2]), rate_hz / 2.0
+
+
 def working_signal(x: np.ndarray, rate_hz: float) -> tuple[np.ndarray, float]:
     """(12, n) float64 at the measuring rate: 500 Hz, or the recording's own rate when that is lower."""
     if rate_hz > MEASURE_RATE_HZ:

@@ -11,9 +11,16 @@ import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg
 from ecgregen.measure.beats import Beats, classify_beats, detect_qrs, rr_irregularity
-from ecgregen.measure.delineate import LIMB, MEASURE_RATE_HZ, delineate, frontal_axis, median_beat
+from ecgregen.measure.delineate import (
+    LIMB,
+    MEASURE_RATE_HZ,
+    arm_leads_reversed,
+    delineate,
+    frontal_axis,
+    median_beat,
+)
 from ecgregen.measure.quality import dead_leads, noise_flags
-from ecgregen.measure.signal import filtered, ms, working_signal
+from ecgregen.measure.signal import detection_signal, moving_average, ms, working_signal
 from ecgregen.measure.types import (
     BeatOrigin,
     Measurements,
@@ -33,31 +40,28 @@ TACHYCARDIA_BPM = 100.0
 
 
 def _lead_list(leads: list[str]) -> str:
-    """'V1-V6' for a run of chest leads, else the names joined."""
-    chest = [f"V{i}" for i in range(1, 7)]
-    if leads == chest:
-        return "V1-V6"
-    return ", ".join(leads)
+    """'I-aVF' for all six limb leads, else the names joined."""
+    return "I-aVF" if len(leads) == 6 else ", ".join(leads)
 
 
 def measure(ecg: Ecg) -> Measurements:
     """Measure one ECG. Never raises for a poor signal: what cannot be measured is absent with its reason."""
     x, fs = working_signal(ecg.signal, ecg.sampling_rate_hz)
-    flags, usable, amplitude = dead_leads(x, fs)
+    xd, fsd = detection_signal(x, fs)
+    flags, usable, amplitude, bandpassed = dead_leads(xd, fsd)
     missing: dict[str, str] = {}
-    dead = [lead for lead in STANDARD_LEADS if QualityFlag.LEAD_OFF in flags[lead] or QualityFlag.FLAT in flags[lead]]
     if not usable.any():
         reason = "no lead carries signal"
         return Measurements(lead_quality=_quality(flags), missing={f: reason for f in _ALL}, measured_at_hz=fs)
-    peaks, band = detect_qrs(x, usable, fs)
-    beats = classify_beats(band, usable, peaks, fs)
-    noise_flags(x, fs, beats.peaks, amplitude, flags)
+    peaks, band = detect_qrs(xd, usable, fsd)
+    beats = classify_beats(band, usable, peaks, fsd)
+    noise_flags(xd, bandpassed, fsd, beats.peaks, amplitude, flags)
     values: dict[str, float | None] = {}
     if beats.peaks.size < 2:
         for f in _RATE_FIELDS + _BEAT_FIELDS:
             missing[f] = "too few beats" if beats.peaks.size else "no QRS complexes found"
-        return _result(values, beats, flags, missing, fs, None, None, None)
-    rr = np.diff(beats.peaks) * 1000.0 / fs
+        return _result(values, beats, flags, missing, fsd, None, None, None)
+    rr = np.diff(beats.peaks) * 1000.0 / fsd
     values.update(rr_interval_ms=float(rr.mean()), rr_min_ms=float(rr.min()), rr_max_ms=float(rr.max()))
     values["heart_rate_bpm"] = 60000.0 / values["rr_interval_ms"]
     irregularity = rr_irregularity(beats)
@@ -67,13 +71,17 @@ def measure(ecg: Ecg) -> Measurements:
     dominant = beats.dominant
     if not dominant.any():
         dominant = ~beats.other_shape if (~beats.other_shape).any() else np.ones_like(dominant)
-    rr_dominant = float(np.median(np.diff(beats.peaks))) if beats.peaks.size > 1 else fs
-    base = filtered(x, fs, 0.5, min(100.0, 0.45 * fs))
-    found = median_beat(base, beats.peaks, dominant, rr_dominant, fs)
+    # Back to the measuring rate for the median beat. Wander is removed by subtracting the moving average over one
+    # RR: over a whole cycle the average of a repeating beat is a constant, so the beat's shape is kept (a filter of
+    # every lead would cost as much as the rest of the stage).
+    peaks_full = np.minimum(np.round(beats.peaks * (fs / fsd)).astype(int), x.shape[1] - 1)
+    rr_dominant = float(np.median(np.diff(peaks_full)))
+    base = x - moving_average(x, int(rr_dominant))
+    found = median_beat(base, peaks_full, dominant, rr_dominant, fs)
     if found is None:
         for f in _BEAT_FIELDS:
             missing[f] = "too few beats (none wholly inside the recording)"
-        return _result(values, beats, flags, missing, fs, irregularity, None, None)
+        return _result(values, beats, flags, missing, fsd, irregularity, None, None)
     beat, r_index, windows = found
     d = delineate(beat, r_index, usable, fs, windows, ms(rr_dominant, fs))
     missing.update(d.missing)
@@ -98,10 +106,11 @@ def measure(ecg: Ecg) -> Measurements:
     limb_dead = [STANDARD_LEADS[i] for i in LIMB if not usable[i]]
     for f in ("p_axis_deg", "qrs_axis_deg", "t_axis_deg"):
         if values.get(f) is None and limb_dead:
-            missing[f] = f"limb lead(s) {', '.join(limb_dead)} unusable"
+            missing[f] = f"limb lead(s) {_lead_list(limb_dead)} unusable"
     median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms)
-    result = _result(values, beats, flags, missing, fs, irregularity, p_present if on is not None else None, median)
-    return result
+    reversed_arms = arm_leads_reversed(d.beat, d.points, usable)
+    return _result(values, beats, flags, missing, fsd, irregularity, p_present if on is not None else None, median,
+                   reversed_arms)
 
 
 def _rhythm(rate: float | None, irregular: bool | None, p_present: bool | None, rr_range_share: float) -> Rhythm:
@@ -137,7 +146,7 @@ def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag
 
 def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],
             missing: dict[str, str], fs: float, irregularity: float | None, p_present: bool | None,
-            median: MedianBeat | None) -> Measurements:
+            median: MedianBeat | None, reversed_arms: bool = False) -> Measurements:
     irregular = None if irregularity is None else irregularity > IRREGULAR
     rate = values.get("heart_rate_bpm")
     rr_share = 0.0
@@ -156,6 +165,7 @@ def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list
         **{k: v for k, v in clean.items() if k in _VALUE_NAMES}, beat_count=int(beats.peaks.size),
         rr_irregular=irregular, p_waves_present=p_present, rhythm=rhythm,
         premature_beats=_premature(beats, fs, fibrillating), lead_quality=_quality(flags),
+        limb_lead_reversal=reversed_arms,
         missing={k: missing[k] for k in _VALUE_NAMES if k in missing}, measured_at_hz=MEASURE_RATE_HZ if median else fs,
         median_beat=median,
     )
