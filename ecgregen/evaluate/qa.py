@@ -82,7 +82,8 @@ from ecgregen.store import Hit
 FIT_TEMPLATES = tuple(range(1, 17))
 _GRID = tuple(round(float(t), 2) for t in np.arange(0.02, 1.0, 0.02))
 # The counts the measurement settings are chosen from (ties: the smallest, the plain reading "one is enough").
-MEASURED_GRIDS = {"noise_min_leads": (NOISE, tuple(range(1, 13))), "premature_min_beats": (EXTRA_SYSTOLE, (1, 2, 3, 4, 5))}
+MEASURED_GRIDS = {"noise_min_leads": (NOISE, tuple(range(1, 13))),
+                  "premature_min_beats": (EXTRA_SYSTOLE, (1, 2, 3, 4, 5))}
 OTHER = "other"  # the attribute types answered from labels (scp_code, stage_of_infarction)
 
 # The paper's Table II (exact match, %): S-Verify / S-Choose / S-Query.
@@ -690,7 +691,8 @@ def format_qa(result: dict) -> str:
                       "template majority of the other folds | n |", "|---|---|---|---|---|---|"]
         for group, part in by_attribute.items():
             folds = f"(folds {_folds_text(part['folds'])})"
-            lines.append(f"| {group} | {100 * part['exact_match']:.1f} {folds} | {100 * part['majority']:.1f} {folds} | "
+            lines.append(f"| {group} | {100 * part['exact_match']:.1f} {folds} | "
+                         f"{100 * part['majority']:.1f} {folds} | "
                          f"{100 * (part['exact_match'] - part['majority']):+.1f} {folds} | "
                          f"{100 * part['template_majority']:.1f} {folds} | {part['n']} |")
         lines.append("\nEach question about fold f is compared with the majority answer of its type (or template) "
