@@ -331,11 +331,10 @@ def test_measured_attribute_types_of_real_ecgqa_questions_are_recognised() -> No
 # about one, shared fold-8 ones otherwise.
 REAL_QUESTIONS = {
     "heart_axis": ("4636", 22, "What direction is this ECG deviated to?", "QRS axis measured"),
-    "noise": ("5882", 26, "Does this ECG show static noise in lead aVF?", "static noise in aVF"),
+    "noise": ("5882", 26, "Does this ECG show static noise in lead aVF?", "lead quality flags: static noise in"),
     "numeric_feature": ("14022", 40, "Which range does the rr interval of this ECG fall in",
                         "rr interval measured"),
-    "extra_systole": ("13651", 37, "Which kind of extra systoles does this ECG show",
-                      "2 supraventricular"),
+    "extra_systole": ("13651", 37, "Which kind of extra systoles does this ECG show", "premature beats among"),
 }
 
 
