@@ -342,3 +342,29 @@ def test_local_model_cache_is_rebuilt_when_altered(tmp_path: Path) -> None:
         f.write(b"\x00" * 16)
     again = local.ensure_gguf(tmp_path)
     assert again == first and local._sha256(again) == local.GGUF_SHA256
+
+
+def test_an_unusable_llm_answer_falls_back_to_the_measurements(llm: ScriptedLlm) -> None:
+    """A heart-axis question whose LLM reply is unusable is answered by the label answerer from the ECG's
+    measurements (a real Philips export, QRS axis about -20 degrees: normal), not from the neighbours' votes."""
+    from ecgregen.ecg_files import read_ecg_bytes
+    from ecgregen.measure import measure
+
+    name = "sierra_v1.03_129DYPRG.xml"
+    path = Path(__file__).resolve().parents[2] / "shared" / "data" / "formats" / name
+    measurements = measure(read_ecg_bytes(path.read_bytes(), name=name).ecg)
+    vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
+    axes = ["extreme axis deviation", "left axis deviation", "normal heart axis", "right axis deviation"]
+    llm.script(Step(content='{"answer": ["perhaps"]}'))
+
+    async def go() -> tuple:
+        answerer = LlmAnswerer(LlmClient(settings(llm)), LabelVoteAnswerer(vocabulary), vocabulary.descriptions)
+        try:
+            return await answerer.answer("What direction is this ECG deviated to?", axes, HITS,
+                                         measurements=measurements)
+        finally:
+            await answerer.client.close()
+
+    result = run(go())
+    assert result.answerer == "labels" and result.fallback_reason == "out_of_options"
+    assert result.answer == ["normal heart axis"] and "QRS axis measured" in result.rationale

@@ -103,14 +103,14 @@ class LlmAnswerer:
             raise ValueError(f"unknown question type {qtype!r}; one of {', '.join(QUESTION_TYPES)}")
         if not neighbours:
             return self._fall_back("no_neighbours", "no neighbours to show the LLM", question, options, neighbours,
-                                   diagnoses)
+                                   diagnoses, measurements)
         messages = qa_messages(question, options, qtype, neighbours, self.descriptions, diagnoses, measurements)
         try:
             with stage_timer("llm", seconds):
                 completion = await self.client.complete(messages, qa_answer_schema(options, qtype))
             chosen = parse_answer(completion.text, options, qtype)
         except LlmFailure as exc:
-            return self._fall_back(exc.reason, str(exc), question, options, neighbours, diagnoses)
+            return self._fall_back(exc.reason, str(exc), question, options, neighbours, diagnoses, measurements)
         predicted = (f", {len(diagnoses)} predicted diagnoses" if diagnoses else "") + (
             ", measurements" if measurements is not None else "")
         return QaResult(
@@ -119,10 +119,11 @@ class LlmAnswerer:
         )
 
     def _fall_back(self, reason: str, detail: str, question: str, options: list[str], neighbours: Sequence[Hit],
-                   diagnoses: Sequence[Diagnosis] = ()) -> QaResult:
+                   diagnoses: Sequence[Diagnosis] = (), measurements: Measurements | None = None) -> QaResult:
+        """The label answer, from the same diagnoses and measurements the LLM was shown."""
         LLM_FALLBACKS.labels(reason).inc()
         log.info("LLM answer unusable (%s); answering from labels", detail)
-        labels = self.fallback.answer(question, options, neighbours, diagnoses=diagnoses)
+        labels = self.fallback.answer(question, options, neighbours, diagnoses=diagnoses, measurements=measurements)
         return QaResult(
             labels.answer, self.fallback.name, f"LLM unusable ({detail}); label vote: {labels.rationale}",
             fallback_reason=reason, model=self.client.model,
