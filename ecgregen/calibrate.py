@@ -2,11 +2,12 @@
 
 Each validation ECG is searched against the corpus exactly as a request would be, with its own patient left out
 (so neither it nor a sibling recording can vote for itself), and the votes of its neighbours are compared with
-its true SCP codes; :func:`ecgregen.diagnoses.fit_calibration` does the fitting. The validation ECGs must not be
-the ECGs you report quality on, and should not be ones the encoder was trained on with their labels (the
-neighbours of a training ECG agree with it more than a new ECG's would): with the shipped label-aware encoder
-(trained on PTB-XL folds 1-7, epoch chosen on fold 8), calibrate on fold 8 for a fold 1-8 corpus, on fold 9 for a
-fold 1-9 corpus.
+its true SCP codes; each is also measured (:mod:`ecgregen.measure`, as every request is), so the statements a
+measurement defines are fitted on its evidence too; :func:`ecgregen.diagnoses.fit_calibration` does the fitting.
+The validation ECGs must not be the ECGs you report quality on, and should not be ones the encoder was trained on
+with their labels (the neighbours of a training ECG agree with it more than a new ECG's would): with the shipped
+label-aware encoder (trained on PTB-XL folds 1-7, epoch chosen on fold 8), calibrate on fold 8 for a fold 1-8
+corpus, on fold 9 for a fold 1-9 corpus.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def corpus_prevalence(pipeline: RetrievalPipeline) -> tuple[dict[str, float], in
 def validation_cases(
     pipeline: RetrievalPipeline, records: Sequence[EcgRecord], *, k: int = max(K_GRID), progress: bool = True
 ) -> list[ValidationCase]:
-    """`k` neighbours (own patient left out, exact search) of each record that has codes and a patient id."""
+    """`k` neighbours (own patient left out, exact search) and the measurements of each record that has codes and
+    a patient id."""
     usable = [r for r in records if r.scp_codes]
     missing_patient = [r.ecg_id for r in usable if not r.patient_id]
     if missing_patient:
@@ -46,7 +48,7 @@ def validation_cases(
     cases = []
     for record in tqdm(usable, desc="calibration ECGs", unit="ecg", disable=not progress, dynamic_ncols=True):
         retrieval = pipeline.search(record.load_ecg(), k, SearchFilter(exclude_patient_id=record.patient_id), exact=True)
-        cases.append(ValidationCase(retrieval.pool, frozenset(record.scp_codes), record.report))
+        cases.append(ValidationCase(retrieval.pool, frozenset(record.scp_codes), record.report, retrieval.measurements))
     return cases
 
 
@@ -84,6 +86,17 @@ def summary(calibration: Calibration) -> str:
     ]
     if calibration.code_thresholds:
         lines.append("own thresholds: " + ", ".join(f"{c} {t:.2f}" for c, t in sorted(calibration.code_thresholds.items())))
+    fit = s.get("measured_fit")
+    if calibration.measured is None or fit is None:
+        lines.append("measured statements: not fitted (a calibration from before the measurements): votes only")
+    else:
+        alpha, beta, gamma = fit["shared"]
+        lines.append(
+            f"measured statements ({', '.join(sorted(calibration.measured))}): {fit['model']} on "
+            f"{fit['measured_cases']} measured ECGs, vote logit x {alpha:.2f} + evidence x {beta:.2f} + {gamma:.2f}"
+            + (f", own fits: {', '.join(fit['own'])}" if fit["own"] else "")
+            + f", present from p {fit['threshold']:.2f}; "
+            f"micro-F1 {s.get('f1_micro_measured')}, macro-F1 {s.get('f1_macro_measured')} with them")
     bleu = s.get("bleu4_by_mode", {})
     lines.append(f"report mode served by default: {calibration.report_mode} (BLEU-4 on the validation ECGs: "
                  + ", ".join(f"{m} {v}" for m, v in bleu.items()) + ")")

@@ -9,6 +9,15 @@ prevalence band of codes, and sets the ``present`` decision: a threshold per ban
 enough in the validation set to have their own. It belongs to one encoder and one corpus: it is stored with the
 corpus, refused for another encoder, and flagged stale when the corpus has grown or shrunk by a quarter.
 
+Statements that a measurement defines (rate for SBRAD/STACH, the rhythm for SR/SARRH/AFIB, PR for 1AVB/LPR, QTc
+for LNGQT, premature beats for PVC/PAC, the QRS axis for LAFB/LPFB, QRS duration for the bundle branch blocks:
+:data:`MEASURED_STATEMENTS`) also take the ECG's own :class:`~ecgregen.measure.Measurements` as evidence. Each such
+measurement is turned into a fixed log-likelihood ratio (estimated once, from the measurements alone, on PTB-XL
+folds 1-7), and the calibration fits ``p = sigmoid(a * vote + b * evidence + c)`` per statement on the same
+validation ECGs, shrunk towards "add the evidence to the vote's log-odds" because the validation sets are small.
+A statement no neighbour carries appears when its measurement points to it. A calibration fitted before this
+(no ``measured`` section) still serves the votes, and every answer says that the measurements were not used.
+
 Without a calibration the votes are served as they are, with a 0.5 threshold, and every answer says so.
 """
 
@@ -16,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ecgregen.measure.codes import rhythm_codes
+from ecgregen.measure.types import BeatOrigin, Measurements, Rhythm
 from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit
 
@@ -47,6 +58,22 @@ MACRO_WEIGHT = 0.5
 _THRESHOLD_GRID = np.round(np.arange(0.02, 0.96, 0.02), 2)
 
 REPORT_MODES = ("top1", "consensus")
+
+# The measured statements' fit (:func:`_fit_measured`). Chosen by two-fold cross-validation by patient within PTB-XL
+# fold 8, four random splits (label-aware encoder, 2026-12-03, `scripts/calibration_cv.py --seeds 4`): one model for
+# all measured statements (prior: the evidence added to the vote's log-odds, precision 1), a statement's own model
+# (prior: the shared one) from 5 positive validation ECGs, one present threshold fitted for them all. Micro / macro F1
+# over all codes 0.677 / 0.237 with the votes alone, 0.704 / 0.321 so; no own models (0.701 / 0.318), own models from
+# 20 positives (0.703 / 0.317) and prior precision 3 or 0.1 (0.704 / 0.318, 0.705 / 0.322) are within the noise.
+# Below MEASURED_MIN_POSITIVES positives outside the commonest measured statement nothing is fitted: the prior itself
+# serves, at threshold 0.5. Fold 8 has 87 such positives (each half of the cross-validation about 43); the demo
+# corpus's 32 validation ECGs have 14, on which the shared threshold came out at 0.08 - fitted to a handful of ECGs.
+MEASURED_PRIOR_PRECISION = 1.0
+MEASURED_OWN_POSITIVES = 5
+MEASURED_MIN_POSITIVES = 30
+MEASURED_PRIOR_THRESHOLD = 0.5
+MEASUREMENTS_UNUSED = ("the diagnosis calibration predates the measurements: the diagnoses are the neighbours' votes "
+                       "only (rate, rhythm, PR, QTc, axis and premature beats not used); run `ecgregen calibrate`")
 
 
 class CalibrationError(ValueError):
@@ -96,6 +123,80 @@ class Diagnosis:
     threshold: float  # present = probability >= threshold
 
 
+def _sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-min(max(z, -50.0), 50.0)))
+
+
+def _rhythm_statement(code: str) -> Callable[[Measurements], float | None]:
+    """1 when the measured rhythm and rate imply `code` by PTB-XL's conventions (:func:`rhythm_codes`), 0 when they
+    imply something else (regular without P waves included), None when the rhythm could not be determined."""
+
+    def value(m: Measurements) -> float | None:
+        return None if m.rhythm is Rhythm.UNDETERMINED else float(code in rhythm_codes(m))
+
+    return value
+
+
+def _premature_count(origin: BeatOrigin) -> Callable[[Measurements], float | None]:
+    """Premature beats of `origin`; None when there were too few beats to tell one early."""
+
+    def value(m: Measurements) -> float | None:
+        return None if m.rr_interval_ms is None else float(m.premature_counts[origin])
+
+    return value
+
+
+def _field(name: str) -> Callable[[Measurements], float | None]:
+    return lambda m: m.value(name)
+
+
+@dataclass(frozen=True)
+class MeasuredStatement:
+    """An SCP statement that a measurement defines, and how much each range of that measurement says for it.
+
+    ``evidence[i]`` is the log-likelihood ratio ``log P(bin i | code) - log P(bin i | not code)`` of the bins cut at
+    ``edges`` (a value on an edge is in the upper bin), counted on PTB-XL folds 1-7 from the measurements alone
+    (``scripts/measured_evidence.py``; 0.5 added to every count): folds the calibration and the reports never use.
+    """
+
+    code: str
+    measured: str  # what is measured, in words
+    value: Callable[[Measurements], float | None]  # None: not measured (the statement then takes the vote alone)
+    edges: tuple[float, ...]
+    evidence: tuple[float, ...]
+
+    def evidence_of(self, m: Measurements) -> float | None:
+        x = self.value(m)
+        return None if x is None else self.evidence[int(np.digitize(x, self.edges))]
+
+
+# PTB-XL's statements a measurement defines. The rest of scp_statements.csv's rhythm and beat statements are left to
+# the votes: AFLT, BIGU, PRC(S), TRIGU, SVTAC and PSVT have 0-2 ECGs on folds 1-7, and SVARR (13) and IRBBB/ILBBB are
+# not told apart by what is measured (SVARR: same RR irregularity with and without). PTB-XL has no axis statements:
+# LAFB and LPFB take the QRS axis.
+MEASURED_STATEMENTS: dict[str, MeasuredStatement] = {s.code: s for s in (
+    MeasuredStatement("SR", "rhythm (sinus, 50-100 bpm)", _rhythm_statement("SR"), (0.5,), (-2.69, 1.28)),
+    MeasuredStatement("SBRAD", "rhythm (sinus, < 50 bpm)", _rhythm_statement("SBRAD"), (0.5,), (-1.59, 4.97)),
+    MeasuredStatement("STACH", "rhythm (sinus, > 100 bpm)", _rhythm_statement("STACH"), (0.5,), (-2.38, 4.37)),
+    MeasuredStatement("SARRH", "rhythm (sinus, RR varying)", _rhythm_statement("SARRH"), (0.5,), (-0.49, 2.45)),
+    MeasuredStatement("AFIB", "rhythm (irregular RR, no P waves)", _rhythm_statement("AFIB"), (0.5,), (-1.67, 5.22)),
+    MeasuredStatement("1AVB", "PR interval (ms)", _field("pr_interval_ms"), (200.0, 220.0, 240.0),
+                      (-1.54, 1.18, 2.98, 2.99)),
+    MeasuredStatement("LPR", "PR interval (ms)", _field("pr_interval_ms"), (200.0, 220.0, 240.0),
+                      (-3.56, 1.25, 2.77, 2.88)),
+    MeasuredStatement("LNGQT", "QTc, Bazett (ms)", _field("qtc_bazett_ms"), (460.0, 500.0), (-1.46, 1.51, 2.35)),
+    MeasuredStatement("PVC", "ventricular premature beats", _premature_count(BeatOrigin.VENTRICULAR), (0.5, 1.5),
+                      (-2.25, 3.58, 4.40)),
+    MeasuredStatement("PAC", "supraventricular premature beats", _premature_count(BeatOrigin.SUPRAVENTRICULAR),
+                      (0.5, 1.5), (-1.43, 2.20, 3.05)),
+    MeasuredStatement("LAFB", "QRS axis (degrees)", _field("qrs_axis_deg"), (-45.0, -30.0), (2.97, 2.14, -2.30)),
+    MeasuredStatement("LPFB", "QRS axis (degrees)", _field("qrs_axis_deg"), (90.0, 120.0), (-1.40, 3.37, 3.45)),
+    MeasuredStatement("CLBBB", "QRS duration (ms)", _field("qrs_duration_ms"), (110.0, 130.0), (-4.52, -2.09, 3.01)),
+    MeasuredStatement("CRBBB", "QRS duration (ms)", _field("qrs_duration_ms"), (110.0, 130.0), (-2.56, 0.49, 2.58)),
+    MeasuredStatement("IVCD", "QRS duration (ms)", _field("qrs_duration_ms"), (110.0, 130.0), (-0.84, 1.88, 1.08)),
+)}
+
+
 def neighbour_votes(hits: Sequence[Hit], k: int, temperature: float) -> dict[str, float]:
     """Similarity-weighted share of the top-`k` neighbours that carry each code (codes of no neighbour: absent)."""
     top = hits[:k]
@@ -120,7 +221,24 @@ class BandMap:
     threshold: float
 
     def probability(self, vote: float) -> float:
-        return 1.0 / (1.0 + math.exp(-(self.slope * vote + self.intercept)))
+        return _sigmoid(self.slope * vote + self.intercept)
+
+    def logit(self, vote: float) -> float:
+        return self.slope * vote + self.intercept
+
+
+@dataclass(frozen=True)
+class MeasuredMap:
+    """One measured statement's p = sigmoid(vote_slope * vote + evidence_weight * evidence + intercept), and its
+    present threshold on p (`evidence`: :meth:`MeasuredStatement.evidence_of`)."""
+
+    vote_slope: float
+    evidence_weight: float
+    intercept: float
+    threshold: float
+
+    def probability(self, vote: float, evidence: float) -> float:
+        return _sigmoid(self.vote_slope * vote + self.evidence_weight * evidence + self.intercept)
 
 
 @dataclass
@@ -136,6 +254,8 @@ class Calibration:
     fitted_on: dict = field(default_factory=dict)  # what the validation ECGs were, when, how many
     scores: dict = field(default_factory=dict)  # on the validation ECGs: F1, Brier before/after, BLEU per mode
     version: int = CALIBRATION_VERSION
+    # Measured statements' maps; None: fitted before the measurements were used (the votes alone are served then).
+    measured: dict[str, MeasuredMap] | None = None
 
     def band(self, code: str) -> int:
         """A code's prevalence band; a code the corpus did not have at calibration time is rare."""
@@ -180,6 +300,11 @@ class Calibration:
                 code_thresholds={str(c): float(t) for c, t in data.get("code_thresholds", {}).items()},
                 report_mode=str(data.get("report_mode", "top1")), fitted_on=dict(data.get("fitted_on", {})),
                 scores=dict(data.get("scores", {})),
+                measured=None if data.get("measured") is None else {
+                    str(c): MeasuredMap(float(m["vote_slope"]), float(m["evidence_weight"]), float(m["intercept"]),
+                                        float(m["threshold"]))
+                    for c, m in data["measured"].items()
+                },
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, CalibrationError):
@@ -199,14 +324,24 @@ class Diagnoser:
         """Neighbours the diagnoses are computed from (searched even when a caller asks for fewer)."""
         return self.calibration.k if self.calibration else UNCALIBRATED_K
 
-    def diagnose(self, hits: Sequence[Hit]) -> list[Diagnosis]:
-        """Every code some neighbour carries, most probable first."""
+    def diagnose(self, hits: Sequence[Hit], measurements: Measurements | None = None) -> list[Diagnosis]:
+        """Every code some neighbour carries, and every measured statement its measurement points to (positive
+        evidence), most probable first. A measured statement takes its measurement where the calibration has a map
+        for it and the measurement is there; otherwise its vote alone, as every other code."""
         cal = self.calibration
         votes = neighbour_votes(hits, self.k, cal.temperature if cal else UNCALIBRATED_TEMPERATURE)
+        scored = {code: (cal.probability(code, vote), cal.threshold(code)) if cal else (vote, 0.5)
+                  for code, vote in votes.items()}
+        if cal is not None and cal.measured and measurements is not None:
+            for code, model in cal.measured.items():
+                statement = MEASURED_STATEMENTS.get(code)
+                evidence = statement.evidence_of(measurements) if statement else None
+                vote = votes.get(code, 0.0)
+                if evidence is None or (vote == 0.0 and evidence <= 0.0):
+                    continue
+                scored[code] = (model.probability(vote, evidence), model.threshold)
         out = []
-        for code, vote in votes.items():
-            probability = cal.probability(code, vote) if cal else vote
-            threshold = cal.threshold(code) if cal else 0.5
+        for code, (probability, threshold) in scored.items():
             statement = self.statements.get(code)
             out.append(Diagnosis(
                 code=code, description=statement.description if statement else "",
@@ -214,6 +349,12 @@ class Diagnoser:
                 present=round(probability, 4) >= threshold, threshold=threshold,
             ))
         return sorted(out, key=lambda d: (-d.probability, d.code))
+
+    def measurement_note(self, measurements: Measurements | None) -> str:
+        """The warning of an answer whose measurements the diagnoses could have used but did not: the calibration
+        predates them. "" otherwise (no calibration and a failed measurement have warnings of their own)."""
+        cal = self.calibration
+        return MEASUREMENTS_UNUSED if cal is not None and cal.measured is None and measurements is not None else ""
 
 
 def present_codes(diagnoses: Sequence[Diagnosis]) -> frozenset[str]:
@@ -255,6 +396,7 @@ class ValidationCase:
     hits: list[Hit]
     codes: frozenset[str]
     report: str
+    measurements: Measurements | None = None  # None: not measured (its measured statements take the vote alone)
 
 
 def _f1(truth: np.ndarray, predicted: np.ndarray) -> tuple[float, float]:
@@ -316,18 +458,106 @@ def _fit_thresholds(votes: np.ndarray, truth: np.ndarray, bands: np.ndarray, own
     return thresholds
 
 
+def _map_logistic(x: np.ndarray, y: np.ndarray, prior: np.ndarray, precision: float) -> np.ndarray:
+    """Logistic regression of `y` on the columns of `x` (no intercept added) with a Gaussian prior of mean `prior`
+    and `precision` on every coefficient: the maximum a posteriori coefficients, by Newton's method. The prior keeps
+    a statement with a handful of positives near what is known without them, and a separable set finite."""
+    theta = prior.astype(float).copy()
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-np.clip(x @ theta, -50.0, 50.0)))
+        gradient = x.T @ (p - y) + precision * (theta - prior)
+        hessian = (x * (p * (1.0 - p))[:, None]).T @ x + precision * np.eye(len(theta))
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-9:
+            break
+    return theta
+
+
+def _fit_measured(
+    cases: Sequence[ValidationCase], codes: list[str], truth: np.ndarray, votes: np.ndarray, predicted: np.ndarray,
+    maps: Sequence[BandMap], bands: np.ndarray, *, macro_weight: float, precision: float, own_positives: int,
+) -> tuple[dict[str, MeasuredMap], dict]:
+    """Maps of the measured statements, and what the fit found, from the validation cases that were measured.
+
+    A statement's log-odds is modelled as ``alpha * L + beta * e + gamma``, where ``L`` is its band's vote logit
+    (the vote-only calibration) and ``e`` the evidence of its measurement. (alpha, beta, gamma) are fitted for all
+    measured statements together with the prior (1, 1, 0) - the evidence added to the vote's log-odds, as if the two
+    were independent - and again for a statement of its own where it has `own_positives` positive (and negative)
+    ECGs, with the shared fit as prior. One present threshold for them all maximises the objective of the vote-only
+    thresholds, every other code keeping its vote-only decision. With fewer than MEASURED_MIN_POSITIVES positives
+    outside the commonest statement (SR's many positives say nothing of the rare statements' threshold), the prior
+    serves at threshold MEASURED_PRIOR_THRESHOLD.
+    """
+    rows: list[tuple[int, int, float, float]] = []  # (case, code column, vote logit, evidence)
+    for i, case in enumerate(cases):
+        if case.measurements is None:
+            continue
+        for j, code in enumerate(codes):
+            statement = MEASURED_STATEMENTS.get(code)
+            evidence = statement.evidence_of(case.measurements) if statement else None
+            if evidence is not None:
+                rows.append((i, j, maps[bands[j]].logit(float(votes[i, j])), evidence))
+    prior = np.array([1.0, 1.0, 0.0])
+    columns = np.array([r[1] for r in rows], dtype=int)
+    y = np.array([truth[r[0], r[1]] for r in rows], dtype=float)
+    x = np.array([[r[2], r[3], 1.0] for r in rows]).reshape(-1, 3)
+    measured = [j for j, code in enumerate(codes) if code in MEASURED_STATEMENTS]
+    positives = {codes[j]: int(y[columns == j].sum()) for j in measured}
+    fitted = sum(positives.values()) - max(positives.values()) >= MEASURED_MIN_POSITIVES
+    shared = _map_logistic(x, y, prior, precision) if fitted else prior
+    per_code = dict.fromkeys(measured, shared)
+    own = []
+    for j in per_code:
+        mine = columns == j
+        if fitted and min(y[mine].sum(), (1.0 - y[mine]).sum()) >= own_positives:
+            per_code[j] = _map_logistic(x[mine], y[mine], shared, precision)
+            own.append(codes[j])
+
+    threshold, micro, macro = MEASURED_PRIOR_THRESHOLD, *_f1(truth, predicted)
+    if rows:
+        theta = np.array([per_code[j] for j in columns])
+        p = 1.0 / (1.0 + np.exp(-np.clip((x * theta).sum(1), -50.0, 50.0)))
+        shown = (votes[[r[0] for r in rows], columns] > 0) | (x[:, 1] > 0)  # as Diagnoser.diagnose lists them
+        cells = ([r[0] for r in rows], columns)
+
+        def with_threshold(t: float) -> np.ndarray:
+            trial = predicted.copy()
+            trial[cells] = shown & (p >= t)
+            return trial
+
+        if fitted:
+            threshold = max(_THRESHOLD_GRID, key=lambda t: (_objective(truth, with_threshold(t), macro_weight), -t))
+        micro, macro = _f1(truth, with_threshold(threshold))
+    out = {}
+    for j, (alpha, beta, gamma) in per_code.items():
+        band = maps[bands[j]]
+        out[codes[j]] = MeasuredMap(round(float(alpha * band.slope), 6), round(float(beta), 6),
+                                    round(float(alpha * band.intercept + gamma), 6), float(threshold))
+    return out, {
+        "f1_micro_measured": round(micro, 4), "f1_macro_measured": round(macro, 4),
+        "measured_fit": {"model": "fitted" if fitted else "prior (too few positives)",
+                         "shared": [round(float(v), 4) for v in shared], "own": sorted(own),
+                         "threshold": float(threshold), "measured_cases": len({r[0] for r in rows}),
+                         "positives": positives},
+    }
+
+
 def fit_calibration(
     cases: Sequence[ValidationCase], prevalence: Mapping[str, float], *, encoder_id: str, corpus_points: int,
     fitted_on: Mapping | None = None, k_grid: Sequence[int] = K_GRID,
     temperature_grid: Sequence[float] = TEMPERATURE_GRID, macro_weight: float = MACRO_WEIGHT,
-    own_positives: int = OWN_THRESHOLD_POSITIVES,
+    own_positives: int = OWN_THRESHOLD_POSITIVES, measured_precision: float = MEASURED_PRIOR_PRECISION,
+    measured_own_positives: int = MEASURED_OWN_POSITIVES,
 ) -> Calibration:
-    """Fit vote -> probability maps, thresholds, (k, temperature) and the report mode on validation cases."""
+    """Fit vote -> probability maps, thresholds, (k, temperature), the measured statements' maps and the report
+    mode on validation cases."""
     cases = [c for c in cases if c.hits and c.codes]
     if len(cases) < 20:
         raise CalibrationError(f"{len(cases)} usable validation ECGs (with codes and neighbours); at least 20 needed")
+    # The measured statements always have a column: a measurement may imply one that no record carries.
     codes = sorted(set(prevalence) | {c for case in cases for c in case.codes}
-                   | {c for case in cases for h in case.hits for c in h.scp_codes})
+                   | {c for case in cases for h in case.hits for c in h.scp_codes} | set(MEASURED_STATEMENTS))
     truth = np.array([[code in case.codes for code in codes] for case in cases])
     bands = np.digitize([prevalence.get(c, 0.0) for c in codes], BAND_EDGES)
     own = truth.sum(0) >= own_positives
@@ -370,6 +600,11 @@ def fit_calibration(
         "brier_vote": round(float(np.mean((votes[carried] - truth[carried]) ** 2)), 4),
         "brier_calibrated": round(float(np.mean((probabilities[carried] - truth[carried]) ** 2)), 4),
     }
+    calibration.measured, measured_scores = _fit_measured(
+        cases, codes, truth, votes, (votes >= thresholds) & (votes > 0), maps, bands, macro_weight=macro_weight,
+        precision=measured_precision, own_positives=measured_own_positives,
+    )
+    calibration.scores.update(measured_scores)
     calibration.report_mode, calibration.scores["bleu4_by_mode"] = _best_report_mode(cases, calibration)
     return calibration
 
@@ -384,6 +619,7 @@ def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration)
         return "top1", {}
     bleu = {}
     for mode in REPORT_MODES:
-        chosen = [select_report(c.hits, diagnoser.diagnose(c.hits), mode, calibration.k) for c in scored]
+        chosen = [select_report(c.hits, diagnoser.diagnose(c.hits, c.measurements), mode, calibration.k)
+                  for c in scored]
         bleu[mode] = round(corpus_bleu4([c.report for c in scored], [h.report if h else "" for h in chosen]), 4)
     return max(REPORT_MODES, key=lambda m: (bleu[m], m == "top1")), bleu

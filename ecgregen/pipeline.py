@@ -202,8 +202,8 @@ class RetrievalPipeline:
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
     ) -> Retrieval:
-        """The k neighbours of `ecg`, the diagnoses of its (at least `diagnoser.k`) nearest neighbours, and its
-        measurements (made once the ECG is known to be usable: a refused ECG costs no measuring)."""
+        """The k neighbours of `ecg`, its measurements (made once the ECG is known to be usable: a refused ECG costs
+        no measuring), and the diagnoses of its (at least `diagnoser.k`) nearest neighbours and its measurements."""
         seconds: dict[str, float] = {}
         vectors, warnings = self.embed([ecg], seconds)
         measurements, notes = measure_or_warn(ecg, seconds)
@@ -214,16 +214,16 @@ class RetrievalPipeline:
         self, vector: np.ndarray, k: int, filt: SearchFilter | None, warnings: list[str], seconds: dict[str, float],
         *, exact: bool = False, hnsw_ef: int | None = None, measurements: Measurements | None = None,
     ) -> Retrieval:
-        """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once), with
-        the ECG's `measurements` (:func:`measure_or_warn`) carried along."""
+        """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once); the
+        ECG's `measurements` (:func:`measure_or_warn`) are evidence of the diagnoses and carried along."""
         with stage_timer("search", seconds):
             pool = self.store.search(vector, max(k, self.diagnoser.k), filt, exact=exact, hnsw_ef=hnsw_ef)
         if not pool and self.store.count() == 0:
             raise EmptyCorpusError("the corpus is empty; index records first (ecgregen index ...)")
         with stage_timer("diagnose", seconds):
-            diagnoses = self.diagnoser.diagnose(pool)
+            diagnoses = self.diagnoser.diagnose(pool, measurements)
         observe_diagnoses(diagnoses)
-        notes = [self.calibration_note] if self.calibration_note else []
+        notes = [n for n in (self.calibration_note, self.diagnoser.measurement_note(measurements)) if n]
         return Retrieval(pool[:k], [*warnings, *notes], seconds, pool, diagnoses, measurements)
 
     def generate_report(

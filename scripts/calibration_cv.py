@@ -1,16 +1,19 @@
 """Choose the diagnosis calibration's settings without touching the report fold: two-fold cross-validation by
 patient within one validation fold.
 
-The validation fold's ECGs are searched against the index folds (own patient left out), split in two halves by
-patient; each setting is fitted on one half and scored (micro / macro F1 of the present diagnoses) on the other,
-and the two scores are averaged. The raw vote at a fixed threshold is printed beside them.
+The validation fold's ECGs are searched against the index folds (own patient left out) and measured, split in two
+halves by patient; each setting is fitted on one half and scored (micro / macro F1 of the present diagnoses) on the
+other, and the scores are averaged over both halves of `--seeds` random splits. The raw vote at a fixed threshold
+is printed beside them, and every setting also with its measured statements left out (votes only).
 
-    python scripts/calibration_cv.py --ptbxl ../shared/data/ptbxl --index-folds 1-8 --fold 8 [--checkpoint FILE]
+    python scripts/calibration_cv.py --ptbxl ../shared/data/ptbxl --index-folds 1-8 --fold 8 [--seeds 4] \
+        [--checkpoint FILE]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,10 @@ SETTINGS = {  # name -> fit_calibration keyword arguments
     "k 10, T 0.1, weight 0.5, own >= 20": dict(k_grid=(10,), temperature_grid=(0.1,), macro_weight=0.5, own_positives=20),
     "k 10, T 0.1, weight 0.5 (default)": {},
     "k 20, T 0.1, weight 0.5": dict(k_grid=(20,), temperature_grid=(0.1,)),
+    "default, measured: no own fits": dict(measured_own_positives=10**9),
+    "default, measured: own fits from 20 positives": dict(measured_own_positives=20),
+    "default, measured: prior precision 3": dict(measured_precision=3.0),
+    "default, measured: prior precision 0.1": dict(measured_precision=0.1),
 }
 
 
@@ -39,6 +46,7 @@ def main() -> None:
     parser.add_argument("--fold", type=int, default=8, help="the validation fold split in two")
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--data-dir", type=Path, default=EVAL_DIR)
+    parser.add_argument("--seeds", type=int, default=1, help="random splits by patient, each scored both ways")
     args = parser.parse_args()
 
     pipeline = open_eval_index(load_ptbxl(args.ptbxl, parse_folds(args.index_folds)), data_dir=args.data_dir,
@@ -50,27 +58,34 @@ def main() -> None:
         encoder_id = pipeline.encoder.encoder_id
     finally:
         pipeline.store.close()
-    patients = sorted({r.patient_id for r in records if r.scp_codes})
-    np.random.default_rng(0).shuffle(patients)
-    first = set(patients[: len(patients) // 2])
-    halves = ([c for r, c in zip((r for r in records if r.scp_codes), cases) if r.patient_id in first],
-              [c for r, c in zip((r for r in records if r.scp_codes), cases) if r.patient_id not in first])
+    usable = [r for r in records if r.scp_codes]
+    patients = sorted({r.patient_id for r in usable})
+    splits = []
+    for seed in range(args.seeds):
+        shuffled = list(patients)
+        np.random.default_rng(seed).shuffle(shuffled)
+        first = set(shuffled[: len(shuffled) // 2])
+        halves = ([c for r, c in zip(usable, cases) if r.patient_id in first],
+                  [c for r, c in zip(usable, cases) if r.patient_id not in first])
+        splits += [halves, halves[::-1]]
     statements = load_statements()
 
     def score(predict: callable, test: list[ValidationCase]) -> dict[str, float]:  # type: ignore[valid-type]
         return scp_f1([c.codes for c in test], [predict(c) for c in test])
 
-    print(f"encoder {encoder_id}, fold {args.fold} split by patient into {len(halves[0])} + {len(halves[1])} ECGs")
+    print(f"encoder {encoder_id}, fold {args.fold} split by patient in two, {args.seeds} time(s)")
     rows = [("raw vote, k 10, T 0.1, threshold 0.5", [
         score(lambda c: frozenset(code for code, v in neighbour_votes(c.hits, 10, 0.1).items() if v >= 0.5), test)
-        for test in halves])]
+        for _, test in splits])]
     for name, kwargs in SETTINGS.items():
-        results = []
-        for fit, test in (halves, halves[::-1]):
+        measured, votes_only = [], []
+        for fit, test in splits:
             calibration = fit_calibration(fit, prevalence, encoder_id=encoder_id, corpus_points=points, **kwargs)
             diagnoser = Diagnoser(statements, calibration)
-            results.append(score(lambda c, d=diagnoser: present_codes(d.diagnose(c.hits)), test))
-        rows.append((name, results))
+            measured.append(score(lambda c, d=diagnoser: present_codes(d.diagnose(c.hits, c.measurements)), test))
+            diagnoser = Diagnoser(statements, dataclasses.replace(calibration, measured=None))
+            votes_only.append(score(lambda c, d=diagnoser: present_codes(d.diagnose(c.hits)), test))
+        rows += [(name, measured), (f"{name}, votes only", votes_only)]
     print("| setting | micro-F1 | macro-F1 |\n|---|---|---|")
     for name, results in rows:
         print(f"| {name} | {np.mean([r['micro'] for r in results]):.3f} | {np.mean([r['macro'] for r in results]):.3f} |")

@@ -1,5 +1,6 @@
 """Predicted diagnoses: votes, calibration on real demo records, storage with the corpus, refusal, staleness,
-report selection, and `ecgregen calibrate`."""
+report selection, `ecgregen calibrate`, the measured statements (evidence from real measured ECGs, old
+calibrations without them) and their per-code F1 in the evaluation."""
 
 from __future__ import annotations
 
@@ -10,20 +11,26 @@ from pathlib import Path
 
 import pytest
 
-from ecgregen.calibrate import calibrate_records, save
+from ecgregen.calibrate import calibrate_records, save, validation_cases
 from ecgregen.diagnoses import (
     BAND_NAMES,
+    MEASURED_PRIOR_THRESHOLD,
+    MEASURED_STATEMENTS,
+    MEASUREMENTS_UNUSED,
     Calibration,
     CalibrationError,
     Diagnoser,
+    fit_calibration,
     load_statements,
     neighbour_votes,
     present_codes,
     select_report,
 )
 from ecgregen.evaluate.corpus import open_eval_index
+from ecgregen.evaluate.report import diagnoses_by_code, diagnoses_table
+from ecgregen.measure import Measurements, Rhythm, measure
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
-from ecgregen.records import load_ptbxl
+from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit, open_store
 from tests.test_cli import run
@@ -41,6 +48,20 @@ def demo_pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Retrieva
     save(pipeline, calibrate_records(pipeline, load_ptbxl(DEMO_PTBXL, [8]), description="demo fold 8", progress=False))
     yield pipeline
     pipeline.store.close()
+
+
+def demo_record(ecg_id: str) -> EcgRecord:
+    return next(r for r in load_ptbxl(DEMO_PTBXL) if r.ecg_id == ecg_id)
+
+
+@pytest.fixture(scope="module")
+def measured_af_and_sinus() -> tuple[Measurements, Measurements]:
+    """Two real demo ECGs as the stage measures them: 11045 (labelled AFIB) in atrial fibrillation, 612 (SBRAD)
+    in sinus bradycardia."""
+    af, sinus = (measure(demo_record(i).load_ecg()) for i in ("11045", "612"))
+    assert af.rhythm is Rhythm.ATRIAL_FIBRILLATION and af.p_waves_present is False and af.rr_irregular
+    assert sinus.rhythm is Rhythm.SINUS_BRADYCARDIA and sinus.heart_rate_bpm < 50
+    return af, sinus
 
 
 def test_votes_weight_closer_neighbours_more() -> None:
@@ -75,9 +96,12 @@ def test_calibrated_probabilities_and_present_follow_the_thresholds(
         assert retrieval.diagnoses
         for d in retrieval.diagnoses:
             assert 0.0 <= d.probability <= 1.0
-            assert d.threshold == calibration.threshold(d.code)
+            statement = MEASURED_STATEMENTS.get(d.code)
+            evidence = statement.evidence_of(retrieval.measurements) if statement else None
+            measured = calibration.measured.get(d.code) if evidence is not None else None
+            assert d.threshold == (measured.threshold if measured else calibration.threshold(d.code))
             assert d.present == (d.probability >= d.threshold)
-            assert any(d.code in h.scp_codes for h in retrieval.pool[:calibration.k])
+            assert any(d.code in h.scp_codes for h in retrieval.pool[:calibration.k]) or evidence > 0
 
 
 def test_consensus_picks_the_neighbour_agreeing_best_with_the_diagnoses() -> None:
@@ -162,3 +186,127 @@ def test_calibrate_command_fits_installs_and_refuses(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text(json.dumps(fitted))
     refused = run("calibrate", "--from-file", str(tmp_path / "other.json"), "--data-dir", data_dir, check=False)
     assert refused.returncode != 0 and "fitted for encoder 'small-other-000000000000'" in refused.stderr
+
+
+def test_a_measured_af_is_diagnosed_although_no_neighbour_carries_it(
+    demo_pipeline: RetrievalPipeline, measured_af_and_sinus: tuple[Measurements, Measurements]
+) -> None:
+    calibration = demo_pipeline.diagnoser.calibration
+    assert calibration.measured is not None and set(calibration.measured) == set(MEASURED_STATEMENTS)
+    fit = calibration.scores["measured_fit"]  # 32 measured ECGs, 14 positives besides SR's: the prior serves
+    assert fit["measured_cases"] == 32 and fit["model"].startswith("prior") and fit["threshold"] == 0.5
+    af, sinus = measured_af_and_sinus
+    hits = [hit(i, 0.9 - i / 100, ["NORM", "SR"]) for i in range(10)]  # ten sinus neighbours, none with AFIB
+    diagnoser = Diagnoser(load_statements(), calibration)
+
+    with_af = {d.code: d for d in diagnoser.diagnose(hits, af)}
+    assert with_af["AFIB"].present and with_af["AFIB"].description == "atrial fibrillation"
+    assert with_af["AFIB"].threshold == calibration.measured["AFIB"].threshold
+    votes_alone = {d.code: d for d in diagnoser.diagnose(hits)}
+    assert with_af["SR"].probability < votes_alone["SR"].probability  # measured not sinus: SR less likely
+
+    with_sinus = {d.code: d for d in diagnoser.diagnose(hits, sinus)}
+    assert "AFIB" not in with_sinus and with_sinus["SBRAD"].present  # SBRAD: measured below 50 bpm, no vote
+    assert "AFIB" not in {d.code for d in diagnoser.diagnose(hits)}  # not measured: the votes alone
+
+    # Through the pipeline: the fold-9 AF ECG's own measurement makes AFIB present whatever its neighbours say.
+    retrieval = demo_pipeline.search(demo_record("11045").load_ecg(), 3)
+    assert retrieval.measurements.rhythm is Rhythm.ATRIAL_FIBRILLATION
+    assert "AFIB" in present_codes(retrieval.diagnoses)
+    assert not any(MEASUREMENTS_UNUSED in w for w in retrieval.warnings)
+
+
+def test_a_calibration_without_measured_statements_serves_votes_and_says_so(
+    demo_pipeline: RetrievalPipeline, measured_af_and_sinus: tuple[Measurements, Measurements]
+) -> None:
+    calibration = demo_pipeline.diagnoser.calibration
+    old = calibration.to_json()
+    del old["measured"]  # as written before the measurements were used
+    for key in ("f1_micro_measured", "f1_macro_measured", "measured_fit"):
+        del old["scores"][key]
+    loaded = Calibration.from_json(json.loads(json.dumps(old)))
+    assert loaded.measured is None and loaded.bands == calibration.bands
+
+    hits = [hit(i, 0.9 - i / 100, ["NORM", "SR"]) for i in range(10)]
+    diagnoser = Diagnoser(load_statements(), loaded)
+    assert diagnoser.diagnose(hits, measured_af_and_sinus[0]) == diagnoser.diagnose(hits)
+    assert diagnoser.measurement_note(measured_af_and_sinus[0]) == MEASUREMENTS_UNUSED
+    assert diagnoser.measurement_note(None) == ""  # a failed measurement has its own warning
+    try:
+        demo_pipeline.use_calibration(loaded)
+        retrieval = demo_pipeline.search(demo_record("11045").load_ecg(), 3)
+        assert MEASUREMENTS_UNUSED in retrieval.warnings
+        assert retrieval.diagnoses == diagnoser.diagnose(retrieval.pool)
+        assert {d.code for d in retrieval.diagnoses} <= {c for h in retrieval.pool[:loaded.k] for c in h.scp_codes}
+    finally:
+        demo_pipeline.use_calibration(calibration)
+
+
+def test_a_calibration_with_measured_statements_round_trips_through_json(demo_pipeline: RetrievalPipeline) -> None:
+    calibration = demo_pipeline.diagnoser.calibration
+    text = json.dumps(calibration.to_json())
+    assert '"measured": {' in text and '"evidence_weight"' in text
+    assert Calibration.from_json(json.loads(text)) == calibration
+    broken = json.loads(text)
+    del broken["measured"]["AFIB"]["threshold"]
+    with pytest.raises(CalibrationError, match="not a usable calibration"):
+        Calibration.from_json(broken)
+
+
+def test_measured_statements_fall_back_to_the_prior_without_measured_validation_ecgs(
+    demo_pipeline: RetrievalPipeline, measured_af_and_sinus: tuple[Measurements, Measurements]
+) -> None:
+    """Unmeasured validation ECGs: nothing to fit, so the evidence is added to the vote's log-odds (the prior) and
+    a statement is present from p 0.5 - a measured AF still shows."""
+    cases = [dataclasses.replace(c, measurements=None)
+             for c in validation_cases(demo_pipeline, load_ptbxl(DEMO_PTBXL, [8]), progress=False)]
+    calibration = fit_calibration(cases, {}, encoder_id="x", corpus_points=240)
+    fit = calibration.scores["measured_fit"]
+    assert fit["model"].startswith("prior") and fit["shared"] == [1.0, 1.0, 0.0] and fit["measured_cases"] == 0
+    rare = calibration.bands[0]  # every code is rare in an empty prevalence table
+    afib = calibration.measured["AFIB"]
+    assert (afib.vote_slope, afib.evidence_weight, afib.intercept) == pytest.approx((rare.slope, 1.0, rare.intercept))
+    assert afib.threshold == MEASURED_PRIOR_THRESHOLD
+    hits = [hit(i, 0.9, ["NORM", "SR"]) for i in range(10)]
+    assert "AFIB" in present_codes(Diagnoser(load_statements(), calibration).diagnose(hits, measured_af_and_sinus[0]))
+
+
+def test_per_code_f1_before_and_after_matches_a_hand_count(
+    measured_af_and_sinus: tuple[Measurements, Measurements],
+) -> None:
+    """Four ECGs: AFIB true on 1 and 2; votes said it on 1 and 3; votes + measurements on 1 and 2 (the real AF
+    measurement of ECG 2, the sinus one of ECG 3)."""
+    af, sinus = measured_af_and_sinus
+    truth = [{"AFIB", "NORM"}, {"AFIB"}, {"SBRAD"}, {"NORM", "SR"}]
+    calibration_free = Diagnoser(load_statements())  # votes with threshold 0.5: the "before"
+    votes = [[hit(0, 0.9, ["AFIB", "NORM"])], [hit(0, 0.9, ["SR"])], [hit(0, 0.9, ["AFIB"])], [hit(0, 0.9, ["NORM"])]]
+    before = [present_codes(calibration_free.diagnose(v)) for v in votes]
+    assert before == [{"AFIB", "NORM"}, {"SR"}, {"AFIB"}, {"NORM"}]
+    after = [before[0], {"AFIB"} if af.rhythm is Rhythm.ATRIAL_FIBRILLATION else set(),
+             {"SBRAD"} if sinus.heart_rate_bpm < 50 else set(), before[3]]
+    result = diagnoses_by_code(truth, before, after, codes=("AFIB", "SBRAD", "SR", "LNGQT"))
+    rows = {r["code"]: r for r in result["codes"]}
+    # AFIB: 2 positives of 4. Before: tp 1 (ECG 1), fp 1 (ECG 3), fn 1 (ECG 2) -> 2/4. After: tp 2 -> 1.
+    assert rows["AFIB"]["positives"] == 2 and rows["AFIB"]["prevalence"] == 0.5
+    assert rows["AFIB"]["before"] == {"f1": 0.5, "tp": 1, "fp": 1, "fn": 1}
+    assert rows["AFIB"]["after"] == {"f1": 1.0, "tp": 2, "fp": 0, "fn": 0}
+    assert rows["AFIB"]["f1_always_absent"] == 0.0 and rows["AFIB"]["f1_always_present"] == pytest.approx(2 * 2 / 6)
+    # SBRAD: 1 positive; missed before (0), found after (1); always present 2/5.
+    assert rows["SBRAD"]["before"]["f1"] == 0.0 and rows["SBRAD"]["after"]["f1"] == 1.0
+    assert rows["SBRAD"]["f1_always_present"] == pytest.approx(0.4)
+    # SR: 1 positive (ECG 4), said only for ECG 2 before: tp 0, fp 1, fn 1 -> 0; after: never said -> 0.
+    assert rows["SR"]["before"] == {"f1": 0.0, "tp": 0, "fp": 1, "fn": 1} and rows["SR"]["after"]["f1"] == 0.0
+    # LNGQT: no positive, never said: undefined, and so is always-absent; always-present has 4 false positives.
+    assert rows["LNGQT"]["before"]["f1"] is None and rows["LNGQT"]["f1_always_absent"] is None
+    assert rows["LNGQT"]["f1_always_present"] == 0.0
+    # All codes: before tp 3 (AFIB, NORM, NORM) fp 2 (SR, AFIB) fn 3 (AFIB, SBRAD, SR) -> 6 / 11; after tp 5 fp 0 fn 1.
+    assert result["all_codes"]["before"]["micro"] == pytest.approx(6 / 11)
+    assert result["all_codes"]["after"]["micro"] == pytest.approx(10 / 11)
+    # macro over AFIB, NORM, SBRAD, SR: before (0.5 + 1 + 0 + 0) / 4, after (1 + 1 + 1 + 0) / 4.
+    assert result["all_codes"]["before"]["macro"] == pytest.approx(0.375)
+    assert result["all_codes"]["after"]["macro"] == pytest.approx(0.75)
+    table = diagnoses_table(result)
+    assert "| AFIB | rhythm (irregular RR, no P waves) | 2 (50.0 %) | 0.00 | 0.67 | 0.50 | 1.00 |" in table
+    assert "micro-F1 0.545 -> 0.909" in table
+    with pytest.raises(ValueError, match="one of each per ECG"):
+        diagnoses_by_code(truth, before, after[:3])

@@ -11,15 +11,18 @@ Each report mode of the server is a row (``retrieval-top1``: the paper's closest
 *served diagnoses* (the calibrated ``present`` codes), while a baseline's is that of the codes of the record it
 returns. The F1 of the top-1 neighbour's own codes (what the paper's system would diagnose) is kept beside them.
 The diagnosis calibration is fitted in the same run on the calibration folds (searched against the same index,
-own patient excluded), which must not overlap the test folds.
+own patient excluded), which must not overlap the test folds. The statements a measurement defines are scored one by
+one before (the votes alone: the same calibration with its measured statements left out) and after (votes and
+measurements, as served), beside their prevalence and the always-absent / always-present baselines.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ecgregen.calibrate import calibrate_records
-from ecgregen.diagnoses import REPORT_MODES, present_codes, select_report
+from ecgregen.diagnoses import MEASURED_STATEMENTS, REPORT_MODES, Diagnoser, present_codes, select_report
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index, retrieval_excluding_patient
 from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session, score_reports, scp_f1
 from ecgregen.pipeline import RetrievalPipeline
@@ -65,19 +68,54 @@ def retrieve_top1(pipeline: RetrievalPipeline, queries: Sequence[EcgRecord], pro
 
 def retrieve_modes(
     pipeline: RetrievalPipeline, queries: Sequence[EcgRecord], progress: bool = True
-) -> tuple[dict[str, list[Prediction]], list[frozenset[str]]]:
-    """Per report mode, the served report with the served diagnoses' present codes; and the top-1 neighbour's codes."""
+) -> tuple[dict[str, list[Prediction]], list[frozenset[str]], list[frozenset[str]]]:
+    """Per report mode, the served report with the served diagnoses' present codes; the top-1 neighbour's codes; and
+    the present codes of the votes alone (the served calibration without its measured statements)."""
+    calibration = pipeline.diagnoser.calibration
+    votes_only = Diagnoser(pipeline.diagnoser.statements,
+                           dataclasses.replace(calibration, measured=None) if calibration else None)
     by_mode: dict[str, list[Prediction]] = {m: [] for m in RETRIEVAL_METHODS}
-    top1_codes = []
+    top1_codes, vote_codes = [], []
     for record in tqdm(queries, desc="retrieval", unit="ecg", disable=not progress, dynamic_ncols=True):
         retrieval = retrieval_excluding_patient(pipeline, record, 1)
         codes = present_codes(retrieval.diagnoses)
         top1_codes.append(frozenset(retrieval.pool[0].scp_codes))
+        vote_codes.append(present_codes(votes_only.diagnose(retrieval.pool)))
         for mode in REPORT_MODES:
             hit = select_report(retrieval.pool, retrieval.diagnoses, mode, pipeline.diagnoser.k)
             assert hit is not None  # the index is not empty and the patient filter leaves others
             by_mode[f"retrieval-{mode}"].append(Prediction(hit.report, codes, hit.ecg_id, hit.patient_id))
-    return by_mode, top1_codes
+    return by_mode, top1_codes, vote_codes
+
+
+def _f1(tp: int, fp: int, fn: int) -> float | None:
+    """None where it is undefined: no positive, none predicted."""
+    return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
+
+
+def diagnoses_by_code(
+    true_codes: Sequence[Collection[str]], before: Sequence[Collection[str]], after: Sequence[Collection[str]],
+    codes: Sequence[str] = tuple(MEASURED_STATEMENTS),
+) -> dict:
+    """F1 of each of `codes` before (votes alone) and after (votes and measurements), with its positives, prevalence
+    and the F1 of always saying absent / present; and micro / macro F1 over every code, before and after."""
+    if not (len(true_codes) == len(before) == len(after)) or not true_codes:
+        raise ValueError(f"{len(true_codes)} true, {len(before)} before, {len(after)} after: one of each per ECG")
+    n = len(true_codes)
+    rows = []
+    for code in codes:
+        truth = [code in t for t in true_codes]
+        positives = sum(truth)
+        row: dict = {"code": code, "positives": positives, "prevalence": round(positives / n, 4),
+                     "f1_always_absent": _f1(0, 0, positives), "f1_always_present": _f1(positives, n - positives, 0)}
+        for name, predicted in (("before", before), ("after", after)):
+            said = [code in p for p in predicted]
+            tp = sum(t and p for t, p in zip(truth, said))
+            fp, fn = sum(said) - tp, positives - tp
+            row[name] = {"f1": _f1(tp, fp, fn), "tp": tp, "fp": fp, "fn": fn}
+        rows.append(row)
+    all_codes = {"before": scp_f1(true_codes, before), "after": scp_f1(true_codes, after)}
+    return {"n": n, "codes": rows, "all_codes": all_codes}
 
 
 def _raw_features(pipeline: RetrievalPipeline, records: Sequence[EcgRecord]) -> np.ndarray:
@@ -147,7 +185,7 @@ def evaluate_reports(
         encoder_id = pipeline.encoder.encoder_id
         fitted = calibrate_records(pipeline, calibration, progress=progress) if calibration else None
         pipeline.use_calibration(fitted)
-        by_mode, top1_codes = retrieve_modes(pipeline, queries, progress)
+        by_mode, top1_codes, vote_codes = retrieve_modes(pipeline, queries, progress)
         predictions = {
             **by_mode,
             "random": random_baseline(index, len(queries)),
@@ -178,9 +216,12 @@ def evaluate_reports(
         "bertscore_model": BERTSCORE_MODEL_NAME if bertscore else None,
         "methods": methods,
         "top1_neighbour_codes": scp_f1(true_codes, top1_codes) if true_codes else None,
+        "diagnoses_by_code": diagnoses_by_code(
+            true_codes, vote_codes, [p.scp_codes for p in predictions[RETRIEVAL_METHODS[0]]]) if true_codes else None,
         "calibration": {
             "records": len(calibration), "k": fitted.k, "temperature": fitted.temperature,
             "report_mode_chosen": fitted.report_mode, "validation_scores": fitted.scores,
+            "measured": fitted.measured is not None,
         } if fitted else None,
         "served_report_mode": pipeline.resolved_report_mode(),
         "examples": [
@@ -211,7 +252,27 @@ def markdown_table(result: dict) -> str:
         + ". Baseline rows: the codes of the record they return. Paper rows are copied from its Table I (PTB-XL, "
         "split and report language not stated there).\n"
     )
-    return header + "\n".join(rows) + "\n" + notes
+    by_code = result.get("diagnoses_by_code")
+    return header + "\n".join(rows) + "\n" + notes + (f"\n{diagnoses_table(by_code)}" if by_code else "")
+
+
+def diagnoses_table(by_code: dict) -> str:
+    """The measured statements' F1 before / after the measurements, as markdown."""
+
+    def cell(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    lines = ["| code | measured | positives (prevalence) | always absent | always present | votes only | "
+             "votes + measurements |", "|---|---|---|---|---|---|---|"]
+    for row in by_code["codes"]:
+        lines.append(
+            f"| {row['code']} | {MEASURED_STATEMENTS[row['code']].measured} | {row['positives']} "
+            f"({100 * row['prevalence']:.1f} %) | {cell(row['f1_always_absent'])} | {cell(row['f1_always_present'])} | "
+            f"{cell(row['before']['f1'])} | {cell(row['after']['f1'])} |")
+    before, after = by_code["all_codes"]["before"], by_code["all_codes"]["after"]
+    return ("\n".join(lines) + f"\n\nF1 per measured statement on the {by_code['n']} test ECGs (- : undefined, no "
+            f"positive and none predicted). All codes: micro-F1 {before['micro']:.3f} -> {after['micro']:.3f}, "
+            f"macro-F1 {before['macro']:.3f} -> {after['macro']:.3f} (votes only -> votes + measurements).\n")
 
 
 def plot_scores(result: dict, out: Path) -> None:
