@@ -55,7 +55,7 @@ from ecgregen.answer_measured import (
     attribute_type,
 )
 from ecgregen.diagnoses import K_GRID, Calibration, CalibrationError, Diagnoser, Diagnosis, load_statements
-from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index
+from ecgregen.evaluate.corpus import open_eval_index, retrieval_excluding_patient
 from ecgregen.evaluate.ecgqa import (
     PtbxlMetadata,
     UnsupportedTemplate,
@@ -410,9 +410,13 @@ def evaluate_qa(
     serving: dict | None = None
     fit_time = 0.0
 
+    # Each ECG's measurements as its search made them: the diagnoses take them as evidence, as served.
+    searched_measurements: dict[str, Measurements | None] = {}
+
     def pool_of(ecg_id: str) -> list[Hit]:
         if ecg_id not in pools:
-            pools[ecg_id] = neighbours_excluding_patient(pipeline, with_signal[ecg_id], pool_k)
+            retrieval = retrieval_excluding_patient(pipeline, with_signal[ecg_id], pool_k)
+            pools[ecg_id], searched_measurements[ecg_id] = retrieval.hits, retrieval.measurements
         return pools[ecg_id]
 
     measured: dict[str, Measurements] = {}
@@ -455,7 +459,7 @@ def evaluate_qa(
             evidence: dict[int, list[tuple[int, tuple]]] = {}
             for fold, cal in calibrations.items():
                 diagnoser = Diagnoser(statements, cal)
-                diagnosed[fold] = {e: diagnoser.diagnose(pool) for e, pool in pools.items()}
+                diagnosed[fold] = {e: diagnoser.diagnose(pool, searched_measurements[e]) for e, pool in pools.items()}
                 evidence[fold] = [
                     (fold_of[str(q["ecg_id"][0])], item) for q in generated
                     if (item := question_evidence(base, q, diagnosed[fold][str(q["ecg_id"][0])])) is not None
@@ -483,7 +487,8 @@ def evaluate_qa(
             other_half = [Diagnoser(statements, half_calibrations[1 - i][0]) for i in range(2)]
             serving_evidence = [
                 item for q in generated if (e := str(q["ecg_id"][0])) in half_of
-                and (item := question_evidence(base, q, other_half[half_of[e]].diagnose(pools[e]))) is not None
+                and (item := question_evidence(base, q, other_half[half_of[e]].diagnose(
+                    pools[e], searched_measurements[e]))) is not None
             ]
             share, lead_n = lead_question_share(all_questions, lead_metadata, [serving_fold])
             fitted, report = fit_answer_settings(serving_evidence, lead_share=share)
