@@ -2,9 +2,10 @@
 
 QRS onset/offset come from the spatial velocity of all usable independent leads (I, II, V1-V6) - the earliest
 onset and the latest offset over the leads at once, which no single lead's delineation gives (a single-lead DWT
-delineation put QRS up to 100 ms off the carts on the format files). P onset/offset and T end come from the
-spatial magnitude of the same leads, measured against the level at QRS onset (the isoelectric reference carts
-use); T end by the tangent at the steepest descent of the T wave. Axes come from the net areas of the six limb
+delineation put QRS up to 100 ms off the carts on the format files). The P wave is found on the spatial magnitude
+of the same leads (against the line from the window's start to QRS onset) and its edges by slope; T end by the
+tangent at the steepest descent of their spatial magnitude down to the level at QRS onset (the isoelectric
+reference carts use). Axes come from the net areas of the six limb
 leads (a least-squares fit of the frontal-plane vector, so one noisy limb lead does not decide it).
 """
 
@@ -29,7 +30,7 @@ QRS_ONSET_SHARE = 0.03
 QRS_OFFSET_SHARE = 0.06
 # The velocity must stay below the threshold this long for the QRS to have begun / ended.
 QRS_QUIET_MS = 10.0
-# P onset / offset: where the P wave's magnitude falls to this share of its peak above the floor.
+# P onset / offset: where the P wave's spatial velocity falls to this share of its up- / downstroke's peak.
 P_EDGE_SHARE = 0.3
 # A P wave is there when its magnitude reaches this share of the QRS's.
 P_MIN_SHARE = 0.02
@@ -47,7 +48,6 @@ class Delineation:
     r_index: int
     points: dict[str, int]
     missing: dict[str, str]
-    p_magnitude_share: float  # the P wave's magnitude / the QRS's (0 when no P window)
 
 
 def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_samples: float,
@@ -105,7 +105,7 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     onset = _quiet_crossing(velocity, peak, 0, rest + QRS_ONSET_SHARE * (top - rest), quiet)
     offset = _quiet_crossing(velocity, peak, length, rest + QRS_OFFSET_SHARE * (top - rest), quiet)
     if onset is None or offset is None:
-        return Delineation(beat, r_index, points, {"qrs_duration_ms": "QRS onset or offset not found"}, 0.0)
+        return Delineation(beat, r_index, points, {"qrs_duration_ms": "QRS onset or offset not found"})
     points["qrs_onset"], points["qrs_offset"] = onset, offset
     reference = smooth[:, max(0, onset - samples_of(10, fs)): onset + 1].mean(axis=1, keepdims=True)
     beat = beat - reference
@@ -113,8 +113,8 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     magnitude = np.sqrt((slow[leads] ** 2).sum(axis=0))
     qrs_size = float(magnitude[onset: offset + 1].max())
     _find_t_end(magnitude, onset, offset, length, fs, rr_ms, points, missing)
-    share = _find_p(slow[leads], windows[:, leads], onset, rate_hz, fs, qrs_size, points, missing)
-    return Delineation(beat, r_index, points, missing, share)
+    _find_p(slow[leads], windows[:, leads], onset, rate_hz, fs, qrs_size, points, missing)
+    return Delineation(beat, r_index, points, missing)
 
 
 def _find_t_end(magnitude: np.ndarray, onset: int, offset: int, length: int, fs: float, rr_ms: float,
@@ -144,12 +144,12 @@ def _find_t_end(magnitude: np.ndarray, onset: int, offset: int, length: int, fs:
 
 
 def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, fs: float, qrs_size: float,
-            points: dict[str, int], missing: dict[str, str]) -> float:
+            points: dict[str, int], missing: dict[str, str]) -> None:
     """P onset/offset on the median beat when a P wave is there: big enough and the same from beat to beat."""
     start, stop = max(0, onset - samples_of(300, fs)), onset - samples_of(20, fs)
     if stop - start < samples_of(60, fs):
         missing["pr_interval_ms"] = "no P waves (the beat leaves no room before the QRS)"
-        return 0.0
+        return
     # Against the line from the window's start to QRS onset: the level before the P wave may differ from the
     # level at QRS onset (slow drift, the previous T wave's tail), which would otherwise read as P wave.
     head = slow[:, start: start + samples_of(10, fs)].mean(axis=1, keepdims=True)
@@ -163,7 +163,7 @@ def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, f
     consistent = _p_consistency(windows, start, stop, rate_hz / fs)
     if share < P_MIN_SHARE or consistent < P_CONSISTENCY:
         missing["pr_interval_ms"] = "no P waves"
-        return share
+        return
     # Edges by slope: the P wave's velocity falls to P_EDGE_SHARE of its up- and downstroke's peaks. Slopes do not
     # see the level offsets (drift, the previous T wave's tail) that thresholds on the magnitude would.
     velocity = np.sqrt((np.gradient(slow, axis=1) ** 2).sum(axis=0))
@@ -177,10 +177,9 @@ def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, f
     after = np.flatnonzero(velocity[down:onset] < P_EDGE_SHARE * velocity[down])
     if up <= start or down >= onset:
         missing["pr_interval_ms"] = "P wave edges not found"
-        return share
+        return
     points["p_onset"] = start + int(before[-1] if before.size else np.argmin(velocity[start:up]))
     points["p_offset"] = down + int(after[0] if after.size else np.argmin(velocity[down:onset]))
-    return share
 
 
 def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> float:
