@@ -5,8 +5,8 @@ onset and the latest offset over the leads at once, which no single lead's delin
 delineation put QRS up to 100 ms off the carts on the format files). The P wave is found on the spatial magnitude
 of the same leads (against the line from the window's start to QRS onset) and its edges by slope; T end by the
 tangent at the steepest descent of their spatial magnitude down to the level at QRS onset (the isoelectric
-reference carts use). Axes come from the net areas of the six limb
-leads (a least-squares fit of the frontal-plane vector, so one noisy limb lead does not decide it).
+reference carts use). Axes come from the net areas of leads I and II (:func:`frontal_axis`: a fit over the
+usable limb leads when one of those two is unusable).
 """
 
 from __future__ import annotations
