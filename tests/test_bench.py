@@ -1,4 +1,5 @@
-"""`ecgregen bench`: the encoder bench's rows and speed targets (seconds), and the whole command at toy sizes.
+"""`ecgregen bench`: the encoder bench's rows and speed targets (seconds), the side-by-side comparison's arithmetic,
+and the whole command at toy sizes.
 
 Figures belong in docs/bench/ (written by the command, with date and machine), never in assertions: wall-clock
 comparisons (batching is cheaper, onnxruntime beats eager torch) are the bench's targets (`check_targets`), which
@@ -13,10 +14,13 @@ import sys
 from pathlib import Path
 
 from ecgregen.bench.encoder import run_encoder_bench
+from ecgregen.bench.side_by_side import capacity_verdict, side_by_side_targets, summarise
 from ecgregen.bench.suite import check_targets
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.records import load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_encoder_bench_measures_every_backend_and_batch_and_states_the_speed_targets(tmp_path: Path) -> None:
@@ -45,11 +49,59 @@ def test_encoder_bench_measures_every_backend_and_batch_and_states_the_speed_tar
     assert f"onnxruntime {per_ecg['onnxruntime'][1]} ms" in runtime["measured"]
 
 
+def test_side_by_side_summary_pairs_each_round_and_judges_the_capacity_only_where_the_levels_can_tell() -> None:
+    """Throughput ratios are the median of each round's today/before pair, per ECG rate; a monitor level is held
+    with windows, p99 under 1 s, nothing dropped and no errors; the capacity target is met or missed only when the
+    levels bound both capacities tightly enough, else undetermined (made-up rows)."""
+    def run(round_: int, code: str, rate: float, per_s: float, cpu_ms: float, concurrency: int = 8) -> dict:
+        return {"round": round_, "code": code, "rate_hz": rate, "concurrency": concurrency, "ok_per_s": per_s,
+                "p50_ms": 10.0, "p99_ms": 20.0, "server_cpu_ms_per_call": cpu_ms}
+
+    def level(code: str, n: int, p99: float, cpu_ms: float, dropped: int = 0) -> dict:
+        return {"code": code, "monitors": n, "windows": n, "dropped": dropped, "errors": 0, "latency_p99_ms": p99,
+                "server_cpu_ms_per_window": cpu_ms}
+
+    throughput = [run(1, "today", 100, 90, 11), run(1, "before", 100, 100, 10), run(2, "before", 100, 50, 10),
+                  run(2, "today", 100, 40, 12), run(3, "today", 100, 95, 11), run(3, "before", 100, 100, 10),
+                  run(1, "today", 500, 50, 20), run(1, "before", 500, 100, 10),
+                  run(1, "today", 100, 10, 5, concurrency=1), run(1, "before", 100, 100, 5, concurrency=1)]
+    streams = [level("today", 300, 80, 3), level("before", 300, 70, 2), level("before", 600, 900, 2),
+               level("today", 600, 400, 3, dropped=1)]
+    summary = summarise(throughput, streams)
+    alone, at_100, at_500 = summary["calls"]  # by rate, then concurrency
+    assert (alone["concurrency"], alone["throughput_ratio"]) == (1, 0.1)
+    assert at_100["rate_hz"] == 100 and at_100["pairs"] == 3 and at_100["throughput_ratio"] == 0.9  # 0.9, 0.8, 0.95
+    assert at_100["today"]["ok_per_s"] == 90 and at_100["server_cpu_per_call_ratio"] == 1.1
+    assert at_500["throughput_ratio"] == 0.5 and at_500["server_cpu_per_call_ratio"] == 2.0
+    assert [(r["today_held"], r["before_held"]) for r in summary["monitors"]] == [(True, True), (False, True)]
+    assert [r["p99_ratio"] for r in summary["monitors"]] == [1.14, 0.44]
+    assert [r["cpu_per_window_ratio"] for r in summary["monitors"]] == [1.5, 1.5]
+
+    targets = side_by_side_targets({"summary": summary, "codes": {"today": "abc", "before": "e4ad49e"}})
+    # Concurrency 8 only: 0.9x, 0.5x; today holds 300 (< 600), before 600 (upper bound unknown): missed only if
+    # 600 <= 0.85 x 600
+    assert [t["met"] for t in targets] == [True, False, None]
+    assert "100 Hz" in targets[0]["target"] and "0.90x" in targets[0]["measured"]
+    assert targets[2]["measured"].startswith("today holds 300, not 600; before holds 600, every level: the levels")
+
+    def levels(today_held: list[int], before_held: list[int], all_levels: list[int]) -> list[dict]:
+        return [{"monitors": n, "today_held": n in today_held, "before_held": n in before_held} for n in all_levels]
+
+    steps = [150, 200, 250, 300, 350, 400]
+    assert capacity_verdict(levels([150, 200], [150, 200, 250, 300], steps))[0] is False  # < 250 vs >= 300
+    assert capacity_verdict(levels([150, 200, 250], [150, 200, 250], steps))[0] is None  # both in [250, 300)
+    assert capacity_verdict(levels(steps[:4], steps[:3], steps))[0] is True  # >= 300 vs < 300
+    assert capacity_verdict(levels([], [], steps)) == (None, "today holds none of the levels, not 150; "
+                                                             "before holds none of the levels, not 150")
+
+
 def test_bench_command_quick_writes_every_section(tmp_path: Path) -> None:
+    """Every section at toy sizes, the measure section with this checkout as the "before" code (so the side by
+    side runs without a second checkout): each writes its rows; the targets are stated, not asserted."""
     out = tmp_path / "out"
     run = subprocess.run(
         [sys.executable, "-m", "ecgregen.cli", "bench", "--quick", "--work-dir", str(tmp_path / "work"),
-         "--out", str(out)],
+         "--out", str(out), "--before-tree", str(ROOT)],
         capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stderr[-3000:]
@@ -75,11 +127,29 @@ def test_bench_command_quick_writes_every_section(tmp_path: Path) -> None:
     assert streams["monitors"] == 4 and streams["windows"] > 0 and not streams["errors"]
     memory = service["memory"]
     assert memory["idle_mb"] > 0 and memory["peak_mb"] >= memory["idle_mb"]
-    # Encoder speed (2), end-to-end latency and gRPC overhead; no search target: no 20k/200k sizes here.
-    assert [t["target"].split()[0] for t in result["targets"]] == ["Encoder:", "Encoder:", "GenerateReport", "gRPC"]
+
+    stage = result["measure"]["stage"]
+    ptbxl = [(r["source"].split(",")[0], r["rate_hz"]) for r in stage["rows"] if r["source"].startswith("PTB-XL")]
+    assert ptbxl == [("PTB-XL", 100), ("PTB-XL", 500), ("PTB-XL", 1000)]
+    for r in stage["rows"]:
+        assert r["calls"] == r["ecgs"] >= 1 and r["cpu_p90_ms"] >= r["cpu_p50_ms"] > 0
+        assert r["thread_cpu_p50_ms"] > 0 and r["wall_p50_ms"] > 0
+    compared = result["measure"]["side_by_side"]
+    assert compared["corpus"]["points"] == 2000 and compared["request_rates_hz"] == [100, 500]
+    assert [(r["rate_hz"], r["code"]) for r in compared["throughput"]] == [
+        (100, "today"), (100, "before"), (500, "today"), (500, "before")]
+    for r in compared["throughput"]:
+        assert r["ok"] > 0 and not r["errors"] and r["server_cpu_ms_per_call"] > 0
+    assert [(r["monitors"], r["code"]) for r in compared["streams"]["levels"]] == [(4, "today"), (4, "before")]
+    assert all(r["windows"] > 0 and not r["errors"] for r in compared["streams"]["levels"])
+    assert [c["throughput_ratio"] > 0 for c in compared["summary"]["calls"]] == [True, True]
+    # Encoder speed (2), end-to-end latency, gRPC overhead, the stage's cost, throughput beside the code before at
+    # 100 and 500 Hz, monitors; no search target: no 20k/200k sizes here.
+    assert [t["target"].split()[0] for t in result["targets"]] == [
+        "Encoder:", "Encoder:", "GenerateReport", "gRPC", "Measurement", "GenerateReport", "GenerateReport", "Live"]
 
     markdown = md_path.read_text()
     for heading in ("## Targets", "## 1. Encoder", "## 2. Search", "## 3. End to end", "## 4. Streaming",
-                    "## 5. Memory"):
+                    "## 5. Memory", "## 6. Measurement stage", "### The service beside the code before"):
         assert heading in markdown
     assert markdown in run.stdout  # the same report is printed

@@ -18,6 +18,7 @@ Why it is built this way:
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import signal
 import subprocess
@@ -60,7 +61,7 @@ STAGES = [
 
 
 @dataclass
-class _Server:
+class Server:
     process: subprocess.Popen
     address: str
     log: Path
@@ -75,15 +76,30 @@ class _Server:
                 self.process.wait()
 
 
-def start_server(data_dir: Path, log: Path, runtime: str = "onnxruntime", timeout_s: float = 180.0) -> _Server:
-    """`ecgregen serve` on free loopback ports, retrieval only (no LLM), no demo seeding; waits until it serves."""
+# `python -c` program that runs `ecgregen.cli` from another checkout of this repository (argv[1]): that tree first
+# on the import path and also a root of the `ecgregen` package, where its top-level folders (server/, indexer/)
+# are found as sub-packages - otherwise the editable install resolves `ecgregen.server` to today's tree.
+_CLI_FROM_TREE = ("import runpy, sys; tree = sys.argv.pop(1); sys.path.insert(0, tree); import ecgregen; "
+                  "ecgregen.__path__.append(tree); "
+                  "runpy.run_module('ecgregen.cli', run_name='__main__', alter_sys=True)")
+
+
+def start_server(data_dir: Path, log: Path, runtime: str = "onnxruntime", timeout_s: float = 180.0,
+                 tree: Path | None = None) -> Server:
+    """`ecgregen serve` on free loopback ports, retrieval only (no LLM), no demo seeding; waits until it serves.
+
+    ``tree``: a checkout of another version of this repository (with its generated ``ecgregen/v1`` stubs) whose
+    code serves instead of the installed one, to measure two versions side by side.
+    """
     port = free_port()
-    command = [sys.executable, "-m", "ecgregen.cli", "serve", "--data-dir", str(data_dir), "--no-llm", "--no-demo",
+    entry = ["-m", "ecgregen.cli"] if tree is None else ["-c", _CLI_FROM_TREE, str(tree.resolve())]
+    command = [sys.executable, *entry, "serve", "--data-dir", str(data_dir.resolve()), "--no-llm", "--no-demo",
                "--port", str(port), "--metrics-port", str(free_port()), "--max-streams", "4096",
                "--max-inflight", "4096", "--encoder-runtime", runtime]
+    env = None if tree is None else {**os.environ, "PYTHONPATH": str(tree.resolve())}
     with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    server = _Server(process, f"127.0.0.1:{port}", log)
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=tree, env=env)
+    server = Server(process, f"127.0.0.1:{port}", log)
     deadline = time.monotonic() + timeout_s
     while "serving ecgregen.v1" not in log.read_text(errors="replace"):
         if process.poll() is not None or time.monotonic() > deadline:
@@ -178,7 +194,7 @@ def summarise_profile(raw: Path, top: int = 12) -> dict[str, Any]:
     }
 
 
-async def _grpc_levels(server: _Server, queries: Sequence[EcgRecord], concurrency: Sequence[int], duration_s: float,
+async def _grpc_levels(server: Server, queries: Sequence[EcgRecord], concurrency: Sequence[int], duration_s: float,
                        profile_at: int | None, work_dir: Path, say: Progress,
                        calls: Sequence[str] = ("GenerateReport", "AnswerQuestion")) -> dict[str, Any]:
     requests = {name: batch for name, batch in _requests(queries).items() if name in calls}
@@ -242,18 +258,23 @@ async def _inprocess_levels(data_dir: Path, queries: Sequence[EcgRecord], concur
     return levels
 
 
-async def _streams(server: _Server, records: Sequence[EcgRecord], monitors: Sequence[int], *, seconds: float,
-                   speed: float, rate_hz: float, say: Progress) -> list[dict[str, Any]]:
+async def stream_levels(server: Server, records: Sequence[EcgRecord], monitors: Sequence[int], *, seconds: float,
+                        speed: float, rate_hz: float, say: Progress) -> list[dict[str, Any]]:
+    """Each level of ``monitors`` live monitors (`simulate-monitors`, in this process) for ``seconds``: windows,
+    drops, errors, window latency, the server's cores and its CPU per window (what a window costs, whatever else
+    runs on the machine) - the row a capacity is read from."""
     rows = []
     pid = server.process.pid
     for n in monitors:
         cpu0, wall0 = cpu_seconds(pid), time.perf_counter()
         summary = await simulate(records, monitors=n, server=server.address, speed=speed, duration_s=seconds,
                                  rate_hz=rate_hz)
-        cores = (cpu_seconds(pid) - cpu0) / (time.perf_counter() - wall0)
+        cpu = cpu_seconds(pid) - cpu0
         rows.append({"monitors": n, "windows": summary.windows, "dropped": summary.dropped,
                      "errors": len(summary.errors), "latency_p50_ms": round(summary.latency_p50_ms, 1),
-                     "latency_p99_ms": round(summary.latency_p99_ms, 1), "server_cores": round(cores, 2),
+                     "latency_p99_ms": round(summary.latency_p99_ms, 1),
+                     "server_cores": round(cpu / (time.perf_counter() - wall0), 2),
+                     "server_cpu_ms_per_window": round(cpu * 1000 / summary.windows, 2) if summary.windows else None,
                      "server_rss_mb": round(rss_mb(pid), 1)})
         say(f"streams: {summary.line()}")
     return rows
@@ -311,7 +332,7 @@ def run_service_bench(
                                   "idle_mb": round(rss_mb(pid), 1)}
         memory["per_record_kb"] = round((memory["idle_mb"] - idle_empty_mb) * 1024 / corpus_size, 2)
         remote = asyncio.run(_grpc_levels(server, queries, concurrency, duration_s, profile_at, work_dir, say))
-        streams = asyncio.run(_streams(server, queries, monitors, seconds=stream_seconds, speed=stream_speed,
+        streams = asyncio.run(stream_levels(server, queries, monitors, seconds=stream_seconds, speed=stream_speed,
                                        rate_hz=stream_rate_hz, say=say)) if monitors else []
         memory["peak_mb"] = round(peak_rss_mb(pid), 1)
         memory["after_load_mb"] = round(rss_mb(pid), 1)

@@ -1,8 +1,9 @@
-"""`ecgregen bench`: the whole performance picture in one run - encoder, search, service, streams, memory.
+"""`ecgregen bench`: the whole performance picture in one run - encoder, search, service, streams, memory, and what
+the measurement stage costs (alone, and the service beside the code before it).
 
-Each section is its own module (encoder.py, store.py, service.py); this one runs them in order, checks the
-targets the project set itself, and writes one JSON (everything measured) and one markdown report (the tables a
-reader compares), both named by date so that docs/bench/ keeps a history.
+Each section is its own module (encoder.py, store.py, service.py, measurements.py + side_by_side.py); this one
+runs them in order, checks the targets the project set itself, and writes one JSON (everything measured) and one
+markdown report (the tables a reader compares), both named by date so that docs/bench/ keeps a history.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ecgregen.bench.measure import Progress, machine, table
+from ecgregen.cli.evaluate import SHARED_FORMATS
 from ecgregen.settings import BENCH_DIR
 
-SECTIONS = ("encoder", "search", "service")
+SECTIONS = ("encoder", "search", "service", "measure")
 
 # The targets of issue 12 on the 2-core CPU machine.
 E2E_P99_MS, E2E_CONCURRENCY, E2E_CORPUS = 50.0, 8, 20_000
@@ -53,6 +55,15 @@ class BenchConfig:
     stream_rate_hz: float = 100.0
     encoder_runtime: str = "onnxruntime"
     compare_runtime: str | None = "torch"
+    # measure: the stage alone on these files and the query folds' records (None: all of them); with before_tree
+    # (a checkout of the code before the stage), the service of today's code beside it, in the same run
+    formats_dir: Path = SHARED_FORMATS
+    measure_repeats: int = 3
+    measure_records: int | None = None
+    before_tree: Path | None = None
+    compare_rounds: int = 3
+    compare_concurrency: Sequence[int] = (E2E_CONCURRENCY,)
+    compare_monitors: Sequence[int] = (200, 250, 300, 350, 400, 500)
     seed: int = 0
     command: str = ""
 
@@ -61,7 +72,8 @@ class BenchConfig:
         """Every section at toy sizes (about a minute): checks that the whole command works, not the figures."""
         small = dict(batch_sizes=(1, 8), triton=None, encoder_min_seconds=0.3, sizes=(2_000,), hnsw_ef=(64,),
                      queries=50, corpus_size=2_000, concurrency=(1, 8), duration_s=1.5, monitors=(4,),
-                     stream_seconds=10.0, stream_speed=5.0)
+                     stream_seconds=10.0, stream_speed=5.0, measure_repeats=1, measure_records=5, compare_rounds=1,
+                     compare_monitors=(4,))
         return cls(ptbxl_dir=ptbxl_dir, **{**small, **overrides})
 
 
@@ -108,9 +120,43 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             stream_speed=config.stream_speed, stream_rate_hz=config.stream_rate_hz, runtime=config.encoder_runtime,
             compare_runtime=config.compare_runtime, seed=config.seed, progress=progress,
         )
+    if "measure" in config.sections:
+        say("measure")
+        result["measure"] = run_measure_section(config, work_dir, progress)
     result["targets"] = check_targets(result)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def run_measure_section(config: BenchConfig, work_dir: Path, progress: bool) -> dict[str, Any]:
+    """The stage's CPU cost; with ``config.before_tree`` also the service of today's code beside that code, on a
+    corpus of ``config.corpus_size`` records built for the two servers."""
+    from ecgregen.bench.measurements import run_stage_bench
+    from ecgregen.records import load_ptbxl
+
+    queries = load_ptbxl(config.ptbxl_dir, config.query_folds)
+    section: dict[str, Any] = {"stage": run_stage_bench(
+        formats_dir=Path(config.formats_dir), records=queries[: config.measure_records],
+        repeats=config.measure_repeats, progress=progress,
+    ), "side_by_side": None}
+    if config.before_tree is not None:
+        from ecgregen.bench.service import build_corpus
+        from ecgregen.bench.side_by_side import run_side_by_side
+        from ecgregen.store import IndexSettings
+
+        say = Progress(progress, "compare-corpus")
+        say(f"building a {config.corpus_size}-record corpus for both servers")
+        corpus = build_corpus(work_dir / "compare-corpus", config.corpus_size, ptbxl_dir=config.ptbxl_dir,
+                              index_folds=config.index_folds, work_dir=work_dir, seed=config.seed,
+                              index=IndexSettings(), say=say)
+        section["side_by_side"] = {"corpus": corpus, **run_side_by_side(
+            before_tree=Path(config.before_tree), data_dir=work_dir / "compare-corpus", queries=queries,
+            work_dir=work_dir, rounds=config.compare_rounds, duration_s=config.duration_s,
+            concurrency=config.compare_concurrency,
+            monitors=config.compare_monitors, stream_seconds=config.stream_seconds, stream_speed=config.stream_speed,
+            stream_rate_hz=config.stream_rate_hz, runtime=config.encoder_runtime, progress=progress,
+        )}
+    return section
 
 
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -157,6 +203,15 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                 "met": row["hnsw_recall"] >= MIN_RECALL and row["hnsw_over_faiss_p50"] <= limit
                 and row["hnsw_over_faiss_p99"] <= limit and (limit > 1 or row["hnsw_over_faiss_p50"] < 1),
             })
+    measured = result.get("measure")
+    if measured:
+        from ecgregen.bench.measurements import stage_target
+        from ecgregen.bench.side_by_side import side_by_side_targets
+
+        stage = stage_target(measured["stage"])
+        targets += [stage] if stage else []
+        if measured["side_by_side"]:
+            targets += side_by_side_targets(measured["side_by_side"])
     return targets
 
 
@@ -251,7 +306,8 @@ def format_bench(result: dict[str, Any]) -> str:
     ]
     if result["targets"]:
         lines += ["", "## Targets", "", *table(["target", "measured", "met"], [
-            [t["target"], t["measured"], "yes" if t["met"] else "**no**"] for t in result["targets"]])]
+            [t["target"], t["measured"], {True: "yes", False: "**no**", None: "undetermined"}[t["met"]]]
+            for t in result["targets"]])]
     if "encoder" in result:
         lines += ["", "## 1. Encoder", "", *format_encoder_bench(result["encoder"])]
     if "search" in result:
@@ -269,6 +325,18 @@ def format_bench(result: dict[str, Any]) -> str:
              "peak under load MB", "after load MB", "disk per record bytes"],
             [[memory["idle_empty_corpus_mb"], memory["idle_mb"], memory["per_record_kb"], memory["peak_mb"],
               memory["after_load_mb"], service["corpus"]["disk_per_record_bytes"]]])]
+    if "measure" in result:
+        from ecgregen.bench.measurements import format_stage_bench
+        from ecgregen.bench.side_by_side import format_side_by_side
+
+        lines += ["", "## 6. Measurement stage", "", *format_stage_bench(result["measure"]["stage"])]
+        compared = result["measure"]["side_by_side"]
+        if compared:
+            corpus = compared["corpus"]
+            lines += ["", "### The service beside the code before the stage", "",
+                      f"Corpus {corpus['points']:,} records, built as for the service section (real fold "
+                      f"embeddings scaled by noisy copies), one copy per server.", "",
+                      *format_side_by_side(compared)]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,6 @@
-"""`ecgregen bench`: the performance suite (encoder, search against FAISS, gRPC end to end, streams, memory), and its
-parts run alone at scale: `bench store` (the vector store) and `bench load` (a running server)."""
+"""`ecgregen bench`: the performance suite (encoder, search against FAISS, gRPC end to end, streams, memory, the
+measurement stage), and its parts run alone at scale: `bench store` (the vector store) and `bench load` (a running
+server)."""
 
 from __future__ import annotations
 
@@ -18,13 +19,15 @@ if TYPE_CHECKING:
 
 def add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
-        "bench", help="performance: encoder, search vs FAISS, gRPC end to end, streams, memory (JSON + markdown)",
+        "bench", help="performance: encoder, search vs FAISS, gRPC end to end, streams, memory, measurement stage "
+                      "(JSON + markdown)",
         description="Without a sub-command: every section, the targets checked, bench-DATE.json/.md written to --out.",
     )
     bench.add_argument("--ptbxl", type=Path, default=DEMO_PTBXL, help="PTB-XL-layout folder (default: demo corpus)")
     bench.add_argument("--index-folds", default="1-8")
     bench.add_argument("--query-folds", default="9")
-    bench.add_argument("--sections", default="encoder,search,service", help="which parts to run, comma-separated")
+    bench.add_argument("--sections", default="encoder,search,service,measure",
+                       help="which parts to run, comma-separated")
     bench.add_argument("--quick", action="store_true", help="toy sizes (about a minute): checks the command works")
     bench.add_argument("--batch-sizes", help="encoder batch sizes (default 1,8,32,64)")
     bench.add_argument("--triton", help="Triton row of the encoder table: 'local' (bundled tritonserver, CPU, the "
@@ -37,6 +40,19 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--duration", type=float, help="seconds per concurrency level (default 10)")
     bench.add_argument("--monitors", help="live monitors per streaming level (default 300,600,900; 'none' skips)")
     bench.add_argument("--stream-seconds", type=float, help="seconds per streaming level (default 40)")
+    bench.add_argument("--formats", type=Path, help="hospital ECG files the measurement stage is timed on "
+                       "(default ../shared/data/formats)")
+    bench.add_argument("--measure-repeats", type=int, help="counted measure() calls per ECG (default 3)")
+    bench.add_argument("--before-tree", type=Path, help="a checkout of the code before the measurement stage (git "
+                       "worktree add DIR e4ad49e, with its generated stubs): its server is measured beside today's "
+                       "in the measure section (GenerateReport at concurrency 8, monitors), alternating")
+    bench.add_argument("--compare-rounds", type=int, help="GenerateReport runs per code beside --before-tree "
+                       "(default 3; --duration seconds each)")
+    bench.add_argument("--compare-concurrency", help="GenerateReport concurrency beside --before-tree (default 8, "
+                       "the target's; 1,8 also shows what concurrent calls cost each other)")
+    bench.add_argument("--compare-monitors", help="monitor levels per code beside --before-tree (default "
+                       "200,250,300,350,400,500, close steps where this 2-core machine's capacity lies; "
+                       "--stream-seconds each; 'none' skips)")
     bench.add_argument("--work-dir", type=Path, default=BENCH_DIR)
     bench.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench-DATE.json and .md go")
     bench.set_defaults(handler=run_suite)
@@ -79,13 +95,17 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
     from ecgregen.records import parse_folds
 
     given: dict[str, Any] = {}
-    for flag in ("batch_sizes", "sizes", "hnsw_ef", "concurrency"):
+    for flag in ("batch_sizes", "sizes", "hnsw_ef", "concurrency", "compare_concurrency"):
         if getattr(args, flag):
             given[flag] = _ints(getattr(args, flag), "--" + flag.replace("_", "-"))
-    if args.monitors:
-        given["monitors"] = () if args.monitors == "none" else _ints(args.monitors, "--monitors")
+    for flag in ("monitors", "compare_monitors"):
+        if getattr(args, flag):
+            text = getattr(args, flag)
+            given[flag] = () if text == "none" else _ints(text, "--" + flag.replace("_", "-"))
     for flag, key in (("queries", "queries"), ("corpus_size", "corpus_size"), ("duration", "duration_s"),
-                      ("stream_seconds", "stream_seconds")):
+                      ("stream_seconds", "stream_seconds"), ("formats", "formats_dir"),
+                      ("measure_repeats", "measure_repeats"), ("before_tree", "before_tree"),
+                      ("compare_rounds", "compare_rounds")):
         if getattr(args, flag) is not None:
             given[key] = getattr(args, flag)
     if args.triton:
