@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from ecgregen.measure.signal import filtered, moving_average, samples_of
+from ecgregen.measure.signal import filtered, moving_average, rows_dot, samples_of
 
 # Beats closer than this cannot both be QRS complexes (300 bpm).
 REFRACTORY_MS = 200.0
@@ -97,11 +97,11 @@ def classify_beats(band: np.ndarray, usable: np.ndarray, peaks: np.ndarray, rate
     best = np.zeros(n, int)
     best_corr = np.full(n, -1.0)
     t = (template - template.mean()).ravel()
-    t_norm = np.linalg.norm(t) or 1.0
+    t_norm = float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0
     for s in range(-shift, shift + 1):
         seg = wide_segments[:, :, shift + s: shift + s + 2 * half + 1].reshape(n, -1)
         seg = seg - seg.mean(axis=1, keepdims=True)
-        corr = seg @ t / (np.linalg.norm(seg, axis=1) * t_norm + 1e-12)
+        corr = rows_dot(seg, t) / (np.sqrt(rows_dot(seg * seg, None)) * t_norm + 1e-12)
         better = corr > best_corr
         best[better], best_corr[better] = s, corr[better]
     peaks = np.clip(peaks + best, 0, band.shape[1] - 1)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.measure.signal import MEASURE_RATE_HZ, filtered, samples_of
+from ecgregen.measure.signal import MEASURE_RATE_HZ, filtered, rows_dot, samples_of
 from ecgregen.preprocess import resample
 
 INDEPENDENT = np.array([STANDARD_LEADS.index(n) for n in ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")])
@@ -196,7 +196,8 @@ def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> 
     single = single - single.mean(axis=2, keepdims=True)
     t = np.median(single, axis=0).ravel()
     s = single.reshape(single.shape[0], -1)
-    corr = s @ t / (np.linalg.norm(s, axis=1) * (np.linalg.norm(t) or 1.0) + 1e-12)
+    corr = rows_dot(s, t) / (np.sqrt(rows_dot(s * s, None)) * (float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0)
+                               + 1e-12)
     return float(np.median(corr))
 
 

@@ -82,6 +82,13 @@ def moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return (c[..., width:] - c[..., :-width]) / width
 
 
+def rows_dot(rows: np.ndarray, vector: np.ndarray | None) -> np.ndarray:
+    """Each row's dot product with `vector` (its sum when None) by einsum, not BLAS: these products are small, and a
+    BLAS call wakes the math library's other threads, which then spin for the rest of the stage (measured: a third
+    more CPU per ECG)."""
+    return np.einsum("ij->i", rows) if vector is None else np.einsum("ij,j->i", rows, vector)
+
+
 def ms(samples: float, rate_hz: float) -> float:
     return samples * 1000.0 / rate_hz
 
