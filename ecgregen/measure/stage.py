@@ -66,6 +66,7 @@ def measure(ecg: Ecg) -> Measurements:
     values["heart_rate_bpm"] = 60000.0 / values["rr_interval_ms"]
     irregularity = rr_irregularity(beats)
     values["rr_irregularity"] = irregularity
+    irregular = None if irregularity is None else irregularity > IRREGULAR
     if irregularity is None:
         missing["rr_irregularity"] = "too few beats"
     dominant = beats.dominant
@@ -81,7 +82,7 @@ def measure(ecg: Ecg) -> Measurements:
     if found is None:
         for f in _BEAT_FIELDS:
             missing[f] = "too few beats (none wholly inside the recording)"
-        return _result(values, beats, flags, missing, fsd, irregularity, None, None)
+        return _result(values, beats, flags, missing, fsd, irregular, None, None)
     beat, r_index, windows = found
     d = delineate(beat, r_index, usable, fs, windows, ms(rr_dominant, fs))
     missing.update(d.missing)
@@ -100,7 +101,6 @@ def measure(ecg: Ecg) -> Measurements:
             values["pr_interval_ms"] = ms(on - d.points["p_onset"], MEASURE_RATE_HZ)
             values["p_duration_ms"] = ms(d.points["p_offset"] - d.points["p_onset"], MEASURE_RATE_HZ)
             values["p_axis_deg"] = frontal_axis(d.beat, d.points["p_onset"], d.points["p_offset"], usable)
-    irregular = None if irregularity is None else irregularity > IRREGULAR
     if not p_present and "pr_interval_ms" in missing and irregular:
         missing["pr_interval_ms"] = "no P waves (irregular rhythm)"
     limb_dead = [STANDARD_LEADS[i] for i in LIMB if not usable[i]]
@@ -109,7 +109,7 @@ def measure(ecg: Ecg) -> Measurements:
             missing[f] = f"limb lead(s) {_lead_list(limb_dead)} unusable"
     median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms)
     reversed_arms = arm_leads_reversed(d.beat, d.points, usable)
-    return _result(values, beats, flags, missing, fsd, irregularity, p_present if on is not None else None, median,
+    return _result(values, beats, flags, missing, fsd, irregular, p_present if on is not None else None, median,
                    reversed_arms)
 
 
@@ -145,9 +145,8 @@ def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag
 
 
 def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],
-            missing: dict[str, str], fs: float, irregularity: float | None, p_present: bool | None,
+            missing: dict[str, str], fs: float, irregular: bool | None, p_present: bool | None,
             median: MedianBeat | None, reversed_arms: bool = False) -> Measurements:
-    irregular = None if irregularity is None else irregularity > IRREGULAR
     rate = values.get("heart_rate_bpm")
     rr_share = 0.0
     if rate is not None and values.get("rr_interval_ms"):
