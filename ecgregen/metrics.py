@@ -175,10 +175,14 @@ def stage_timer(stage: str, into: dict[str, float] | None = None) -> Iterator[No
     try:
         yield
     finally:
-        elapsed = time.perf_counter() - start
-        STAGE_LATENCY.labels(stage).observe(elapsed)
-        if into is not None:
-            into[stage] = into.get(stage, 0.0) + elapsed
+        record_stage(stage, time.perf_counter() - start, into)
+
+
+def record_stage(stage: str, elapsed: float, into: dict[str, float] | None = None) -> None:
+    """Observe a stage's time measured elsewhere (e.g. in a measurement worker process), as :func:`stage_timer`."""
+    STAGE_LATENCY.labels(stage).observe(elapsed)
+    if into is not None:
+        into[stage] = into.get(stage, 0.0) + elapsed
 
 
 def observe_corpus(stats: StoreStats) -> None:

@@ -23,14 +23,13 @@ from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, 
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoders.base import Encoder, embed_prepared
 from ecgregen.encoders.factory import open_encoder
-from ecgregen.measure import Measurements, measure
+from ecgregen.measure import Measurements
+from ecgregen.measure.workers import MeasureWorkers
 from ecgregen.metrics import (
-    MEASUREMENT_FAILURES,
     RECORDS_WRITTEN,
     observe_calibration,
     observe_corpus,
     observe_diagnoses,
-    observe_measurements,
     stage_timer,
 )
 from ecgregen.preprocess import Preprocessed, preprocess
@@ -47,8 +46,6 @@ from ecgregen.store import (
 from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 
 MAX_K = 100
-MEASUREMENT_FAILED = ("measurements not available: measuring this ECG failed (the server log has the details); "
-                      "the retrieval is unaffected")
 
 log = logging.getLogger("ecgregen.pipeline")
 
@@ -106,27 +103,12 @@ def utc_now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def measure_or_warn(ecg: Ecg, seconds: dict[str, float] | None = None) -> tuple[Measurements | None, list[str]]:
-    """The measurements of `ecg`, or None and the warning to return instead.
-
-    Any exception is a bug of the measurement stage on an unusual signal (an ECG it cannot measure comes back
-    with its reasons in ``missing``): it is logged and counted, and the call it belongs to still succeeds.
-    """
-    with stage_timer("measure", seconds):
-        try:
-            measurements = measure(ecg)
-        except Exception:
-            log.exception("measuring a %.1f s ECG at %g Hz failed", ecg.duration_s, ecg.sampling_rate_hz)
-            MEASUREMENT_FAILURES.inc()
-            return None, [MEASUREMENT_FAILED]
-    observe_measurements(measurements)
-    return measurements, []
-
-
 class RetrievalPipeline:
     def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer,
-                 diagnoser: Diagnoser | None = None, report_mode: str = "auto") -> None:
+                 diagnoser: Diagnoser | None = None, report_mode: str = "auto",
+                 measurer: MeasureWorkers | None = None) -> None:
         self.encoder = encoder
+        self.measurer = measurer or MeasureWorkers(0)  # where query ECGs are measured (serving: worker processes)
         self.store = store
         self.answerer = answerer
         self.diagnoser = diagnoser or Diagnoser(load_statements())
@@ -202,11 +184,17 @@ class RetrievalPipeline:
     def search(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, *, exact: bool = False, hnsw_ef: int | None = None
     ) -> Retrieval:
-        """The k neighbours of `ecg`, its measurements (made once the ECG is known to be usable: a refused ECG costs
-        no measuring), and the diagnoses of its (at least `diagnoser.k`) nearest neighbours and its measurements."""
+        """The k neighbours of `ecg`, its measurements, and the diagnoses of its (at least `diagnoser.k`) nearest
+        neighbours and its measurements. With measurement workers the ECG is measured while it is encoded (a refused
+        ECG's measuring is dropped)."""
         seconds: dict[str, float] = {}
-        vectors, warnings = self.embed([ecg], seconds)
-        measurements, notes = measure_or_warn(ecg, seconds)
+        pending = self.measurer.submit(ecg)
+        try:
+            vectors, warnings = self.embed([ecg], seconds)
+        except BaseException:
+            pending.cancel()
+            raise
+        measurements, notes = pending.result(seconds)
         return self.retrieve(vectors[0], k, filt, [*warnings[0], *notes], seconds, exact=exact, hnsw_ef=hnsw_ef,
                              measurements=measurements)
 
@@ -215,7 +203,7 @@ class RetrievalPipeline:
         *, exact: bool = False, hnsw_ef: int | None = None, measurements: Measurements | None = None,
     ) -> Retrieval:
         """Search and diagnose for an embedding made by :meth:`embed` (streams embed many windows at once); the
-        ECG's `measurements` (:func:`measure_or_warn`) are evidence of the diagnoses and carried along."""
+        ECG's `measurements` (:class:`MeasureWorkers`) are evidence of the diagnoses and carried along."""
         with stage_timer("search", seconds):
             pool = self.store.search(vector, max(k, self.diagnoser.k), filt, exact=exact, hnsw_ef=hnsw_ef)
         if not pool and self.store.count() == 0:
@@ -308,7 +296,7 @@ def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
-    encoder_runtime: str = "onnxruntime", report_mode: str = "auto",
+    encoder_runtime: str = "onnxruntime", report_mode: str = "auto", measure_workers: int = 0,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
@@ -317,6 +305,8 @@ def open_pipeline(
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     `index` applies when the collection is created (an existing one keeps its settings). The corpus's diagnosis
     calibration is loaded with it; one fitted for another encoder is refused (:class:`CalibrationError`).
+    Query ECGs are measured in `measure_workers` processes (0: in the calling thread; see
+    :mod:`ecgregen.measure.workers`).
     """
     encoder = open_encoder(checkpoint, encoder_runtime, triton_url=triton_url, triton_model=triton_model,
                            triton_wait_s=triton_wait_s, triton_fallback_local=triton_fallback_local)
@@ -336,7 +326,7 @@ def open_pipeline(
         if calibration is not None:
             calibration.check_encoder(encoder.encoder_id)
         return RetrievalPipeline(encoder, store, LabelVoteAnswerer(vocabulary), Diagnoser(load_statements(), calibration),
-                                 report_mode=report_mode)
+                                 report_mode=report_mode, measurer=MeasureWorkers(measure_workers))
     except BaseException:
         store.close()
         raise

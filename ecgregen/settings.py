@@ -8,7 +8,8 @@ encoders import the same definitions, so a flag's default is the running code's 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,12 @@ class IndexSettings:
         return cls(**{k: v for k, v in (data or {}).items() if k in known})
 
 
+def default_measure_workers() -> int:
+    """One measurement process per core beyond the first (the first runs the event loop, encoder and store), at
+    least one and at most four: each measures a 10 s ECG in a few milliseconds."""
+    return max(1, min(4, (os.cpu_count() or 2) - 1))
+
+
 @dataclass(frozen=True)
 class ServeSettings:
     """What `ecgregen serve` runs with; its flags' defaults are these fields' defaults."""
@@ -96,6 +103,8 @@ class ServeSettings:
     encoder_runtime: str = ENCODER_RUNTIMES[0]
     max_message_bytes: int = MAX_MESSAGE_BYTES
     report_mode: str = "auto"  # top1, consensus, or auto: the corpus calibration's best
+    measure_workers: int = field(default_factory=default_measure_workers)  # 0: in the request threads
+
 
 
 # Where a client calls by default: a server started with the defaults.

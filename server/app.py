@@ -54,7 +54,8 @@ async def serve(settings: ServeSettings) -> None:
                                  triton_url=settings.triton_url, triton_model=settings.triton_model,
                                  triton_wait_s=settings.triton_wait_s,
                                  triton_fallback_local=settings.triton_fallback_local,
-                                 encoder_runtime=settings.encoder_runtime, report_mode=settings.report_mode)
+                                 encoder_runtime=settings.encoder_runtime, report_mode=settings.report_mode,
+                                 measure_workers=settings.measure_workers)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
@@ -115,6 +116,8 @@ async def serve(settings: ServeSettings) -> None:
             f"Triton {settings.triton_url}" if settings.triton_url else f"in-process, {settings.encoder_runtime}",
             pipeline.store.stats().engine,
         )
+        log.info("measurements: %s", f"{settings.measure_workers} worker process(es)" if settings.measure_workers
+                 else "in the request threads")
         log.info("diagnoses: %s; report mode %s (serving %s)",
                  pipeline.calibration_note or f"calibrated ({pipeline.diagnoser.calibration.fitted_on.get('description')})",
                  settings.report_mode, pipeline.resolved_report_mode())
@@ -132,6 +135,7 @@ async def serve(settings: ServeSettings) -> None:
     finally:
         if llm is not None:
             await llm.close()
+        pipeline.measurer.close()
         pipeline.store.close()
         log.info("store closed")
         close_encoder = getattr(pipeline.encoder, "close", None)

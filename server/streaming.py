@@ -46,7 +46,7 @@ from ecgregen.ecg import (
     unit_scale,
 )
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
-from ecgregen.pipeline import Retrieval, RetrievalPipeline, measure_or_warn
+from ecgregen.pipeline import Retrieval, RetrievalPipeline
 from ecgregen.store import SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -259,24 +259,32 @@ class WindowBatcher:
                     job.future.set_result(result)
 
     def _process(self, jobs: list[_Job]) -> list[tuple[Retrieval | None, list[str], Exception | None]]:
-        """Embed every window in one call (the unary calls' path), then measure each window and search it with its
-        stream's filter."""
+        """Embed every window in one call (the unary calls' path) while the measurement workers measure each
+        window, then search each with its stream's filter."""
         windows: list[Ecg | EcgInputError] = []
         for job in jobs:
             try:
                 windows.append(ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV"))
             except EcgInputError as exc:
                 windows.append(exc)
+        pending = {id(w): self.pipeline.measurer.submit(w) for w in windows if isinstance(w, Ecg)}
         shared: dict[str, float] = {}  # one preprocess + encode for the whole batch
-        embedded = iter(self.pipeline.embed_each([w for w in windows if isinstance(w, Ecg)], shared))
+        try:
+            embedded = iter(self.pipeline.embed_each([w for w in windows if isinstance(w, Ecg)], shared))
+        except BaseException:
+            for p in pending.values():
+                p.cancel()
+            raise
         results = []
         for job, ecg in zip(jobs, windows):
             done = ecg if isinstance(ecg, EcgInputError) else next(embedded)
             if isinstance(done, EcgInputError):
+                if id(ecg) in pending:
+                    pending[id(ecg)].cancel()
                 results.append((None, [], done))
                 continue
             s, seconds = job.settings, dict(shared)
-            measurements, notes = measure_or_warn(ecg, seconds)  # per window: its own stage time
+            measurements, notes = pending[id(ecg)].result(seconds)  # per window: its own stage time
             retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, [*done.warnings, *notes], seconds,
                                                measurements=measurements)
             sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]

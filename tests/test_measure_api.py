@@ -345,7 +345,7 @@ def test_a_failing_measurement_stage_costs_the_measurements_only(small_pipeline:
                                                                   demo_queries: list[EcgRecord],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     """A unary search and a stream window: results as usual, no measurements, a warning, the failure counted."""
-    from ecgregen import pipeline as pipeline_module
+    from ecgregen.measure import workers
     from ecgregen.metrics import REGISTRY
     from ecgregen.server.streaming import Window, WindowBatcher, parse_config
 
@@ -355,11 +355,11 @@ def test_a_failing_measurement_stage_costs_the_measurements_only(small_pipeline:
     def failures() -> float:
         return REGISTRY.get_sample_value("ecgregen_measurement_failures_total") or 0.0
 
-    monkeypatch.setattr(pipeline_module, "measure", broken)
+    monkeypatch.setattr(workers, "measure", broken)  # the pipeline measures in the calling thread (workers=0)
     ecg, before = demo_queries[0].load_ecg(), failures()
     retrieval = small_pipeline.search(ecg, 3)
     assert retrieval.hits and retrieval.diagnoses and retrieval.measurements is None
-    assert pipeline_module.MEASUREMENT_FAILED in retrieval.warnings and retrieval.seconds["measure"] > 0
+    assert workers.MEASUREMENT_FAILED in retrieval.warnings and retrieval.seconds["measure"] > 0
 
     async def one_window() -> tuple:
         settings = parse_config(pb.StreamConfig(sampling_rate_hz=ecg.sampling_rate_hz,
@@ -368,6 +368,42 @@ def test_a_failing_measurement_stage_costs_the_measurements_only(small_pipeline:
 
     window, _, error = asyncio.run(one_window())
     assert error is None and window.hits and window.measurements is None
-    assert pipeline_module.MEASUREMENT_FAILED in window.warnings
+    assert workers.MEASUREMENT_FAILED in window.warnings
     assert failures() == before + 2
     assert measurements_to_proto(None) is None  # the responses leave the field unset
+
+
+def test_a_killed_measurement_worker_costs_one_call_its_measurements_and_is_replaced(
+        small_pipeline: RetrievalPipeline, demo_queries: list[EcgRecord]) -> None:
+    """With a real worker process: measured the same as in the calling thread; the worker killed while it measures
+    a 5-minute ECG -> that call keeps its neighbours and gets the warning; the next call is measured by a new
+    worker."""
+    import multiprocessing
+
+    from ecgregen.measure import workers
+    from ecgregen.metrics import REGISTRY
+
+    ecg = demo_queries[0].load_ecg()
+    pool = workers.MeasureWorkers(1)
+    inline, small_pipeline.measurer = small_pipeline.measurer, pool
+    try:
+        served = small_pipeline.search(ecg, 3)
+        in_thread = inline.submit(ecg).result()[0]
+        assert measurements_to_proto(served.measurements, True) == measurements_to_proto(in_thread, True)
+        assert served.seconds["measure"] > 0
+        first = multiprocessing.active_children()
+        assert len(first) == 1
+        before = REGISTRY.get_sample_value("ecgregen_measurement_failures_total") or 0.0
+        long = Ecg(np.tile(ecg.signal, (1, 30)), ecg.sampling_rate_hz)
+        pending = pool.submit(long)
+        first[0].kill()
+        measurements, notes = pending.result()
+        assert measurements is None and notes == [workers.MEASUREMENT_FAILED]
+        assert REGISTRY.get_sample_value("ecgregen_measurement_failures_total") == before + 1
+        again = small_pipeline.search(ecg, 3)
+        assert measurements_to_proto(again.measurements) == measurements_to_proto(in_thread)
+        assert workers.MEASUREMENT_FAILED not in again.warnings
+        assert [p.pid for p in multiprocessing.active_children()] != [first[0].pid]
+    finally:
+        small_pipeline.measurer = inline
+        pool.close()

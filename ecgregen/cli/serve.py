@@ -46,6 +46,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--report-mode", default=d.report_mode, choices=["auto", "top1", "consensus"],
                        help="whose report is served: the closest neighbour's (top1, the paper's), the one agreeing "
                        "best with the diagnoses (consensus), or auto: the mode the corpus calibration found best")
+    serve.add_argument("--measure-workers", type=int, default=d.measure_workers,
+                       help="processes measuring the query ECGs while they are encoded (default: one per core beyond "
+                       "the first, 1-4); 0 measures in the request threads")
     add_store_flags(serve)
     add_runtime_flag(serve)
     add_index_flags(serve)
@@ -65,7 +68,9 @@ def add_token(commands: argparse._SubParsersAction) -> None:
     token_sub = token.add_subparsers(dest="token_command", required=True)
     token_add = token_sub.add_parser("add", help="create a token (printed once) and store its hash")
     token_add.add_argument("name")
-    token_add.add_argument("--roles", default="read", help="read, write or read,write")
+    token_add.add_argument("--roles", default="read",
+                           help="read, write, read,write; add admin (read,admin) for a caller that may see the "
+                                "neighbours' real patient ids instead of pseudonyms")
     token_add.add_argument("--file", type=Path, required=True)
     token_add.set_defaults(handler=run_token_add)
 
@@ -84,7 +89,7 @@ def run_serve(args: argparse.Namespace) -> None:
         tokens_file=args.tokens, rate_limit=args.rate_limit, daily_quota=args.daily_quota,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
         triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
-        report_mode=args.report_mode,
+        report_mode=args.report_mode, measure_workers=args.measure_workers,
     )
     asyncio.run(serve(settings))
 

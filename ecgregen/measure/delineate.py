@@ -16,7 +16,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.measure.signal import MEASURE_RATE_HZ, filtered, rows_dot, samples_of
+from ecgregen.measure.signal import (
+    MEASURE_RATE_HZ,
+    filtered,
+    median_last,
+    moving_average_at,
+    quantiles,
+    rows_dot,
+    samples_of,
+)
 from ecgregen.preprocess import resample
 
 INDEPENDENT = np.array([STANDARD_LEADS.index(n) for n in ("I", "II", "V1", "V2", "V3", "V4", "V5", "V6")])
@@ -52,10 +60,14 @@ class Delineation:
 
 def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_samples: float,
                 rate_hz: float) -> tuple[np.ndarray, int, np.ndarray] | None:
-    """The median of the dominant beats' windows, (12, L) at `rate_hz`, its R sample, and the windows used.
+    """The median of the dominant beats' windows, (12, L) at `rate_hz`, its R sample, and the windows used
+    (leads, L, beats).
 
     The window spans 0.5 RR (at most 400 ms) before the QRS peak and 0.8 RR (at most 700 ms) after it; beats whose
-    window runs past the recording are left out. None when no beat fits.
+    window runs past the recording are left out. None when no beat fits. Wander is removed by subtracting the
+    moving average over one RR, evaluated under the windows only: over a whole cycle the average of a repeating
+    beat is a constant, so the beat's shape is kept (a filter of every lead would cost as much as the rest of the
+    stage).
     """
     pre = int(min(samples_of(400, rate_hz), 0.5 * rr_samples))
     post = int(min(samples_of(700, rate_hz), 0.8 * rr_samples))
@@ -63,9 +75,9 @@ def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_sampl
     use = use[(use - pre >= 0) & (use + post < x.shape[1])]
     if use.size == 0:
         return None
-    idx = use[:, None] + np.arange(-pre, post + 1)[None, :]
-    windows = np.transpose(x[:, idx], (1, 0, 2))  # (beats, leads, L)
-    return np.median(windows, axis=0), pre, windows
+    idx = np.arange(-pre, post + 1)[:, None] + use[None, :]  # (L, beats): each beat's samples along the last axis
+    windows = x[:, idx] - moving_average_at(x, int(rr_samples), idx)
+    return median_last(windows), pre, windows
 
 
 def _quiet_crossing(v: np.ndarray, start: int, stop: int, threshold: float, quiet: int) -> int | None:
@@ -99,7 +111,7 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     near = samples_of(60, fs)
     lo, hi = max(0, r_index - near), min(length, r_index + near + 1)
     peak = lo + int(np.argmax(velocity[lo:hi]))
-    rest = float(np.percentile(velocity, 10))
+    rest = float(quantiles(velocity, (0.1,))[0])
     top = float(velocity[peak])
     quiet = samples_of(QRS_QUIET_MS, fs)
     onset = _quiet_crossing(velocity, peak, 0, rest + QRS_ONSET_SHARE * (top - rest), quiet)
@@ -113,7 +125,7 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     magnitude = np.sqrt((slow[leads] ** 2).sum(axis=0))
     qrs_size = float(magnitude[onset: offset + 1].max())
     _find_t_end(magnitude, onset, offset, length, fs, rr_ms, points, missing)
-    _find_p(slow[leads], windows[:, leads], onset, rate_hz, fs, qrs_size, points, missing)
+    _find_p(slow[leads], windows[leads], onset, rate_hz, fs, qrs_size, points, missing)
     return Delineation(beat, r_index, points, missing)
 
 
@@ -185,20 +197,20 @@ def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, f
 def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> float:
     """Median correlation of single beats' P windows with their median (1.0 with fewer than 3 beats).
 
-    `windows` are the beats (beats, leads, samples) at the recording's rate, `scale` that rate / the median beat's.
+    `windows` are the beats (leads, samples, beats) at the recording's rate, `scale` that rate / the median beat's.
     Sinus P waves repeat from beat to beat; AF's fibrillation waves do not, and their median is a small smear.
     """
-    if windows.shape[0] < 3:
+    if windows.shape[2] < 3:
         return 1.0
     a = int(start * scale)
     b = max(a + 2, int(stop * scale))
-    single = windows[:, :, a:b]
-    single = single - single.mean(axis=2, keepdims=True)
-    t = np.median(single, axis=0).ravel()
-    s = single.reshape(single.shape[0], -1)
+    single = windows[:, a:b, :]
+    single = single - single.mean(axis=1, keepdims=True)
+    t = median_last(single).ravel()
+    s = np.moveaxis(single, 2, 0).reshape(single.shape[2], -1)
     corr = rows_dot(s, t) / (np.sqrt(rows_dot(s * s, None)) * (float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0)
                                + 1e-12)
-    return float(np.median(corr))
+    return float(median_last(corr))
 
 
 def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) -> float | None:

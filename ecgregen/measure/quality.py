@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.measure.signal import filtered, moving_average, samples_of
+from ecgregen.measure.signal import filtered, moving_average, samples_of, spread
 from ecgregen.measure.types import QualityFlag
 from ecgregen.preprocess import FLAT_PEAK_TO_PEAK
 
@@ -37,12 +37,6 @@ BURST_RELATIVE = 0.03
 QRS_MASK_MS = 70.0
 
 
-def _amplitude(bandpassed: np.ndarray) -> np.ndarray:
-    """Robust peak-to-peak per lead (0.5th-99.5th percentile): one spike does not make a lead look alive."""
-    lo, hi = np.percentile(bandpassed, [0.5, 99.5], axis=1)
-    return hi - lo
-
-
 def _longest_run(mask: np.ndarray) -> int:
     if not mask.any():
         return 0
@@ -61,10 +55,14 @@ def dead_leads(x: np.ndarray, rate_hz: float
     """
     flags: dict[str, list[QualityFlag]] = {lead: [] for lead in STANDARD_LEADS}
     bandpassed = filtered(x, rate_hz, 0.5, 40.0)
-    amplitude = _amplitude(bandpassed)
-    raw_range = np.ptp(x, axis=1)
+    amplitude = spread(bandpassed, 0.005)  # robust peak-to-peak: one spike does not make a lead look alive
+    top, bottom = x.max(axis=1), x.min(axis=1)
+    raw_range = top - bottom
     typical = float(np.percentile(amplitude, 75))
     flat = (raw_range < FLAT_PEAK_TO_PEAK) | (amplitude < FLAT_RELATIVE * typical)
+    tolerance = (0.002 * raw_range)[:, None]
+    railed = (x >= (top[:, None] - tolerance)) | (x <= (bottom[:, None] + tolerance))
+    shares = railed.mean(axis=1)
     run = max(2, samples_of(RAIL_RUN_MS, rate_hz))
     for i, lead in enumerate(STANDARD_LEADS):
         if flat[i]:
@@ -72,12 +70,9 @@ def dead_leads(x: np.ndarray, rate_hz: float
             if not flat.all():
                 flags[lead].append(QualityFlag.LEAD_OFF)
             continue
-        tolerance = 0.002 * raw_range[i]
-        railed = (x[i] >= x[i].max() - tolerance) | (x[i] <= x[i].min() + tolerance)
-        share = railed.mean()
-        if share >= RAIL_SHARE and _longest_run(railed) >= run:
+        if shares[i] >= RAIL_SHARE and _longest_run(railed[i]) >= run:
             flags[lead].append(QualityFlag.SATURATED)
-            if share >= OFF_RAIL_SHARE:
+            if shares[i] >= OFF_RAIL_SHARE:
                 flags[lead].append(QualityFlag.LEAD_OFF)
     usable = np.array([not flags[lead] for lead in STANDARD_LEADS])
     return flags, usable, amplitude, bandpassed
@@ -101,27 +96,36 @@ def noise_flags(x: np.ndarray, bandpassed: np.ndarray, rate_hz: float, r_peaks: 
     high = band - moving_average(band, samples_of(1000 / 15, rate_hz))
     keep = np.ones(n, bool)
     half = samples_of(QRS_MASK_MS, rate_hz)
-    for r in r_peaks:
-        keep[max(0, r - half): r + half] = False
+    if r_peaks.size:
+        edges = np.zeros(n + 1, int)
+        np.add.at(edges, np.maximum(0, r_peaks - half), 1)
+        np.add.at(edges, np.minimum(n, r_peaks + half), -1)
+        keep = np.cumsum(edges[:-1]) == 0
+    # The high-frequency RMS outside the QRS complexes per 1 s stretch; stretches with too little of it left are
+    # not judged (NaN).
     second = max(1, int(round(rate_hz)))
-    stretches = [slice(s, min(n, s + second)) for s in range(0, n, second)]
-    rms = np.full((len(alive), len(stretches)), np.nan)
-    for j, part in enumerate(stretches):
-        mask = keep[part]
-        if mask.sum() >= second // 4:
-            rms[:, j] = np.sqrt(np.mean(high[:, part][:, mask] ** 2, axis=1))
+    starts = np.arange(0, n, second)
+    kept = np.add.reduceat(keep.astype(np.int64), starts)
+    power = np.add.reduceat(high * high * keep, starts, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rms = np.where(kept >= second // 4, np.sqrt(power / np.maximum(kept, 1)), np.nan)
     # A lead nearly perpendicular to the heart's axis has a tiny QRS; its noise is judged against a quarter of the
     # typical lead's amplitude at least, or every such lead would read as noisy.
     floor = 0.25 * float(np.median(amplitude[alive]))
+    judged = np.isfinite(rms).sum(axis=1)
+    ordered = np.sort(rms, axis=1)  # the unjudged stretches (NaN) sort last
+    rows = np.arange(len(alive))
+    last = np.maximum(judged - 1, 0)
+    typical = 0.5 * (ordered[rows, last // 2] + ordered[rows, judged // 2])  # the median of the judged stretches
+    loudest = ordered[rows, last]
     for row, i in enumerate(alive):
         lead, amp = STANDARD_LEADS[i], max(float(amplitude[i]), floor, 1e-12)
         if drift[row] > DRIFT_RELATIVE * amp:
             flags[lead].append(QualityFlag.BASELINE_DRIFT)
-        values = rms[row][np.isfinite(rms[row])]
-        if values.size == 0:
+        if judged[row] == 0:
             continue
-        typical = float(np.median(values))
-        if typical > STATIC_RELATIVE * amp:
+        if typical[row] > STATIC_RELATIVE * amp:
             flags[lead].append(QualityFlag.STATIC_NOISE)
-        if values.size >= 2 and values.max() > BURST_FACTOR * max(typical, 1e-12) and values.max() > BURST_RELATIVE * amp:
+        if (judged[row] >= 2 and loudest[row] > BURST_FACTOR * max(typical[row], 1e-12)
+                and loudest[row] > BURST_RELATIVE * amp):
             flags[lead].append(QualityFlag.BURST_NOISE)

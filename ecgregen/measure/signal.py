@@ -70,16 +70,60 @@ def filtered(x: np.ndarray, rate_hz: float, low: float | None = None, high: floa
     return y[..., ::-1][..., pad: pad + x.shape[-1]]
 
 
+def _window_sums(x: np.ndarray, width: int) -> tuple[np.ndarray, int]:
+    """The edge-padded cumulative sum whose differences `width` apart are the centred window sums."""
+    pad = width // 2
+    # One extra sample in front: window sums are then differences of the cumulative sum, with no zero prepended.
+    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, width - 1 - pad)], mode="edge")
+    return np.cumsum(padded, axis=-1), width
+
+
 def moving_average(x: np.ndarray, width: int) -> np.ndarray:
     """Centred moving average along the last axis (same length), by cumulative sums."""
     width = max(1, int(width))
     if width == 1:
         return x
-    pad = width // 2
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, width - 1 - pad)], mode="edge")
-    c = np.cumsum(padded, axis=-1)
-    c = np.concatenate([np.zeros(c.shape[:-1] + (1,)), c], axis=-1)
+    c, width = _window_sums(x, width)
     return (c[..., width:] - c[..., :-width]) / width
+
+
+def moving_average_at(x: np.ndarray, width: int, samples: np.ndarray) -> np.ndarray:
+    """:func:`moving_average` of the rows of (leads, n) `x` at the sample indices `samples` only (any shape):
+    (leads, *samples.shape). The median beat needs the baseline under its windows, not under every sample."""
+    width = max(1, int(width))
+    if width == 1:
+        return x[:, samples]
+    c, width = _window_sums(x, width)
+    return (c[:, samples + width] - c[:, samples]) / width
+
+
+def median_last(a: np.ndarray) -> np.ndarray:
+    """Median along the last axis, by a sort: ``np.median`` partitions each short row separately, which costs
+    5x more for the few beats (or RRs) a 10 s ECG holds."""
+    s = np.sort(a, axis=-1)
+    n = s.shape[-1]
+    return 0.5 * (s[..., (n - 1) // 2] + s[..., n // 2])
+
+
+def quantiles(x: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray]:
+    """Each row's quantiles at `shares` (linear interpolation, as ``np.percentile``) by one partition for all the
+    ranks involved: 3x cheaper than ``np.percentile``, which the stage would otherwise call on every lead."""
+    n = x.shape[-1]
+    if n < 2:
+        return [x[..., 0] if n else np.zeros(x.shape[:-1]) for _ in shares]
+    ranks = []
+    for share in shares:
+        position = share * (n - 1)
+        below = min(int(np.floor(position)), n - 2)
+        ranks.append((below, position - below))
+    p = np.partition(x, sorted({r for below, _ in ranks for r in (below, below + 1)}), axis=-1)
+    return [p[..., below] + weight * (p[..., below + 1] - p[..., below]) for below, weight in ranks]
+
+
+def spread(x: np.ndarray, share: float) -> np.ndarray:
+    """Each row's range between its `share` and 1 - `share` quantiles: one spike does not widen it."""
+    low, high = quantiles(x, (share, 1.0 - share))
+    return high - low
 
 
 def rows_dot(rows: np.ndarray, vector: np.ndarray | None) -> np.ndarray:

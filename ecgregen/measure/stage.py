@@ -20,7 +20,7 @@ from ecgregen.measure.delineate import (
     median_beat,
 )
 from ecgregen.measure.quality import dead_leads, noise_flags
-from ecgregen.measure.signal import detection_signal, moving_average, ms, working_signal
+from ecgregen.measure.signal import detection_signal, ms, working_signal
 from ecgregen.measure.types import (
     BeatOrigin,
     Measurements,
@@ -72,13 +72,10 @@ def measure(ecg: Ecg) -> Measurements:
     dominant = beats.dominant
     if not dominant.any():
         dominant = ~beats.other_shape if (~beats.other_shape).any() else np.ones_like(dominant)
-    # Back to the measuring rate for the median beat. Wander is removed by subtracting the moving average over one
-    # RR: over a whole cycle the average of a repeating beat is a constant, so the beat's shape is kept (a filter of
-    # every lead would cost as much as the rest of the stage).
+    # Back to the measuring rate for the median beat.
     peaks_full = np.minimum(np.round(beats.peaks * (fs / fsd)).astype(int), x.shape[1] - 1)
     rr_dominant = float(np.median(np.diff(peaks_full)))
-    base = x - moving_average(x, int(rr_dominant))
-    found = median_beat(base, peaks_full, dominant, rr_dominant, fs)
+    found = median_beat(x, peaks_full, dominant, rr_dominant, fs)
     if found is None:
         for f in _BEAT_FIELDS:
             missing[f] = "too few beats (none wholly inside the recording)"
