@@ -9,7 +9,8 @@ service's :class:`~ecgregen.ecg.Ecg`, with every decision said in a warning:
 * lead names are normalised; leads other than the standard 12 (V7, pacer channels) are left out;
 * formats that store 8 leads get III, aVR, aVL and aVF **derived** from I and II (Einthoven/Goldberger);
 * DICOM's declared padding value is a real sample value inside the recording (a naive reader turns every real 0
-  into NaN): it is read back as that value, and only a run at the end where all leads carry it is padding;
+  into NaN): it is read back as that value, and only a run at the end where all leads carry it is padding (a
+  mu-law or A-law group's padding code is refused: it is not read back);
 * a stretch at the start or end where all leads carry the same value (a calibration pulse, padding) is cut;
   short gaps of missing samples inside a lead are bridged linearly, longer ones refused;
 * a recorder faster than a request may be (> 1 kHz) is resampled to 1 kHz;
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from ecgregen.ecg import MAX_DURATION_S, MAX_RATE_HZ, STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.ecg import MAX_DURATION_S, MAX_RATE_HZ, MIN_RATE_HZ, STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
 
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest resting-ECG exports are a few MB; a 5-minute Holter slice fits
 MAX_ABS_MV = 50.0  # surface ECGs (pacing spikes included) stay well inside this; beyond it the gain or unit is wrong
@@ -56,6 +57,13 @@ _MULTI_FILE_FORMATS = {"wfdb": "WFDB (a .hea header with its .dat)", "edan_arc":
 _LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
 _MDC_LEAD_PREFIX = "MDC_ECG_LEAD_"
 _PARSE_LOCK = threading.Lock()  # warnings.catch_warnings changes process-wide state
+# DICOM Waveform Sample Interpretation (PS3.3 C.10.9.1.4.1) with Waveform Bits Allocated: the plain integer codes
+# (MB and AB are companded: mu-law and A-law), and the interpretation a group that states none has.
+_DICOM_INTEGER_CODES = {("SB", 8): "i1", ("UB", 8): "u1", ("SS", 16): "i2", ("US", 16): "u2", ("SL", 32): "i4",
+                        ("UL", 32): "u4", ("SV", 64): "i8", ("UV", 64): "u8"}
+_DICOM_COMPANDED = {"MB": "mu-law", "AB": "A-law"}
+_DICOM_DEFAULT_INTERPRETATION = {8: "SB", 16: "SS", 32: "SL", 64: "SV"}
+_DICOM_MEDIAN_GROUP_WORDS = ("MEDIAN", "REPRESENTATIVE", "AVERAGE")
 
 
 class EcgFileError(EcgInputError):
@@ -152,7 +160,7 @@ def _read(path: Path, label: str, format_hint: str, start_s: float, seconds: flo
     leads, rate = _rhythm_leads(record, label, notes)
     file_seconds = next(iter(leads.values())).size / rate
     leads, offset = _segment(leads, rate, start_s, seconds, file_seconds, label)
-    leads = _restore_dicom_padding(leads, record, path, notes)
+    leads = _restore_dicom_padding(leads, record, path, label, notes)
     leads = _cut_edges(leads, rate, notes)
     leads = _bridge_gaps(leads, label, notes)
     leads, rate = _within_rate_limit(leads, rate, notes)
@@ -255,6 +263,9 @@ def _rhythm_leads(record: Any, label: str, notes: list[str]) -> tuple[dict[str, 
     if len(rates) > 1:
         raise EcgFileError(f"{label}: leads are sampled at different rates ({', '.join(map(str, sorted(rates)))} Hz)")
     rate = rates.pop()
+    if not rate >= MIN_RATE_HZ:  # a library rounds a rate below 0.5 Hz to 0
+        raise EcgFileError(f"{label}: the file states a sampling rate of {rate:g} Hz; an ECG is sampled at "
+                           f"{MIN_RATE_HZ:g} Hz or more")
     lengths = {lead.samples.size for lead in leads.values()}
     n = min(lengths)
     if n == 0:
@@ -281,44 +292,88 @@ def _segment(leads: dict[str, np.ndarray], rate: int, start_s: float, seconds: f
     return {name: samples[first:last] for name, samples in leads.items()}, first / rate
 
 
-def _restore_dicom_padding(leads: dict[str, np.ndarray], record: Any, path: Path,
+def _restore_dicom_padding(leads: dict[str, np.ndarray], record: Any, path: Path, label: str,
                            notes: list[str]) -> dict[str, np.ndarray]:
     """DICOM marks a padding value; ecgdatakit turns every sample equal to it into NaN, real samples included.
 
     Inside the recording such a sample is data (a padding value of 0 hits every zero crossing), so it is read back
     as the padding value in mV; a run of it at the end on all leads is then cut as padding by :func:`_cut_edges`.
+    The value comes from the group the samples came from, read again with pydicom; a value that cannot be read,
+    or that is a companded (mu-law, A-law) code, is refused naming the problem.
     """
     if record.source_format != "dicom_waveform" or not any(np.isnan(s).any() for s in leads.values()):
         return leads
+    try:
+        pad_code = _dicom_padding_code(path, label)
+        if pad_code is None:  # no padding value declared: the gaps are missing samples (bridged or refused)
+            return leads
+        by_label = {_lead_key(lead.label): lead for lead in record.leads}
+        restored = 0
+        out = {}
+        for name, samples in leads.items():
+            nan = np.isnan(samples)
+            if nan.any():
+                lead, sign = (by_label[name], 1.0) if name in by_label else (by_label["-aVR"], -1.0)
+                value = sign * dataclasses.replace(lead, samples=np.array([pad_code]), is_raw=True,
+                                                   units="").to_physical().convert_units("mV").samples[0]
+                samples = samples.copy()
+                samples[nan] = value
+                restored += int(nan.sum())
+            out[name] = samples
+    except EcgFileError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes values lazily: a malformed one fails, as any type, when read
+        raise EcgFileError(f"{label}: the DICOM padding value cannot be read ({type(exc).__name__}: "
+                           f"{_named(exc, path, label)})") from None
+    notes.append(f"{restored} samples equal to the file's declared DICOM padding value read as real samples")
+    return out
+
+
+def _dicom_padding_code(path: Path, label: str) -> float | None:
+    """The padding code of the group ecgdatakit takes the rhythm from (the first multiplex group with channels,
+    samples and data that is not a median beat), or None when it declares none a sample can equal."""
     import pydicom
 
     with _PARSE_LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         dataset = pydicom.dcmread(path, stop_before_pixels=True)
-    groups = [g for g in dataset.get("WaveformSequence", []) if "WaveformPaddingValue" in g]
-    rhythm = next((g for g in groups if int(getattr(g, "SamplingFrequency", 0) or 0) == record.leads[0].sampling_rate
-                   and int(getattr(g, "NumberOfWaveformSamples", 0) or 0) >= len(record.leads[0].samples)), None)
-    if rhythm is None:
-        return leads
-    bits = int(rhythm.WaveformBitsAllocated)
-    signed = str(getattr(rhythm, "WaveformSampleInterpretation", "SS")).upper().startswith("S")
-    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
-    pad_code = float(np.frombuffer(bytes(rhythm.WaveformPaddingValue)[:dtype.itemsize], dtype=dtype)[0])
-    by_label = {_lead_key(lead.label): lead for lead in record.leads}
-    restored = 0
-    out = {}
-    for name, samples in leads.items():
-        nan = np.isnan(samples)
-        if nan.any():
-            lead, sign = (by_label[name], 1.0) if name in by_label else (by_label["-aVR"], -1.0)
-            value = sign * dataclasses.replace(lead, samples=np.array([pad_code]), is_raw=True,
-                                               units="").to_physical().convert_units("mV").samples[0]
-            samples = samples.copy()
-            samples[nan] = value
-            restored += int(nan.sum())
-        out[name] = samples
-    notes.append(f"{restored} samples equal to the file's declared DICOM padding value read as real samples")
-    return out
+    rhythm = next((g for g in dataset.get("WaveformSequence") or []
+                   if g.get("WaveformData") is not None and int(g.get("NumberOfWaveformChannels") or 0) > 0
+                   and int(g.get("NumberOfWaveformSamples") or 0) > 0
+                   and not any(word in str(g.get("MultiplexGroupLabel") or "").upper()
+                               for word in _DICOM_MEDIAN_GROUP_WORDS)), None)
+    padding = rhythm.get("WaveformPaddingValue") if rhythm is not None else None
+    if not isinstance(padding, (bytes, bytearray)) or not padding:
+        return None
+    bits = int(rhythm.get("WaveformBitsAllocated") or 0)
+    interpretation = str(rhythm.get("WaveformSampleInterpretation") or "").strip().upper()
+    interpretation = interpretation or _DICOM_DEFAULT_INTERPRETATION.get(bits, "")
+    if interpretation in _DICOM_COMPANDED:
+        raise EcgFileError(f"{label}: the DICOM rhythm group is {_DICOM_COMPANDED[interpretation]} companded and "
+                           "declares a padding value: the samples equal to it cannot be read back (send the "
+                           "recording with linear samples)")
+    code = _DICOM_INTEGER_CODES.get((interpretation, bits))
+    if code is None:
+        raise EcgFileError(f"{label}: the DICOM rhythm group's samples are {bits}-bit {interpretation or '(none)'}, "
+                           "not a sample type DICOM defines")
+    dtype = np.dtype(code).newbyteorder("<" if _dicom_little_endian(dataset) else ">")
+    if len(padding) < dtype.itemsize:  # shorter than a sample: ecgdatakit marks no sample as padding
+        return None
+    return float(np.frombuffer(bytes(padding[: dtype.itemsize]), dtype=dtype)[0])
+
+
+def _dicom_little_endian(dataset: Any) -> bool:
+    """The byte order of the dataset's values, as ecgdatakit takes it: the transfer syntax, else how pydicom read
+    the file, else little endian."""
+    file_meta = getattr(dataset, "file_meta", None)
+    syntax = file_meta.get("TransferSyntaxUID") if file_meta is not None else None
+    if syntax is not None:
+        try:
+            return bool(syntax.is_little_endian)
+        except (AttributeError, ValueError):  # not a transfer syntax pydicom knows
+            pass
+    encoding = getattr(dataset, "original_encoding", None)
+    return bool(encoding[1]) if encoding and encoding[1] is not None else True
 
 
 def _cut_edges(leads: dict[str, np.ndarray], rate: int, notes: list[str]) -> dict[str, np.ndarray]:

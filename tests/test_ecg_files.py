@@ -17,7 +17,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ecgregen.ecg import MAX_DURATION_S, STANDARD_LEADS
@@ -92,7 +92,71 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "zero leads": (re.sub(rb"<LeadData>.*?</LeadData>", b"", muse, flags=re.S), "No rhythm waveform"),
         "only median beats": (median_beats_only(), "only median (representative) beats"),
         "empty file": (b"", "the file is empty"),
+        "sampling rate 0 Hz": (zero_rate_edf(), "states a sampling rate of 0 Hz"),
+        "mu-law DICOM with padding": (mu_law_dicom(padding=True), "mu-law"),
     }
+
+
+def zero_rate_edf() -> bytes:
+    """The EDF sample with its data record duration set to 1000 s: one sample per record is 0.001 Hz, which the
+    library rounds to a sampling rate of 0 Hz."""
+    raw = data(EDF)
+    return raw[:244] + f"{1000:<8d}".encode() + raw[252:]
+
+
+def edited_dicom(name: str, edit) -> bytes:
+    """A DICOM sample read with pydicom, changed by `edit(dataset)` and written back."""
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dataset = pydicom.dcmread(FORMATS / name)
+        edit(dataset)
+        out = io.BytesIO()
+        dataset.save_as(out)
+    return out.getvalue()
+
+
+def empty_group_first() -> bytes:
+    """The padding DICOM with an empty copy of its rhythm group put first: no channels and Waveform Bits Allocated
+    0 (a reader skips such a group), but the same padding value, rate and sample count as the rhythm group."""
+    import copy
+
+    def edit(dataset) -> None:
+        empty = copy.deepcopy(dataset.WaveformSequence[0])
+        empty.NumberOfWaveformChannels = 0
+        empty.WaveformBitsAllocated = 0
+        del empty.WaveformData
+        dataset.WaveformSequence.insert(0, empty)
+
+    return edited_dicom(DICOM_PADDING, edit)
+
+
+def mu_law(linear: np.ndarray) -> np.ndarray:
+    """G.711 mu-law codes of 16-bit linear samples (the ITU-T G.711 encoder: bias 0x84, clip 32635)."""
+    x = linear.astype(np.int64)
+    magnitude = np.minimum(np.abs(x), 32635) + 0x84
+    exponent = np.floor(np.log2(magnitude)).astype(np.int64) - 7
+    mantissa = (magnitude >> (exponent + 3)) & 0x0F
+    return (~(np.where(x < 0, 0x80, 0) | (exponent << 4) | mantissa) & 0xFF).astype(np.uint8)
+
+
+def mu_law_dicom(*, padding: bool) -> bytes:
+    """The padding DICOM's rhythm group re-encoded as 8-bit mu-law (interpretation MB); with `padding` it declares
+    the mu-law code of 0 (0xFF) as its padding value, else none."""
+
+    def edit(dataset) -> None:
+        group = dataset.WaveformSequence[0]
+        linear = np.frombuffer(bytes(group.WaveformData), dtype="<i2")
+        group.WaveformBitsAllocated = 8
+        group.WaveformSampleInterpretation = "MB"
+        group.WaveformData = mu_law(linear).tobytes()
+        if padding:
+            group.WaveformPaddingValue = b"\xff\xff"
+        else:
+            del group.WaveformPaddingValue
+
+    return edited_dicom(DICOM_PADDING, edit)
 
 
 def median_beats_only() -> bytes:
@@ -157,6 +221,26 @@ def test_dicom_padding_value_inside_the_recording_is_data_not_nan() -> None:
     assert (read.ecg.signal == 0).sum() > 1000
     np.testing.assert_array_equal(read.ecg.signal, read_ecg_file(FORMATS / SCP).ecg.signal)
     assert any("declared DICOM padding value read as real samples" in w for w in read.warnings)
+
+
+def test_an_empty_waveform_group_before_the_rhythm_group_is_passed_over() -> None:
+    """A DICOM whose first multiplex group is empty (no channels, Waveform Bits Allocated 0, the rhythm group's
+    padding value) reads as the rhythm group it holds: the padding restored from the group the samples came from,
+    the same samples as the SCP-ECG of the same ECG."""
+    read = read_ecg_bytes(empty_group_first(), name="empty-group.dcm")
+    np.testing.assert_array_equal(read.ecg.signal, read_ecg_file(FORMATS / SCP).ecg.signal)
+    assert any("declared DICOM padding value read as real samples" in w for w in read.warnings), read.warnings
+
+
+def test_a_mu_law_dicom_reads_but_its_padding_is_refused_not_misread() -> None:
+    """The DICOM sample re-encoded as mu-law reads to the same ECG within mu-law's quantisation; declaring a
+    padding value as well, it is refused naming why (a padded sample's value is the decoded code, which is not
+    read back here) rather than given the raw code as a value."""
+    plain = read_ecg_bytes(mu_law_dicom(padding=False), name="mu-law.dcm")
+    reference = read_ecg_file(FORMATS / SCP).ecg.signal
+    assert np.abs(plain.ecg.signal - reference).max() <= 0.03 * np.abs(reference).max()
+    with pytest.raises(EcgFileError, match="mu-law.dcm: the DICOM rhythm group is mu-law companded"):
+        read_ecg_bytes(mu_law_dicom(padding=True), name="mu-law.dcm")
 
 
 def test_a_trailing_calibration_pulse_is_cut() -> None:
@@ -233,13 +317,32 @@ def test_bad_files_are_refused_naming_the_problem(kind: str) -> None:
 FUZZ_EXAMPLES = int(os.environ.get("ECGREGEN_FUZZ_EXAMPLES", "0"))
 
 
+# Damaged files the fuzz test starts from besides the samples themselves: each once as it is (an explicit example),
+# then cut and with bytes changed like the samples.
+DAMAGED = {
+    "zero-rate.edf": zero_rate_edf,
+    "empty-group-first.dcm": empty_group_first,
+    "mu-law-padding.dcm": lambda: mu_law_dicom(padding=True),
+}
+
+
+def fuzz_base(name: str) -> bytes:
+    return DAMAGED[name]() if name in DAMAGED else data(name)
+
+
 @settings(max_examples=FUZZ_EXAMPLES or 200, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.sampled_from(sorted(FIXTURES)), st.integers(0, 2**31), st.integers(0, 40), st.floats(0.05, 1.0))
+@given(st.sampled_from(sorted(FIXTURES) + sorted(DAMAGED)), st.integers(0, 2**31), st.integers(0, 40),
+       st.floats(0.05, 1.0))
+@example("zero-rate.edf", 0, 0, 1.0)
+@example("empty-group-first.dcm", 0, 0, 1.0)
+@example("mu-law-padding.dcm", 0, 0, 1.0)
 def test_any_damaged_file_reads_or_is_refused_clearly(name: str, seed: int, flips: int, keep: float) -> None:
-    """A real file cut short and with random bytes changed gives a checked 12-lead ECG or an EcgFileError - never
-    another exception (which would be an INTERNAL error on the wire)."""
+    """A real file (or one of the damaged ones made from them) cut short and with random bytes changed gives a
+    checked 12-lead ECG or an EcgFileError - never another exception (which would be an INTERNAL error on the
+    wire)."""
     rng = np.random.default_rng(seed)
-    content = bytearray(data(name)[: max(1, int(len(data(name)) * keep))])
+    base = fuzz_base(name)
+    content = bytearray(base[: max(1, int(len(base) * keep))])
     for at in rng.integers(0, len(content), size=flips):
         content[at] = int(rng.integers(0, 256))
     try:
