@@ -40,6 +40,10 @@ Judgement calls, and why:
   would be a guess). Values with no code that could be confirmed (RR min/max, RR irregularity) are components of
   the rhythm Observation under the project's concepts; rhythm and per-lead signal quality are one Observation
   each, the rhythm with its SNOMED CT finding where one exists.
+* **Identifiers** only when asked for (``include_patient``, the CLI's ``--include-patient``): the Patient (id, name,
+  birth date, and gender from the file's ``demographics``), the recorder's serial number and the acquisition
+  date-time (an exact time of a recording finds the person in any schedule). By default none of these is in the
+  bundle; a caller's own ``subject`` reference is used as given either way.
 * **Ids** are uuid5 of each resource's content, so the same inputs give the same bundle, byte for byte.
 """
 
@@ -183,16 +187,21 @@ def _encoder_device(encoder_id: str, server: dict) -> dict:
             "version": [{"type": {"text": kind}, "value": str(v)} for kind, v in versions if v not in (None, "")]}
 
 
-def _recording_device(device: dict) -> dict:
+def _recording_device(device: dict, include_patient: bool) -> dict:
+    """The electrocardiograph; its serial number (which names one machine, and with a time one recording) only
+    with the identifiers."""
     return {"resourceType": "Device", "manufacturer": device.get("manufacturer"),
             "deviceName": [{"name": str(device["model"]), "type": "model-name"}] if device.get("model") else None,
-            "serialNumber": device.get("serial_number"), "type": {"text": "Electrocardiograph"},
+            "serialNumber": device.get("serial_number") if include_patient else None,
+            "type": {"text": "Electrocardiograph"},
             "version": [{"type": {"text": "software"}, "value": str(device["software_version"])}]
             if device.get("software_version") else None}
 
 
-def _patient(patient: dict) -> dict:
-    sex = str(patient.get("sex") or "").strip()[:1].lower()
+def _patient(patient: dict, demographics: dict) -> dict:
+    """The Patient from the file's identifiers (``source["patient"]``) and its ``demographics`` (sex), as the reader
+    (:class:`ecgregen.ecg_files.FileMetadata`) gives them."""
+    sex = str(demographics.get("sex") or "").strip()[:1].lower()
     return {"resourceType": "Patient",
             "identifier": [{"value": str(patient["patient_id"])}] if patient.get("patient_id") else None,
             "name": [{"family": patient.get("last_name"),
@@ -320,17 +329,19 @@ def _add_measurements(bundle: _Bundle, m: dict | None, context: dict) -> list[di
 
 
 def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict | None, server: dict | None,
-                  subject: str | None) -> _Evidence:
+                  subject: str | None, include_patient: bool) -> _Evidence:
     """Devices, patient, ECG, machine statements, neighbours, diagnoses and measurements: everything but the
-    report/answer."""
+    report/answer. The file's identifying elements only with `include_patient`."""
     source, server = source or {}, server or {}
     encoder = bundle.add(_encoder_device(result.get("encoder_id") or server.get("encoder_id") or "", server))
-    recorder = bundle.add(_recording_device(source["device"])) if source.get("device") else None
+    recorder = bundle.add(_recording_device(source["device"], include_patient)) if source.get("device") else None
     if subject:
         subject_ref: dict | None = {"reference": subject}
+    elif include_patient and source.get("patient"):
+        subject_ref = bundle.add(_patient(source["patient"], source.get("demographics") or {}))
     else:
-        subject_ref = bundle.add(_patient(source["patient"])) if source.get("patient") else None
-    effective = _fhir_datetime(source.get("acquired_at"))
+        subject_ref = None
+    effective = _fhir_datetime(source.get("acquired_at")) if include_patient else None
     context = {"subject": subject_ref, "effectiveDateTime": effective,
                "category": [_concept(_OBSERVATION_CATEGORY, "procedure", "Procedure")]}
     ecg_ref = bundle.add(_ecg_observation(ecg, source, {**context, "device": recorder})) if ecg is not None else None
@@ -363,14 +374,17 @@ def _report_text(result: dict) -> str:
 
 
 def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None = None, server: dict | None = None,
-                  subject: str | None = None) -> dict:
+                  subject: str | None = None, include_patient: bool = False) -> dict:
     """A Bundle whose first entry is the DiagnosticReport for a :func:`ecgregen.client.report_dict` result.
 
-    `subject` (a reference such as "Patient/123") wins over ``source["patient"]``; with neither, nothing in the
-    bundle identifies anyone.
+    `source` is the file's metadata (:meth:`ecgregen.ecg_files.FileMetadata.to_dict`). Without `include_patient`
+    nothing in the bundle identifies anyone (no Patient, subject, serial number or acquisition time); with it,
+    ``source["patient"]`` becomes the Patient (gender from ``source["demographics"]``), and the recorder's serial
+    number and the acquisition time are kept. `subject` (a reference
+    such as "Patient/123") is used as given and wins over ``source["patient"]``.
     """
     bundle = _Bundle()
-    evidence = _add_evidence(bundle, result, ecg, source, server, subject)
+    evidence = _add_evidence(bundle, result, ecg, source, server, subject, include_patient)
     text = _report_text(result).encode()
     bundle.add({
         "resourceType": "DiagnosticReport", "status": "preliminary",
@@ -386,11 +400,12 @@ def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None =
 
 
 def answer_bundle(result: dict, question: str, *, ecg: Ecg | None = None, source: dict | None = None,
-                  server: dict | None = None, subject: str | None = None) -> dict:
+                  server: dict | None = None, subject: str | None = None, include_patient: bool = False) -> dict:
     """A Bundle whose first entry is the answer Observation for an :func:`ecgregen.client.ask` result:
-    code = the question as text, value = the answer(s), method = the answerer, notes = rationale and warnings."""
+    code = the question as text, value = the answer(s), method = the answerer, notes = rationale and warnings.
+    Identifiers as in :func:`report_bundle`."""
     bundle = _Bundle()
-    evidence = _add_evidence(bundle, result, ecg, source, server, subject)
+    evidence = _add_evidence(bundle, result, ecg, source, server, subject, include_patient)
     answer = "; ".join(result["answer"])
     answerer = result["answerer"] + (f" ({result['llm_model']})" if result.get("llm_model") else "")
     notes = [f"rationale: {result['rationale']}" if result.get("rationale") else None,

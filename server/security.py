@@ -5,6 +5,9 @@
   when created (``ecgregen token add``). Roles: ``read`` (report, search, ask, streams, stats) and ``write``
   (insert, delete, snapshot, optimize). A call without a valid token gets UNAUTHENTICATED, with a token lacking the
   role PERMISSION_DENIED. Health and reflection stay open (probes and tooling).
+- Other patients' ids: the neighbours a query returns are other people, so their ``patient_id`` goes out as a keyed
+  pseudonym (:class:`Pseudonyms`, the audit log's) unless the caller's token has the ``admin`` role (given with
+  ``read``); :data:`SEES_PATIENT_IDS` tells the handlers. Without tokens nobody has it: everyone gets pseudonyms.
 - Shedding: at most ``max_in_flight`` calls are handled at once; beyond, RESOURCE_EXHAUSTED at once, so accepted
   calls keep their latency instead of everything slowing down together. Per token (without tokens, all callers
   share one budget: the interceptor does not see peer addresses) at most ``rate_limit`` calls per second (token
@@ -35,8 +38,11 @@ import grpc
 
 SERVICE_PREFIX = "/ecgregen.v1.EcgReGen/"
 CALLER: contextvars.ContextVar[str] = contextvars.ContextVar("ecgregen_caller", default="anonymous")
+# Whether this call's caller may see other patients' real ids (a token with the admin role); pseudonyms otherwise.
+SEES_PATIENT_IDS: contextvars.ContextVar[bool] = contextvars.ContextVar("ecgregen_sees_patient_ids", default=False)
 WRITE_METHODS = frozenset({"InsertRecords", "DeleteRecords", "CreateSnapshot", "OptimizeCorpus"})
-ROLES = ("read", "write")
+ADMIN_ROLE = "admin"  # adds to `read`: the neighbours' real patient ids instead of pseudonyms
+ROLES = ("read", "write", ADMIN_ROLE)
 
 
 @dataclass(frozen=True)
@@ -65,19 +71,30 @@ class ApiKey:
     roles: frozenset[str]
 
 
+def _check_roles(roles: set[str] | frozenset[str]) -> str | None:
+    """What is wrong with a set of roles, or None."""
+    if not roles or not roles <= set(ROLES):
+        return f"roles must be among {', '.join(ROLES)}"
+    if ADMIN_ROLE in roles and "read" not in roles:
+        return f"the {ADMIN_ROLE!r} role only adds real patient ids to what 'read' returns: give read,{ADMIN_ROLE}"
+    return None
+
+
 def load_keys(path: Path) -> list[ApiKey]:
     data = json.loads(Path(path).read_text())
     keys = [ApiKey(k["name"], k["sha256"], frozenset(k["roles"])) for k in data.get("keys", [])]
     for key in keys:
-        if not key.roles <= set(ROLES) or len(key.sha256) != 64:
-            raise ValueError(f"{path}: key {key.name!r} needs a sha256 hex digest and roles among {ROLES}")
+        problem = _check_roles(key.roles) or (None if len(key.sha256) == 64 else "it needs a sha256 hex digest")
+        if problem:
+            raise ValueError(f"{path}: key {key.name!r}: {problem}")
     return keys
 
 
 def add_key(path: Path, name: str, roles: set[str]) -> str:
     """Create a token for `name`, store only its hash in `path`, and return the token (shown once)."""
-    if not roles or not roles <= set(ROLES):
-        raise ValueError(f"roles must be among {', '.join(ROLES)}")
+    problem = _check_roles(roles)
+    if problem:
+        raise ValueError(problem)
     path = Path(path)
     data = json.loads(path.read_text()) if path.exists() else {"keys": []}
     if any(k["name"] == name for k in data["keys"]):
@@ -145,21 +162,21 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         self._buckets: dict[str, _Bucket] = {}
         self._used: dict[tuple[str, dt.date], int] = {}  # (caller, UTC day) -> calls (kept in memory)
 
-    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[str, tuple[grpc.StatusCode, str] | None]:
-        """(caller, refusal or None)."""
+    def _authorize(self, method: str, metadata: dict[str, str]) -> tuple[ApiKey | None, tuple[grpc.StatusCode, str] | None]:
+        """(the caller's key - None without tokens or without a valid one -, refusal or None)."""
         if self.keys is None:
-            return "anonymous", None
+            return None, None
         header = metadata.get("authorization", "")
         token = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
         digest = token_hash(token) if token else ""
         key = next((k for k in self.keys if token and hmac.compare_digest(k.sha256, digest)), None)
         if key is None:
-            return "anonymous", (grpc.StatusCode.UNAUTHENTICATED,
-                                 "a valid bearer token is required (metadata 'authorization')")
+            return None, (grpc.StatusCode.UNAUTHENTICATED,
+                          "a valid bearer token is required (metadata 'authorization')")
         needed = "write" if method in WRITE_METHODS else "read"
         if needed not in key.roles:
-            return key.name, (grpc.StatusCode.PERMISSION_DENIED, f"key {key.name!r} lacks the {needed!r} role for {method}")
-        return key.name, None
+            return key, (grpc.StatusCode.PERMISSION_DENIED, f"key {key.name!r} lacks the {needed!r} role for {method}")
+        return key, None
 
     async def intercept_service(
         self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -169,9 +186,10 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if handler is None or not details.method.startswith(SERVICE_PREFIX):
             return handler  # health, reflection, unknown methods: untouched
         method = details.method.removeprefix(SERVICE_PREFIX)
-        caller, refusal = self._authorize(method, {k: v for k, v in (details.invocation_metadata or ())})
+        key, refusal = self._authorize(method, {k: v for k, v in (details.invocation_metadata or ())})
         if refusal is not None:
             return _deny(handler, *refusal)
+        caller = key.name if key is not None else "anonymous"
         if self.rate_limit > 0 and not self._buckets.setdefault(caller, _Bucket(self.rate_limit)).take():
             return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"rate limit of {self.rate_limit:g} calls/s for {caller!r} exceeded; retry with backoff")
@@ -185,10 +203,11 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
         if self.in_flight >= self.max_in_flight:
             return _deny(handler, grpc.StatusCode.RESOURCE_EXHAUSTED,
                          f"the server is at its limit of {self.max_in_flight} calls in flight; retry with backoff")
-        return self._tracked(handler, caller)
+        return self._tracked(handler, caller, key is not None and ADMIN_ROLE in key.roles)
 
-    def _tracked(self, handler: grpc.RpcMethodHandler, caller: str) -> grpc.RpcMethodHandler:
-        """The same handler, run with CALLER set and counted in `in_flight` (streams are capped elsewhere)."""
+    def _tracked(self, handler: grpc.RpcMethodHandler, caller: str, sees_patient_ids: bool) -> grpc.RpcMethodHandler:
+        """The same handler, run with CALLER and SEES_PATIENT_IDS set and counted in `in_flight` (streams are capped
+        elsewhere)."""
         guard = self
         attribute, _ = _KINDS[(handler.request_streaming, handler.response_streaming)]
         inner = getattr(handler, attribute)
@@ -196,6 +215,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
             async def streaming(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 CALLER.set(caller)
+                SEES_PATIENT_IDS.set(sees_patient_ids)
                 async for item in inner(request, context):
                     yield item
 
@@ -204,6 +224,7 @@ class GuardInterceptor(grpc.aio.ServerInterceptor):
 
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 CALLER.set(caller)
+                SEES_PATIENT_IDS.set(sees_patient_ids)
                 guard.in_flight += 1
                 try:
                     return await inner(request, context)
@@ -258,22 +279,33 @@ def pseudonym_key(folder: Path) -> bytes:
     return key
 
 
+class Pseudonyms:
+    """Patient ids as logs and responses may show them: HMAC-SHA256 under a secret key, cut to 16 hex digits. Equal
+    ids stay equal, and without the key an id cannot be found by hashing candidate ids."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def __call__(self, identifier: str) -> str:
+        return hmac.new(self._key, identifier.encode(), hashlib.sha256).hexdigest()[:16] if identifier else ""
+
+
 class AuditLog:
     """Append-only JSON lines of corpus writes: who (token name), when, what (method, batch, record keys); patient
     ids only as keyed pseudonyms. Flushed and fsynced per entry: the audit trail must survive a crash like the data.
 
-    The key of the pseudonyms is :func:`pseudonym_key` of the log's folder (the data dir)."""
+    The key of the pseudonyms is :func:`pseudonym_key` of the log's folder (the data dir); the service shows the
+    neighbours' patient ids under the same pseudonyms (:attr:`pseudonyms`)."""
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._key = pseudonym_key(self.path.parent)
+        self.pseudonyms = Pseudonyms(pseudonym_key(self.path.parent))
         self._appending = threading.Lock()  # entries are appended from worker threads: one whole line at a time
 
     def pseudonym(self, identifier: str) -> str:
-        """A patient id as logs may show it: HMAC-SHA256 under the server's key, cut to 16 hex digits. Equal ids
-        stay equal, and without the key an id cannot be found by hashing candidate ids."""
-        return hmac.new(self._key, identifier.encode(), hashlib.sha256).hexdigest()[:16] if identifier else ""
+        """A patient id as the log shows it (see :class:`Pseudonyms`)."""
+        return self.pseudonyms(identifier)
 
     async def write(self, method: str, **what: Any) -> None:
         """Append one entry and return once it is on disk. The fsync runs in a worker thread: it can take

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -59,7 +60,7 @@ from ecgregen.server.requests import (
     parse_query,
     with_file,
 )
-from ecgregen.server.security import AuditLog
+from ecgregen.server.security import SEES_PATIENT_IDS, AuditLog, Pseudonyms
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
     StreamLimiter,
@@ -68,7 +69,7 @@ from ecgregen.server.streaming import (
     WindowBatcher,
     parse_config,
 )
-from ecgregen.store import StoreError, StoreStats, StoreUnsupported
+from ecgregen.store import Hit, StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import (
@@ -224,14 +225,23 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         self.batcher = WindowBatcher(pipeline)
         self.draining = asyncio.Event()  # set at shutdown: streams end with a final warning
         self.audit = audit
+        # Neighbours' patient ids go out under the audit log's pseudonyms; without a log (a service made in code),
+        # under a key of this process's own - never as they are.
+        self.pseudonyms = audit.pseudonyms if audit else Pseudonyms(secrets.token_bytes(32))
         self.max_stream_s = max_stream_s  # a stream is ended (with a warning) after this long; monitors reconnect
+
+    def _neighbours(self, hits: list[Hit], sees_patient_ids: bool | None = None) -> list[pb.Neighbour]:
+        """The neighbours for the response: other patients' ids as keyed pseudonyms unless the caller's token has
+        the admin role (`sees_patient_ids`, by default this call's :data:`SEES_PATIENT_IDS`)."""
+        reveal = SEES_PATIENT_IDS.get() if sees_patient_ids is None else sees_patient_ids
+        return [neighbour_to_proto(h, h.patient_id if reveal else self.pseudonyms(h.patient_id)) for h in hits]
 
     def _report_response(self, served: GeneratedReport, retrieval: Retrieval, start: float,
                          **fields: Any) -> pb.GenerateReportResponse:
         """`fields` override the response's (a refined `report`, the LLM's name, why refinement failed)."""
         fields.setdefault("report", served.text)
         return pb.GenerateReportResponse(
-            neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
+            neighbours=self._neighbours(retrieval.hits), latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=served.text,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=served.mode,
             report_ecg_id=served.source.ecg_id if served.source else "", **fields,
@@ -311,7 +321,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         )
         ecg_info = ecg_fields(retrieval, received)
         return pb.SearchResponse(
-            neighbours=[neighbour_to_proto(h) for h in retrieval.hits], latency=latency_proto(retrieval, start),
+            neighbours=self._neighbours(retrieval.hits), latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings, diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], **ecg_info,
         )
 
@@ -338,7 +348,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                                                     diagnoses=retrieval.diagnoses, measurements=retrieval.measurements)
         ecg_info = ecg_fields(retrieval, received)
         return pb.AnswerQuestionResponse(
-            **ecg_info, answer=result.answer, answerer=result.answerer, neighbours=[neighbour_to_proto(h) for h in retrieval.hits],
+            **ecg_info, answer=result.answer, answerer=result.answerer, neighbours=self._neighbours(retrieval.hits),
             rationale=result.rationale, latency=latency_proto(retrieval, start), warnings=retrieval.warnings,
             fallback_reason=result.fallback_reason, llm_model=result.model,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses],
@@ -464,6 +474,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if first is None or first.WhichOneof("message") != "config":
             raise EcgInputError("the first message of a stream must be a StreamConfig (then StreamChunks only)")
         settings = parse_config(first.config, MAX_K)
+        sees_patient_ids = SEES_PATIENT_IDS.get()  # the caller's, read once for every window of the stream
         if not self.streams.try_acquire():
             STREAM_WINDOWS.labels("refused_stream").inc()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -487,7 +498,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                     while not out.empty():  # windows already taken in are still answered
                         item = out.get_nowait()
                         if item is not None:
-                            yield await self._stream_item(item, settings, slots)
+                            yield await self._stream_item(item, settings, slots, sees_patient_ids)
                     code, message = (
                         (StreamWarningCode.SHUTTING_DOWN, "the server is shutting down; reconnect to continue")
                         if draining in done else (StreamWarningCode.MAX_DURATION,
@@ -498,7 +509,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                 item = getter.result()
                 if item is None:
                     return
-                yield await self._stream_item(item, settings, slots)
+                yield await self._stream_item(item, settings, slots, sees_patient_ids)
         finally:
             reader.cancel()
             draining.cancel()
@@ -530,7 +541,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             out.put_nowait(("error", INTERNAL_STREAM_ERROR))
         out.put_nowait(None)
 
-    async def _stream_item(self, item: tuple, settings: StreamSettings, slots: asyncio.Semaphore) -> pb.StreamEcgResponse:
+    async def _stream_item(self, item: tuple, settings: StreamSettings, slots: asyncio.Semaphore,
+                           sees_patient_ids: bool) -> pb.StreamEcgResponse:
         if item[0] == "warning":
             return pb.StreamEcgResponse(warning=item[1])
         if item[0] == "error":
@@ -554,7 +566,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,
-            report=report.text, neighbours=[neighbour_to_proto(h) for h in hits],
+            report=report.text, neighbours=self._neighbours(hits, sees_patient_ids),
             latency=pb.StageLatency(
                 preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
                 search_ms=seconds["search"] * 1e3, diagnose_ms=seconds["diagnose"] * 1e3,

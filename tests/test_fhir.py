@@ -168,7 +168,7 @@ def test_neighbours_are_evidence_with_ecg_id_score_and_report(result: dict) -> N
 
 def test_ecg_observation_decodes_to_the_signal_within_half_a_microvolt(result: dict, ecg: Ecg, source: dict) -> None:
     """12 MDC-coded leads whose data * factor + origin equals the signal within 0.5 µV, period 1000/rate ms."""
-    bundle = report_bundle(result, ecg=ecg, source=source)
+    bundle = report_bundle(result, ecg=ecg, source=source, include_patient=True)
     waveform = next(o for o in resources(bundle, "Observation") if "component" in o and "valueSampledData"
                     in o["component"][0])
     assert waveform["effectiveDateTime"] == "1984-11-09T09:17:34+01:00"
@@ -183,17 +183,90 @@ def test_ecg_observation_decodes_to_the_signal_within_half_a_microvolt(result: d
 
 
 def test_no_patient_or_identifiers_without_source_patient(result: dict, ecg: Ecg, source: dict) -> None:
-    """Without source.patient or a subject reference, no Patient, subject or patient identifier is emitted."""
-    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER)
+    """Without source.patient or a subject reference, no Patient, subject or patient identifier is emitted, even
+    with include_patient."""
+    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER, include_patient=True)
     assert not resources(bundle, "Patient")
     assert all("subject" not in r for r in resources(bundle))
 
 
+# Elements that identify a person or one recording of them: none may be in a bundle made without include_patient.
+IDENTIFYING_ELEMENTS = {"subject", "patient", "serialNumber", "effectiveDateTime", "effectiveInstant",
+                        "effectivePeriod", "issued", "birthDate", "gender", "address", "telecom", "deceasedDateTime"}
+IDENTIFYING_RESOURCES = {"Patient", "Person", "RelatedPerson"}
+
+
+@pytest.fixture(scope="module")
+def muse() -> dict:
+    """Everything the reader gives of a GE MUSE export read with its identifiers: id, name, birth date, sex (in
+    demographics), the cart's serial number and the acquisition date-time."""
+    if not FORMATS.is_dir():
+        pytest.skip(f"format samples not found at {FORMATS}")
+    read = read_ecg_bytes((FORMATS / SINUS).read_bytes(), name=SINUS, include_patient=True)
+    source = read.metadata.to_dict()
+    assert source["patient"]["patient_id"] and source["demographics"]["sex"] == "M"
+    assert source["device"]["serial_number"] and source["acquired_at"]
+    return {"ecg": read.ecg, "source": source}
+
+
+def keys_in(value: object) -> set[str]:
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_in(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_in(v)}
+    return set()
+
+
+def texts_in(value: object) -> list[str]:
+    """Every string in a bundle but encoded data (base64 text, sample values), which is read separately."""
+    if isinstance(value, dict):
+        return [t for k, v in value.items() if k != "data" for t in texts_in(v)]
+    if isinstance(value, list):
+        return [t for v in value for t in texts_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_default_bundles_of_a_real_file_hold_no_identifying_element(result: dict, muse: dict) -> None:
+    """Without include_patient, report and answer bundles of a file read with all its identifiers hold no Patient,
+    subject, serial number or acquisition time, and none of the file's identifying values anywhere (the issued
+    text included)."""
+    source = muse["source"]
+    answer = {**result, "answer": ["NORM"], "answerer": "labels", "rationale": "", "fallback_reason": ""}
+    identifying = [source["patient"]["patient_id"], source["patient"]["last_name"], source["patient"]["first_name"],
+                   source["patient"]["birth_date"], source["device"]["serial_number"], source["acquired_at"][:10],
+                   source["acquired_at"][11:16]]
+    for bundle in (report_bundle(result, ecg=muse["ecg"], source=source, server=SERVER),
+                   answer_bundle(answer, "Normal ECG?", ecg=muse["ecg"], source=source, server=SERVER)):
+        assert_valid(bundle)
+        assert not {r["resourceType"] for r in resources(bundle)} & IDENTIFYING_RESOURCES
+        assert not keys_in(bundle) & IDENTIFYING_ELEMENTS, keys_in(bundle) & IDENTIFYING_ELEMENTS
+        issued = [base64.b64decode(f["data"]).decode() for r in resources(bundle) for f in r.get("presentedForm", [])]
+        text = "\n".join([*texts_in(bundle), *issued])
+        assert not [value for value in identifying if value in text]
+
+
+def test_include_patient_gives_the_files_patient_with_gender_serial_number_and_time(result: dict, muse: dict) -> None:
+    """With include_patient, a real file's identifiers become the Patient - gender from the reader's demographics -
+    and the recorder's serial number and the acquisition time are kept."""
+    source = muse["source"]
+    bundle = report_bundle(result, ecg=muse["ecg"], source=source, server=SERVER, include_patient=True)
+    assert_valid(bundle)
+    [person] = resources(bundle, "Patient")
+    assert person["identifier"] == [{"value": source["patient"]["patient_id"]}] and person["gender"] == "male"
+    assert person["birthDate"] == source["patient"]["birth_date"]
+    [recorder] = [d for d in resources(bundle, "Device") if d["type"]["text"] == "Electrocardiograph"]
+    assert recorder["serialNumber"] == source["device"]["serial_number"]
+    report = bundle["entry"][0]["resource"]
+    assert report["effectiveDateTime"] == source["acquired_at"][:10]  # a local time without offset: its date
+    assert by_url(bundle)[report["subject"]["reference"]] is person
+
+
 def test_source_patient_becomes_subject_of_report_and_its_observations(result: dict, source: dict) -> None:
-    """source.patient gives one Patient (identifier, name, birthDate, gender) that report and diagnoses point at."""
-    patient = {"patient_id": "15709", "first_name": "Anna", "last_name": "Muster", "birth_date": "1928-03-01",
-               "sex": "F", "age": 56}
-    bundle = report_bundle(result, source={**source, "patient": patient})
+    """With include_patient, source.patient (and the sex of source.demographics, where the reader puts it) gives
+    one Patient (identifier, name, birthDate, gender) that report and diagnoses point at."""
+    patient = {"patient_id": "15709", "first_name": "Anna", "last_name": "Muster", "birth_date": "1928-03-01"}
+    bundle = report_bundle(result, source={**source, "patient": patient, "demographics": {"sex": "F", "age": 56}},
+                           include_patient=True)
     assert_valid(bundle)
     [person] = resources(bundle, "Patient")
     assert person["identifier"] == [{"value": "15709"}] and person["gender"] == "female"
@@ -213,8 +286,9 @@ def test_subject_reference_is_used_without_a_patient_resource(result: dict) -> N
 
 
 def test_devices_carry_encoder_corpus_and_recorder(result: dict, ecg: Ecg, source: dict) -> None:
-    """The encoder Device names the encoder and corpus version; the recorder Device is the ECG's device."""
-    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER)
+    """The encoder Device names the encoder and corpus version; the recorder Device is the ECG's device (its serial
+    number only with include_patient)."""
+    bundle = report_bundle(result, ecg=ecg, source=source, server=SERVER, include_patient=True)
     urls = by_url(bundle)
     encoder = urls[urls[bundle["entry"][0]["resource"]["result"][0]["reference"]]["device"]["reference"]]
     assert encoder["deviceName"][0]["name"] == "ecg-fm-v1"
@@ -237,7 +311,7 @@ def test_machine_statements_are_kept_as_their_own_observation(result: dict, sour
 
 def test_local_time_without_offset_keeps_only_the_date(result: dict, source: dict) -> None:
     """An acquisition time without a UTC offset (invalid as a FHIR dateTime) is reduced to its date."""
-    bundle = report_bundle(result, source={**source, "acquired_at": "1984-11-09T09:17:34"})
+    bundle = report_bundle(result, source={**source, "acquired_at": "1984-11-09T09:17:34"}, include_patient=True)
     assert bundle["entry"][0]["resource"]["effectiveDateTime"] == "1984-11-09"
     assert_valid(bundle)
 
@@ -283,7 +357,8 @@ def test_measurements_are_loinc_coded_results_in_ucum_units(result: dict, source
     """One result Observation per value (LOINC code, UCUM unit, the measured number) linked like the diagnoses;
     an unmeasured value has no number, only a dataAbsentReason carrying the stage's reason."""
     m, wire = measured[name]
-    bundle = report_bundle({**result, "measurements": wire}, source=source, server=SERVER, subject="Patient/p7")
+    bundle = report_bundle({**result, "measurements": wire}, source=source, server=SERVER, subject="Patient/p7",
+                           include_patient=True)
     assert_valid(bundle)
     assert_valid(answer_bundle({**result, "answer": ["yes"], "answerer": "labels", "measurements": wire}, "AF?"))
     results = report_results(bundle)

@@ -24,9 +24,10 @@ from hypothesis import strategies as st
 
 from ecgregen.ecg import EcgInputError
 from ecgregen.preprocess import preprocess
-from ecgregen.records import EcgRecord
+from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.server import security
 from ecgregen.server.security import AuditLog
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
 from ecgregen.wire import ecg_from_proto, ecg_to_proto
@@ -42,7 +43,7 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> tuple[ServerProcess, Pa
     certs = tmp / "certs"
     run("certs", "--out", str(certs))
     tokens = {}
-    for name, roles in (("ward", "read"), ("archive", "read,write")):
+    for name, roles in (("ward", "read"), ("archive", "read,write"), ("registry", "read,admin")):
         printed = run("token", "add", name, "--roles", roles, "--file", str(tmp / "tokens.json")).stdout
         tokens[name] = printed.strip().splitlines()[-1]
     server = start_tls_server(tmp, certs, tmp / "tokens.json")
@@ -223,6 +224,54 @@ def test_writes_are_audited_with_pseudonymous_patients(secured: tuple, demo_quer
     assert "patient-4711" not in (data_dir / "audit.log").read_text()
     assert any(e["method"] == "DeleteRecords" and e.get("batch_id") == batch and e["deleted"] == 1 for e in entries)
     assert "patient-4711" not in server.log()
+
+
+def test_neighbours_patient_ids_are_pseudonyms_unless_the_token_is_admin(secured: tuple,
+                                                                       demo_queries: list[EcgRecord]) -> None:
+    """Neighbours are other people: a read token gets their patient ids only as the audit log's keyed pseudonyms (in
+    Search, GenerateReport and `client report`'s output), a read,admin token the real ids; excluding the query's
+    own patient by the real id works for both."""
+    server, certs, tokens = secured
+    data_dir = server.log_path.parent / "var"
+    real = {r.ecg_id: r.patient_id for r in load_ptbxl(DEMO_PTBXL)}  # every demo record's real patient id
+    ward = [("authorization", f"Bearer {tokens['ward']}")]
+    registry = [("authorization", f"Bearer {tokens['registry']}")]
+    ecg = ecg_to_proto(demo_queries[0].load_ecg())
+    search = pb.SearchRequest(ecg=ecg, k=10, filter=pb.SearchFilter(source="ptbxl"))
+    with mtls_channel(server.address, certs) as channel:
+        stub = pb_grpc.EcgReGenStub(channel)
+        as_ward = stub.Search(search, timeout=30, metadata=ward).neighbours
+        as_admin = stub.Search(search, timeout=30, metadata=registry).neighbours
+        reported = stub.GenerateReport(pb.GenerateReportRequest(ecg=ecg, k=5), timeout=30, metadata=ward).neighbours
+        own = real[as_ward[0].ecg_id]  # the query's "own" patient: the top neighbour's
+        search.filter.exclude_patient_id = own
+        excluded_ward = stub.Search(search, timeout=30, metadata=ward).neighbours
+        excluded_admin = stub.Search(search, timeout=30, metadata=registry).neighbours
+
+    assert len(as_ward) == 10 and [n.ecg_id for n in as_admin] == [n.ecg_id for n in as_ward]
+    assert [n.patient_id for n in as_admin] == [real[n.ecg_id] for n in as_admin]
+    for neighbours in (as_ward, reported):
+        assert [n.patient_id for n in neighbours] == [keyed_pseudonym(data_dir, real[n.ecg_id]) for n in neighbours]
+    assert not {n.patient_id for n in as_ward} & set(real.values())
+    assert excluded_ward and keyed_pseudonym(data_dir, own) not in {n.patient_id for n in excluded_ward}
+    assert excluded_admin and own not in {n.patient_id for n in excluded_admin}
+
+    env = {**os.environ, "ECGREGEN_TLS_CA": str(certs / "ca.pem"), "ECGREGEN_TLS_CERT": str(certs / "client.pem"),
+           "ECGREGEN_TLS_KEY": str(certs / "client.key"), "ECGREGEN_TOKEN": tokens["ward"]}
+    printed = subprocess.run([*ECGREGEN, "client", "report", str(demo_queries[0].path), "--server", server.address,
+                              "--k", "5"], env=env, capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    shown = [line.split("(patient ")[1].split(")")[0] for line in printed.stdout.splitlines() if "(patient " in line]
+    assert shown == [n.patient_id for n in reported]
+
+
+def test_the_admin_role_comes_with_read(tmp_path: Path) -> None:
+    """admin only changes what a read returns: a token of admin alone is refused when made and when loaded."""
+    with pytest.raises(ValueError, match="give read,admin"):
+        security.add_key(tmp_path / "tokens.json", "registry", {"admin"})
+    (tmp_path / "tokens.json").write_text(json.dumps({"keys": [{"name": "r", "sha256": "0" * 64, "roles": ["admin"]}]}))
+    with pytest.raises(ValueError, match="give read,admin"):
+        security.load_keys(tmp_path / "tokens.json")
 
 
 def test_pseudonyms_stay_the_same_across_restarts(tmp_path: Path, demo_queries: list[EcgRecord]) -> None:

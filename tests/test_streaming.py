@@ -17,11 +17,13 @@ import pytest
 from ecgregen.ecg import STANDARD_LEADS
 from ecgregen.messages import signal_to_proto
 from ecgregen.preprocess import resample
-from ecgregen.records import EcgRecord
+from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.simulate import simulate
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.wire import ecg_to_proto
 from tests.conftest import ServerProcess, real_ecg_of, start_server
+from tests.test_security import keyed_pseudonym
 
 
 def config(rate: float, leads: list[str] | None = None, **fields: object) -> pb.StreamEcgRequest:
@@ -63,14 +65,19 @@ def test_a_window_of_any_length_gets_the_unary_vector_of_the_same_seconds(edge_s
 
 def test_the_monitored_patients_own_records_are_not_neighbours(edge_server: ServerProcess,
                                                               demo_queries: list[EcgRecord]) -> None:
-    """StreamConfig.patient_id keeps that patient's records out of the window's neighbours."""
+    """StreamConfig.patient_id (the real id) keeps that patient's records out of the window's neighbours, whose
+    patient ids come back only as the server's keyed pseudonyms (a caller without the admin role)."""
+    real = {r.ecg_id: r.patient_id for r in load_ptbxl(DEMO_PTBXL)}  # the demo corpus's real patient ids
+    data_dir = edge_server.log_path.parent / "var"
     ecg = demo_queries[0].load_ecg()
     first = stream(edge_server, [config(100, k=5), chunk(0, ecg.signal)])
     (result,) = [r.window_result for r in first if r.HasField("window_result")]
-    patient = result.neighbours[0].patient_id
+    demo = [n for n in result.neighbours if n.source == "ptbxl"]
+    assert demo and [n.patient_id for n in demo] == [keyed_pseudonym(data_dir, real[n.ecg_id]) for n in demo]
+    patient = real[demo[0].ecg_id]
     again = stream(edge_server, [config(100, k=5, patient_id=patient), chunk(0, ecg.signal)])
     (excluded,) = [r.window_result for r in again if r.HasField("window_result")]
-    assert patient not in {n.patient_id for n in excluded.neighbours}
+    assert excluded.neighbours and keyed_pseudonym(data_dir, patient) not in {n.patient_id for n in excluded.neighbours}
     opened = [line for line in edge_server.log().splitlines() if "stream opened" in line][-1]
     assert "device bed-7, patient " in opened and f"patient {patient}," not in opened  # a pseudonym only
 

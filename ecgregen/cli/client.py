@@ -51,7 +51,8 @@ def add_client(commands: argparse._SubParsersAction) -> None:
                        help="text (default), json (as --json) or fhir (a FHIR R4 Bundle: DiagnosticReport, "
                        "diagnosis Observations, the ECG as an Observation)")
         p.add_argument("--include-patient", action="store_true",
-                       help="--format fhir: put the file's patient identifiers in a Patient resource")
+                       help="--format fhir: put the file's patient identifiers in a Patient resource and keep the "
+                       "recorder's serial number and the acquisition time (all left out by default)")
 
     report = client_parser("report", "generate a report for an ECG file", run_report)
     report.add_argument("record", help="a WFDB record (path without extension) or a hospital export")
@@ -160,8 +161,9 @@ def fhir_bundle(args: argparse.Namespace, result: dict, local: tuple[Ecg, dict |
     ecg, source = local
     server = client.info(args.server)
     if question is None:
-        return report_bundle(result, ecg=ecg, source=source, server=server)
-    return answer_bundle(result, question, ecg=ecg, source=source, server=server)
+        return report_bundle(result, ecg=ecg, source=source, server=server, include_patient=args.include_patient)
+    return answer_bundle(result, question, ecg=ecg, source=source, server=server,
+                         include_patient=args.include_patient)
 
 
 def run_report(args: argparse.Namespace) -> None:
