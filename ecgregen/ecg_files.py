@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import tempfile
-import threading
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,7 +54,6 @@ FORMAT_KEYS: dict[str, str] = {
 _MULTI_FILE_FORMATS = {"wfdb": "WFDB (a .hea header with its .dat)", "edan_arc": "EDAN ARC (patient.hea + ecgraw.dat)"}
 _LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
 _MDC_LEAD_PREFIX = "MDC_ECG_LEAD_"
-_PARSE_LOCK = threading.Lock()  # warnings.catch_warnings changes process-wide state
 # DICOM Waveform Sample Interpretation (PS3.3 C.10.9.1.4.1) with Waveform Bits Allocated: the plain integer codes
 # (MB and AB are companded: mu-law and A-law), and the interpretation a group that states none has.
 _DICOM_INTEGER_CODES = {("SB", 8): "i1", ("UB", 8): "u1", ("SS", 16): "i2", ("US", 16): "u2", ("SL", 32): "i4",
@@ -151,12 +148,12 @@ def check_file_size(label: str, size: int) -> None:
 def _read(path: Path, label: str, format_hint: str, start_s: float, seconds: float,
           include_patient: bool) -> EcgFromFile:
     hint = _check_hint(format_hint)
-    record, library_warnings = _parse(path, label)
+    record, file_notes = _parse(path, label)
     key = record.source_format
     if hint and hint != key:
         raise EcgFileError(f"{label}: the content is {record.file_format.name}, not the {format_hint} "
                            "the format hint says")
-    notes = list(library_warnings)
+    notes = list(file_notes)
     leads, rate = _rhythm_leads(record, label, notes)
     file_seconds = next(iter(leads.values())).size / rate
     leads, offset = _segment(leads, rate, start_s, seconds, file_seconds, label)
@@ -188,29 +185,69 @@ def _check_hint(format_hint: str) -> str:
 
 
 def _parse(path: Path, label: str) -> tuple[Any, list[str]]:
-    """ecgdatakit's record (leads in mV where the file says how) and the warnings it gave, as sentences."""
-    from ecgdatakit import ECGDataKitError, FileParser, UnsupportedFormatError
+    """ecgdatakit's record (leads in mV where the file says how) and what the caller is told about the file.
 
-    with _PARSE_LOCK, warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            record = FileParser.parse(path, units="mV")
-        except UnsupportedFormatError:
-            raise EcgFileError(f"{label}: not an ECG file this service reads (HL7 aECG, GE MUSE XML, Philips "
-                               "Sierra XML, SCP-ECG, DICOM waveform, EDF, ISHNE, MFER)") from None
-        except (ECGDataKitError, ValueError, OSError, MemoryError, RecursionError) as exc:
-            raise EcgFileError(f"{label}: cannot be read: {_named(exc, path, label)}") from None
+    These are :meth:`FileParser.parse`'s steps without its ``warnings.catch_warnings``: that changes the whole
+    process's warning state, so a warning of another thread landed in this file's warnings (and turned a good file
+    into a refusal), and two parses at once could leave the state broken. The library's warnings go to Python's
+    warning machinery (the server log); nothing here depends on them: truncation and checksums are judged from the
+    file's declared sizes and the parsed record (:func:`_check_complete`).
+    """
+    from ecgdatakit import ECGDataKitError, FileParser, UnsupportedFormatError
+    from ecgdatakit.parsing.helpers.record import fill_signal_summary
+
+    try:
+        found = FileParser.detect_format(path)
+        if found is None:
+            raise UnsupportedFormatError(path.name)
+        record = FileParser._run_parser(found["parser_class"], path)  # noqa: SLF001 - ecgdatakit 2.0.3, pinned
+        if record.leads and all(len(lead.samples) == 0 for lead in record.leads):
+            raise EcgFileError(f"{label}: the file holds no samples")
+        fill_signal_summary(record)
+        record = FileParser._auto_scale(record, "mV")  # noqa: SLF001
+    except UnsupportedFormatError:
+        raise EcgFileError(f"{label}: not an ECG file this service reads (HL7 aECG, GE MUSE XML, Philips "
+                           "Sierra XML, SCP-ECG, DICOM waveform, EDF, ISHNE, MFER)") from None
+    except (ECGDataKitError, ValueError, OSError, MemoryError, RecursionError) as exc:
+        if isinstance(exc, EcgFileError):
+            raise
+        raise EcgFileError(f"{label}: cannot be read: {_named(exc, path, label)}") from None
     if record.source_format in _MULTI_FILE_FORMATS and not path.with_suffix(".dat").exists():
         raise EcgFileError(f"{label}: {_MULTI_FILE_FORMATS[record.source_format]} is several files")
-    notes = []
-    for w in caught:
-        text = _named(w.message, path, label)
-        if "truncated" in text.lower():  # the library reads what is complete; a cut-off recording is not served
-            raise EcgFileError(f"{label}: the file is truncated ({text})")
-        if text.startswith("Invalid value for VR") or text in notes:  # pydicom's UID syntax remarks: not ours
-            continue
-        notes.append(f"{label}: {text}")
-    return record, notes
+    return record, _check_complete(record, path, label)
+
+
+def _check_complete(record: Any, path: Path, label: str) -> list[str]:
+    """Refuse a cut-off recording (the library reads what is complete of an EDF or ISHNE file); say when the file's
+    checksum fails (SCP-ECG, GE MUSE, ISHNE state one)."""
+    size = path.stat().st_size
+    if record.source_format in ("edf", "edf_plus"):
+        declared, complete = _edf_records(path, size)
+        if declared > complete:
+            raise EcgFileError(f"{label}: the file is truncated: its header declares {declared} data records, "
+                               f"{complete} are complete")
+    if record.source_format == "ishne_holter" and record.leads:
+        frame = 2 * len(record.leads)  # 16-bit samples, one of each lead per frame
+        data_bytes = size - 522 - int(record.raw_metadata.get("var_block_size", 0))
+        if data_bytes % frame:
+            raise EcgFileError(f"{label}: the file is truncated: its last sample frame holds {data_bytes % frame} "
+                               f"of {frame} bytes")
+    if record.raw_metadata.get("checksum_valid") is False:
+        return [f"{label}: the file's checksum does not match its content: it may be damaged"]
+    return []
+
+
+def _edf_records(path: Path, size: int) -> tuple[int, int]:
+    """The data records an EDF header declares (-1, "not closed by the recorder", counts as none) and the complete
+    ones the file holds (the parser has checked the header's fields)."""
+    with path.open("rb") as f:
+        head = f.read(256)
+        signals = int(head[252:256])
+        header = f.read(256 * signals)
+    samples_at = signals * (16 + 80 + 8 + 8 + 8 + 8 + 8 + 80)  # labels ... prefiltering, then samples per record
+    per_record = sum(int(header[samples_at + 8 * i: samples_at + 8 * i + 8]) for i in range(signals))
+    complete = (size - 256 * (signals + 1)) // (2 * per_record)
+    return max(int(head[236:244]), 0), complete
 
 
 def _named(message: object, path: Path, label: str) -> str:
@@ -334,9 +371,7 @@ def _dicom_padding_code(path: Path, label: str) -> float | None:
     samples and data that is not a median beat), or None when it declares none a sample can equal."""
     import pydicom
 
-    with _PARSE_LOCK, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
     rhythm = next((g for g in dataset.get("WaveformSequence") or []
                    if g.get("WaveformData") is not None and int(g.get("NumberOfWaveformChannels") or 0) > 0
                    and int(g.get("NumberOfWaveformSamples") or 0) > 0

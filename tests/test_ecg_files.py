@@ -9,8 +9,10 @@ import json
 import os
 import re
 import subprocess
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -82,6 +84,7 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "truncated SCP-ECG": (data(SCP)[:17_000], "declares 34144 bytes"),
         "truncated DICOM": (data(DICOM_PADDING)[:90_000], "Waveform Data has"),
         "truncated EDF": (data(EDF)[:450_000], "truncated"),
+        "truncated ISHNE": (data(ISHNE)[:-7], "truncated"),
         "truncated XML": (muse[: len(muse) // 2], "Malformed XML"),
         "wrong format": ((REPO.parent / "shared" / "data" / "ptbxl" / "records100" / "00000" / "00001_lr.dat").read_bytes()
                          if (REPO.parent / "shared/data/ptbxl/records100/00000/00001_lr.dat").exists()
@@ -293,6 +296,55 @@ def test_an_inverted_avr_is_taken_back_and_said() -> None:
     read = read_ecg_bytes(cabrera)
     np.testing.assert_array_equal(read.ecg.signal[3], -read_ecg_bytes(data(AECG)).ecg.signal[3])
     assert read.warnings == ("lead aVR taken as the negated -aVR the file stores (Cabrera layout)",)
+
+
+def test_a_file_whose_checksum_fails_is_read_with_a_warning_saying_so() -> None:
+    """The MUSE sample with one byte of its rhythm lead V1's base64 data changed: its CRC32 no longer matches; the
+    ECG is read and a warning says the checksum fails (the unchanged file has no such warning)."""
+    muse = data(MUSE)
+    rhythm_v1 = muse.index(b"<LeadID>V1</LeadID>", muse.index(b"<WaveformType>Rhythm</WaveformType>"))
+    start = muse.index(b"<WaveFormData>", rhythm_v1) + len(b"<WaveFormData>") + 100
+    changed = muse[:start] + (b"A" if muse[start:start + 1] != b"A" else b"B") + muse[start + 1:]
+    read = read_ecg_bytes(changed, name="crc.xml")
+    assert any("crc.xml: the file's checksum does not match its content" in w for w in read.warnings), read.warnings
+    assert not any("checksum" in w for w in read_ecg_bytes(muse).warnings)
+
+
+def test_another_threads_warnings_never_turn_a_good_file_into_a_refusal() -> None:
+    """While another thread keeps emitting warnings (the text a damaged file of another request gives: "EDF file
+    truncated ...") and four threads read files at once (the sample files and damaged ones), every sample file reads
+    as it does alone - none refused, none carrying another read's warnings - and every damaged one is refused."""
+    alone = {name: read_ecg_file(FORMATS / name).warnings for name in FIXTURES}
+    damaged = {kind: bad_files()[kind] for kind in ("truncated EDF", "truncated ISHNE")}
+    stop = threading.Event()
+
+    def emit() -> None:
+        while not stop.is_set():
+            warnings.warn("EDF file truncated: header declares 99 data records, only 3 are complete; reading those",
+                          UserWarning, stacklevel=1)
+            stop.wait(0.001)
+
+    def read(job: str) -> tuple[str, object]:
+        try:
+            if job in damaged:
+                return job, read_ecg_bytes(damaged[job][0], name=job)
+            return job, read_ecg_file(FORMATS / job).warnings
+        except EcgFileError as exc:
+            return job, exc
+
+    emitter = threading.Thread(target=emit, daemon=True)
+    emitter.start()
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(read, [*FIXTURES, *damaged] * 3))
+    finally:
+        stop.set()
+        emitter.join()
+    for job, result in results:
+        if job in damaged:
+            assert isinstance(result, EcgFileError) and damaged[job][1] in str(result), (job, result)
+        else:
+            assert result == alone[job], (job, result)
 
 
 def test_a_format_hint_is_checked_against_the_content() -> None:
