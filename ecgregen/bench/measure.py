@@ -53,11 +53,37 @@ def available_memory_gb() -> float:
     return float("inf")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used (``/proc/PID/stat``), in seconds."""
+def _stat(pid: int) -> list[str]:
     with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process and its descendants (``/proc/PID/stat``), in seconds: living ones by
+    their own fields, exited ones that were waited for by their parent's cutime/cstime.
+
+    The descendants count because a server measures in worker processes (``--measure-workers``): its cost is the
+    whole tree's.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(int(_stat(int(entry))[1]), []).append(int(entry))
+            except (OSError, IndexError):
+                continue  # exited meanwhile
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        try:
+            fields = _stat(current)
+        except OSError:
+            if current == pid:
+                raise
+            continue
+        total += sum(int(v) for v in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+        todo.extend(children.get(current, []))
+    return total
 
 
 def dir_bytes(path: Path) -> dict[str, int]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import signal as sps
 
-from ecgregen.measure.signal import filtered, moving_average, quantiles, rows_dot, samples_of
+from ecgregen.measure.signal import filtered, median_along, moving_average, quantiles, rows_dot, samples_of
 
 # Beats closer than this cannot both be QRS complexes (300 bpm).
 REFRACTORY_MS = 200.0
@@ -93,7 +93,7 @@ def classify_beats(band: np.ndarray, usable: np.ndarray, peaks: np.ndarray, rate
     half, shift = samples_of(QRS_HALF_MS, rate_hz), max(1, samples_of(ALIGN_MS, rate_hz))
     leads = band[usable] if usable.any() else band
     wide_segments = _qrs_segments(leads, peaks, half + shift)
-    template = np.median(wide_segments[:, :, shift: shift + 2 * half + 1], axis=0)
+    template = median_along(wide_segments[:, :, shift: shift + 2 * half + 1], 0)
     best = np.zeros(n, int)
     best_corr = np.full(n, -1.0)
     t = (template - template.mean()).ravel()

@@ -19,8 +19,8 @@ from ecgregen.ecg import STANDARD_LEADS
 from ecgregen.measure.signal import (
     MEASURE_RATE_HZ,
     filtered,
-    median_last,
-    moving_average_at,
+    median_along,
+    windows_minus_moving_average,
     quantiles,
     rows_dot,
     samples_of,
@@ -61,7 +61,7 @@ class Delineation:
 def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_samples: float,
                 rate_hz: float) -> tuple[np.ndarray, int, np.ndarray] | None:
     """The median of the dominant beats' windows, (12, L) at `rate_hz`, its R sample, and the windows used
-    (leads, L, beats).
+    (leads, beats, L).
 
     The window spans 0.5 RR (at most 400 ms) before the QRS peak and 0.8 RR (at most 700 ms) after it; beats whose
     window runs past the recording are left out. None when no beat fits. Wander is removed by subtracting the
@@ -75,9 +75,8 @@ def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_sampl
     use = use[(use - pre >= 0) & (use + post < x.shape[1])]
     if use.size == 0:
         return None
-    idx = np.arange(-pre, post + 1)[:, None] + use[None, :]  # (L, beats): each beat's samples along the last axis
-    windows = x[:, idx] - moving_average_at(x, int(rr_samples), idx)
-    return median_last(windows), pre, windows
+    windows = windows_minus_moving_average(x, int(rr_samples), use - pre, pre + post + 1)
+    return median_along(windows, 1), pre, windows
 
 
 def _quiet_crossing(v: np.ndarray, start: int, stop: int, threshold: float, quiet: int) -> int | None:
@@ -121,11 +120,11 @@ def delineate(beat: np.ndarray, r_index: int, usable: np.ndarray, rate_hz: float
     points["qrs_onset"], points["qrs_offset"] = onset, offset
     reference = smooth[:, max(0, onset - samples_of(10, fs)): onset + 1].mean(axis=1, keepdims=True)
     beat = beat - reference
-    slow = filtered(smooth - reference, fs, None, 20.0)
-    magnitude = np.sqrt((slow[leads] ** 2).sum(axis=0))
+    slow = filtered(smooth[leads] - reference[leads], fs, None, 20.0)
+    magnitude = np.sqrt((slow**2).sum(axis=0))
     qrs_size = float(magnitude[onset: offset + 1].max())
     _find_t_end(magnitude, onset, offset, length, fs, rr_ms, points, missing)
-    _find_p(slow[leads], windows[leads], onset, rate_hz, fs, qrs_size, points, missing)
+    _find_p(slow, windows[leads], onset, rate_hz, fs, qrs_size, points, missing)
     return Delineation(beat, r_index, points, missing)
 
 
@@ -197,20 +196,20 @@ def _find_p(slow: np.ndarray, windows: np.ndarray, onset: int, rate_hz: float, f
 def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> float:
     """Median correlation of single beats' P windows with their median (1.0 with fewer than 3 beats).
 
-    `windows` are the beats (leads, samples, beats) at the recording's rate, `scale` that rate / the median beat's.
+    `windows` are the beats (leads, beats, samples) at the recording's rate, `scale` that rate / the median beat's.
     Sinus P waves repeat from beat to beat; AF's fibrillation waves do not, and their median is a small smear.
     """
-    if windows.shape[2] < 3:
+    if windows.shape[1] < 3:
         return 1.0
     a = int(start * scale)
     b = max(a + 2, int(stop * scale))
-    single = windows[:, a:b, :]
-    single = single - single.mean(axis=1, keepdims=True)
-    t = median_last(single).ravel()
-    s = np.moveaxis(single, 2, 0).reshape(single.shape[2], -1)
+    single = windows[:, :, a:b]
+    single = single - single.mean(axis=2, keepdims=True)
+    t = median_along(single, 1).ravel()
+    s = np.moveaxis(single, 1, 0).reshape(single.shape[1], -1)
     corr = rows_dot(s, t) / (np.sqrt(rows_dot(s * s, None)) * (float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0)
                                + 1e-12)
-    return float(median_last(corr))
+    return float(np.median(corr))
 
 
 def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) -> float | None:

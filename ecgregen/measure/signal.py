@@ -11,6 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal as sps
 
 from ecgregen.preprocess import resample
@@ -87,22 +88,25 @@ def moving_average(x: np.ndarray, width: int) -> np.ndarray:
     return (c[..., width:] - c[..., :-width]) / width
 
 
-def moving_average_at(x: np.ndarray, width: int, samples: np.ndarray) -> np.ndarray:
-    """:func:`moving_average` of the rows of (leads, n) `x` at the sample indices `samples` only (any shape):
-    (leads, *samples.shape). The median beat needs the baseline under its windows, not under every sample."""
+def windows_minus_moving_average(x: np.ndarray, width: int, starts: np.ndarray, length: int) -> np.ndarray:
+    """(leads, len(starts), length): the stretches of `length` samples of (leads, n) `x` from each of `starts`,
+    less :func:`moving_average` of `x` there. The median beat needs the baseline under its windows only, not
+    under every sample; windows are cut as views (contiguous copies, not a gather sample by sample)."""
     width = max(1, int(width))
+    cut = sliding_window_view(x, length, axis=-1)
     if width == 1:
-        return x[:, samples]
+        return np.zeros((x.shape[0], starts.size, length))
     c, width = _window_sums(x, width)
-    return (c[:, samples + width] - c[:, samples]) / width
+    sums = sliding_window_view(c, length, axis=-1)
+    return cut[:, starts] - (sums[:, starts + width] - sums[:, starts]) / width
 
 
-def median_last(a: np.ndarray) -> np.ndarray:
-    """Median along the last axis, by a sort: ``np.median`` partitions each short row separately, which costs
-    5x more for the few beats (or RRs) a 10 s ECG holds."""
-    s = np.sort(a, axis=-1)
-    n = s.shape[-1]
-    return 0.5 * (s[..., (n - 1) // 2] + s[..., n // 2])
+def median_along(a: np.ndarray, axis: int) -> np.ndarray:
+    """Median along `axis`, by a sort: ``np.median`` partitions each short row separately, which costs 5x more for
+    the few beats (or RRs) a 10 s ECG holds."""
+    s = np.sort(a, axis=axis)
+    n = s.shape[axis]
+    return 0.5 * (np.take(s, (n - 1) // 2, axis=axis) + np.take(s, n // 2, axis=axis))
 
 
 def quantiles(x: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray]:
