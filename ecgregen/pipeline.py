@@ -297,6 +297,7 @@ def open_pipeline(
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
     encoder_runtime: str = "onnxruntime", report_mode: str = "auto", measure_workers: int = 0,
+    load_calibration: bool = True,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
@@ -304,7 +305,9 @@ def open_pipeline(
     (onnxruntime, or eager PyTorch), or in Triton at `triton_url`.
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     `index` applies when the collection is created (an existing one keeps its settings). The corpus's diagnosis
-    calibration is loaded with it; one fitted for another encoder is refused (:class:`CalibrationError`).
+    calibration is loaded with it; one fitted for another encoder (or unreadable) is refused
+    (:class:`CalibrationError`). `load_calibration` False leaves the stored one unread and serves raw votes: what
+    `ecgregen calibrate`, the remedy for such a store, opens it with before it replaces the calibration.
     Query ECGs are measured in `measure_workers` processes (0: in the calling thread; see
     :mod:`ecgregen.measure.workers`).
     """
@@ -321,7 +324,7 @@ def open_pipeline(
         ) from None
     vocabulary = LabelVocabulary.from_scp_statements(default_scp_statements())
     try:
-        stored = store.calibration()
+        stored = store.calibration() if load_calibration else None
         calibration = Calibration.from_json(stored) if stored else None
         if calibration is not None:
             calibration.check_encoder(encoder.encoder_id)

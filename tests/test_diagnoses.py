@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit, open_store
+from tests.conftest import start_server
 from tests.test_cli import run
 
 
@@ -172,13 +174,25 @@ def test_too_few_validation_ecgs_are_refused(demo_pipeline: RetrievalPipeline) -
         calibrate_records(demo_pipeline, load_ptbxl(DEMO_PTBXL, [8])[:10], progress=False)
 
 
-def test_calibrate_command_fits_installs_and_refuses(tmp_path: Path) -> None:
-    data_dir = str(tmp_path / "var")
+@pytest.fixture(scope="module")
+def calibrated_by_command(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """The demo folds 1-8 indexed by `ecgregen index` into a store and calibrated by `ecgregen calibrate` on fold 8
+    (--out cal.json beside the store): the folder and what calibrate printed."""
+    tmp = tmp_path_factory.mktemp("calibrate-command")
+    data_dir = str(tmp / "var")
     run("index", "--ptbxl", str(DEMO_PTBXL), "--folds", "1-8", "--data-dir", data_dir)
     out = run("calibrate", "--ptbxl", str(DEMO_PTBXL), "--folds", "8", "--data-dir", data_dir,
-              "--out", str(tmp_path / "cal.json"))
-    assert "calibrated" in out.stdout and "report mode served by default" in out.stdout
-    assert "kept with the corpus" in out.stdout
+              "--out", str(tmp / "cal.json"))
+    return tmp, out.stdout
+
+
+def test_calibrate_command_fits_installs_and_refuses(calibrated_by_command: tuple[Path, str], tmp_path: Path) -> None:
+    """`ecgregen calibrate` fits on the folds given, keeps the calibration with the corpus (the same as --out
+    writes), and refuses to install (--from-file) a calibration fitted for another encoder."""
+    tmp_path, stdout = calibrated_by_command[0], calibrated_by_command[1]
+    data_dir = str(tmp_path / "var")
+    assert "calibrated" in stdout and "report mode served by default" in stdout
+    assert "kept with the corpus" in stdout
     fitted = json.loads((tmp_path / "cal.json").read_text())
     with open_store(tmp_path / "var") as store:
         assert store.calibration() == fitted
@@ -186,6 +200,35 @@ def test_calibrate_command_fits_installs_and_refuses(tmp_path: Path) -> None:
     (tmp_path / "other.json").write_text(json.dumps(fitted))
     refused = run("calibrate", "--from-file", str(tmp_path / "other.json"), "--data-dir", data_dir, check=False)
     assert refused.returncode != 0 and "fitted for encoder 'small-other-000000000000'" in refused.stderr
+
+
+def test_calibrate_command_replaces_another_encoders_calibration_and_the_server_then_serves(
+    calibrated_by_command: tuple[Path, str], tmp_path: Path
+) -> None:
+    """A store holding a calibration fitted for another encoder (written straight into the store) is refused by
+    the server with `ecgregen calibrate` as the remedy; `ecgregen calibrate` then runs on that store, keeps a
+    calibration for this encoder, and a server started on the store serves calibrated diagnoses."""
+    data_dir = tmp_path / "var"
+    shutil.copytree(calibrated_by_command[0] / "var", data_dir)
+    other = json.loads((calibrated_by_command[0] / "cal.json").read_text())
+    own_encoder = other["encoder_id"]
+    other["encoder_id"] = "small-other-000000000000"
+    with open_store(data_dir) as store:
+        store.save_calibration(other)
+    refused = run("serve", "--data-dir", str(data_dir), "--no-llm", "--port", "0", check=False)
+    assert refused.returncode != 0 and "run `ecgregen calibrate` for this encoder" in refused.stderr
+
+    out = run("calibrate", "--ptbxl", str(DEMO_PTBXL), "--folds", "8", "--data-dir", str(data_dir))
+    assert "kept with the corpus" in out.stdout
+    with open_store(data_dir) as store:
+        assert store.calibration()["encoder_id"] == own_encoder
+    server = start_server(tmp_path, "--data-dir", str(data_dir), "--no-llm")
+    try:
+        record = load_ptbxl(DEMO_PTBXL, [9])[0]
+        report = json.loads(run("client", "report", str(record.path), "--server", server.address, "--json").stdout)
+        assert report["diagnoses"] and not any("calibrat" in w for w in report.get("warnings", [])), report
+    finally:
+        server.stop()
 
 
 def test_a_measured_af_is_diagnosed_although_no_neighbour_carries_it(

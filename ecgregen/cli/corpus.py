@@ -159,7 +159,7 @@ def run_calibrate(args: argparse.Namespace) -> None:
 
     if bool(args.ptbxl) == bool(args.from_file):
         raise SystemExit("give --ptbxl DIR (fit on its --folds) or --from-file FILE (install a fitted calibration)")
-    pipeline = _open_pipeline(args)
+    pipeline = _open_pipeline(args, load_calibration=False)  # the stored one may be another encoder's: replaced here
     try:
         if pipeline.store.count() == 0:
             raise SystemExit("the corpus is empty: index it first (ecgregen index ...), then calibrate")
