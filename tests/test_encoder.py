@@ -18,7 +18,7 @@ from ecgregen.encoders.base import embed_prepared
 from ecgregen.encoders.checkpoint import CHECKPOINT_FORMAT, CheckpointError, load_checkpoint, load_encoder, save_checkpoint
 from ecgregen.encoders.model import CONFIGS, EcgEncoder, random_encoder
 from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
-from ecgregen.encoders.pytorch import InProcessEncoder
+from ecgregen.encoders.pytorch import InProcessEncoder, embed_batch
 from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.records import load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
@@ -186,3 +186,24 @@ def test_concurrent_callers_share_forward_passes_and_a_bad_input_fails_only_its_
     with pytest.raises(RuntimeError):
         futures[-1].result()
     np.testing.assert_allclose(np.concatenate([f.result() for f in futures[:-1]]), np.concatenate(alone), atol=1e-5)
+
+
+def test_a_call_of_more_windows_than_max_batch_runs_in_passes_of_at_most_max_batch() -> None:
+    """One bulk call of long real ECGs (60, 200 and 120 s: 38 windows) on an encoder with max_batch 8: the model's
+    forward passes (counted by a torch forward hook) take at most 8 windows each - 5 passes, not one of 38 - and the
+    vectors equal those of the 38 windows in one unchunked pass."""
+    bundle = load_encoder(None)
+    prepared = [preprocess(real_ecg_of(seconds), bundle.preprocess) for seconds in (60, 200, 120)]
+    windows, lengths = np.concatenate([p.windows for p in prepared]), np.concatenate([p.lengths for p in prepared])
+    assert len(windows) == 38
+    passes: list[int] = []
+    hook = bundle.model.register_forward_hook(lambda module, args, out: passes.append(len(args[0])))
+    try:
+        chunked = InProcessEncoder(bundle, max_batch=8).encode(windows, lengths)
+        assert passes == [8, 8, 8, 8, 6], passes
+        passes.clear()
+        whole = embed_batch(bundle.model, windows.astype(np.float32), lengths.astype(np.int64))
+        assert passes == [38]
+    finally:
+        hook.remove()
+    np.testing.assert_allclose(chunked, whole, atol=1e-5)

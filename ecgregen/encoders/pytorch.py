@@ -18,13 +18,15 @@ class BatchingEncoder:
     One forward pass runs at a time: the runtime already uses every core inside a pass, and interleaving passes
     from several threads only thrashes caches. Callers that arrive while a pass runs wait, and the next pass takes
     all of them at once (up to ``max_batch`` windows): on CPU a batch of 8 costs 20-35% less per ECG than 8 single
-    passes, and a lone caller never waits for company, so batching adds no latency to an idle server.
+    passes, and a lone caller never waits for company, so batching adds no latency to an idle server. A call of
+    more than ``max_batch`` windows (a bulk insert of long ECGs) is cut into parts of at most ``max_batch``, so no
+    pass is larger than that (its memory stays bounded, and other callers' parts can run between its parts).
     Subclasses say how one batch of windows is run (:meth:`_forward`).
     """
 
     def __init__(self, bundle: EncoderBundle, max_batch: int = 64) -> None:
         self.bundle = bundle
-        self.max_batch = max_batch
+        self.max_batch = max(1, max_batch)
         self._cv = threading.Condition()
         self._waiting: list[_EncodeJob] = []
         self._running = False
@@ -50,10 +52,11 @@ class BatchingEncoder:
 
     def encode(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         """(n, 12, window) windows and their real lengths -> (n, dim) unit vectors, in input order."""
-        job = _EncodeJob(windows, lengths)
+        jobs = [_EncodeJob(windows[start:start + self.max_batch], lengths[start:start + self.max_batch])
+                for start in range(0, len(windows), self.max_batch)] or [_EncodeJob(windows, lengths)]
         with self._cv:
-            self._waiting.append(job)
-            while not job.done:
+            self._waiting.extend(jobs)
+            while not all(job.done for job in jobs):
                 if self._running:
                     self._cv.wait()
                     continue
@@ -66,9 +69,10 @@ class BatchingEncoder:
                     self._cv.acquire()
                     self._running = False
                     self._cv.notify_all()
-        if job.error is not None:
-            raise job.error
-        return job.result
+        for job in jobs:
+            if job.error is not None:
+                raise job.error
+        return jobs[0].result if len(jobs) == 1 else np.concatenate([job.result for job in jobs])
 
     def _take_batch(self) -> list[_EncodeJob]:
         """The waiting jobs, oldest first, up to ``max_batch`` windows (always at least one job)."""
