@@ -57,7 +57,10 @@ OWN_THRESHOLD_POSITIVES = 200
 MACRO_WEIGHT = 0.5
 _THRESHOLD_GRID = np.round(np.arange(0.02, 0.96, 0.02), 2)
 
-REPORT_MODES = ("top1", "consensus")
+# Whose words the report is: a neighbour's (top1: the closest, the paper's; consensus: the one agreeing best with the
+# diagnoses) or this ECG's own statements (:mod:`ecgregen.reports.statements`).
+NEIGHBOUR_REPORT_MODES = ("top1", "consensus")
+REPORT_MODES = (*NEIGHBOUR_REPORT_MODES, "statements")
 
 # The measured statements' fit (:func:`_fit_measured`). Chosen by two-fold cross-validation by patient within PTB-XL
 # fold 8, four random splits (label-aware encoder, 2026-12-03, `scripts/calibration_cv.py --seeds 4`): one model for
@@ -372,7 +375,7 @@ def select_report(hits: Sequence[Hit], diagnoses: Sequence[Diagnosis], mode: str
     if mode == "top1":
         return hits[0]
     if mode != "consensus":
-        raise ValueError(f"unknown report mode {mode!r}; one of {', '.join(REPORT_MODES)}")
+        raise ValueError(f"{mode!r} does not choose a neighbour's report; one of {', '.join(NEIGHBOUR_REPORT_MODES)}")
     present = present_codes(diagnoses)
     if not present:
         return hits[0]
@@ -610,16 +613,27 @@ def fit_calibration(
 
 
 def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration) -> tuple[str, dict[str, float]]:
-    """The report mode with the highest BLEU-4 against the validation ECGs' own reports (top1 on a tie)."""
-    from ecgregen.evaluate.text_metrics import corpus_bleu4
+    """The report mode with the highest BLEU-4 against the validation ECGs' own reports (top1 on a tie), scored in
+    English - the language served by default: references and neighbours' reports through the glossary, the
+    statements report as written."""
+    from ecgregen.evaluate.text_metrics import corpus_bleu4  # the evaluation and reports import this module
+    from ecgregen.reports import translate
+    from ecgregen.reports.statements import statement_report
 
     diagnoser = Diagnoser({}, calibration)
     scored = [c for c in cases if c.report.strip()]
     if not scored:
         return "top1", {}
     bleu = {}
+    references = [translate(c.report).text_en for c in scored]
     for mode in REPORT_MODES:
-        chosen = [select_report(c.hits, diagnoser.diagnose(c.hits, c.measurements), mode, calibration.k)
-                  for c in scored]
-        bleu[mode] = round(corpus_bleu4([c.report for c in scored], [h.report if h else "" for h in chosen]), 4)
+        served = []
+        for c in scored:
+            diagnoses = diagnoser.diagnose(c.hits, c.measurements)
+            if mode == "statements":
+                served.append(statement_report(diagnoses, c.measurements).text)
+            else:
+                hit = select_report(c.hits, diagnoses, mode, calibration.k)
+                served.append(translate(hit.report).text_en if hit else "")
+        bleu[mode] = round(corpus_bleu4(references, served), 4)
     return max(REPORT_MODES, key=lambda m: (bleu[m], m == "top1")), bleu

@@ -33,6 +33,7 @@ from ecgregen.metrics import (
     stage_timer,
 )
 from ecgregen.preprocess import Preprocessed, preprocess
+from ecgregen.reports.statements import StatementReport, statement_report
 from ecgregen.store import (
     Hit,
     IndexSettings,
@@ -78,8 +79,9 @@ class Embedded:
 @dataclass(frozen=True)
 class GeneratedReport:
     text: str
-    mode: str  # top1 | consensus
-    source: Hit | None  # the neighbour whose report it is
+    mode: str  # top1 | consensus | statements
+    source: Hit | None  # the neighbour whose report it is (None: none matched, or the statements report)
+    statements: StatementReport | None = None  # the statements mode's sentences and their evidence
 
 
 @dataclass(frozen=True)
@@ -217,14 +219,18 @@ class RetrievalPipeline:
     def generate_report(
         self, ecg: Ecg, k: int, filt: SearchFilter | None = None, mode: str = ""
     ) -> tuple[GeneratedReport, Retrieval]:
-        """The report of one neighbour: the closest (``top1``, the paper's) or the one whose labels agree best with
-        the diagnoses (``consensus``); `mode` empty = the server's setting."""
+        """The report of one neighbour - the closest (``top1``, the paper's) or the one whose labels agree best with
+        the diagnoses (``consensus``) - or one written from the diagnoses and measurements (``statements``);
+        `mode` empty = the server's setting."""
         mode = self.resolved_report_mode(mode)
         retrieval = self.search(ecg, k, filt)
         return self.report_of(retrieval, mode), retrieval
 
     def report_of(self, retrieval: Retrieval, mode: str) -> GeneratedReport:
         with stage_timer("answer", retrieval.seconds):
+            if mode == "statements":
+                written = statement_report(retrieval.diagnoses, retrieval.measurements)
+                return GeneratedReport(written.text, mode, None, written)
             source = select_report(retrieval.pool, retrieval.diagnoses, mode, self.diagnoser.k)
         if source is None:
             retrieval.warnings.append("no record matches the filter; no report")

@@ -62,9 +62,9 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
     report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours and its median "
                         "beat with the fiducials the intervals were measured between")
-    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus"],
-                        help="whose report: top1 (closest), consensus (agrees best with the diagnoses); "
-                        "default: the server's")
+    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus", "statements"],
+                        help="whose report: top1 (closest), consensus (agrees best with the diagnoses), statements "
+                        "(written from this ECG's diagnoses and measurements); default: the server's")
     report.add_argument("--refine", action="store_true",
                         help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
     report.add_argument("--ptbxl", type=Path, action="append", default=[],

@@ -43,9 +43,10 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                        help="while Triton is unavailable, encode in-process (the same model: --checkpoint)")
     serve.add_argument("--max-stream-s", type=float, default=d.max_stream_s,
                        help="a stream is ended with a max_duration warning after this long (monitors reconnect)")
-    serve.add_argument("--report-mode", default=d.report_mode, choices=["auto", "top1", "consensus"],
+    serve.add_argument("--report-mode", default=d.report_mode, choices=["auto", "top1", "consensus", "statements"],
                        help="whose report is served: the closest neighbour's (top1, the paper's), the one agreeing "
-                       "best with the diagnoses (consensus), or auto: the mode the corpus calibration found best")
+                       "best with the diagnoses (consensus), one written from the ECG's own diagnoses and "
+                       "measurements (statements), or auto: the mode the corpus calibration found best")
     serve.add_argument("--measure-workers", type=int, default=d.measure_workers,
                        help="processes measuring the query ECGs while they are encoded (default: one per core beyond "
                        "the first, 1-4); 0 measures in the request threads")

@@ -1,0 +1,184 @@
+"""The ``statements`` report: an English report written from the calibrated diagnoses and the measurements.
+
+A neighbour's report (``top1``, ``consensus``) is another patient's text, in its cart's language; this one says only
+what this ECG's own answer holds, in the order a cart prints it - rhythm and rate; ectopic beats; conduction; axis;
+hypertrophy; infarction; ST-T; a closing "normal ECG" / "borderline ECG" / "abnormal ECG". Every sentence keeps its
+evidence (the present SCP codes with their probabilities, and the measured values it quotes), so a reader can trace
+it, and nothing is said that the diagnoses or the measurements do not hold:
+
+* a statement for each present diagnosis (grouped by section, in a fixed order), worded from PTB-XL's English
+  statement descriptions;
+* measured values beside the statements they belong to (rate with the rhythm, PR and QRS with conduction, the QRS
+  axis, QTc with the ST-T section);
+* a rate-defined rhythm code that the measured rate contradicts (sinus bradycardia at 75 bpm) is not stated; it is
+  listed in ``withheld`` with the reason, as is an axis statement the measured axis contradicts;
+* "normal ECG" only when the NORM diagnosis is present and no abnormal statement is; "borderline ECG" when every
+  abnormal statement is one of the minor findings of :data:`BORDERLINE`; with neither, :data:`NO_FINDING`.
+
+Pure functions of (diagnoses, measurements): no I/O, so the server, the evaluation and the tests share it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ecgregen.diagnoses import Diagnosis
+from ecgregen.measure.codes import PTBXL_BRADYCARDIA_BPM, PTBXL_TACHYCARDIA_BPM, axis_class
+from ecgregen.measure.types import BeatOrigin, Measurements, Rhythm
+
+# Sections in the order carts print them, and the SCP codes each one states.
+SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("rhythm", ("SR", "SBRAD", "STACH", "SARRH", "AFIB", "AFLT", "SVTAC", "PSVT", "SVARR", "PACE", "BIGU", "TRIGU")),
+    ("ectopy", ("PVC", "PAC", "PRC(S)")),
+    ("conduction", ("1AVB", "2AVB", "3AVB", "LPR", "WPW", "CLBBB", "ILBBB", "CRBBB", "IRBBB", "LAFB", "LPFB", "IVCD")),
+    ("axis", ()),
+    ("hypertrophy", ("LVH", "VCLVH", "RVH", "SEHYP", "LAO/LAE", "RAO/RAE", "HVOLT", "LVOLT")),
+    ("infarction", ("AMI", "ASMI", "ALMI", "LMI", "IMI", "ILMI", "IPMI", "IPLMI", "PMI", "INJAS", "INJAL", "INJLA",
+                    "INJIN", "INJIL", "QWAVE", "ABQRS")),
+    ("st_t", ("ISC_", "ISCAL", "ISCAS", "ISCAN", "ISCLA", "ISCIN", "ISCIL", "STD_", "STE_", "NST_", "NDT", "NT_",
+              "INVT", "LOWT", "TAB_", "DIG", "EL", "ANEUR", "LNGQT")),
+)
+# Minor findings: an ECG whose only abnormal statements are these is "borderline", not "abnormal".
+BORDERLINE = frozenset({"SARRH", "SBRAD", "PAC", "LPR", "IRBBB", "NDT", "NT_", "LOWT", "LAO/LAE"})
+# Codes that are not abnormal findings themselves.
+NORMAL_CODES = frozenset({"NORM", "SR"})
+# Wording where PTB-XL's description is not how a report says it.
+WORDING = {
+    "SR": "sinus rhythm",
+    "PACE": "pacemaker rhythm",
+    "EL": "ST-T changes suggesting electrolyte disturbance or drug effect",
+    "DIG": "ST-T changes suggesting digitalis effect",
+    "WPW": "Wolff-Parkinson-White pattern",
+    "LVOLT": "low QRS voltages",
+    "PRC(S)": "premature complexes",
+    "ABQRS": "abnormal QRS",
+    "QWAVE": "Q waves present",
+}
+NO_FINDING = "no abnormality stated; normal ECG not confirmed"
+_AXIS_WORDS = {"normal": "normal QRS axis", "left": "left axis deviation", "right": "right axis deviation",
+               "extreme": "extreme axis deviation"}
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One sentence of the report and what it rests on."""
+
+    section: str
+    text: str
+    codes: dict[str, float] = field(default_factory=dict)  # present SCP code -> its probability
+    measured: dict[str, float] = field(default_factory=dict)  # measurement field -> the value quoted
+
+
+@dataclass(frozen=True)
+class StatementReport:
+    """The report text, its statements in order, and what was left out because a measurement contradicts it."""
+
+    text: str
+    statements: tuple[Statement, ...]
+    withheld: dict[str, str]  # SCP code -> why it is not stated
+    closing: str  # normal ECG | borderline ECG | abnormal ECG | NO_FINDING
+
+
+def statement_report(diagnoses: Sequence[Diagnosis], measurements: Measurements | None) -> StatementReport:
+    """The report of the present `diagnoses` and the `measurements` (None: not measured; then the diagnoses alone)."""
+    present = {d.code: d for d in diagnoses if d.present}
+    withheld = _contradicted(present, measurements)
+    stated = {code: d for code, d in present.items() if code not in withheld}
+    out: list[Statement] = []
+    for section, codes in SECTIONS:
+        if section == "axis":
+            out.extend(_axis(measurements))
+            continue
+        chosen = [stated[c] for c in codes if c in stated]
+        out.extend(_section(section, chosen, measurements))
+    closing = _closing(stated)
+    evidence = {c: round(d.probability, 3) for c, d in stated.items() if c == "NORM"}
+    out.append(Statement("summary", closing, evidence))
+    text = " ".join(_sentence(s.text) for s in out)
+    return StatementReport(text, tuple(out), withheld, closing)
+
+
+def _sentence(text: str) -> str:
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _words(d: Diagnosis) -> str:
+    return WORDING.get(d.code, d.description)
+
+
+def _contradicted(present: dict[str, Diagnosis], m: Measurements | None) -> dict[str, str]:
+    """Present codes the measurements contradict (by PTB-XL's rate conventions), with the reason."""
+    if m is None:
+        return {}
+    out: dict[str, str] = {}
+    rate = m.heart_rate_bpm
+    if rate is not None:
+        if "SBRAD" in present and rate >= PTBXL_BRADYCARDIA_BPM + 10:
+            out["SBRAD"] = f"measured rate {rate:.0f} bpm is not bradycardic"
+        if "STACH" in present and rate <= PTBXL_TACHYCARDIA_BPM - 10:
+            out["STACH"] = f"measured rate {rate:.0f} bpm is not tachycardic"
+    if m.rhythm is Rhythm.ATRIAL_FIBRILLATION:
+        for code in ("SR", "SBRAD", "STACH", "SARRH"):
+            if code in present and code not in out:
+                out[code] = "measured rhythm is irregular without P waves"
+    elif m.p_waves_present and m.rr_irregular is False and "AFIB" in present:
+        out["AFIB"] = "measured rhythm is regular with P waves"
+    axis = axis_class(m.qrs_axis_deg)
+    if axis is not None and axis != "left" and "LAFB" in present:
+        out["LAFB"] = f"measured QRS axis {m.qrs_axis_deg:+.0f} degrees is not leftward"
+    if axis is not None and axis != "right" and "LPFB" in present:
+        out["LPFB"] = f"measured QRS axis {m.qrs_axis_deg:+.0f} degrees is not rightward"
+    return out
+
+
+def _codes(ds: Sequence[Diagnosis]) -> dict[str, float]:
+    return {d.code: round(d.probability, 3) for d in ds}
+
+
+def _section(section: str, chosen: list[Diagnosis], m: Measurements | None) -> list[Statement]:
+    """The section's sentence(s): its present codes, with the measured values that belong to them."""
+    measured: dict[str, float] = {}
+    extra: list[str] = []
+    if m is not None:
+        if section == "rhythm" and m.heart_rate_bpm is not None:
+            measured["heart_rate_bpm"] = m.heart_rate_bpm
+            extra.append(f"rate {m.heart_rate_bpm:.0f} bpm")
+        if section == "ectopy":
+            counts = m.premature_counts
+            for origin, name in ((BeatOrigin.VENTRICULAR, "ventricular"), (BeatOrigin.SUPRAVENTRICULAR,
+                                                                          "supraventricular")):
+                if counts[origin]:
+                    measured[f"premature_{origin.value}"] = float(counts[origin])
+                    extra.append(f"{counts[origin]} {name} premature beat{'s' if counts[origin] > 1 else ''} "
+                                 f"among {m.beat_count} beats")
+        if section == "conduction":
+            for name, label in (("pr_interval_ms", "PR"), ("qrs_duration_ms", "QRS")):
+                if m.value(name) is not None:
+                    measured[name] = m.value(name)
+                    extra.append(f"{label} {m.value(name):.0f} ms")
+        if section == "st_t" and m.qtc_bazett_ms is not None:
+            measured["qtc_bazett_ms"] = m.qtc_bazett_ms
+            extra.append(f"QTc {m.qtc_bazett_ms:.0f} ms (Bazett)")
+    if not chosen and not extra:
+        return []
+    if not chosen:  # measured only: the values, no finding
+        return [Statement(section, "; ".join(extra), {}, measured)]
+    words = ", ".join(_words(d) for d in chosen)
+    text = words + (f" ({'; '.join(extra)})" if extra else "")
+    return [Statement(section, text, _codes(chosen), measured)]
+
+
+def _axis(m: Measurements | None) -> list[Statement]:
+    """The measured QRS axis (the fascicular blocks are stated under conduction, where they belong)."""
+    if m is None or m.qrs_axis_deg is None:
+        return []
+    words = _AXIS_WORDS[axis_class(m.qrs_axis_deg)]
+    return [Statement("axis", f"{words} ({m.qrs_axis_deg:+.0f} degrees)", {}, {"qrs_axis_deg": m.qrs_axis_deg})]
+
+
+def _closing(stated: dict[str, Diagnosis]) -> str:
+    abnormal = {c for c in stated if c not in NORMAL_CODES}
+    if not abnormal:
+        return "normal ECG" if "NORM" in stated else NO_FINDING
+    return "borderline ECG" if abnormal <= BORDERLINE else "abnormal ECG"
