@@ -6,8 +6,11 @@ statement libraries plus short cardiologist additions, so a glossary translates 
 (no model, no network): ``glossary.tsv`` is the data, with its source and reviewer notes in its header;
 :mod:`~ecgregen.reports.language` decides what to translate; :func:`translate` does it, English passing
 unchanged; :mod:`~ecgregen.reports.coverage` measures what the table misses on a corpus.
+:mod:`~ecgregen.reports.statements` writes the other English report: one from this ECG's own diagnoses and
+measurements rather than a neighbour's text.
 
-Only the standard library is imported, so the server and the CLI can use this without a start-up cost.
+Importing the package loads only the translation (standard library only), so the server and the CLI can use it
+without a start-up cost.
 """
 
 from ecgregen.reports.language import LANGUAGES, detect_language
