@@ -18,6 +18,7 @@ from ecgregen.ecg_files import FileMetadata, read_ecg_bytes
 from ecgregen.measure import VALUE_FIELDS, Measurements
 from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
+from ecgregen.reports.statements import StatementReport
 from ecgregen.store import Hit, SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -125,6 +126,17 @@ def neighbour_to_proto(hit: Hit, shown_patient_id: str) -> pb.Neighbour:
 def diagnosis_to_proto(d: Diagnosis) -> pb.Diagnosis:
     return pb.Diagnosis(code=d.code, description=d.description, superclass=d.superclass, probability=d.probability,
                         present=d.present, threshold=d.threshold)
+
+
+def statements_to_proto(report: StatementReport | None) -> dict[str, Any]:
+    """The response fields of a ``statements`` report (none for a neighbour's report)."""
+    if report is None:
+        return {}
+    return {
+        "statements": [pb.ReportStatement(section=s.section, text=s.text, codes=s.codes, measured=s.measured)
+                       for s in report.statements],
+        "withheld_statements": report.withheld,
+    }
 
 
 def record_from_proto(msg: pb.Record) -> RecordToInsert:

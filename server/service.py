@@ -79,6 +79,7 @@ from ecgregen.wire import (
     measurements_to_proto,
     neighbour_to_proto,
     record_from_proto,
+    statements_to_proto,
 )
 
 log = logging.getLogger("ecgregen.server")
@@ -244,7 +245,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             neighbours=self._neighbours(retrieval.hits), latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=served.text,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=served.mode,
-            report_ecg_id=served.source.ecg_id if served.source else "", **fields,
+            report_ecg_id=served.source.ecg_id if served.source else "", **statements_to_proto(served.statements),
+            **fields,
         )
 
     async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval, dict[str, Any]]:

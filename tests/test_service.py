@@ -104,12 +104,52 @@ def test_report_on_shared_ptbxl_fold9(ptbxl_server: ServerProcess, ptbxl_queries
     assert {d.threshold for d in response.diagnoses} == {0.5}
 
 
+def test_statements_reports_of_all_fold9_records_rest_on_the_served_diagnoses_and_measurements(
+        ptbxl_server: ServerProcess, ptbxl_queries: list[EcgRecord]) -> None:
+    """report_mode statements on every fold-9 record: each sentence's codes are present diagnoses (at their served
+    probability) and its quoted values are the served measurements; every present code is stated or withheld with
+    a reason; nothing stated contradicts a measurement (a rate-defined rhythm against the measured rate, a
+    fascicular block against the measured axis); "normal ECG" only with NORM and no abnormal statement."""
+    stub = ptbxl_server.stub()
+    closings = set()
+    for record in ptbxl_queries:
+        r = stub.GenerateReport(report_request(record, report_mode="statements"), timeout=60)
+        assert r.report_mode == "statements" and not r.report_ecg_id and r.statements
+        present = {d.code: d.probability for d in r.diagnoses if d.present}
+        m = r.measurements
+        stated: set[str] = set()
+        for s in r.statements:
+            assert s.text and s.text[:1].upper() + s.text[1:] in r.report
+            for code, probability in s.codes.items():
+                assert code in present and math.isclose(probability, present[code], abs_tol=1e-3), (record.ecg_id, s)
+            stated |= set(s.codes)
+            for name, value in s.measured.items():
+                if name.startswith("premature_"):
+                    origin = name.removeprefix("premature_")
+                    assert value == sum(b.origin == origin for b in m.premature_beats)
+                else:
+                    assert m.HasField(name) and math.isclose(value, getattr(m, name), abs_tol=0.05), (name, s)
+        assert set(r.withheld_statements) <= set(present) and all(r.withheld_statements.values())
+        assert (stated | set(r.withheld_statements)) >= set(present) - {"NORM"}, record.ecg_id
+        assert not stated & set(r.withheld_statements)
+        rate = m.heart_rate_bpm if m.HasField("heart_rate_bpm") else None
+        if rate is not None:
+            assert "SBRAD" not in stated or rate < 60 and "STACH" not in stated or rate > 90
+        closing = r.statements[-1].text
+        closings.add(closing)
+        if closing == "normal ECG":
+            assert "NORM" in present and set(present) <= {"NORM", "SR"}
+        if closing == "abnormal ECG":
+            assert set(present) - {"NORM", "SR"}
+    assert "normal ECG" in closings and "abnormal ECG" in closings  # fold 9 holds both
+
+
 def test_demo_corpus_is_calibrated_on_first_start(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
     """The demo corpus is calibrated on its fold 8 when it is indexed; the calibration is served and described."""
     info = edge_server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
     assert info.calibration.calibrated and info.calibration.fitted_on == "demo corpus fold 8"
     assert info.calibration.cases == 32 and info.calibration.corpus_points >= 270 and info.calibration.k > 0
-    assert info.report_mode == "auto" and info.calibration.report_mode in ("top1", "consensus")
+    assert info.report_mode == "auto" and info.calibration.report_mode in ("top1", "consensus", "statements")
     response = edge_server.stub().GenerateReport(report_request(demo_queries[2]), timeout=30)
     assert response.report_mode == info.calibration.report_mode  # auto serves the calibration's choice
     assert not any("calibrat" in w for w in response.warnings)
