@@ -36,6 +36,7 @@ from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session,
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
+from ecgregen.reports.statements import statement_report
 
 RETRIEVAL_METHODS = tuple(f"retrieval-{mode}" for mode in REPORT_MODES)
 BASELINES = ("random", "common", "raw_knn")
@@ -82,6 +83,10 @@ def retrieve_modes(
         top1_codes.append(frozenset(retrieval.pool[0].scp_codes))
         vote_codes.append(present_codes(votes_only.diagnose(retrieval.pool)))
         for mode in REPORT_MODES:
+            if mode == "statements":
+                written = statement_report(retrieval.diagnoses, retrieval.measurements).text
+                by_mode["retrieval-statements"].append(Prediction(written, codes, "", ""))
+                continue
             hit = select_report(retrieval.pool, retrieval.diagnoses, mode, pipeline.diagnoser.k)
             assert hit is not None  # the index is not empty and the patient filter leaves others
             by_mode[f"retrieval-{mode}"].append(Prediction(hit.report, codes, hit.ecg_id, hit.patient_id))
