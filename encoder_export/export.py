@@ -5,7 +5,8 @@ and ``samples`` [1] int64, each window's real length, which the model masks; out
 L2-normalised; batch dimension managed by Triton):
 
 - production (``--out``): ``ecg_encoder`` on the ``onnxruntime_onnx`` platform (dynamic batching, instance groups,
-  warm-up, optional TensorRT FP16 on GPU) and ``ecg_encoder_torchscript`` on ``pytorch_libtorch``;
+  warm-up, optional TensorRT FP16 on GPU) and ``ecg_encoder_torchscript`` on ``pytorch_libtorch`` (its TorchScript
+  ``forward`` takes ``ecg`` and ``samples``, the names libtorch binds the config's inputs by);
 - python-backend (``--python-out``): ``ecg_encoder`` as a Triton ``python`` backend model that runs the same ONNX
   file with onnxruntime - for Triton builds without the onnxruntime backend, such as the ``tritonserver`` that
   the ``nvidia-pytriton`` wheel bundles (what the tests run here).
@@ -99,6 +100,31 @@ class ExportReport:
 
 class ExportMismatch(RuntimeError):
     """An exported model does not reproduce the PyTorch embeddings within the tolerance."""
+
+
+class _TritonInterface(torch.nn.Module):
+    """The encoder with its forward's arguments named as the Triton inputs (``ecg``, ``samples``): the libtorch
+    backend binds a config's inputs to the TorchScript ``forward``'s arguments by name; with the model's own
+    ``x``/``lengths`` it could only fall back to their order in the config."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ecg: torch.Tensor, samples: torch.Tensor) -> torch.Tensor:
+        return self.model(ecg, samples)
+
+
+def trace_for_triton(model: torch.nn.Module, samples: int) -> torch.jit.ScriptModule:
+    """The TorchScript the ``pytorch_libtorch`` config serves: its forward takes (ecg, samples) as the config says."""
+    example = (torch.zeros(2, 12, samples), torch.tensor([samples, samples // 2]))
+    with torch.inference_mode():
+        scripted = torch.jit.trace(_TritonInterface(model).eval(), example)
+    arguments = [a.name for a in scripted.forward.schema.arguments][1:]
+    if arguments != [INPUT_NAME, LENGTH_NAME]:
+        raise ExportMismatch(f"the TorchScript forward takes {arguments}, the Triton config gives "
+                             f"{[INPUT_NAME, LENGTH_NAME]}")
+    return scripted
 
 
 FP16_SUFFIX = "-fp16"
@@ -206,12 +232,9 @@ def export_repositories(
     onnx_path = out / MODEL_NAME / "1" / "model.onnx"
     onnx_path.parent.mkdir(parents=True)
     export_onnx(bundle, onnx_path)
-    example = (torch.zeros(2, 12, samples), torch.tensor([samples, samples // 2]))
     script_path = out / TORCHSCRIPT_NAME / "1" / "model.pt"
     script_path.parent.mkdir(parents=True)
-    with torch.inference_mode():
-        scripted = torch.jit.trace(model, example)
-    scripted.save(str(script_path))
+    trace_for_triton(model, samples).save(str(script_path))
     _write(out / MODEL_NAME / "config.pbtxt", production_config(bundle, tensorrt_fp16=tensorrt_fp16))
     _write(out / TORCHSCRIPT_NAME / "config.pbtxt", torchscript_config(bundle))
     _write(python_out / MODEL_NAME / "config.pbtxt", python_config(bundle))

@@ -1,8 +1,11 @@
 """The encoder exported to Triton and served by a real tritonserver (the one bundled in nvidia-pytriton, CPU,
-Python backend running the exported ONNX with onnxruntime), with the gRPC service in front of it."""
+Python backend running the exported ONNX with onnxruntime), with the gRPC service in front of it; and the production
+repository (onnxruntime_onnx, pytorch_libtorch) loaded and served by that tritonserver through Python-based
+stand-ins for the two backends its build lacks."""
 
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -12,9 +15,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 
-from ecgregen.encoder_export.export import FP16_SUFFIX, production_config
-from ecgregen.encoder_export.local_triton import LocalTriton
+from ecgregen.encoder_export.export import FP16_SUFFIX, MODEL_NAME, TORCHSCRIPT_NAME, production_config
+from ecgregen.encoder_export.local_triton import LocalTriton, bundled_backends, start_local_triton
 from ecgregen.encoders.base import embed_prepared
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.encoders.onnxrt import OnnxRuntimeEncoder
@@ -36,6 +40,21 @@ def triton_server(triton: LocalTriton, tmp_path_factory: pytest.TempPathFactory)
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def production_triton(repositories: tuple[Path, Path, str],
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalTriton]:
+    """The bundled tritonserver on the production repository as exported, but for its instance groups' kind (CPU:
+    this machine has no GPU), with the stand-ins for the onnxruntime and pytorch backends."""
+    repository = tmp_path_factory.mktemp("production") / "model_repository"
+    shutil.copytree(repositories[0], repository)
+    for config in repository.glob("*/config.pbtxt"):
+        config.write_text(config.read_text().replace("kind: KIND_GPU", "kind: KIND_CPU"))
+    server = start_local_triton(repository, tmp_path_factory.mktemp("triton-production"), grpc_port=free_port(),
+                                http_port=free_port(), metrics_port=free_port(), stand_in_backends=True)
+    yield server
+    server.stop()
+
+
 def test_export_writes_both_repositories_verified(repositories: tuple[Path, Path, str]) -> None:
     production, python_backend, printed = repositories
     onnx_diff = float(printed.split("max |ONNX - PyTorch| = ")[1].split(",")[0])
@@ -48,7 +67,8 @@ def test_export_writes_both_repositories_verified(repositories: tuple[Path, Path
         assert part in config
     assert (production / "ecg_encoder" / "1" / "model.onnx").stat().st_size > 1_000_000
     assert 'platform: "pytorch_libtorch"' in (production / "ecg_encoder_torchscript" / "config.pbtxt").read_text()
-    assert (production / "ecg_encoder_torchscript" / "1" / "model.pt").exists()
+    scripted = torch.jit.load(str(production / "ecg_encoder_torchscript" / "1" / "model.pt"))
+    assert [a.name for a in scripted.forward.schema.arguments][1:] == ["ecg", "samples"]  # the config's inputs
     assert 'backend: "python"' in (python_backend / "ecg_encoder" / "config.pbtxt").read_text()
 
 
@@ -76,6 +96,29 @@ def test_an_ecg_of_any_length_embeds_through_triton_as_in_process(triton: LocalT
                 assert np.abs(via_triton - embed_prepared(local, prepared)[0]).max() <= 1e-4, (seconds, local)
     finally:
         remote.close()
+
+
+def test_the_production_repository_loads_in_tritonserver_and_embeds_as_in_process(
+    production_triton: LocalTriton
+) -> None:
+    """The bundled tritonserver has only the Python backend; through the Python-based stand-ins for onnxruntime and
+    pytorch (which bind the config's inputs to the ONNX graph's and to the TorchScript forward's arguments by name,
+    as the real backends do) it loads the production repository's two models - the ONNX on onnxruntime_onnx and the
+    TorchScript on pytorch_libtorch, their configs (batching, the length input's reshape, warm-up) as exported - and
+    each embeds real 5/10/20/60 s ECGs within 1e-4 of PyTorch in process."""
+    assert bundled_backends() == ["python"]  # no onnxruntime, no pytorch: hence the stand-ins
+    bundle = load_encoder(None)
+    local = InProcessEncoder(bundle)
+    for model in (MODEL_NAME, TORCHSCRIPT_NAME):
+        remote = TritonEncoder(production_triton.grpc_url, model, startup_wait_s=30)
+        try:
+            assert (remote.encoder_id, remote.dim) == (local.encoder_id, local.dim)
+            for seconds in LENGTHS_S:
+                prepared = [preprocess(real_ecg_of(seconds), bundle.preprocess)]
+                difference = np.abs(embed_prepared(remote, prepared)[0] - embed_prepared(local, prepared)[0]).max()
+                assert difference <= 1e-4, (model, seconds, difference)
+        finally:
+            remote.close()
 
 
 def test_each_precision_of_an_export_has_its_own_encoder_id() -> None:
