@@ -359,7 +359,7 @@ def _restore_dicom_padding(leads: dict[str, np.ndarray], record: Any, path: Path
             out[name] = samples
     except EcgFileError:
         raise
-    except Exception as exc:  # noqa: BLE001 - pydicom decodes values lazily: a malformed one fails, as any type, when read
+    except Exception as exc:  # noqa: BLE001 - pydicom decodes lazily: a malformed value fails, as any type, when read
         raise EcgFileError(f"{label}: the DICOM padding value cannot be read ({type(exc).__name__}: "
                            f"{_named(exc, path, label)})") from None
     notes.append(f"{restored} samples equal to the file's declared DICOM padding value read as real samples")
