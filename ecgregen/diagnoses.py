@@ -620,7 +620,7 @@ def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration)
     from ecgregen.reports import translate
     from ecgregen.reports.statements import statement_report
 
-    diagnoser = Diagnoser({}, calibration)
+    diagnoser = Diagnoser(load_statements(), calibration)  # the statements report words them by description
     scored = [c for c in cases if c.report.strip()]
     if not scored:
         return "top1", {}

@@ -88,11 +88,12 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
     """`evaluate report` on 12 demo fold-9 records: every method scored on every metric in [0, 1]; the JSON's
     bookkeeping is right (n, the index size, the folds, the examples pair each query's own report with a neighbour
     from the index that is not the query's patient and whose report is the one served); both report modes serve
-    the same diagnoses; calibration came from fold 8; the markdown, the plot, and a second run's identical numbers."""
+    the same diagnoses; calibration came from fold 8; every method scored in English (through the glossary) and as
+    written; the learning curve's sizes; the markdown, the plots, and a second run's identical numbers."""
     args = ["evaluate", "report", "--ptbxl", str(DEMO_PTBXL), "--index-folds", "1-8", "--test-folds", "9",
             "--limit", "12", "--data-dir", str(eval_dir)]
     out = run(*args, "--json", str(tmp_path / "a.json"), "--markdown", str(tmp_path / "a.md"),
-              "--plot", str(tmp_path / "a.png"))
+              "--plot", str(tmp_path / "a.png"), "--index-sizes", "100,all", "--curve-plot", str(tmp_path / "c.png"))
     result = json.loads((tmp_path / "a.json").read_text())
     assert result["n"] == 12 and result["index_folds"] == list(range(1, 9)) and result["test_folds"] == [9]
     queries = [q for q in sorted(load_ptbxl(DEMO_PTBXL, [9]), key=lambda r: int(r.ecg_id))[:12] if q.report.strip()]
@@ -100,22 +101,36 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
     assert len(queries) == 12 and result["n_index"] == len(index)
     assert [e["ecg_id"] for e in result["examples"]] == [q.ecg_id for q in queries[:5]]
     for example, query in zip(result["examples"], queries):
+        assert example["truth"] == query.report
+        if result["served_report_mode"] == "statements":  # written, not retrieved: no neighbour
+            assert not example["retrieved_ecg_id"] and example["retrieved"].endswith("ECG.")
+            continue
         neighbour = index[example["retrieved_ecg_id"]]
-        assert example["truth"] == query.report and example["retrieved"] == neighbour.report
-        assert neighbour.patient_id != query.patient_id
+        assert example["retrieved"] == neighbour.report and neighbour.patient_id != query.patient_id
     assert result["encoder"] == load_encoder(None).encoder_id and "MiniLM" in result["bertscore_model"]
-    assert set(result["methods"]) == {"retrieval-top1", "retrieval-consensus", "random", "common", "raw_knn"}
-    for scores in result["methods"].values():
-        assert set(scores) >= METRICS
-        assert all(0.0 <= scores[m] <= 1.0 for m in METRICS)
-    # Both report modes serve the same diagnoses; the calibration came from the highest index fold (8), not 9.
-    modes = result["methods"]["retrieval-top1"], result["methods"]["retrieval-consensus"]
-    assert modes[0]["scp_f1_micro"] == modes[1]["scp_f1_micro"]
+    names = {"retrieval-top1", "retrieval-consensus", "retrieval-statements", "random", "common", "raw_knn"}
+    assert result["language"] == "en" and set(result["methods_by_language"]) == {"en", "original"}
+    assert result["methods"] == result["methods_by_language"]["en"]
+    for methods in result["methods_by_language"].values():
+        assert set(methods) == names
+        for scores in methods.values():
+            assert set(scores) >= METRICS
+            assert all(0.0 <= scores[m] <= 1.0 for m in METRICS)
+    # The demo corpus's German reports score differently once both sides are English; the codes do not change.
+    english, written = (result["methods_by_language"][lang]["retrieval-top1"] for lang in ("en", "original"))
+    assert english["bleu4"] != written["bleu4"] and english["scp_f1_micro"] == written["scp_f1_micro"]
+    # Every report mode serves the same diagnoses; the calibration came from the highest index fold (8), not 9.
+    modes = [result["methods"][f"retrieval-{m}"] for m in ("top1", "consensus", "statements")]
+    assert modes[0]["scp_f1_micro"] == modes[1]["scp_f1_micro"] == modes[2]["scp_f1_micro"]
+    curve = result["learning_curve"]["rows"]
+    assert [r["index_records"] for r in curve] == [100, result["n_index"]]
+    assert curve[-1]["f1_micro"] == result["methods"][f"retrieval-{curve[-1]['served_mode']}"]["scp_f1_micro"]
+    assert "| index records |" in out.stdout and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert result["calibration_folds"] == [8] and result["calibration"]["records"] == 32
     assert result["served_report_mode"] == result["calibration"]["report_mode_chosen"]
     assert "| retrieval-top1 |" in out.stdout and "| retrieval-consensus |" in out.stdout
     assert "ECG-ReGen (paper)" in out.stdout and "calibrated on 32 records" in out.stdout
-    assert (tmp_path / "a.md").read_text().startswith("| method |")
+    assert (tmp_path / "a.md").read_text().startswith("Reports scored in English")
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
 
     run(*args, "--json", str(tmp_path / "b.json"))  # deterministic: same index (reused), same numbers

@@ -38,14 +38,15 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     ev_qa.add_argument("--limit", type=int, help="at most N questions")
     ev_qa.add_argument("--test-folds", default=None,
                        help="only questions about ECGs of these folds, e.g. 9 (default: every fold with questions)")
-    ev_qa.add_argument("--encoder-folds", default="1-7 (labels) / 1-8 (self-supervised)",
-                       help="note recorded in the JSON: the folds the encoder was trained on")
-    ev_qa.add_argument("--calibration-folds", default="9,8",
-                       help="A,B: the diagnosis calibration is fitted on fold A for questions on other folds, on fold B "
-                            "for questions on fold A")
-    ev_qa.add_argument("--fit-folds", default="1-8",
-                       help="folds whose generated questions fit the answerer's band edges (less the question's fold "
-                            "and its calibration fold)")
+    ev_qa.add_argument("--encoder-folds", default=None,
+                       help="the folds whose SCP labels trained the encoder, for a checkpoint that does not record "
+                            "them (written before `ecgregen pretrain` kept its folds), e.g. 1-7, or none; a "
+                            "checkpoint's own record is read otherwise")
+    ev_qa.add_argument("--calibration-folds", default="auto",
+                       help="the folds the diagnosis calibration (and the band edges, on the same fold split by "
+                            "patient) may be fitted on, in order of preference: for each question fold the first one "
+                            "that is not the question's fold; folds whose labels trained the encoder are refused. "
+                            "auto (default): the highest index fold, then the highest other fold, that is neither")
     ev_qa.add_argument("--no-diagnoses", action="store_true",
                        help="answer by the neighbours' vote as before the calibrated diagnoses")
     ev_qa.add_argument("--no-measurements", action="store_true",
@@ -65,6 +66,13 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
         p.add_argument("--checkpoint", type=Path, default=None)
     ev_report.add_argument("--markdown", type=Path, help="write the table as markdown")
     ev_report.add_argument("--plot", type=Path, help="write a bar chart PNG")
+    ev_report.add_argument("--language", default="both", choices=["en", "original", "both"],
+                           help="score reports in English (references and reports through the glossary; what is "
+                           "served by default), as written, or both (default; English is the headline)")
+    ev_report.add_argument("--index-sizes",
+                           help="also a learning curve: served micro/macro-F1 and BLEU-4 (English) at these index "
+                           "sizes, e.g. 250,500,1000,all (nested random subsets of the index folds)")
+    ev_report.add_argument("--curve-plot", type=Path, help="write the learning curve as a PNG (with --index-sizes)")
     ev_report.set_defaults(handler=run_report)
     ev_qa.set_defaults(handler=run_qa)
     add_evaluate_measurements(esub)
@@ -100,7 +108,8 @@ def add_qa_generate(commands: argparse._SubParsersAction) -> None:
 
 
 def run_report(args: argparse.Namespace) -> None:
-    from ecgregen.evaluate.report import evaluate_reports, markdown_table, write_outputs
+    from ecgregen.evaluate.learning_curve import curve_markdown, learning_curve, parse_sizes, plot_curve
+    from ecgregen.evaluate.report import LANGUAGES, evaluate_reports, markdown_table, write_outputs
     from ecgregen.records import load_mimic_ecg, load_ptbxl, parse_folds
 
     index_folds = parse_folds(args.index_folds)
@@ -118,34 +127,54 @@ def run_report(args: argparse.Namespace) -> None:
         else [max(index_folds)] if args.calibration_folds == "auto" else parse_folds(args.calibration_folds)
     )
     calibration = load_ptbxl(args.ptbxl, calibration_folds) if calibration_folds else []
+    if args.curve_plot and not args.index_sizes:
+        raise SystemExit("--curve-plot draws the learning curve: give --index-sizes too")
+    try:
+        sizes = parse_sizes(args.index_sizes, len(index)) if args.index_sizes else []
+    except ValueError as exc:
+        raise SystemExit(f"--index-sizes: {exc}") from None
     result = evaluate_reports(
         index, queries, calibration=calibration, data_dir=args.data_dir, qdrant_url=args.qdrant_url,
         checkpoint=args.checkpoint, bertscore=not args.no_bertscore,
+        languages=LANGUAGES if args.language == "both" else (args.language,),
     )
+    if sizes:
+        result["learning_curve"] = learning_curve(index, queries, calibration, sizes, data_dir=args.data_dir,
+                                                  qdrant_url=args.qdrant_url, checkpoint=args.checkpoint)
+        if args.curve_plot:
+            plot_curve(result["learning_curve"], args.curve_plot)
     result.update(index_folds=index_folds, index=f"{args.ptbxl} folds {args.index_folds}", test=test,
                   calibration_folds=calibration_folds, calibration_source=f"{args.ptbxl} folds {calibration_folds}")
     if not args.mimic:
         result["test_folds"] = parse_folds(args.test_folds)
     write_outputs(result, args.json_out, args.markdown, args.plot)
     print(markdown_table(result))
+    if sizes:
+        print(curve_markdown(result["learning_curve"]))
 
 
 def run_qa(args: argparse.Namespace) -> None:
-    from ecgregen.evaluate.qa import evaluate_qa, format_qa
+    from ecgregen.evaluate.qa import FoldError, evaluate_qa, format_qa
     from ecgregen.records import parse_folds
 
-    calibration_folds = [int(f) for f in args.calibration_folds.split(",") if f.strip()]
-    if len(calibration_folds) != 2 or calibration_folds[0] == calibration_folds[1]:
-        raise SystemExit(f"--calibration-folds takes two different folds A,B; got {args.calibration_folds!r}")
-    result = evaluate_qa(
-        args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
-        limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
-        llm=llm_config_from_args(args),
-        test_folds=parse_folds(args.test_folds) if args.test_folds else None,
-        diagnoses=not args.no_diagnoses, measurements=not args.no_measurements,
-        calibration_folds=(calibration_folds[0], calibration_folds[1]), fit_folds=parse_folds(args.fit_folds),
-        serving_fold=args.serving_fold, encoder_folds=args.encoder_folds,
-    )
+    try:  # in the order given: the order of preference
+        calibration_folds = None if args.calibration_folds == "auto" else list(dict.fromkeys(
+            int(f) for f in args.calibration_folds.split(",") if f.strip()))
+    except ValueError:
+        raise SystemExit(f"--calibration-folds takes auto or folds like 8,9; got {args.calibration_folds!r}") from None
+    encoder_folds = (None if args.encoder_folds is None else []
+                     if args.encoder_folds.strip().lower() == "none" else parse_folds(args.encoder_folds))
+    try:
+        result = evaluate_qa(
+            args.ptbxl, args.questions, parse_folds(args.index_folds), answerer=args.answerer, k=args.k,
+            limit=args.limit, data_dir=args.data_dir, qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+            llm=llm_config_from_args(args),
+            test_folds=parse_folds(args.test_folds) if args.test_folds else None,
+            diagnoses=not args.no_diagnoses, measurements=not args.no_measurements,
+            calibration_folds=calibration_folds, serving_fold=args.serving_fold, encoder_label_folds=encoder_folds,
+        )
+    except FoldError as exc:
+        raise SystemExit(f"evaluate qa: {exc}") from None
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2))
     if args.settings_out:

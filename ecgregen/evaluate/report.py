@@ -36,9 +36,12 @@ from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session,
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord
+from ecgregen.reports import translate
 from ecgregen.reports.statements import statement_report
 
 RETRIEVAL_METHODS = tuple(f"retrieval-{mode}" for mode in REPORT_MODES)
+LANGUAGES = ("en", "original")  # the languages reports are scored in (the first is the headline)
+LANGUAGE_NAMES = {"en": "in English (through the glossary)", "original": "as written (mostly German)"}
 BASELINES = ("random", "common", "raw_knn")
 RAW_KNN_DECIMATION = 4  # 100 Hz -> 25 Hz: keeps the waveform's shape, 3,000 numbers per ECG
 
@@ -175,9 +178,14 @@ def evaluate_reports(
     checkpoint: Path | None = None,
     bertscore: bool = True,
     progress: bool = True,
+    languages: Sequence[str] = LANGUAGES,
 ) -> dict:
     """Index (or reuse), calibrate the diagnoses on `calibration` records (none: raw votes), retrieve, score every
-    method; returns the JSON-ready result."""
+    method in each of `languages` (``en``: references and reports through the glossary, as served by default;
+    ``original``: as the carts wrote them); returns the JSON-ready result, ``methods`` in the first language."""
+    unknown = [lang for lang in languages if lang not in LANGUAGES]
+    if unknown or not languages:
+        raise ValueError(f"languages must be some of {', '.join(LANGUAGES)}; got {', '.join(languages) or 'none'}")
     start = time.perf_counter()
     queries = [q for q in queries if q.report.strip()]  # a record without a report cannot be scored
     if not queries:
@@ -205,21 +213,26 @@ def evaluate_reports(
     methods_order = (*RETRIEVAL_METHODS, *BASELINES)
     if leaks:  # raw_knn masks the patient itself (retrieval is checked by neighbours_excluding_patient)
         raise RuntimeError(f"raw kNN retrieved the query's own patient: {leaks[:5]}")
-    references = [q.report for q in queries]
     has_codes = any(q.scp_codes for q in queries)
     true_codes = [frozenset(q.scp_codes) for q in queries] if has_codes else None
-    methods = {}
+    by_language: dict[str, dict] = {}
     with meteor_session():
-        for name in methods_order:
-            hypotheses = [p.report for p in predictions[name]]
-            predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
-            methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
+        for language in languages:
+            references = [in_language(q.report, language) for q in queries]
+            methods = by_language[language] = {}
+            for name in methods_order:
+                hypotheses = [in_language(p.report, language) for p in predictions[name]]
+                predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
+                methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
     return {
         "n": len(queries),
         "n_index": len(index),
         "encoder": encoder_id,
         "bertscore_model": BERTSCORE_MODEL_NAME if bertscore else None,
-        "methods": methods,
+        "language": languages[0],
+        "methods": by_language[languages[0]],
+        "methods_by_language": by_language,
+        "glossary_version": translate("").glossary_version,
         "top1_neighbour_codes": scp_f1(true_codes, top1_codes) if true_codes else None,
         "diagnoses_by_code": diagnoses_by_code(
             true_codes, vote_codes, [p.scp_codes for p in predictions[RETRIEVAL_METHODS[0]]]) if true_codes else None,
@@ -237,14 +250,23 @@ def evaluate_reports(
     }
 
 
+def in_language(report: str, language: str) -> str:
+    """`report` as scored in `language`: through the glossary (en; English passes unchanged) or as written."""
+    return translate(report).text_en if language == "en" else report
+
+
 def markdown_table(result: dict) -> str:
-    """Our methods beside the paper's Table I rows."""
+    """Our methods beside the paper's Table I rows, one table per language scored."""
     keys = ["bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l", "bertscore_f1", "scp_f1_micro", "scp_f1_macro"]
-    header = "| method | " + " | ".join(keys) + " |\n|---|" + "---|" * len(keys) + "\n"
-    rows = []
-    for name, scores in [*result["methods"].items(), *PAPER_TABLE_I.items()]:
-        cells = [f"{scores[k]:.3f}" if scores.get(k) is not None else "-" for k in keys]
-        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    tables = []
+    for language, methods in result.get("methods_by_language", {"original": result["methods"]}).items():
+        header = (f"Reports scored {LANGUAGE_NAMES[language]}:\n\n| method | " + " | ".join(keys) + " |\n|---|"
+                  + "---|" * len(keys) + "\n")
+        rows = []
+        for name, scores in [*methods.items(), *PAPER_TABLE_I.items()]:
+            cells = [f"{scores[k]:.3f}" if scores.get(k) is not None else "-" for k in keys]
+            rows.append(f"| {name} | " + " | ".join(cells) + " |")
+        tables.append(header + "\n".join(rows))
     top1 = result.get("top1_neighbour_codes")
     cal = result.get("calibration")
     notes = (
@@ -255,10 +277,12 @@ def markdown_table(result: dict) -> str:
            f"report mode chosen there: {cal['report_mode_chosen']})" if cal else "(uncalibrated votes)")
         + (f"; the top-1 neighbour's own codes score micro {top1['micro']:.3f} / macro {top1['macro']:.3f}" if top1 else "")
         + ". Baseline rows: the codes of the record they return. Paper rows are copied from its Table I (PTB-XL, "
-        "split and report language not stated there).\n"
+        "split and report language not stated there; its reports were PTB-XL's machine-translated to English)."
+        + (f" English: the glossary {result['glossary_version']} applied to references and reports alike; the "
+           "statements mode writes English." if "glossary_version" in result else "") + "\n"
     )
     by_code = result.get("diagnoses_by_code")
-    return header + "\n".join(rows) + "\n" + notes + (f"\n{diagnoses_table(by_code)}" if by_code else "")
+    return "\n\n".join(tables) + "\n" + notes + (f"\n{diagnoses_table(by_code)}" if by_code else "")
 
 
 def diagnoses_table(by_code: dict) -> str:
@@ -294,7 +318,9 @@ def plot_scores(result: dict, out: Path) -> None:
         ax.bar(np.arange(len(keys)) + i * width, [scores[k] for k in keys], width, label=name)
     ax.set_xticks(np.arange(len(keys)) + 0.4 - width / 2, keys)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Report generation, n = {result['n']} ({result['encoder']})", fontsize=9)
+    language = LANGUAGE_NAMES.get(result.get("language", "original"), "")
+    ax.set_title(f"Report generation, n = {result['n']} ({result['encoder']}), reports scored {language}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -104,7 +104,7 @@ def _sentence(text: str) -> str:
 
 
 def _words(d: Diagnosis) -> str:
-    return WORDING.get(d.code, d.description)
+    return WORDING.get(d.code) or d.description or d.code
 
 
 def _contradicted(present: dict[str, Diagnosis], m: Measurements | None) -> dict[str, str]:
