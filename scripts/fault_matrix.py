@@ -40,7 +40,8 @@ fault (gRPC status; `OK (fallback REASON)` is a report served without LLM refine
 whatever their outcome. *Past deadline* counts calls that ended DEADLINE_EXCEEDED at the client or ran past their
 deadline: a dependency wait without a deadline shows here. *Recovered after* is from the dependency's return to the
 first clean answer, without touching the service. *Acknowledged / lost*: records the writer's InsertRecords calls
-were told were stored, and how many of them the corpus lacks afterwards (by count). The Qdrant rows are measured at
+were told were stored, and how many of them the corpus lacks afterwards (by id: each insert is the one record of
+a batch the writer names, looked up with ListBatches afterwards). The Qdrant rows are measured at
 the store (there is no Qdrant server binary here): clients open `QdrantRemoteStore` (REST, timeout 1 s, 1 retry)
 against a fault-injecting HTTP peer standing where the server would be, from 8 threads (32 threads of one Python
 process on two cores measured CPU starvation, not the peer); a StoreError is what the service maps to UNAVAILABLE.

@@ -118,11 +118,12 @@ async def measure_service(
     the fault after the baseline, restore it after ``fault_s``, and stop once a clean answer came back."""
     requests = [pb.GenerateReportRequest(ecg=ecg_to_proto(r.load_ecg()), k=3, refine=refine) for r in records]
     calls, stop = _Calls(), asyncio.Event()
-    acknowledged, run = 0, uuid.uuid4().hex[:8]  # fresh ids: every acknowledged insert adds one point
+    # Each insert is one record in a batch of its own, named here: what was acknowledged is known by id.
+    acknowledged: list[str] = []
+    run = uuid.uuid4().hex[:8]
     fault_from = fault_to = float("inf")
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.EcgReGenStub(channel)
-        points_before = (await stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=30)).points
 
         async def client(k: int) -> None:
             i = k
@@ -137,14 +138,16 @@ async def measure_service(
                 i += phases.clients
 
         async def writer() -> None:
-            nonlocal acknowledged
             n = 0
             while not stop.is_set():
                 record = pb.Record(ecg_id=f"fault-{run}-{n}", patient_id="faults",
                                    report="fault matrix", source="faults", ecg=requests[n % len(requests)].ecg)
+                batch = f"fault-{run}-{n}"
                 try:
-                    await stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record)]), timeout=phases.deadline_s)
-                    acknowledged += 1
+                    reply = await stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record, batch_id=batch)]),
+                                                     timeout=phases.deadline_s)
+                    if reply.inserted == 1:
+                        acknowledged.append(batch)
                 except grpc.aio.AioRpcError:
                     await asyncio.sleep(0.1)
                 n += 1
@@ -171,11 +174,23 @@ async def measure_service(
         await asyncio.gather(*tasks[: phases.clients + 1])
         for task in tasks[phases.clients + 1:]:
             task.cancel()  # the streams run for a fixed time; what they saw is not part of the row
-        points_after = (await stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=30)).points
+        stored = await stored_batches(stub)
     calls.summarise(cell, fault_from, fault_to, phases.deadline_s)
-    # Count-based: an insert that was written but whose reply the kill cut off adds a point nobody was told of.
-    cell.acknowledged, cell.lost = acknowledged, max(0, acknowledged - (points_after - points_before))
+    cell.acknowledged, cell.lost = len(acknowledged), lost_records(acknowledged, stored)
     return cell
+
+
+async def stored_batches(stub: pb_grpc.EcgReGenStub) -> dict[str, int]:
+    """batch id -> records the corpus holds of it, as the server lists them."""
+    listed = await stub.ListBatches(pb.ListBatchesRequest(), timeout=30)
+    return {b.batch_id: b.points for b in listed.batches}
+
+
+def lost_records(acknowledged: Sequence[str], stored: dict[str, int]) -> int:
+    """Acknowledged inserts (each the one record of its own batch) whose record the corpus lacks. By id, not by a
+    difference of point counts: an insert that was written but whose reply a kill cut off adds a point nobody was
+    told of, which would hide a lost acknowledged one."""
+    return sum(1 for batch in acknowledged if stored.get(batch, 0) != 1)
 
 
 def measure_qdrant_peer(fault: str, phases: Phases, timeout_s: float = 1.0, retries: int = 1) -> Cell:

@@ -4,8 +4,10 @@ online snapshots, and durability - a server killed with SIGKILL mid-insert loses
 from __future__ import annotations
 
 import signal
+import tarfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -142,6 +144,29 @@ def test_online_snapshot_restores_elsewhere(edge_server: ServerProcess, tmp_path
     restore_snapshot(Path(snapshot.path), tmp_path / "copy")
     with EdgeStore(tmp_path / "copy") as copy:
         assert copy.count() == snapshot.points
+
+
+def test_two_snapshots_at_once_are_two_whole_archives(edge_server: ServerProcess, tmp_path: Path) -> None:
+    """Two CreateSnapshot calls made at the same moment give two archives, each whole: each opens, holds the store
+    and restores with every point (before, both were named to the second and tarred into one partial file)."""
+    stub = edge_server.stub()
+    together = threading.Barrier(2)
+
+    def snapshot(_: int) -> pb.Snapshot:
+        together.wait(30)
+        return stub.CreateSnapshot(pb.CreateSnapshotRequest(), timeout=120)
+
+    with ThreadPoolExecutor(2) as pool:
+        snapshots = list(pool.map(snapshot, range(2)))
+    assert snapshots[0].path != snapshots[1].path
+    for i, made in enumerate(snapshots):
+        archive = Path(made.path)
+        assert archive.name.startswith("ecgregen-") and archive.stat().st_size == made.bytes
+        with tarfile.open(archive) as tar:
+            assert {"store.json", "shard"} <= set(tar.getnames())
+        restore_snapshot(archive, tmp_path / f"copy-{i}")
+        with EdgeStore(tmp_path / f"copy-{i}") as copy:
+            assert copy.count() == made.points >= 270
 
 
 def test_snapshot_of_a_client_store_is_refused_clearly(client_server: ServerProcess) -> None:

@@ -8,11 +8,13 @@ import asyncio
 import signal
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 
@@ -27,10 +29,13 @@ from ecgregen.records import EcgRecord
 from ecgregen.store import StoreError
 from ecgregen.store.local import QdrantLocalStore
 from ecgregen.store.types import StoredRecord
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
+from ecgregen.wire import ecg_to_proto
 from indexer.build import LocalSink, index_records
 from tests.conftest import ECGREGEN, SCRIPTED_LLM_FLAGS, ServerProcess, real_ecg_of, start_server
-from tests.fault_matrix import (Cell, Phases, RestartableServer, llm_faults, measure_qdrant_peer, measure_service,
-                                 triton_faults)
+from tests.fault_matrix import (Cell, Phases, RestartableServer, llm_faults, lost_records, measure_qdrant_peer,
+                                 measure_service, stored_batches, triton_faults)
 from tests.fault_peers import KillableLlm
 from tests.test_triton import triton_server  # noqa: F401 - the fixture: a service encoding through Triton
 
@@ -166,10 +171,43 @@ def llm_server(killable_llm: KillableLlm, tmp_path_factory: pytest.TempPathFacto
     server.stop()
 
 
-def _healthy_row(cell: Cell) -> None:
-    """What every row must show: nothing waited past its deadline, the service recovered, nothing was lost."""
+def _healthy_row(cell: Cell, *, writes: bool = True) -> None:
+    """What every row must show: nothing waited past its deadline and the service recovered; and where a writer ran,
+    that it had inserts acknowledged and that every one of them is in the corpus (counted by id)."""
     assert cell.past_deadline == 0 and cell.recovered_s is not None, cell
-    assert cell.lost in (0, None), cell
+    if writes:
+        assert cell.acknowledged and cell.lost == 0, cell
+    else:
+        assert cell.acknowledged is None and cell.lost is None, cell  # a row that measures no writes says so
+
+
+def test_lost_records_are_counted_by_acknowledged_id(llm_server: ServerProcess,
+                                                     demo_queries: list[EcgRecord]) -> None:
+    """The matrix's count of lost records, against a real server: of two acknowledged inserts one is gone (rolled
+    back here) while an insert whose reply never came landed; the point count says nothing was lost, the count by
+    acknowledged id says one."""
+    run = uuid.uuid4().hex[:8]
+    ecg = ecg_to_proto(demo_queries[0].load_ecg())
+
+    async def scenario() -> tuple[int, dict[str, int]]:
+        async with grpc.aio.insecure_channel(llm_server.address) as channel:
+            stub = pb_grpc.EcgReGenStub(channel)
+            before = (await stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=30)).points
+            for name in ("gone", "kept", "unacknowledged"):
+                record = pb.Record(ecg_id=f"{run}-{name}", report="r", source="faults", ecg=ecg)
+                await stub.InsertRecords(iter([pb.InsertRecordsRequest(record=record, batch_id=f"{run}-{name}")]),
+                                         timeout=60)
+            await stub.DeleteRecords(pb.DeleteRecordsRequest(batch_id=f"{run}-gone"), timeout=60)
+            after = (await stub.GetCorpusStats(pb.GetCorpusStatsRequest(), timeout=30)).points
+            stored = await stored_batches(stub)
+            for name in ("kept", "unacknowledged"):
+                await stub.DeleteRecords(pb.DeleteRecordsRequest(batch_id=f"{run}-{name}"), timeout=60)
+            return after - before, stored
+
+    acknowledged = [f"{run}-gone", f"{run}-kept"]
+    added, stored = asyncio.run(scenario())
+    assert max(0, len(acknowledged) - added) == 0  # what the count of points said
+    assert lost_records(acknowledged, stored) == 1
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung", "slow", "errors", "garbage"])
@@ -199,7 +237,7 @@ def test_triton_fault_is_unavailable_then_recovers(fault: str, triton: LocalTrit
 @pytest.mark.parametrize("fault", ["killed", "hung", "slow", "errors", "garbage"])
 def test_qdrant_server_fault_is_a_store_error_within_the_deadline(fault: str) -> None:
     cell = measure_qdrant_peer(fault, replace(CI, clients=8))
-    _healthy_row(cell)
+    _healthy_row(cell, writes=False)
     assert set(cell.outcomes) <= {"OK", "StoreError"}, cell
     assert ("StoreError" in cell.outcomes) == (fault != "slow"), cell
 

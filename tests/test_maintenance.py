@@ -165,19 +165,32 @@ def test_reads_go_on_and_writes_wait_while_optimizing(tmp_path: Path, monkeypatc
 
 @pytest.mark.parametrize("shard_left", [True, False], ids=["crash-after-swap", "crash-mid-swap"])
 def test_open_recovers_from_a_crash_during_optimize(tmp_path: Path, shard_left: bool) -> None:
-    vectors = random_vectors(30, seed=24)
+    """The shard before the job holds 30 records, the job's shard 5 more, so the one kept is told by its records:
+    after the swap (the new shard in place, the old one not yet deleted) open keeps the new one; mid-swap (the live
+    shard moved aside, the new one still in scratch) it puts the old one back and drops the unfinished copy."""
+    vectors = random_vectors(35, seed=24)
     path = tmp_path / "edge"
     with EdgeStore(path) as store:
         store.ensure_collection(DIM, ENCODER)
-        store.upsert([record(v, str(i)) for i, v in enumerate(vectors)])
+        store.upsert([record(v, str(i)) for i, v in enumerate(vectors[:30])])
     shard, old = path / shard_files.SHARD_DIR, path / shard_files.OLD_SHARD_DIR
+    before = tmp_path / "shard-before-the-job"
+    shutil.copytree(shard, before)
+    with EdgeStore(path) as store:  # the job's shard: the same records and 5 more
+        store.upsert([record(v, f"new-{i}") for i, v in enumerate(vectors[30:])])
+    scratch_copy = path / shard_files.SCRATCH_DIR / "optimize-x" / "shard"
+    scratch_copy.parent.mkdir(parents=True)
     if shard_left:  # the new shard is in place, the old one not yet deleted
-        shutil.copytree(shard, old)
-    else:  # the live shard moved aside, the optimized copy not yet in place
-        shard.rename(old)
-    (path / shard_files.SCRATCH_DIR / "optimize-x" / "shard").mkdir(parents=True)  # the child's unfinished copy
+        before.rename(old)
+        expected = {str(i) for i in range(30)} | {f"new-{i}" for i in range(5)}
+    else:  # the live shard moved aside, the job's copy not yet in place
+        shard.rename(scratch_copy)
+        before.rename(old)
+        expected = {str(i) for i in range(30)}
     with EdgeStore(path) as store:
-        assert store.count() == 30 and store.search(vectors[5], k=1)[0].ecg_id == "5"
+        assert {r.ecg_id for r in store.scroll(with_vectors=False)} == expected
+        assert store.count() == len(expected) and store.search(vectors[5], k=1)[0].ecg_id == "5"
+        assert registry_of(store) == [("", len(expected))]  # the registry follows the shard that was kept
     assert not old.exists() and not (path / shard_files.SCRATCH_DIR).exists()
 
 

@@ -384,6 +384,53 @@ def test_batches_list_and_roll_back(store: VectorStore) -> None:
     assert {r.ecg_id for r in store.scroll()} == {"0", "1", "2", "3", "4"}
 
 
+def test_a_record_written_again_during_its_batchs_rollback_is_kept(store: VectorStore,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rollback reads its batch's ids, then deletes them. An insert acknowledged in between that wrote one of
+    those records again (now of another batch) must survive: the rollback is paused right after reading the ids
+    (the real scroll, then a wait) while another thread re-inserts the record."""
+    vectors = random_vectors(6, seed=31)
+    store.upsert([batch_record(v, str(i), "b-old", "2026-01-01T00:00:00+00:00") for i, v in enumerate(vectors[:5])])
+    ids_read, resume = threading.Event(), threading.Event()
+    real_scroll = store.scroll
+
+    def scroll_then_pause(**kwargs: object) -> Iterator[StoredRecord]:
+        yield from real_scroll(**kwargs)  # type: ignore[arg-type]
+        if kwargs.get("batch_id") == "b-old":
+            ids_read.set()
+            resume.wait(30)
+
+    monkeypatch.setattr(store, "scroll", scroll_then_pause)
+    rolled_back: list[int] = []
+    rollback = threading.Thread(target=lambda: rolled_back.append(store.delete_batch("b-old")))
+    rollback.start()
+    assert ids_read.wait(30)
+    again = batch_record(vectors[5], "2", "b-new", "2026-02-01T00:00:00+00:00")
+    rewrite = threading.Thread(target=lambda: store.upsert([again]))
+    rewrite.start()
+    rewrite.join(1.0)  # a write the rollback does not hold off is acknowledged by now
+    resume.set()
+    rollback.join(30)
+    rewrite.join(30)
+    assert not rollback.is_alive() and not rewrite.is_alive() and rolled_back == [5]
+    kept = {r.ecg_id: r for r in real_scroll()}
+    assert set(kept) == {"2"} and kept["2"].batch_id == "b-new"
+    assert np.allclose(kept["2"].vector, vectors[5], atol=1e-6)
+    assert [(b.batch_id, b.points) for b in store.batches()] == [("b-new", 1)]
+
+
+def test_a_batch_delete_spares_points_another_writer_moved_to_another_batch(store: VectorStore) -> None:
+    """The engine's part of a rollback: of the ids read, it deletes only those still carrying the batch id, so a
+    record another process (a replica on the same Qdrant server, outside this store's lock) wrote again survives."""
+    vectors = random_vectors(3, seed=32)
+    old = [batch_record(v, str(i), "b-old", "2026-01-01T00:00:00+00:00") for i, v in enumerate(vectors)]
+    store.upsert(old)
+    store.upsert([batch_record(vectors[1], "1", "b-other", "2026-02-01T00:00:00+00:00")])  # after the ids were read
+    with store._operation(write=True):
+        store._delete([r.point_id for r in old], "b-old")
+    assert {(r.ecg_id, r.batch_id) for r in store.scroll()} == {("1", "b-other")}
+
+
 def test_scroll_returns_vectors_and_payloads_as_stored(store: VectorStore) -> None:
     vectors = random_vectors(600, seed=12)  # more than one scroll page
     store.upsert([batch_record(v, str(i), "b", "2026-03-01T00:00:00+00:00") for i, v in enumerate(vectors)])

@@ -83,8 +83,9 @@ class VectorStore(abc.ABC):
         """Write the points; they must be durable when this returns."""
 
     @abc.abstractmethod
-    def _delete(self, ids: list[str]) -> None:
-        """Delete the points; the deletion must be durable when this returns."""
+    def _delete(self, ids: list[str], batch_id: str | None = None) -> None:
+        """Delete the points - with `batch_id`, only those of them still written by that batch; the deletion must be
+        durable when this returns."""
 
     @abc.abstractmethod
     def _query(
@@ -230,11 +231,24 @@ class VectorStore(abc.ABC):
         return BatchRegistry.scan(self.scroll(with_vectors=False)).infos()
 
     def delete_batch(self, batch_id: str) -> int:
-        """Roll back one insert: delete every record it wrote (durable on return); returns how many."""
+        """Roll back one insert: delete every record it wrote (durable on return); returns how many.
+
+        The write lock is held from reading the batch's ids to deleting them, so a write acknowledged meanwhile - a
+        record of the batch written again by a later insert - waits and survives. The engine deletes only points
+        that still carry the batch id, so a record written again by another process sharing the engine (replicas
+        on one Qdrant server) survives as well.
+        """
         if not batch_id:
             raise ValueError("batch_id must not be empty")
-        ids = [r.point_id for r in self.scroll(batch_id=batch_id, with_vectors=False)]
-        return self.delete(ids)
+        with self._write_lock:
+            ids = [r.point_id for r in self.scroll(batch_id=batch_id, with_vectors=False)]
+            if not ids:
+                return 0
+            with self._operation(write=True), self._engine_errors():
+                self._delete(ids, batch_id)
+                if self._batches is not None:
+                    self._batches.deleted(dict.fromkeys(ids, batch_id))
+        return len(ids)
 
     def count(self) -> int:
         with self._operation(write=False), self._engine_errors():

@@ -27,6 +27,7 @@ CALIBRATION_KEY = "diagnosis_calibration"  # in the collection's metadata
 CLIENT = dialect.Dialect(
     match_value=lambda key, value: qm.FieldCondition(key=key, match=qm.MatchValue(value=value)),
     match_any=lambda key, values: qm.FieldCondition(key=key, match=qm.MatchAny(any=values)),
+    has_id=lambda ids: qm.HasIdCondition(has_id=ids),
     filter=qm.Filter,
     hnsw=qm.HnswConfigDiff,
     int8=lambda **kwargs: qm.ScalarQuantization(scalar=qm.ScalarQuantizationConfig(type=qm.ScalarType.INT8, **kwargs)),
@@ -121,8 +122,10 @@ class QdrantClientStore(VectorStore):
             ]
             self._call(self._client.upsert, self._name, points, wait=True)
 
-    def _delete(self, ids: list[str]) -> None:
-        self._call(self._client.delete, self._name, qm.PointIdsList(points=ids), wait=True)
+    def _delete(self, ids: list[str], batch_id: str | None = None) -> None:
+        selector = (qm.PointIdsList(points=ids) if batch_id is None
+                    else qm.FilterSelector(filter=dialect.batch_points_filter(CLIENT, ids, batch_id)))
+        self._call(self._client.delete, self._name, selector, wait=True)
 
     def _query(
         self, vector: list[float], k: int, filt: SearchFilter | None, exact: bool, hnsw_ef: int | None

@@ -22,6 +22,7 @@ class Dialect:
 
     match_value: Callable[[str, str], Any]  # the condition: field == value
     match_any: Callable[[str, list[str]], Any]  # the condition: field holds any of the values
+    has_id: Callable[[list[str]], Any]  # the condition: the point's id is one of these
     filter: Callable[..., Any]  # Filter(must=..., must_not=...)
     hnsw: Callable[..., Any]  # the HNSW config from m=, ef_construct= and full_scan_threshold=
     int8: Callable[..., Any]  # int8 scalar quantisation from quantile= and always_ram=
@@ -46,6 +47,11 @@ def search_filter(dialect: Dialect, filt: SearchFilter | None) -> Any | None:
 def batch_filter(dialect: Dialect, batch_id: str | None) -> Any | None:
     """The records one insert wrote (what a rollback removes); None (every record) without a batch id."""
     return dialect.filter(must=[dialect.match_value("batch_id", batch_id)]) if batch_id else None
+
+
+def batch_points_filter(dialect: Dialect, ids: list[str], batch_id: str) -> Any:
+    """Those of the points `ids` still written by `batch_id` (what a rollback deletes)."""
+    return dialect.filter(must=[dialect.has_id(ids), dialect.match_value("batch_id", batch_id)])
 
 
 def hnsw_config(dialect: Dialect, index: IndexSettings) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,7 @@ BATCHES_FILE = "batches.json"
 EDGE = dialect.Dialect(
     match_value=lambda key, value: qe.FieldCondition(key, match=qe.MatchValue(value)),
     match_any=lambda key, values: qe.FieldCondition(key, match=qe.MatchAny(values)),
+    has_id=lambda ids: qe.HasIdCondition(set(ids)),
     filter=qe.Filter,
     hnsw=qe.HnswIndexConfig,
     int8=lambda **kwargs: qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, **kwargs),
@@ -178,10 +180,13 @@ class EdgeStore(VectorStore):
         shard.update(qe.UpdateOperation.upsert_points(points))
         shard.flush()
 
-    def _delete(self, ids: list[str]) -> None:
+    def _delete(self, ids: list[str], batch_id: str | None = None) -> None:
         shard = self._live_shard()
         self._registry_file_stale()
-        shard.update(qe.UpdateOperation.delete_points(ids))
+        if batch_id is None:
+            shard.update(qe.UpdateOperation.delete_points(ids))
+        else:
+            shard.update(qe.UpdateOperation.delete_points_by_filter(dialect.batch_points_filter(EDGE, ids, batch_id)))
         shard.flush()
 
     def _query(
@@ -234,21 +239,26 @@ class EdgeStore(VectorStore):
         """
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        partial = out.with_name(out.name + ".partial")
-        with shard_files.scratch(self._path, "snapshot") as copy, self._engine_errors():
-            with self._writes_held():
-                with self._lock:
-                    self._live_shard().flush()
-                    points = self._count()
-                shutil.copytree(self._shard_dir, copy / SHARD_DIR)
-                for name in (META_FILE, CALIBRATION_FILE):
-                    if (self._path / name).exists():
-                        shutil.copyfile(self._path / name, copy / name)
-            with tarfile.open(partial, "w") as tar:
-                for name in (META_FILE, CALIBRATION_FILE, SHARD_DIR):
-                    if (copy / name).exists():
-                        tar.add(copy / name, arcname=name)
-        os.replace(partial, out)
+        # This call's own partial file: a second snapshot to the same `out` meanwhile tars into another one, and
+        # the archive left at `out` is one of the two, whole.
+        partial = out.with_name(f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.partial")
+        try:
+            with shard_files.scratch(self._path, "snapshot") as copy, self._engine_errors():
+                with self._writes_held():
+                    with self._lock:
+                        self._live_shard().flush()
+                        points = self._count()
+                    shutil.copytree(self._shard_dir, copy / SHARD_DIR)
+                    for name in (META_FILE, CALIBRATION_FILE):
+                        if (self._path / name).exists():
+                            shutil.copyfile(self._path / name, copy / name)
+                with tarfile.open(partial, "w") as tar:
+                    for name in (META_FILE, CALIBRATION_FILE, SHARD_DIR):
+                        if (copy / name).exists():
+                            tar.add(copy / name, arcname=name)
+            os.replace(partial, out)
+        finally:
+            partial.unlink(missing_ok=True)  # a snapshot that failed leaves no partial file behind
         return out, points
 
     def optimize(self) -> None:
