@@ -40,6 +40,7 @@ from ecgregen.encoders.model import CONFIGS, EcgEncoder
 from ecgregen.preprocess import PreprocessConfig, preprocess
 from ecgregen.pretrain.augment import AugmentConfig, augment_raw
 from ecgregen.pretrain.model import PretrainConfig
+from ecgregen.pretrain.provenance import folds_of, init_record, stage_record
 from ecgregen.records import EcgRecord
 
 VOTE_K = 10
@@ -247,16 +248,17 @@ def jaccard_supcon(z: torch.Tensor, labels: torch.Tensor, temperature: float) ->
 # Training
 
 
-def initial_encoder(settings) -> tuple[EcgEncoder, str]:  # noqa: ANN001
+def initial_encoder(settings) -> tuple[EcgEncoder, str, str | dict]:  # noqa: ANN001
+    """The encoder the stage starts from, its id, and its training record (:func:`init_record`)."""
     path = settings.init_from or str(SELF_SUPERVISED_CHECKPOINT)
     if path == "random":
-        return EcgEncoder(CONFIGS[settings.encoder]), "random"
+        return EcgEncoder(CONFIGS[settings.encoder]), "random", "random"
     bundle = load_checkpoint(path)
     if bundle.model.config != CONFIGS[settings.encoder]:
         raise SystemExit(f"--init-from {path} is config {bundle.model.config.name}, not {settings.encoder}")
     encoder = bundle.model
     encoder.train()
-    return encoder, bundle.encoder_id
+    return encoder, bundle.encoder_id, init_record(path, bundle.encoder_id)
 
 
 def balanced_weights(labels: torch.Tensor) -> torch.Tensor:
@@ -292,7 +294,7 @@ def train_labels(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRe
     rid_train = torch.tensor([report_index[r.report] for r in train_records])
     rid_val = torch.tensor([report_index[r.report] for r in val_records])
 
-    encoder, init_id = initial_encoder(settings)
+    encoder, init_id, init_from = initial_encoder(settings)
     pos = y_train.sum(0)
     pos_weight = ((len(y_train) - pos) / pos.clamp(min=1)).sqrt().clamp(max=recipe.pos_weight_cap)
     model = LabelModel(encoder, len(codes), text.shape[1], recipe, pos_weight, pos / len(y_train))
@@ -355,7 +357,10 @@ def train_labels(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRe
         plot_log(log_path, out / "curves.png")
         if metrics["vote_f1_micro"] > best:
             best = metrics["vote_f1_micro"]
-            save_serving(model, settings, out / "encoder.pt")
+            save_serving(model, settings, out / "encoder.pt", stage_record(
+                recipe=settings.recipe, labels=True, train_folds=folds_of(train_records),
+                validation_folds=folds_of(val_records), epoch=epoch + 1, epochs=settings.epochs, step=step,
+                selected_by=f"validation {VOTE_K}-neighbour vote micro-F1", init_from=init_from))
         torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                     "torch_rng": torch.get_rng_state(), "settings": asdict(settings), "codes": codes}, state_path)

@@ -32,6 +32,7 @@ from ecgregen.encoders.checkpoint import save_checkpoint
 from ecgregen.encoders.model import CONFIGS, EncoderBundle, weights_digest
 from ecgregen.preprocess import PreprocessConfig, preprocess
 from ecgregen.pretrain.model import RECIPES, PretrainModel
+from ecgregen.pretrain.provenance import folds_of, init_record, stage_record, write_training
 from ecgregen.records import EcgRecord
 
 
@@ -206,10 +207,13 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
     out.mkdir(parents=True, exist_ok=True)
 
     model, tokenizer = build_model(settings)
+    init_from: str | dict = "random"
     if settings.init_from and settings.init_from != "random":
         from ecgregen.encoders.checkpoint import load_checkpoint
 
-        model.ecg.load_state_dict(load_checkpoint(settings.init_from).model.state_dict())
+        start = load_checkpoint(settings.init_from)
+        model.ecg.load_state_dict(start.model.state_dict())
+        init_from = init_record(settings.init_from, start.encoder_id)
     model.to(device)
     pre_config = PreprocessConfig()
     recipe = RECIPES[settings.recipe]
@@ -257,7 +261,10 @@ def pretrain(train_records: Sequence[EcgRecord], val_records: Sequence[EcgRecord
             plot_log(log_path, out / "curves.png")
             if metrics["scp_f1_micro"] > best:
                 best = metrics["scp_f1_micro"]
-                save_serving(model, settings, out / "encoder.pt")
+                save_serving(model, settings, out / "encoder.pt", stage_record(
+                    recipe=settings.recipe, labels=False, train_folds=folds_of(train_records),
+                    validation_folds=folds_of(val_records), epoch=epoch + 1, epochs=settings.epochs, step=step,
+                    selected_by="validation top-1 SCP micro-F1", init_from=init_from))
             torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "step": step, "best": best,
                         "torch_rng": torch.get_rng_state(), "settings": asdict(settings)}, state_path)
@@ -286,14 +293,17 @@ def validation_losses(model: PretrainModel, data: EcgReportDataset, batch_size: 
     return {k: v / max(1, batches) for k, v in sums.items()}
 
 
-def save_serving(model: PretrainModel, settings: TrainSettings, path: Path) -> None:
-    """The ECG encoder alone, as a serving checkpoint named after its recipe and weights."""
+def save_serving(model: PretrainModel, settings: TrainSettings, path: Path, training: dict | None = None) -> None:
+    """The ECG encoder alone, as a serving checkpoint named after its recipe and weights, with its training record
+    (:mod:`ecgregen.pretrain.provenance`: folds, epoch, starting point) when given."""
     encoder = model.ecg
     encoder_id = f"{settings.encoder}-{settings.recipe}-{weights_digest(encoder)}"
     was_training = encoder.training
     encoder.eval()
     save_checkpoint(EncoderBundle(encoder, PreprocessConfig(), encoder_id), path)
     encoder.train(was_training)
+    if training is not None:
+        write_training(path, training)
 
 
 def plot_log(log_path: Path, out: Path) -> None:
