@@ -24,20 +24,24 @@ def test_every_ptbxl_statement_has_a_section() -> None:
 
 
 def test_sentences_follow_cart_order_and_carry_their_evidence() -> None:
-    """Rhythm with the measured rate first, then conduction with PR/QRS, the measured axis, ST-T with QTc, and the
-    closing line; each sentence names its codes and probabilities."""
-    m = Measurements(heart_rate_bpm=72.0, pr_interval_ms=232.0, qrs_duration_ms=96.0, qtc_bazett_ms=430.0,
+    """Rhythm, conduction, a deviated axis, ST-T and the closing line, in that order; each sentence names its codes
+    and probabilities and quotes the values its finding rests on (PR with the AV block, a long QTc even without
+    a code); values within their ranges (rate 72, QRS 96) stay on the measurement line."""
+    m = Measurements(heart_rate_bpm=72.0, pr_interval_ms=232.0, qrs_duration_ms=96.0, qtc_bazett_ms=492.0,
                      qrs_axis_deg=-45.0, rhythm=Rhythm.SINUS)
     report = statement_report(diagnoses(SR=0.9, **{"1AVB": 0.7}, LAFB=0.6, NDT=0.55, NORM=0.2), m)
     assert [s.section for s in report.statements] == ["rhythm", "conduction", "axis", "st_t", "summary"]
     rhythm, conduction, axis, st_t, summary = report.statements
-    assert rhythm.text == "sinus rhythm (rate 72 bpm)" and rhythm.codes == {"SR": 0.9}
-    assert rhythm.measured == {"heart_rate_bpm": 72.0}
-    assert conduction.codes == {"1AVB": 0.7, "LAFB": 0.6} and "PR 232 ms" in conduction.text
+    assert rhythm.text == "sinus rhythm" and rhythm.codes == {"SR": 0.9} and not rhythm.measured
+    assert conduction.codes == {"1AVB": 0.7, "LAFB": 0.6} and conduction.measured == {"pr_interval_ms": 232.0}
+    assert conduction.text.endswith("(PR 232 ms)") and "QRS" not in conduction.text
     assert axis.text == "left axis deviation (-45 degrees)" and axis.measured == {"qrs_axis_deg": -45.0}
-    assert st_t.codes == {"NDT": 0.55} and "QTc 430 ms" in st_t.text
+    assert st_t.codes == {"NDT": 0.55} and st_t.measured == {"qtc_bazett_ms": 492.0} and "QTc 492 ms" in st_t.text
     assert summary.text == "abnormal ECG" and report.closing == "abnormal ECG"
-    assert report.text.startswith("Sinus rhythm (rate 72 bpm). First degree AV block")
+    assert report.text.startswith("Sinus rhythm. First degree AV block, left anterior fascicular block (PR 232")
+    normal = statement_report(diagnoses(SR=0.9, NORM=0.8), Measurements(heart_rate_bpm=72.0, qrs_axis_deg=40.0,
+                                                                          rhythm=Rhythm.SINUS))
+    assert normal.text == "Sinus rhythm. Normal ECG."
 
 
 def test_a_rhythm_the_measured_rate_contradicts_is_withheld() -> None:

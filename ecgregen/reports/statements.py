@@ -8,8 +8,9 @@ it, and nothing is said that the diagnoses or the measurements do not hold:
 
 * a statement for each present diagnosis (grouped by section, in a fixed order), worded from PTB-XL's English
   statement descriptions;
-* measured values beside the statements they belong to (rate with the rhythm, PR and QRS with conduction, the QRS
-  axis, QTc with the ST-T section);
+* measured values quoted where a finding rests on them (the rate with a rate-defined rhythm, PR with AV block, QRS
+  with a bundle branch block, QTc with long QT), or alone when outside their normal range with no finding to
+  carry them; a deviated QRS axis. Values within their ranges stay on the measurement line, as carts print them;
 * a rate-defined rhythm code that the measured rate contradicts (sinus bradycardia at 75 bpm) is not stated; it is
   listed in ``withheld`` with the reason, as is an axis statement the measured axis contradicts;
 * "normal ECG" only when the NORM diagnosis is present and no abnormal statement is; "borderline ECG" when every
@@ -56,8 +57,12 @@ WORDING = {
     "QWAVE": "Q waves present",
 }
 NO_FINDING = "no abnormality stated; normal ECG not confirmed"
-_AXIS_WORDS = {"normal": "normal QRS axis", "left": "left axis deviation", "right": "right axis deviation",
-               "extreme": "extreme axis deviation"}
+_AXIS_WORDS = {"left": "left axis deviation", "right": "right axis deviation", "extreme": "extreme axis deviation"}
+# A measured value is quoted beside the finding it rests on, or alone when it is outside these limits.
+PR_LONG_MS, QRS_WIDE_MS, QTC_LONG_MS = 200.0, 120.0, 470.0
+RATE_CODES = frozenset({"SBRAD", "STACH", "AFIB", "AFLT", "SVTAC", "PSVT"})
+PR_CODES = frozenset({"1AVB", "LPR", "WPW"})
+QRS_CODES = frozenset({"CLBBB", "ILBBB", "CRBBB", "IRBBB", "IVCD", "WPW"})
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class Statement:
     section: str
     text: str
     codes: dict[str, float] = field(default_factory=dict)  # present SCP code -> its probability
-    measured: dict[str, float] = field(default_factory=dict)  # measurement field -> the value quoted
+    measured: dict[str, float] = field(default_factory=dict)  # measurement (or premature_* count) -> value quoted
 
 
 @dataclass(frozen=True)
@@ -137,41 +142,43 @@ def _codes(ds: Sequence[Diagnosis]) -> dict[str, float]:
 
 
 def _section(section: str, chosen: list[Diagnosis], m: Measurements | None) -> list[Statement]:
-    """The section's sentence(s): its present codes, with the measured values that belong to them."""
-    measured: dict[str, float] = {}
-    extra: list[str] = []
+    """The section's sentence: its present codes, quoting the measured values a finding rests on (as carts do:
+    the values themselves are on the measurement line). A value outside its normal range with no code to carry it is
+    stated on its own."""
+    stated = {d.code for d in chosen}
+    quoted: list[tuple[str, float, str]] = []  # (field, value, words)
     if m is not None:
-        if section == "rhythm" and m.heart_rate_bpm is not None:
-            measured["heart_rate_bpm"] = m.heart_rate_bpm
-            extra.append(f"rate {m.heart_rate_bpm:.0f} bpm")
+        rate, pr, qrs, qtc = m.heart_rate_bpm, m.pr_interval_ms, m.qrs_duration_ms, m.qtc_bazett_ms
+        if section == "rhythm" and rate is not None and (not 60 <= rate <= 100 or stated & RATE_CODES):
+            quoted.append(("heart_rate_bpm", rate, f"rate {rate:.0f} bpm"))
         if section == "ectopy":
-            counts = m.premature_counts
-            for origin, name in ((BeatOrigin.VENTRICULAR, "ventricular"), (BeatOrigin.SUPRAVENTRICULAR,
-                                                                          "supraventricular")):
-                if counts[origin]:
-                    measured[f"premature_{origin.value}"] = float(counts[origin])
-                    extra.append(f"{counts[origin]} {name} premature beat{'s' if counts[origin] > 1 else ''} "
-                                 f"among {m.beat_count} beats")
+            for origin in (BeatOrigin.VENTRICULAR, BeatOrigin.SUPRAVENTRICULAR):
+                count = m.premature_counts[origin]
+                if count:
+                    quoted.append((f"premature_{origin.value}", float(count),
+                                   f"{count} {origin.value} premature beat{'s' if count > 1 else ''} in "
+                                   f"{m.beat_count}"))
         if section == "conduction":
-            for name, label in (("pr_interval_ms", "PR"), ("qrs_duration_ms", "QRS")):
-                if m.value(name) is not None:
-                    measured[name] = m.value(name)
-                    extra.append(f"{label} {m.value(name):.0f} ms")
-        if section == "st_t" and m.qtc_bazett_ms is not None:
-            measured["qtc_bazett_ms"] = m.qtc_bazett_ms
-            extra.append(f"QTc {m.qtc_bazett_ms:.0f} ms (Bazett)")
-    if not chosen and not extra:
+            if pr is not None and (pr > PR_LONG_MS or stated & PR_CODES):
+                quoted.append(("pr_interval_ms", pr, f"PR {pr:.0f} ms"))
+            if qrs is not None and (qrs >= QRS_WIDE_MS or stated & QRS_CODES):
+                quoted.append(("qrs_duration_ms", qrs, f"QRS {qrs:.0f} ms"))
+        if section == "st_t" and qtc is not None and (qtc >= QTC_LONG_MS or "LNGQT" in stated):
+            quoted.append(("qtc_bazett_ms", qtc, f"QTc {qtc:.0f} ms (Bazett)"))
+    if not chosen and not quoted:
         return []
+    measured = {name: value for name, value, _ in quoted}
+    values = "; ".join(words for _, _, words in quoted)
     if not chosen:  # measured only: the values, no finding
-        return [Statement(section, "; ".join(extra), {}, measured)]
-    words = ", ".join(_words(d) for d in chosen)
-    text = words + (f" ({'; '.join(extra)})" if extra else "")
+        return [Statement(section, values, {}, measured)]
+    text = ", ".join(_words(d) for d in chosen) + (f" ({values})" if values else "")
     return [Statement(section, text, _codes(chosen), measured)]
 
 
 def _axis(m: Measurements | None) -> list[Statement]:
-    """The measured QRS axis (the fascicular blocks are stated under conduction, where they belong)."""
-    if m is None or m.qrs_axis_deg is None:
+    """A deviated QRS axis (a normal one is on the measurement line; the fascicular blocks are stated under
+    conduction, where they belong)."""
+    if m is None or m.qrs_axis_deg is None or axis_class(m.qrs_axis_deg) == "normal":
         return []
     words = _AXIS_WORDS[axis_class(m.qrs_axis_deg)]
     return [Statement("axis", f"{words} ({m.qrs_axis_deg:+.0f} degrees)", {}, {"qrs_axis_deg": m.qrs_axis_deg})]
