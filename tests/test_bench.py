@@ -143,13 +143,19 @@ def test_bench_command_quick_writes_every_section(tmp_path: Path) -> None:
     assert [(r["monitors"], r["code"]) for r in compared["streams"]["levels"]] == [(4, "today"), (4, "before")]
     assert all(r["windows"] > 0 and not r["errors"] for r in compared["streams"]["levels"])
     assert [c["throughput_ratio"] > 0 for c in compared["summary"]["calls"]] == [True, True]
+    printed = result["print"]
+    assert {(r["printed"].split(":")[0], r["format"]) for r in printed["rows"]} == {
+        ("12-lead page", "pdf"), ("12-lead page", "png"), ("12-lead page", "svg"), ("document", "pdf")}
+    assert all(r["renders"] >= 1 and r["cpu_p50_ms"] > 0 for r in printed["rows"])
     # Encoder speed (2), end-to-end latency, gRPC overhead, the stage's cost, throughput beside the code before at
-    # 100 and 500 Hz, monitors; no search target: no 20k/200k sizes here.
+    # 100 and 500 Hz, monitors, the printed page; no search target: no 20k/200k sizes here.
     assert [t["target"].split()[0] for t in result["targets"]] == [
-        "Encoder:", "Encoder:", "GenerateReport", "gRPC", "Measurement", "GenerateReport", "GenerateReport", "Live"]
+        "Encoder:", "Encoder:", "GenerateReport", "gRPC", "Measurement", "GenerateReport", "GenerateReport", "Live",
+        "Printing:"]
 
     markdown = md_path.read_text()
     for heading in ("## Targets", "## 1. Encoder", "## 2. Search", "## 3. End to end", "## 4. Streaming",
-                    "## 5. Memory", "## 6. Measurement stage", "### The service beside the code before"):
+                    "## 5. Memory", "## 6. Measurement stage", "### The service beside the code before",
+                    "## 7. Printed page"):
         assert heading in markdown
     assert markdown in run.stdout  # the same report is printed

@@ -1,7 +1,7 @@
 """`ecgregen bench`: the whole performance picture in one run - encoder, search, service, streams, memory, and what
 the measurement stage costs (alone, and the service beside the code before it).
 
-Each section is its own module (encoder.py, store.py, service.py, measurements.py + side_by_side.py); this one
+Each section is its own module (encoder.py, store.py, service.py, measurements.py + side_by_side.py, printout.py); this one
 runs them in order, checks the targets the project set itself, and writes one JSON (everything measured) and one
 markdown report (the tables a reader compares), both named by date so that docs/bench/ keeps a history.
 """
@@ -20,7 +20,7 @@ from ecgregen.bench.measure import Progress, machine, table
 from ecgregen.cli.evaluate import SHARED_FORMATS
 from ecgregen.settings import BENCH_DIR
 
-SECTIONS = ("encoder", "search", "service", "measure")
+SECTIONS = ("encoder", "search", "service", "measure", "print")
 
 # The targets of issue 12 on the 2-core CPU machine.
 E2E_P99_MS, E2E_CONCURRENCY, E2E_CORPUS = 50.0, 8, 20_000
@@ -64,6 +64,10 @@ class BenchConfig:
     compare_rounds: int = 3
     compare_concurrency: Sequence[int] = (E2E_CONCURRENCY,)
     compare_monitors: Sequence[int] = (200, 250, 300, 350, 400, 500)
+    # print: the printed page for the query folds' first records and the hospital files (formats_dir), the index
+    # folds' first three records as every page's neighbours
+    print_records: int = 5
+    print_repeats: int = 5
     seed: int = 0
     command: str = ""
 
@@ -73,7 +77,7 @@ class BenchConfig:
         small = dict(batch_sizes=(1, 8), triton=None, encoder_min_seconds=0.3, sizes=(2_000,), hnsw_ef=(64,),
                      queries=50, corpus_size=2_000, concurrency=(1, 8), duration_s=1.5, monitors=(4,),
                      stream_seconds=10.0, stream_speed=5.0, measure_repeats=1, measure_records=5, compare_rounds=1,
-                     compare_monitors=(4,))
+                     compare_monitors=(4,), print_records=1, print_repeats=1)
         return cls(ptbxl_dir=ptbxl_dir, **{**small, **overrides})
 
 
@@ -123,6 +127,17 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
     if "measure" in config.sections:
         say("measure")
         result["measure"] = run_measure_section(config, work_dir, progress)
+    if "print" in config.sections:
+        from ecgregen.bench.printout import run_print_bench
+        from ecgregen.records import load_ptbxl
+
+        say("print")
+        result["print"] = run_print_bench(
+            ptbxl_dir=config.ptbxl_dir, formats_dir=Path(config.formats_dir),
+            queries=load_ptbxl(config.ptbxl_dir, config.query_folds)[: config.print_records],
+            neighbours=load_ptbxl(config.ptbxl_dir, config.index_folds)[:3], repeats=config.print_repeats,
+            progress=progress,
+        )
     result["targets"] = check_targets(result)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
@@ -212,6 +227,12 @@ def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         targets += [stage] if stage else []
         if measured["side_by_side"]:
             targets += side_by_side_targets(measured["side_by_side"])
+    printed = result.get("print")
+    if printed:
+        from ecgregen.bench.printout import print_target
+
+        target = print_target(printed)
+        targets += [target] if target else []
     return targets
 
 
@@ -337,6 +358,10 @@ def format_bench(result: dict[str, Any]) -> str:
                       f"Corpus {corpus['points']:,} records, built as for the service section (real fold "
                       f"embeddings scaled by noisy copies), one copy per server.", "",
                       *format_side_by_side(compared)]
+    if "print" in result:
+        from ecgregen.bench.printout import format_print_bench
+
+        lines += ["", "## 7. Printed page", "", *format_print_bench(result["print"])]
     return "\n".join(lines) + "\n"
 
 

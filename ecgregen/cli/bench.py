@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 def add_bench(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
-        "bench", help="performance: encoder, search vs FAISS, gRPC end to end, streams, memory, measurement stage "
-                      "(JSON + markdown)",
+        "bench", help="performance: encoder, search vs FAISS, gRPC end to end, streams, memory, measurement stage, "
+                      "printed page (JSON + markdown)",
         description="Without a sub-command: every section, the targets checked, bench-DATE.json/.md written to --out.",
     )
     bench.add_argument("--ptbxl", type=Path, default=DEMO_PTBXL, help="PTB-XL-layout folder (default: demo corpus)")
     bench.add_argument("--index-folds", default="1-8")
     bench.add_argument("--query-folds", default="9")
-    bench.add_argument("--sections", default="encoder,search,service,measure",
+    bench.add_argument("--sections", default="encoder,search,service,measure,print",
                        help="which parts to run, comma-separated")
     bench.add_argument("--quick", action="store_true", help="toy sizes (about a minute): checks the command works")
     bench.add_argument("--batch-sizes", help="encoder batch sizes (default 1,8,32,64)")
@@ -53,6 +53,8 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--compare-monitors", help="monitor levels per code beside --before-tree (default "
                        "200,250,300,350,400,500, close steps where this 2-core machine's capacity lies; "
                        "--stream-seconds each; 'none' skips)")
+    bench.add_argument("--print-records", type=int, help="query records printed beside the hospital files (default 5)")
+    bench.add_argument("--print-repeats", type=int, help="counted renders per ECG and format (default 5)")
     bench.add_argument("--work-dir", type=Path, default=BENCH_DIR)
     bench.add_argument("--out", type=Path, default=Path("docs/bench"), help="where bench-DATE.json and .md go")
     bench.set_defaults(handler=run_suite)
@@ -105,7 +107,8 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
     for flag, key in (("queries", "queries"), ("corpus_size", "corpus_size"), ("duration", "duration_s"),
                       ("stream_seconds", "stream_seconds"), ("formats", "formats_dir"),
                       ("measure_repeats", "measure_repeats"), ("before_tree", "before_tree"),
-                      ("compare_rounds", "compare_rounds")):
+                      ("compare_rounds", "compare_rounds"), ("print_records", "print_records"),
+                      ("print_repeats", "print_repeats")):
         if getattr(args, flag) is not None:
             given[key] = getattr(args, flag)
     if args.triton:
