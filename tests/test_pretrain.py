@@ -21,6 +21,7 @@ from ecgregen.encoders.checkpoint import load_checkpoint, load_encoder
 from ecgregen.encoders.pytorch import InProcessEncoder
 from ecgregen.preprocess import PreprocessConfig, preprocess, resample
 from ecgregen.pretrain.model import RECIPES, patch_targets, random_mask
+from ecgregen.pretrain.provenance import describe, folds_of, label_folds, read_training, selection_folds
 from ecgregen.pretrain.train import EcgReportDataset, TrainSettings, build_model, collate, save_serving
 from ecgregen.records import load_ptbxl
 from tests.conftest import DEMO_PTBXL
@@ -120,6 +121,12 @@ def test_pretrain_command_logs_each_loss_and_resumes(tmp_path: Path) -> None:
     assert 0 <= log[1]["scp_f1_micro"] <= 1
     assert load_checkpoint(tmp_path / "run" / "encoder.pt").encoder_id.startswith("small-paper-")
     assert (tmp_path / "run" / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # The serving checkpoint says what trained it: the folds of --folds / --val-folds, no labels, from random init.
+    best = max(log, key=lambda e: e["scp_f1_micro"])["epoch"]
+    assert read_training(tmp_path / "run" / "encoder.pt") == {
+        "recipe": "paper", "stage": "self-supervised", "labels": False, "train_folds": [1, 2],
+        "validation_folds": [9], "epoch": best, "epochs": 2 if best == 2 else 1, "step": log[best - 1]["step"],
+        "selected_by": "validation top-1 SCP micro-F1", "init_from": "random"}
 
 
 def test_pretrain_under_torchrun_with_gloo(tmp_path: Path) -> None:
@@ -210,3 +217,39 @@ def test_label_recipe_trains_from_a_checkpoint_and_resumes(tmp_path: Path) -> No
     assert loaded.model.config == shipped.model.config
     assert set(torch.load(out / "encoder.pt", weights_only=True)["state_dict"]) == set(shipped.model.state_dict())
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    # Its training record: this stage (labels of the training records' folds, the epoch kept, chosen on the
+    # validation records' folds), then the shipped self-supervised stage it started from, read from that checkpoint.
+    record = read_training(out / "encoder.pt")
+    best = max(log[1:], key=lambda e: e["vote_f1_micro"])
+    assert {k: record[k] for k in ("recipe", "labels", "train_folds", "validation_folds", "epoch", "step")} == {
+        "recipe": "labels", "labels": True, "train_folds": folds_of(train), "validation_folds": folds_of(val),
+        "epoch": best["epoch"], "step": best["step"]}
+    assert record["init_from"] == {"encoder_id": shipped.encoder_id,
+                                   "training": read_training(SELF_SUPERVISED_CHECKPOINT)}
+    assert record["init_from"]["training"]["validation_folds"] == [9]  # the shipped stage's epoch: chosen on 9
+    assert label_folds(record) == folds_of(train) and selection_folds(record) == sorted({*folds_of(val), 9})
+
+
+def test_shipped_checkpoints_record_their_folds_and_old_ones_say_unknown(tmp_path: Path) -> None:
+    """The shipped encoder learnt the labels of folds 1-7 and chose its epoch on fold 8, starting from the
+    self-supervised one (folds 1-8 without labels, epoch chosen on fold 9); their weights load as before. A
+    checkpoint saved without a record (as every one before records were kept) reads as unknown."""
+    from ecgregen.encoders.checkpoint import SELF_SUPERVISED_CHECKPOINT, SHIPPED_CHECKPOINT
+
+    shipped, ssl = read_training(SHIPPED_CHECKPOINT), read_training(SELF_SUPERVISED_CHECKPOINT)
+    assert (shipped["recipe"], shipped["labels"], shipped["train_folds"], shipped["validation_folds"]) == (
+        "labels+balanced", True, [1, 2, 3, 4, 5, 6, 7], [8])
+    assert shipped["init_from"] == {"encoder_id": load_checkpoint(SELF_SUPERVISED_CHECKPOINT).encoder_id,
+                                    "training": ssl}
+    assert (ssl["labels"], ssl["train_folds"], ssl["validation_folds"], ssl["init_from"]) == (
+        False, list(range(1, 9)), [9], "random")
+    assert label_folds(shipped) == list(range(1, 8)) and selection_folds(shipped) == [8, 9]
+    assert label_folds(ssl) == [] and selection_folds(ssl) == [9]
+
+    model, _ = build_model(TrainSettings(recipe="mem-only"))
+    save_serving(model, TrainSettings(recipe="mem-only"), tmp_path / "old.pt")
+    assert read_training(tmp_path / "old.pt") is None
+    assert label_folds(None) is None and describe(None).startswith("training unknown")
+    # A record whose starting point's own record is missing: the labels it may have learnt there are unknown.
+    orphan = {**shipped, "init_from": {"encoder_id": "x", "training": "unknown"}}
+    assert label_folds(orphan) is None and "whose training is unknown" in describe(orphan)
