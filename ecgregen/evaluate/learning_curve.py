@@ -88,7 +88,9 @@ def plot_curve(curve: dict, out: Path) -> None:
                        ("bleu4_en", "served BLEU-4 (English)")):
         ax.plot(sizes, [r[key] for r in curve["rows"]], marker="o", label=label)
     ax.set_xscale("log")
-    ax.set_xlabel("index records")
+    ax.set_xticks(sizes, [f"{size:,}" for size in sizes])
+    ax.minorticks_off()
+    ax.set_xlabel("index records (log scale)")
     ax.set_ylim(0, 1)
     ax.set_title(f"What a bigger corpus buys (n = {curve['n']} test ECGs)", fontsize=9)
     ax.legend(fontsize=8)
