@@ -158,6 +158,16 @@ MEASUREMENT_FAILURES = Counter(
     "measurements): rate(...) / rate(ecgregen_stage_duration_seconds_count{stage=\"measure\"}) is the share.",
     registry=REGISTRY,
 )
+REPORT_UNTRANSLATED_WORDS = Counter(
+    "ecgregen_report_untranslated_words_total",
+    "Words of German or Swedish corpus reports the glossary does not know, kept as written in the English text, by "
+    "when they were met: indexed (records written) or served (neighbour reports served in English). A rise is a "
+    "gap in the phrase table; the words themselves are in each response's untranslated_words.",
+    ["when"],
+    registry=REGISTRY,
+)
+for _when in ("indexed", "served"):  # both series from the start, so a rate reads 0 rather than no data
+    REPORT_UNTRANSLATED_WORDS.labels(_when)
 EVENT_LOOP_LAG = Histogram(
     "ecgregen_event_loop_lag_seconds",
     "How late the server's event loop woke from a 50 ms sleep: time in which it served nothing (health checks "

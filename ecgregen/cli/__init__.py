@@ -17,8 +17,8 @@ from ecgregen.cli import bench, client, corpus, evaluate, export, pretrain, serv
 from ecgregen.errors import ClientError, EncoderUnavailable, StoreError
 
 DESCRIPTION = """The `ecgregen` command: serve, certs, token, index, calibrate, corpus {stats, batches, rollback, optimize, snapshot,
-restore}, export, simulate-monitors, bench [store, load], evaluate {report, qa, measurements}, qa-generate, pretrain, client
-{report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}.
+restore, translate}, export, simulate-monitors, bench [store, load], evaluate {report, qa, measurements}, qa-generate,
+pretrain, client {report, ask, insert, delete, stats, info, batches, rollback, snapshot, optimize}.
 
 Flag names are a stable interface (acceptance checks and users' scripts use them).
 """

@@ -1,5 +1,5 @@
 """Commands that write or inspect a store directly: `index` (and `index --migrate-to`), `calibrate`, and `corpus`
-{stats, batches, rollback, optimize, snapshot, restore}."""
+{stats, batches, rollback, optimize, snapshot, restore, translate}."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def add_corpus(commands: argparse._SubParsersAction) -> None:
     for name, text, handler in (("stats", "points, HNSW coverage, optimizer state, index settings", corpus_stats),
                                 ("batches", "the inserts the corpus holds, oldest first", corpus_batches),
                                 ("optimize", "build the HNSW index over points written since the last build",
-                                 corpus_optimize)):
+                                 corpus_optimize),
+                                ("translate", "store each report's English beside it where it is missing or was made "
+                                 "with an older glossary (payloads only; resumable, idempotent)", corpus_translate)):
         p = corpus_sub.add_parser(name, help=text)
         add_store_flags(p)
         p.set_defaults(handler=handler)
@@ -212,6 +214,13 @@ def corpus_optimize(args: argparse.Namespace) -> None:
         stats = store.stats()
         print(f"optimized in {time.perf_counter() - start:.1f} s: {stats.indexed_vectors} of {stats.points} "
               f"points indexed, {stats.segments} segments")
+
+
+def corpus_translate(args: argparse.Namespace) -> None:
+    from ecgregen.indexer.translate import translate_corpus
+
+    with _open_store(args) as store:
+        print(translate_corpus(store).summary())
 
 
 def corpus_snapshot(args: argparse.Namespace) -> None:

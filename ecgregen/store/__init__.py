@@ -31,6 +31,7 @@ from ecgregen.store.snapshot import restore_snapshot
 from ecgregen.store.types import (
     BatchInfo,
     Hit,
+    PayloadUpdate,
     SearchFilter,
     StoredRecord,
     StoreMismatchError,
@@ -45,6 +46,7 @@ __all__ = [
     "EdgeStore",
     "Hit",
     "IndexSettings",
+    "PayloadUpdate",
     "QdrantClientStore",
     "QdrantLocalStore",
     "QdrantRemoteStore",

@@ -29,6 +29,7 @@ from ecgregen.store.types import (
     BatchInfo,
     CollectionSpec,
     Hit,
+    PayloadUpdate,
     SearchFilter,
     StoredRecord,
     StoreMismatchError,
@@ -86,6 +87,11 @@ class VectorStore(abc.ABC):
     def _delete(self, ids: list[str], batch_id: str | None = None) -> None:
         """Delete the points - with `batch_id`, only those of them still written by that batch; the deletion must be
         durable when this returns."""
+
+    @abc.abstractmethod
+    def _update_payloads(self, updates: list[PayloadUpdate]) -> None:
+        """Merge each update's fields into its point's payload where the payload holds its `where`; vectors stay as
+        they are; durable when this returns."""
 
     @abc.abstractmethod
     def _query(
@@ -183,6 +189,14 @@ class VectorStore(abc.ABC):
                 if self._batches is not None:
                     self._batches.deleted(existing)
         return len(existing)
+
+    def update_payloads(self, updates: Sequence[PayloadUpdate]) -> None:
+        """Set payload fields of existing points in place - no vector is read or written, the batch registry and
+        the HNSW index stay valid - each only where the point still holds its update's `where` (a point written
+        again meanwhile, or deleted, is left as it is). Durable on return."""
+        with self._operation(write=True), self._engine_errors():
+            if updates:
+                self._update_payloads(list(updates))
 
     def search(
         self,

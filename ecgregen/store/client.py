@@ -20,7 +20,15 @@ from ecgregen.settings import IndexSettings
 from ecgregen.store import dialect
 from ecgregen.store.base import VectorStore
 from ecgregen.store.payload import to_payload
-from ecgregen.store.types import ENCODER_ID_KEY, INDEX_KEY, CollectionSpec, SearchFilter, StoredRecord, StoreStats
+from ecgregen.store.types import (
+    ENCODER_ID_KEY,
+    INDEX_KEY,
+    CollectionSpec,
+    PayloadUpdate,
+    SearchFilter,
+    StoredRecord,
+    StoreStats,
+)
 
 CALIBRATION_KEY = "diagnosis_calibration"  # in the collection's metadata
 
@@ -126,6 +134,15 @@ class QdrantClientStore(VectorStore):
         selector = (qm.PointIdsList(points=ids) if batch_id is None
                     else qm.FilterSelector(filter=dialect.batch_points_filter(CLIENT, ids, batch_id)))
         self._call(self._client.delete, self._name, selector, wait=True)
+
+    def _update_payloads(self, updates: list[PayloadUpdate]) -> None:
+        for start in range(0, len(updates), self.UPSERT_BATCH):  # one request per page of updates
+            operations = [
+                qm.SetPayloadOperation(set_payload=qm.SetPayload(
+                    payload=u.fields, filter=dialect.point_where_filter(CLIENT, u.point_id, u.where)))
+                for u in updates[start : start + self.UPSERT_BATCH]
+            ]
+            self._call(self._client.batch_update_points, self._name, operations, wait=True)
 
     def _query(
         self, vector: list[float], k: int, filt: SearchFilter | None, exact: bool, hnsw_ef: int | None

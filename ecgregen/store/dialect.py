@@ -54,6 +54,11 @@ def batch_points_filter(dialect: Dialect, ids: list[str], batch_id: str) -> Any:
     return dialect.filter(must=[dialect.has_id(ids), dialect.match_value("batch_id", batch_id)])
 
 
+def point_where_filter(dialect: Dialect, point_id: str, where: dict[str, str]) -> Any:
+    """The point `point_id` if its payload still holds `where` (field -> value): what a payload update sets."""
+    return dialect.filter(must=[dialect.has_id([point_id]), *(dialect.match_value(k, v) for k, v in where.items())])
+
+
 def hnsw_config(dialect: Dialect, index: IndexSettings) -> Any:
     return dialect.hnsw(
         m=index.hnsw_m, ef_construct=index.hnsw_ef_construct, full_scan_threshold=index.full_scan_threshold_kb

@@ -23,7 +23,15 @@ from ecgregen.store.batches import BatchRegistry
 from ecgregen.store.disk import fsync_dir, lock_directory, write_json_atomic
 from ecgregen.store.payload import KEYWORD_FIELDS, to_payload
 from ecgregen.store.shard_files import SHARD_DIR
-from ecgregen.store.types import ENCODER_ID_KEY, INDEX_KEY, CollectionSpec, SearchFilter, StoredRecord, StoreStats
+from ecgregen.store.types import (
+    ENCODER_ID_KEY,
+    INDEX_KEY,
+    CollectionSpec,
+    PayloadUpdate,
+    SearchFilter,
+    StoredRecord,
+    StoreStats,
+)
 
 # The directory layout (and shard_files' names for the shard); snapshots hold store.json, calibration.json and
 # shard/ as they are.
@@ -187,6 +195,14 @@ class EdgeStore(VectorStore):
             shard.update(qe.UpdateOperation.delete_points(ids))
         else:
             shard.update(qe.UpdateOperation.delete_points_by_filter(dialect.batch_points_filter(EDGE, ids, batch_id)))
+        shard.flush()
+
+    def _update_payloads(self, updates: list[PayloadUpdate]) -> None:
+        # No batch id or point count changes, so batches.json stays true: no _registry_file_stale() here.
+        shard = self._live_shard()
+        for update in updates:
+            shard.update(qe.UpdateOperation.set_payload_by_filter(
+                dialect.point_where_filter(EDGE, update.point_id, update.where), update.fields))
         shard.flush()
 
     def _query(

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ecgregen.errors import StoreError
+from ecgregen.reports import Translation, translate
 from ecgregen.settings import IndexSettings
 
 NAMESPACE = uuid.UUID("a1b1281c-8c3a-4e74-8a93-d507a8a944d1")
@@ -45,10 +46,18 @@ class StoredRecord:
     source: str  # e.g. "ptbxl"
     inserted_at: str  # ISO-8601 UTC
     batch_id: str = ""  # the insert (InsertRecords stream or index run) that wrote it: what a rollback removes
+    # The report in English as stored with it; None: not stored (a record an older version wrote, or one made
+    # without it - it is translated when written).
+    translation: Translation | None = None
 
     @property
     def point_id(self) -> str:
         return point_id(self.source, self.ecg_id)
+
+    @property
+    def english(self) -> Translation:
+        """The translation written with the record: the one it carries, else one made now."""
+        return self.translation or translate(self.report)
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,25 @@ class Hit:
     source: str
     inserted_at: str
     batch_id: str = ""
+    # The report in English as stored with the record; None where the corpus was indexed before translations were
+    # stored (until `ecgregen corpus translate` adds them).
+    translation: Translation | None = None
+
+    @property
+    def english(self) -> Translation:
+        """The report in English: as stored, else translated now, so a corpus not yet updated still serves it."""
+        return self.translation or translate(self.report)
+
+
+@dataclass(frozen=True)
+class PayloadUpdate:
+    """Fields to merge into one point's payload (its vector untouched), only where the payload still holds `where`
+    (field -> value): the values the fields were computed from, so a record written again meanwhile keeps what
+    that write gave it."""
+
+    point_id: str
+    where: dict[str, str]
+    fields: dict[str, Any]
 
 
 @dataclass(frozen=True)
