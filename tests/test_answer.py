@@ -188,10 +188,69 @@ def test_without_diagnoses_or_statements_the_neighbours_vote_as_before(answerer:
     assert choose.answer == ["none"] and "votes of 3 neighbours" in choose.rationale
 
 
-def test_default_settings_are_shipped_and_round_trip() -> None:
-    assert DEFAULT_SETTINGS.fitted_on and 0 < DEFAULT_SETTINGS.verify_binary < 1
+def test_settings_round_trip_and_unknown_fields_are_ignored() -> None:
     assert AnswerSettings.from_json(json.loads(json.dumps(BANDS.to_json()))) == BANDS
     assert AnswerSettings.from_json({"verify_yes": 0.7, "unknown": 1}).verify_yes == 0.7
+
+
+def test_the_served_answerer_decides_at_every_edge_of_the_shipped_settings(tmp_path) -> None:  # noqa: ANN001
+    """The answerer a served pipeline builds runs with the shipped file, every field of it: each band edge, group
+    edge, choose/query edge, the lead share and the measured-attribute counts of
+    ``ecgregen/models/answer-settings.json`` is where that answer changes - at the edge one answer, just below it
+    another. (A pipeline that answered with the code's defaults, or a loader that dropped a field, fails here.)"""
+    from ecgregen.pipeline import open_pipeline
+
+    shipped = json.loads(SHIPPED_SETTINGS.read_text())
+    assert shipped != AnswerSettings().to_json()  # fitted: not the code's defaults
+    pipeline = open_pipeline(checkpoint=None, qdrant_url=":memory:", data_dir=tmp_path, encoder_runtime="torch")
+    try:
+        served = pipeline.answerer
+    finally:
+        pipeline.store.close()
+    s = shipped
+    three, two = ["no", "not sure", "yes"], ["no", "yes"]
+
+    def say(question: str, options: list[str], *diagnoses: Diagnosis, m: Measurements | None = None) -> list[str]:
+        return served.answer(question, options, [hit({"NORM": 100})] * 3, diagnoses=list(diagnoses),
+                             measurements=m).answer
+
+    below = 0.005  # the fitted edges lie on a grid of 0.02
+    ndt = "Does this ECG show symptoms of non-diagnostic t abnormalities?"
+    assert say(ndt, three, dx("NDT", s["verify_yes"])) == ["yes"]
+    assert say(ndt, three, dx("NDT", s["verify_yes"] - below)) == (
+        ["not sure"] if s["verify_yes"] - below >= s["verify_not_sure"] else ["no"])
+    assert say(ndt, three, dx("NDT", s["verify_not_sure"] - below)) == ["no"]
+    normal = "Is this a normal ECG?"
+    assert say(normal, two, dx("NORM", s["verify_binary"])) == ["yes"]
+    assert say(normal, two, dx("NORM", s["verify_binary"] - below)) == ["no"]
+    groups = {"any form related symptoms": ("Does this ECG show any form-related symptoms?", "NDT"),
+              "any rhythm related symptoms": ("Does this ECG show any rhythm-related symptoms?", "AFIB")}
+    for group, (question, code) in groups.items():
+        edge = s["group_thresholds"].get(group, s["verify_group"])
+        assert say(question, two, dx(code, edge)) == ["yes"], group
+        assert say(question, two, dx(code, edge - below)) == ["no"], group
+    lead = "Does this ECG show symptoms of non-diagnostic t abnormalities in lead V5?"
+    assert say(lead, two, dx("NDT", 1.0)) == (["yes"] if s["lead_share"] >= s["verify_binary"] else ["no"])
+    choose = "Which symptom does this ECG show, st/t change or myocardial infarction?"
+    options = ["st/t change", "myocardial infarction", "none"]
+    if s["choose"] is not None:
+        assert say(choose, options, dx("NDT", s["choose"]), dx("IMI", s["choose"] - below)) == ["st/t change"]
+        assert say(choose, options, dx("NDT", s["choose"] - below), dx("IMI", s["choose"] - 2 * below)) == ["none"]
+    query = "What rhythm-related symptoms does this ECG show?"
+    rhythms = ["atrial fibrillation", "sinus rhythm", "sinus arrhythmia", "sinus tachycardia", "none"]
+    if s["query"] is not None:
+        assert say(query, rhythms, dx("SR", s["query"]), dx("AFIB", s["query"] - below)) == ["sinus rhythm"]
+    noisy = {lead: (QualityFlag.STATIC_NOISE,) if i < s["noise_min_leads"] else ()
+             for i, lead in enumerate(STANDARD_LEADS)}
+    one_fewer = {lead: (QualityFlag.STATIC_NOISE,) if i < s["noise_min_leads"] - 1 else ()
+                 for i, lead in enumerate(STANDARD_LEADS)}
+    static = "Does this ECG show static noise?"
+    assert say(static, two, m=measured(lead_quality=noisy)) == ["yes"]
+    assert say(static, two, m=measured(lead_quality=one_fewer)) == ["no"]
+    beats = tuple(PrematureBeat(1.0 + i, BeatOrigin.VENTRICULAR, 480.0) for i in range(s["premature_min_beats"]))
+    extra = "Does this ECG show ventricular extrasystoles?"
+    assert say(extra, two, m=measured(premature_beats=beats)) == ["yes"]
+    assert say(extra, two, m=measured(premature_beats=beats[:-1])) == ["no"]
 
 
 # --- answers from the ECG's measurements ---------------------------------------------------------------------
