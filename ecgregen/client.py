@@ -389,12 +389,20 @@ def _measurements_of(result: dict) -> str:
 
 
 def format_report(result: dict) -> str:
-    text = _measurements_of(result) + format_source_file(result.get("source_file")) + f"Report: {result['report']}"
+    text = (_measurements_of(result) + format_source_file(result.get("source_file"))
+            + f"Report ({result['report_language']}): {result['report']}")
+    if result["original_report"] and result["original_report"] != result["report"]:
+        text += f"\nOriginal ({result['original_language']}): {result['original_report']}"
+    if result["untranslated_words"]:
+        text += f"\n(not in the glossary, kept as written: {', '.join(dict.fromkeys(result['untranslated_words']))})"
     if result.get("refined"):
         text += f"\n(refined by {result['llm_model']}; retrieved report: {result['retrieved_report']})"
     elif result.get("fallback_reason"):
         text += f"\n(not refined: {result['fallback_reason']}; this is the retrieved report)"
-    text += f"\n(report of ecg {result['report_ecg_id']}, mode {result['report_mode']})"
+    if result["report_ecg_id"]:
+        text += f"\n(report of ecg {result['report_ecg_id']}, mode {result['report_mode']})"
+    elif result["report_mode"] == "statements":
+        text += "\n(written from the diagnoses and measurements below, mode statements; evidence per sentence: --json)"
     text += f"\n\nDiagnoses (+ = present):\n{format_diagnoses(result['diagnoses'])}"
     text += f"\n\nNeighbours:\n{format_neighbours(result['neighbours'])}"
     return _with_warnings(f"{text}\n\nLatency (ms): {result['latency_ms']}", result["warnings"])
