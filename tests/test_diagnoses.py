@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,12 +16,14 @@ import pytest
 from ecgregen.calibrate import calibrate_records, save, validation_cases
 from ecgregen.diagnoses import (
     BAND_NAMES,
+    BandMap,
     MEASURED_PRIOR_THRESHOLD,
     MEASURED_STATEMENTS,
     MEASUREMENTS_UNUSED,
     Calibration,
     CalibrationError,
     Diagnoser,
+    MeasuredMap,
     fit_calibration,
     load_statements,
     neighbour_votes,
@@ -86,7 +89,7 @@ def test_uncalibrated_diagnoses_are_votes_with_threshold_one_half() -> None:
     assert diagnoses[1].superclass == "NORM"
 
 
-def test_calibrated_probabilities_and_present_follow_the_thresholds(
+def test_calibration_fitted_on_real_demo_ecgs_serves_probabilities_for_the_neighbours_codes(
     demo_pipeline: RetrievalPipeline,
 ) -> None:
     calibration = demo_pipeline.diagnoser.calibration
@@ -95,15 +98,38 @@ def test_calibrated_probabilities_and_present_follow_the_thresholds(
     for record in load_ptbxl(DEMO_PTBXL, [9])[:10]:
         retrieval = demo_pipeline.search(record.load_ecg(), 3)
         assert len(retrieval.hits) == 3 and len(retrieval.pool) == calibration.k
-        assert retrieval.diagnoses
-        for d in retrieval.diagnoses:
-            assert 0.0 <= d.probability <= 1.0
-            statement = MEASURED_STATEMENTS.get(d.code)
-            evidence = statement.evidence_of(retrieval.measurements) if statement else None
-            measured = calibration.measured.get(d.code) if evidence is not None else None
-            assert d.threshold == (measured.threshold if measured else calibration.threshold(d.code))
-            assert d.present == (d.probability >= d.threshold)
-            assert any(d.code in h.scp_codes for h in retrieval.pool[:calibration.k]) or evidence > 0
+        assert retrieval.diagnoses and all(0.0 <= d.probability <= 1.0 for d in retrieval.diagnoses)
+        assert {d.code for d in retrieval.diagnoses} <= {c for h in retrieval.pool for c in h.scp_codes} | set(
+            MEASURED_STATEMENTS)
+
+
+def test_calibrated_probabilities_and_thresholds_on_a_hand_made_calibration(
+    measured_af_and_sinus: tuple[Measurements, Measurements],
+) -> None:
+    """Known answers, worked out by hand: four equally close neighbours (votes NORM 3/4, SR 4/4, AFIB 1/4, LVH
+    1/4), each code mapped by its prevalence band's Platt map and judged by that band's threshold, NORM by its own
+    (0.75, above its band's 0.5: so NORM is absent at p 0.731); a measured AF puts AFIB on its measured map."""
+    bands = [BandMap(2.0, -3.0, 0.07), BandMap(3.0, -2.0, 0.3), BandMap(1.0, 0.0, 0.5), BandMap(4.0, -2.0, 0.5)]
+    calibration = Calibration(encoder_id="x", k=4, temperature=0.1, corpus_points=100,
+                              prevalence={"NORM": 0.4, "SR": 0.5, "AFIB": 0.01}, bands=bands,
+                              code_thresholds={"NORM": 0.75})
+    hits = [hit(0, 0.9, ["NORM", "SR"]), hit(1, 0.9, ["NORM", "SR"]), hit(2, 0.9, ["NORM", "SR", "AFIB"]),
+            hit(3, 0.9, ["SR", "LVH"]), hit(4, 0.9, ["AFIB"])]  # the fifth is beyond k
+    diagnoses = Diagnoser(load_statements(), calibration).diagnose(hits)
+    assert [(d.code, d.probability, d.present, d.threshold) for d in diagnoses] == [
+        ("SR", 0.8808, True, 0.5),      # sigmoid(4 x 1 - 2), band >= 10 %
+        ("NORM", 0.7311, False, 0.75),  # sigmoid(4 x 0.75 - 2), its own threshold
+        ("AFIB", 0.2227, False, 0.3),   # sigmoid(3 x 0.25 - 2), band 0.5-2 %
+        ("LVH", 0.0759, True, 0.07),    # sigmoid(2 x 0.25 - 3): not in the corpus at calibration time, so rare
+    ]
+    # AFIB with a measured map and a measured AF: sigmoid(2 x 0.25 + 1 x evidence - 3), judged at 0.4.
+    calibration.measured = {"AFIB": MeasuredMap(vote_slope=2.0, evidence_weight=1.0, intercept=-3.0, threshold=0.4)}
+    af = measured_af_and_sinus[0]
+    evidence = MEASURED_STATEMENTS["AFIB"].evidence[-1]  # the AF bin's log-likelihood ratio (5.22)
+    with_af = {d.code: d for d in Diagnoser(load_statements(), calibration).diagnose(hits, af)}
+    assert (with_af["AFIB"].probability, with_af["AFIB"].present, with_af["AFIB"].threshold) == (
+        round(1 / (1 + math.exp(-(0.5 + evidence - 3.0))), 4), True, 0.4)
+    assert with_af["NORM"] == next(d for d in diagnoses if d.code == "NORM")  # unmeasured statements unchanged
 
 
 def test_consensus_picks_the_neighbour_agreeing_best_with_the_diagnoses() -> None:
