@@ -232,7 +232,7 @@ def test_client_report_prints_the_cart_line_first(edge_server: ServerProcess, de
     assert CART_LINE.match(lines[0]), lines[0]
     assert lines[1].startswith("Rhythm: ") and " beats, " in lines[1] and "premature beats: " in lines[1]
     assert any(line.startswith("Quality: ") for line in lines[2:4])
-    assert any(line.startswith("Report: ") for line in lines)
+    assert any(line.startswith("Report (en): ") for line in lines)
     assert "'measure': " in next(line for line in lines if line.startswith("Latency (ms): "))
     result = json.loads(run("client", "report", record, "--server", edge_server.address, "--json").stdout)
     m = result["measurements"]
@@ -407,3 +407,44 @@ def test_a_killed_measurement_worker_costs_one_call_its_measurements_and_is_repl
     finally:
         small_pipeline.measurer = inline
         pool.close()
+
+
+def test_measurement_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
+    """A process holding measurement workers is killed outright (SIGKILL: no shutdown runs); its worker process
+    ends on its own instead of waiting forever on its task queue."""
+    import os
+    import signal
+    import sys
+    import time
+
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import multiprocessing, sys, time\n"
+        "import numpy as np\n"
+        "from ecgregen.ecg import Ecg\n"
+        "from ecgregen.measure.workers import MeasureWorkers\n"
+        "if __name__ == '__main__':\n"
+        "    workers = MeasureWorkers(1)\n"
+        "    workers.submit(Ecg(np.zeros((12, 1000), np.float32), 500.0)).result()\n"
+        "    print(*[p.pid for p in multiprocessing.active_children() if 'resource_tracker' not in p.name],\n"
+        "          flush=True)\n"
+        "    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        worker = int(holder.stdout.readline().split()[0])
+        os.kill(worker, 0)  # alive while its server runs
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                if Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                    break  # ended; its new parent has not reaped it yet
+            except (FileNotFoundError, ProcessLookupError):
+                break
+            time.sleep(0.2)
+        else:
+            os.kill(worker, signal.SIGKILL)
+            pytest.fail(f"measurement worker {worker} outlived its killed server")
+    finally:
+        holder.kill()

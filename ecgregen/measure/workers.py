@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import CancelledError, Future, ProcessPoolExecutor
@@ -35,12 +36,26 @@ MEASUREMENT_FAILED = ("measurements not available: measuring this ECG failed (th
                       "the neighbours and diagnoses are unaffected")
 # A result not back by then is given up: the stage takes milliseconds, so only a stuck or swamped worker is this slow.
 RESULT_TIMEOUT_S = 30.0
+PARENT_CHECK_S = 0.5  # how often a worker checks that its server still runs
 
 
 def _measure_timed(ecg: Ecg) -> tuple[Measurements, float]:
     """Run in a worker: the measurements and the stage's own wall time there (not the queueing before it)."""
     start = time.perf_counter()
     return measure(ecg), time.perf_counter() - start
+
+
+def _exit_with(parent: int) -> None:
+    """Worker start-up: end this process when the server that started it is gone. A server killed outright (OOM
+    killer, SIGKILL) never shuts its pool down, and a worker blocked on its task queue would wait forever (it
+    holds that pipe's write end too, so it never reads end-of-file)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _warm() -> None:
@@ -113,7 +128,8 @@ class MeasureWorkers:
 
     def _start(self) -> ProcessPoolExecutor:
         # spawn, not fork: the server's gRPC and store threads must not be forked mid-flight.
-        executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_exit_with, initargs=(os.getpid(),))
         for _ in range(self.workers):
             executor.submit(_warm)  # in the background: start-up does not wait for it
         return executor
