@@ -2,7 +2,8 @@
 
 For what a real model cannot be made to do when a test needs it: 429/500, slow replies, malformed or
 out-of-options JSON, a stream cut mid-way. Each request takes the next scripted step (then the default); every
-request body is recorded, so tests can check the exact prompt and response_format that went out.
+request body is recorded, so tests can check the exact prompt and response_format that went out, and so is the
+most requests it was answering at once (``max_in_flight``).
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ class ScriptedLlm:
         self.steps: deque[Step] = deque()
         self.default = Step()
         self.requests: list[dict[str, Any]] = []
+        self.in_flight = 0  # requests being answered now
+        self.max_in_flight = 0  # the most answered at once since the last script()
         self._lock = threading.Lock()
         owner = self
 
@@ -43,6 +46,8 @@ class ScriptedLlm:
             def log_message(self, *args: object) -> None:
                 pass
 
+            _answered = True  # a GET is never counted in flight
+
             def do_GET(self) -> None:  # /v1/models, /health
                 self._json(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
 
@@ -51,6 +56,23 @@ class ScriptedLlm:
                 with owner._lock:
                     owner.requests.append(body)
                     step = owner.steps.popleft() if owner.steps else owner.default
+                    owner.in_flight += 1
+                    owner.max_in_flight = max(owner.max_in_flight, owner.in_flight)
+                self._answered = False
+                try:
+                    self._reply(step, body)
+                finally:
+                    self._answering_done()
+
+            def _answering_done(self) -> None:
+                """No longer in flight: called before the reply's last bytes go out, so a client that sends its
+                next request as soon as it has this reply never sees two counted at once."""
+                if not self._answered:
+                    self._answered = True
+                    with owner._lock:
+                        owner.in_flight -= 1
+
+            def _reply(self, step: Step, body: dict) -> None:
                 if step.delay_s:
                     time.sleep(step.delay_s)
                 if step.kind == "status":
@@ -75,6 +97,7 @@ class ScriptedLlm:
                         self.close_connection = True
                         return
                     self._chunk(f"data: {json.dumps(chunk(delta))}\n\n".encode())
+                self._answering_done()
                 self._chunk(b"data: [DONE]\n\n")
                 self._chunk(b"")
 
@@ -86,6 +109,7 @@ class ScriptedLlm:
                 self._send(status, json.dumps(obj).encode(), "application/json")
 
             def _send(self, status: int, data: bytes, content_type: str) -> None:
+                self._answering_done()
                 self.send_response(status)
                 self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(data)))
@@ -101,10 +125,16 @@ class ScriptedLlm:
         return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
 
     def script(self, *steps: Step) -> None:
+        """The next replies, on a quiet endpoint: requests still being answered (one a client gave up on) are let
+        finish first (up to 10 s), so they are not counted in ``max_in_flight``."""
+        deadline = time.monotonic() + 10.0
+        while self.in_flight and time.monotonic() < deadline:
+            time.sleep(0.01)
         with self._lock:
             self.steps.clear()
             self.steps.extend(steps)
             self.requests.clear()
+            self.max_in_flight = self.in_flight
 
     def __enter__(self) -> ScriptedLlm:
         self.thread.start()
