@@ -25,6 +25,13 @@ class QuestionType(StrEnum):
     QUERY = "single-query"
 
 
+class ReportLanguage(StrEnum):
+    """``GenerateReportRequest.report_language`` and the server's ``--report-language``."""
+
+    EN = "en"  # the neighbour's report in English (the corpus glossary's translation stored with it)
+    ORIGINAL = "original"  # as the neighbour's cart wrote it (German, Swedish or English)
+
+
 class FallbackReason(StrEnum):
     """``fallback_reason`` of GenerateReport (refinement) and AnswerQuestion (LLM): why the LLM's text was not used."""
 

@@ -139,8 +139,12 @@ def measurements_field(response: pb.GenerateReportResponse | pb.AnswerQuestionRe
 def report_dict(response: pb.GenerateReportResponse) -> dict:
     result = {
         "report": response.report,
+        "report_language": response.report_language,
         "report_mode": response.report_mode,
         "report_ecg_id": response.report_ecg_id,
+        "original_report": response.original_report,
+        "original_language": response.original_language,
+        "untranslated_words": list(response.untranslated_words),
         "measurements": measurements_field(response),
         "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
@@ -159,12 +163,14 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
 def report(
     address: str, ecg: pb.Ecg | pb.EcgFile, k: int, exclude_patient: str | None = None, *, refine: bool = False,
     on_delta: Callable[[str], None] | None = None, report_mode: str = "", include_median_beat: bool = False,
+    report_language: str = "",
 ) -> dict:
     """GenerateReport; with `refine`, through the streaming RPC so `on_delta` sees the text as it arrives;
-    `include_median_beat` asks for the beat the measurements were made on (to plot its fiducials)."""
+    `include_median_beat` asks for the beat the measurements were made on (to plot its fiducials);
+    `report_language` en or original (empty: the server's default)."""
     request = pb.GenerateReportRequest(
         **ecg_field(ecg), k=k, filter=pb.SearchFilter(exclude_patient_id=exclude_patient or ""), refine=refine,
-        report_mode=report_mode, include_median_beat=include_median_beat,
+        report_mode=report_mode, include_median_beat=include_median_beat, report_language=report_language,
     )
     with Connection(address) as stub:
         if not refine:
@@ -271,6 +277,7 @@ def info(address: str) -> dict:
         "llm": {"enabled": i.llm.enabled, "model": i.llm.model, "endpoint": i.llm.endpoint, "circuit": i.llm.circuit,
                 "detail": i.llm.detail},
         "report_mode": i.report_mode,
+        "report_language": i.report_language,
         "calibration": {
             "calibrated": i.calibration.calibrated, "detail": i.calibration.detail,
             "fitted_on": i.calibration.fitted_on, "cases": i.calibration.cases,
@@ -286,6 +293,8 @@ def format_neighbours(neighbours: list[dict]) -> str:
         codes = ", ".join(f"{c} {v:g}" for c, v in sorted(n["scp_codes"].items(), key=lambda kv: -kv[1]))
         lines.append(f"  {rank}. ecg {n['ecg_id']} (patient {n['patient_id'] or '?'}) score {n['score']:.4f}  [{codes}]")
         lines.append(f"     {n['report']}")
+        if n["report_en"] != n["report"]:
+            lines.append(f"     en: {n['report_en']}")
     return "\n".join(lines)
 
 

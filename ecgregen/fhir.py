@@ -44,6 +44,12 @@ Judgement calls, and why:
   birth date, and gender from the file's ``demographics``), the recorder's serial number and the acquisition
   date-time (an exact time of a recording finds the person in any schedule). By default none of these is in the
   bundle; a caller's own ``subject`` reference is used as given either way.
+* **Language**: the ``conclusion`` and the first ``presentedForm`` are in the language the report was served in
+  (``result["report_language"]``, English by default: most corpus reports are German or Swedish cart text, put
+  into English by the corpus glossary); where that is not how the neighbour's cart wrote it, the original is a
+  second ``presentedForm`` (text/plain, with its ``language``), so the record keeps what its cardiologist filed.
+  Each attachment says its language (BCP 47; "und" where the text is too short to tell). A neighbour's
+  Observation has its report as filed as its value and the English as a note.
 * **Ids** are uuid5 of each resource's content, so the same inputs give the same bundle, byte for byte.
 """
 
@@ -231,6 +237,8 @@ def _neighbour(rank: int, n: dict, encoder: dict) -> dict:
     return {"resourceType": "Observation", "status": "final", "device": encoder,
             "code": _concept(CONCEPT_SYSTEM, "retrieved-neighbour", "Similar ECG retrieved from the corpus"),
             "identifier": [{"system": system, "value": str(n["ecg_id"])}], "valueString": n.get("report"),
+            "note": [{"text": f"In English: {n['report_en']}"}] if n.get("report_en") not in (None, n.get("report"))
+            else None,
             "component": [
                 {"code": _concept(CONCEPT_SYSTEM, "similarity", "Similarity score"),
                  "valueQuantity": _quantity(n["score"], "score", "1")},
@@ -386,6 +394,15 @@ def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None =
     bundle = _Bundle()
     evidence = _add_evidence(bundle, result, ecg, source, server, subject, include_patient)
     text = _report_text(result).encode()
+    forms = [{"contentType": "text/plain", "language": result.get("report_language") or None,
+              "data": base64.b64encode(text).decode(), "size": len(text),
+              "title": "ECG report (automated retrieval, preliminary)"}]
+    original = result.get("original_report", "")
+    if original and original != result["report"]:
+        data = original.encode()
+        forms.append({"contentType": "text/plain", "language": result.get("original_language") or None,
+                      "data": base64.b64encode(data).decode(), "size": len(data),
+                      "title": f"Report of corpus ECG {result['report_ecg_id']} as its cart wrote it"})
     bundle.add({
         "resourceType": "DiagnosticReport", "status": "preliminary",
         "category": [_concept(_DIAGNOSTIC_SERVICE, "EC", "Electrocardiac")],
@@ -393,8 +410,7 @@ def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None =
         "effectiveDateTime": evidence.effective, "result": evidence.observations(), "conclusion": result["report"],
         "conclusionCode": [_concept(SCP_SYSTEM, d["code"], d.get("description"))
                            for d in result["diagnoses"] if d["present"]],
-        "presentedForm": [{"contentType": "text/plain", "data": base64.b64encode(text).decode(), "size": len(text),
-                           "title": "ECG report (automated retrieval, preliminary)"}],
+        "presentedForm": forms,
     }, first=True)
     return bundle.as_dict()
 

@@ -85,5 +85,5 @@ def neighbour_to_dict(n: pb.Neighbour) -> dict:
     """The JSON shape the CLI prints (stable: acceptance checks read it)."""
     return {
         "ecg_id": n.ecg_id, "patient_id": n.patient_id, "score": round(float(n.score), 6), "report": n.report,
-        "scp_codes": dict(n.scp_codes), "source": n.source,
+        "report_en": n.report_en, "language": n.language, "scp_codes": dict(n.scp_codes), "source": n.source,
     }

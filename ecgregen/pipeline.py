@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
+from ecgregen.api_values import ReportLanguage
 from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, load_statements, select_report
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoders.base import Encoder, embed_prepared
@@ -27,12 +28,14 @@ from ecgregen.measure import Measurements
 from ecgregen.measure.workers import MeasureWorkers
 from ecgregen.metrics import (
     RECORDS_WRITTEN,
+    REPORT_UNTRANSLATED_WORDS,
     observe_calibration,
     observe_corpus,
     observe_diagnoses,
     stage_timer,
 )
 from ecgregen.preprocess import Preprocessed, preprocess
+from ecgregen.reports import translate
 from ecgregen.reports.statements import StatementReport, statement_report
 from ecgregen.store import (
     Hit,
@@ -82,6 +85,8 @@ class GeneratedReport:
     mode: str  # top1 | consensus | statements
     source: Hit | None  # the neighbour whose report it is (None: none matched, or the statements report)
     statements: StatementReport | None = None  # the statements mode's sentences and their evidence
+    language: str = "en"  # of `text`: en, or served as written, the neighbour's (de, sv, en, und)
+    untranslated: tuple[str, ...] = ()  # served in English: the words of `text` the glossary does not know
 
 
 @dataclass(frozen=True)
@@ -108,7 +113,7 @@ def utc_now() -> str:
 class RetrievalPipeline:
     def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer,
                  diagnoser: Diagnoser | None = None, report_mode: str = "auto",
-                 measurer: MeasureWorkers | None = None) -> None:
+                 measurer: MeasureWorkers | None = None, report_language: str = ReportLanguage.EN) -> None:
         self.encoder = encoder
         self.measurer = measurer or MeasureWorkers(0)  # where query ECGs are measured (serving: worker processes)
         self.store = store
@@ -117,6 +122,9 @@ class RetrievalPipeline:
         if report_mode not in ("auto", *REPORT_MODES):
             raise ValueError(f"unknown report mode {report_mode!r}; auto or one of {', '.join(REPORT_MODES)}")
         self.report_mode = report_mode
+        if report_language not in tuple(ReportLanguage):
+            raise ValueError(f"unknown report language {report_language!r}; one of {', '.join(ReportLanguage)}")
+        self.report_language = ReportLanguage(report_language)
         self.calibration_note = ""  # why the diagnoses are uncalibrated or stale ("" when they are fine)
         self.refresh_calibration_note()
 
@@ -146,6 +154,14 @@ class RetrievalPipeline:
         if mode not in REPORT_MODES:
             raise EcgInputError(f"unknown report mode {mode!r}; one of auto, {', '.join(REPORT_MODES)}")
         return mode
+
+    def resolved_report_language(self, requested: str = "") -> ReportLanguage:
+        """The report language of a call: the caller's, else the server's."""
+        language = requested or self.report_language
+        if language not in tuple(ReportLanguage):
+            raise EcgInputError(f"unknown report language {language!r}: report_language is one of "
+                                f"{', '.join(ReportLanguage)} (empty: the server's default)")
+        return ReportLanguage(language)
 
     def embed_each(
         self, ecgs: Sequence[Ecg], seconds: dict[str, float] | None = None
@@ -217,16 +233,20 @@ class RetrievalPipeline:
         return Retrieval(pool[:k], [*warnings, *notes], seconds, pool, diagnoses, measurements)
 
     def generate_report(
-        self, ecg: Ecg, k: int, filt: SearchFilter | None = None, mode: str = ""
+        self, ecg: Ecg, k: int, filt: SearchFilter | None = None, mode: str = "", language: str = ""
     ) -> tuple[GeneratedReport, Retrieval]:
         """The report of one neighbour - the closest (``top1``, the paper's) or the one whose labels agree best with
-        the diagnoses (``consensus``) - or one written from the diagnoses and measurements (``statements``);
-        `mode` empty = the server's setting."""
+        the diagnoses (``consensus``) - or one written from the diagnoses and measurements (``statements``), in
+        `language` (en or original); `mode` and `language` empty = the server's settings."""
         mode = self.resolved_report_mode(mode)
+        language = self.resolved_report_language(language)
         retrieval = self.search(ecg, k, filt)
-        return self.report_of(retrieval, mode), retrieval
+        return self.report_of(retrieval, mode, language), retrieval
 
-    def report_of(self, retrieval: Retrieval, mode: str) -> GeneratedReport:
+    def report_of(self, retrieval: Retrieval, mode: str, language: str = "") -> GeneratedReport:
+        """The report of a retrieval in `language` (empty: the server's). A neighbour's report in English is the
+        translation stored with it; the words the glossary lacks are counted as served."""
+        language = self.resolved_report_language(language)
         with stage_timer("answer", retrieval.seconds):
             if mode == "statements":
                 written = statement_report(retrieval.diagnoses, retrieval.measurements)
@@ -234,7 +254,12 @@ class RetrievalPipeline:
             source = select_report(retrieval.pool, retrieval.diagnoses, mode, self.diagnoser.k)
         if source is None:
             retrieval.warnings.append("no record matches the filter; no report")
-        return GeneratedReport(source.report if source else "", mode, source)
+            return GeneratedReport("", mode, None, language="en" if language == ReportLanguage.EN else "und")
+        english = source.english
+        if language == ReportLanguage.ORIGINAL:
+            return GeneratedReport(source.report, mode, source, language=english.language)
+        REPORT_UNTRANSLATED_WORDS.labels("served").inc(len(english.untranslated))
+        return GeneratedReport(english.text_en, mode, source, language="en", untranslated=english.untranslated)
 
     def answer(
         self, ecg: Ecg, question: str, options: Sequence[str], k: int, filt: SearchFilter | None = None
@@ -264,9 +289,11 @@ class RetrievalPipeline:
                 StoredRecord(
                     vector=vec, ecg_id=r.ecg_id, patient_id=r.patient_id, report=r.report,
                     scp_codes=dict(r.scp_codes), source=r.source, inserted_at=now, batch_id=batch_id,
+                    translation=translate(r.report),  # English beside the original, made once, when indexed
                 )
                 for r, vec in usable
             ]
+            REPORT_UNTRANSLATED_WORDS.labels("indexed").inc(sum(len(s.english.untranslated) for s in stored))
             with stage_timer("upsert"):
                 result = self.store.upsert(stored)
             outcome.inserted, outcome.updated = result.inserted, result.updated
@@ -303,7 +330,7 @@ def open_pipeline(
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
     encoder_runtime: str = "onnxruntime", report_mode: str = "auto", measure_workers: int = 0,
-    load_calibration: bool = True,
+    load_calibration: bool = True, report_language: str = ReportLanguage.EN,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
@@ -315,7 +342,7 @@ def open_pipeline(
     (:class:`CalibrationError`). `load_calibration` False leaves the stored one unread and serves raw votes: what
     `ecgregen calibrate`, the remedy for such a store, opens it with before it replaces the calibration.
     Query ECGs are measured in `measure_workers` processes (0: in the calling thread; see
-    :mod:`ecgregen.measure.workers`).
+    :mod:`ecgregen.measure.workers`). Reports are served in `report_language` unless a call asks otherwise.
     """
     encoder = open_encoder(checkpoint, encoder_runtime, triton_url=triton_url, triton_model=triton_model,
                            triton_wait_s=triton_wait_s, triton_fallback_local=triton_fallback_local)
@@ -335,7 +362,8 @@ def open_pipeline(
         if calibration is not None:
             calibration.check_encoder(encoder.encoder_id)
         return RetrievalPipeline(encoder, store, LabelVoteAnswerer(vocabulary), Diagnoser(load_statements(), calibration),
-                                 report_mode=report_mode, measurer=MeasureWorkers(measure_workers))
+                                 report_mode=report_mode, measurer=MeasureWorkers(measure_workers),
+                                 report_language=report_language)
     except BaseException:
         store.close()
         raise

@@ -116,10 +116,13 @@ def filter_from_proto(msg: pb.SearchFilter) -> SearchFilter | None:
 
 def neighbour_to_proto(hit: Hit, shown_patient_id: str) -> pb.Neighbour:
     """A neighbour as the caller sees it. A neighbour is another person: `shown_patient_id` is what the caller may
-    see of their id (the server passes a keyed pseudonym unless the caller is an admin), never taken implicitly."""
+    see of their id (the server passes a keyed pseudonym unless the caller is an admin), never taken implicitly.
+    Its report goes out both as written and in English."""
+    english = hit.english
     return pb.Neighbour(
         ecg_id=hit.ecg_id, patient_id=shown_patient_id, score=hit.score, report=hit.report,
         scp_codes=hit.scp_codes, source=hit.source, inserted_at=hit.inserted_at, batch_id=hit.batch_id,
+        report_en=english.text_en, language=english.language,
     )
 
 

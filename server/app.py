@@ -55,7 +55,7 @@ async def serve(settings: ServeSettings) -> None:
                                  triton_wait_s=settings.triton_wait_s,
                                  triton_fallback_local=settings.triton_fallback_local,
                                  encoder_runtime=settings.encoder_runtime, report_mode=settings.report_mode,
-                                 measure_workers=settings.measure_workers)
+                                 measure_workers=settings.measure_workers, report_language=settings.report_language)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     llm: LlmStage | None = None
@@ -118,9 +118,10 @@ async def serve(settings: ServeSettings) -> None:
         )
         log.info("measurements: %s", f"{settings.measure_workers} worker process(es)" if settings.measure_workers
                  else "in the request threads")
-        log.info("diagnoses: %s; report mode %s (serving %s)",
+        log.info("diagnoses: %s; report mode %s (serving %s), reports in %s",
                  pipeline.calibration_note or f"calibrated ({pipeline.diagnoser.calibration.fitted_on.get('description')})",
-                 settings.report_mode, pipeline.resolved_report_mode())
+                 settings.report_mode, pipeline.resolved_report_mode(),
+                 "English" if settings.report_language == "en" else "the original language")
 
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

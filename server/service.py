@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 import grpc
 
 from ecgregen import __version__
-from ecgregen.api_values import Answerer, FallbackReason, StreamErrorCode, StreamWarningCode
+from ecgregen.api_values import Answerer, FallbackReason, ReportLanguage, StreamErrorCode, StreamWarningCode
 from ecgregen.ecg import STANDARD_LEADS, EcgInputError
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.llm.answerer import QaResult
@@ -241,19 +241,31 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                          **fields: Any) -> pb.GenerateReportResponse:
         """`fields` override the response's (a refined `report`, the LLM's name, why refinement failed)."""
         fields.setdefault("report", served.text)
+        source = served.source
         return pb.GenerateReportResponse(
             neighbours=self._neighbours(retrieval.hits), latency=latency_proto(retrieval, start),
             warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=served.text,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=served.mode,
-            report_ecg_id=served.source.ecg_id if served.source else "", **statements_to_proto(served.statements),
+            report_ecg_id=source.ecg_id if source else "", **statements_to_proto(served.statements),
+            report_language=served.language, untranslated_words=served.untranslated,
+            original_report=source.report if source else "",
+            original_language=source.english.language if source else "",
             **fields,
         )
 
     async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval, dict[str, Any]]:
-        """The served report, its retrieval, and the response fields that describe the ECG (:func:`ecg_fields`)."""
+        """The served report, its retrieval, and the response fields that describe the ECG (:func:`ecg_fields`).
+
+        A refined report is written in English (the LLM reads the neighbours' reports in English), so with
+        `refine` the retrieved report is served in English too and a request for the original is told so."""
         received, k, filt = await parse_query(request, default_k=3)
         mode = self.pipeline.resolved_report_mode(request.report_mode.strip())
-        report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, received.ecg, k, filt, mode)
+        language = self.pipeline.resolved_report_language(request.report_language.strip())
+        report, retrieval = await asyncio.to_thread(self.pipeline.generate_report, received.ecg, k, filt, mode,
+                                                    ReportLanguage.EN if request.refine else language)
+        if request.refine and language == ReportLanguage.ORIGINAL:
+            retrieval.warnings.append("a refined report is written in English (report_language original is not "
+                                      "served); original_report holds the neighbour's report as written")
         return report, retrieval, ecg_fields(retrieval, received, request.include_median_beat)
 
     async def _refine(self, report: GeneratedReport, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
@@ -469,6 +481,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             llm=pb.LlmInfo(enabled=llm.answerer is not None, model=llm.model, endpoint=llm.endpoint,
                            circuit=llm.circuit(), detail=llm.detail),
             calibration=calibration_proto(self.pipeline), report_mode=self.pipeline.report_mode,
+            report_language=self.pipeline.report_language,
         )
 
     @rpc
@@ -569,7 +582,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,
-            report=report.text, neighbours=self._neighbours(hits, sees_patient_ids),
+            report=report.text, report_language=report.language, neighbours=self._neighbours(hits, sees_patient_ids),
             latency=pb.StageLatency(
                 preprocess_ms=seconds["preprocess"] * 1e3, encode_ms=seconds["encode"] * 1e3,
                 search_ms=seconds["search"] * 1e3, diagnose_ms=seconds["diagnose"] * 1e3,

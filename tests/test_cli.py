@@ -34,20 +34,29 @@ def write_record(directory: Path, name: str, leads: list[str], seconds: float = 
 
 
 def test_client_report_json(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
-    out = run("client", "report", str(demo_queries[0].path), "--server", edge_server.address, "--k", "3", "--json")
-    result = json.loads(out.stdout)
-    assert set(result) >= {"report", "neighbours", "latency_ms"}
-    assert len(result["neighbours"]) == 3 and result["report"] == result["neighbours"][0]["report"]
+    """The report in the server's default language, English: the closest neighbour's report_en, with its original
+    and the words the glossary lacks beside it, and every neighbour in both; `--language original` serves it as the
+    cart wrote it; another language is refused."""
+    command = ("client", "report", str(demo_queries[0].path), "--server", edge_server.address, "--k", "3", "--json")
+    result = json.loads(run(*command).stdout)
+    assert set(result) >= {"report", "neighbours", "latency_ms", "untranslated_words"}
     first = result["neighbours"][0]
-    assert set(first) >= {"ecg_id", "patient_id", "score", "report", "scp_codes"}
+    assert len(result["neighbours"]) == 3 and result["report"] == first["report_en"]
+    assert result["report_language"] == "en" and result["untranslated_words"] == []
+    assert (result["original_report"], result["original_language"]) == (first["report"], first["language"])
+    assert set(first) >= {"ecg_id", "patient_id", "score", "report", "report_en", "language", "scp_codes"}
     assert isinstance(first["score"], float) and isinstance(first["scp_codes"], dict)
     assert result["latency_ms"]["total"] > 0
+    original = json.loads(run(*command, "--language", "original").stdout)
+    assert (original["report"], original["report_language"]) == (first["report"], first["language"])
+    refused = run(*command, "--language", "deutsch", check=False)
+    assert refused.returncode == 2 and "invalid choice: 'deutsch'" in refused.stderr
 
 
 def test_client_report_text_and_plot(edge_server: ServerProcess, demo_queries: list[EcgRecord], tmp_path: Path) -> None:
     png = tmp_path / "report.png"
     out = run("client", "report", str(demo_queries[1].path), "--server", edge_server.address, "--plot", str(png))
-    assert out.stdout.startswith("Rate ") and "\nReport: " in out.stdout  # the measurements' cart line comes first
+    assert out.stdout.startswith("Rate ") and "\nReport (en): " in out.stdout  # the measurements' cart line first
     assert "Neighbours:" in out.stdout and f"plot written to {png}" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
 

@@ -431,7 +431,7 @@ def test_every_fixture_gets_a_report_from_a_real_server(server: ServerProcess, n
     (format, rate, duration, derived leads; no identifiers), the file's warnings first among the warnings."""
     fmt, rate, seconds, derived = FIXTURES[name]
     response = server.stub().GenerateReport(pb.GenerateReportRequest(ecg_file=file_message(name), k=3), timeout=60)
-    assert response.report and len(response.neighbours) == 3 and response.report == response.neighbours[0].report
+    assert response.report and len(response.neighbours) == 3 and response.report == response.neighbours[0].report_en
     info = response.source_file
     assert (info.format, info.sampling_rate_hz, tuple(info.leads_derived)) == (fmt, rate, derived)
     assert info.duration_s == pytest.approx(seconds, abs=1e-3)
@@ -503,7 +503,7 @@ def test_cli_report_ask_and_insert_take_hospital_files(server: ServerProcess) ->
     assert text.startswith("Rate ")  # the measurements first, the cart's own beside them, then what was read
     assert "\nDevice: Rate 90 bpm | PR 144 ms | QRS 86 ms" in text
     assert "\n\nFile: GE MUSE XML, MV360, acquired 2023-04-29T22:41:16, 10 s at 500 Hz" in text
-    assert "The device's interpretation (machine): Normal Sinus rhythm" in text and "\nReport: " in text
+    assert "The device's interpretation (machine): Normal Sinus rhythm" in text and "\nReport (en): " in text
     assert "warning: lead(s) III, aVR, aVL, aVF derived" in text
     holter = json.loads(run("client", "report", str(FORMATS / ISHNE), "--server", server.address, "--json",
                             "--start", "30", "--seconds", "20").stdout)

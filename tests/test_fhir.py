@@ -23,6 +23,7 @@ from ecgregen.fhir import LEAD_CODES, SAMPLE_STEP_MV, SCP_SYSTEM, answer_bundle,
 from ecgregen.measure import Measurements, measure
 from ecgregen.messages import measurements_to_dict
 from ecgregen.records import read_wfdb
+from ecgregen.reports import translate
 from ecgregen.wire import measurements_to_proto
 from tests.conftest import REPO, shared_ptbxl
 
@@ -164,6 +165,35 @@ def test_neighbours_are_evidence_with_ecg_id_score_and_report(result: dict) -> N
         assert {c["code"]["coding"][0]["code"] for c in e["component"][2:]} == set(n["scp_codes"])
     text = json.dumps(evidence)
     assert not [n["patient_id"] for n in result["neighbours"] if n["patient_id"] in text]  # other people's ids
+
+
+def test_conclusion_is_in_the_served_language_and_the_original_a_second_form(result: dict) -> None:
+    """Served in English (the default): the conclusion and the first presentedForm are the English report (language
+    en) and the cart's German original is a second text/plain presentedForm with language de; each German
+    neighbour keeps its filed report as value, with the English as a note. Served as written: the German is the
+    conclusion and the only form, in its language."""
+    neighbours = [{**n, "report_en": translate(n["report"]).text_en, "language": translate(n["report"]).language}
+                  for n in result["neighbours"]]
+    german = neighbours[0]["report"]
+    english = {**result, "neighbours": neighbours, "report": neighbours[0]["report_en"], "report_language": "en",
+               "original_report": german, "original_language": "de"}
+    bundle = report_bundle(english)
+    assert_valid(bundle)
+    report = bundle["entry"][0]["resource"]
+    assert german == "sinusbradykardie sonst normales ekg"
+    assert report["conclusion"] == "sinus bradycardia. otherwise normal ecg."
+    forms = report["presentedForm"]
+    assert [(f["contentType"], f["language"]) for f in forms] == [("text/plain", "en"), ("text/plain", "de")]
+    assert base64.b64decode(forms[0]["data"]).decode().startswith(report["conclusion"] + "\n")
+    assert base64.b64decode(forms[1]["data"]).decode() == german and forms[1]["size"] == len(german.encode())
+    evidence = [e for e in resources(bundle, "Observation") if e.get("identifier")]
+    assert [(e["valueString"], e["note"]) for e in evidence] == [
+        (n["report"], [{"text": f"In English: {n['report_en']}"}]) for n in neighbours]
+
+    as_written = report_bundle({**english, "report": german, "report_language": "de"})["entry"][0]["resource"]
+    assert as_written["conclusion"] == german
+    assert [(f["language"], base64.b64decode(f["data"]).decode().split("\n")[0])
+            for f in as_written["presentedForm"]] == [("de", german)]
 
 
 def test_ecg_observation_decodes_to_the_signal_within_half_a_microvolt(result: dict, ecg: Ecg, source: dict) -> None:

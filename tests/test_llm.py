@@ -14,7 +14,13 @@ from ecgregen.diagnoses import Diagnosis
 from ecgregen.llm import local
 from ecgregen.llm.answerer import LlmAnswerer, UnusableAnswer, parse_answer
 from ecgregen.llm.client import LlmClient, LlmSettings, LlmUnavailable
-from ecgregen.llm.prompts import QA_SYSTEM_PROMPT, infer_question_type, qa_answer_schema, qa_messages
+from ecgregen.llm.prompts import (
+    QA_SYSTEM_PROMPT,
+    infer_question_type,
+    qa_answer_schema,
+    qa_messages,
+    refine_messages,
+)
 from ecgregen.store import Hit
 from tests.scripted_llm import ScriptedLlm, Step
 
@@ -26,17 +32,24 @@ DESCRIPTIONS = {"NORM": "normal ECG", "SR": "sinus rhythm", "LAD": "left axis de
 
 
 def test_qa_prompt_exact_text() -> None:
+    """The paper's prompt, with the neighbours' reports in English (the German one through the glossary)."""
     messages = qa_messages('Does this ECG show "sinus rhythm"?', ["yes", "no"], "single-verify", HITS, DESCRIPTIONS)
     assert messages[0] == {"role": "system", "content": QA_SYSTEM_PROMPT}
     assert messages[1]["role"] == "user"
     assert messages[1]["content"] == (
         "Question Specific Prompt: Answer should be only yes and no.\n"
         "Think step-by-step to generate an answer without any explanation.\n"
-        "ECG Reports: (1) sinusrhythmus normales ekg (2) sinus rhythm. left axis deviation\n"
+        "ECG Reports: (1) sinus rhythm. normal ecg. (2) sinus rhythm. left axis deviation\n"
         "Diagnoses: (1) normal ECG (NORM 100%), sinus rhythm (SR) (2) left axis deviation (LAD 50%)\n"
         'Question: "Does this ECG show \\"sinus rhythm\\"?"\n'
         'Options: "yes", "no"'
     )
+
+
+def test_refine_prompt_gives_the_reports_in_english() -> None:
+    user = refine_messages(HITS, DESCRIPTIONS)[1]["content"]
+    assert "Closest report: sinus rhythm. normal ecg.\n" in user and "sinusrhythmus" not in user
+    assert "Other retrieved reports: (1) sinus rhythm. left axis deviation\n" in user
 
 
 def test_qa_prompt_shows_the_predicted_diagnoses_with_probabilities() -> None:

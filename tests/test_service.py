@@ -41,7 +41,7 @@ def check_neighbours(response: pb.GenerateReportResponse, k: int) -> None:
     scores = [n.score for n in response.neighbours]
     assert scores == sorted(scores, reverse=True)
     assert all(-1.0001 <= s <= 1.0001 for s in scores)
-    assert response.report_mode == "top1" and response.report == response.neighbours[0].report
+    assert response.report_mode == "top1" and response.report == response.neighbours[0].report_en
     assert response.report_ecg_id == response.neighbours[0].ecg_id
     check_diagnoses(response.diagnoses)
     for n in response.neighbours:
@@ -176,7 +176,7 @@ def test_report_modes(demo_server: ServerProcess, demo_queries: list[EcgRecord])
                                            or 10]
         best = max(agreement(n) for n in pool)
         chosen = next(n for n in pool if agreement(n) == best)
-        assert consensus.report_ecg_id == chosen.ecg_id and consensus.report == chosen.report
+        assert consensus.report_ecg_id == chosen.ecg_id and consensus.report == chosen.report_en
     with pytest.raises(grpc.RpcError) as error:
         stub.GenerateReport(report_request(demo_queries[0], report_mode="best"), timeout=30)
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "unknown report mode 'best'" in error.value.details()
@@ -364,17 +364,23 @@ def test_metrics_expose_rpc_and_stage_histograms(edge_server: ServerProcess, dem
     assert "ecgregen_corpus_points" in text and "ecgregen_build_info{" in text
 
 
-def test_sigterm_stops_cleanly_and_store_persists(tmp_path) -> None:  # noqa: ANN001
+def test_sigterm_stops_cleanly_and_store_persists(tmp_path, demo_queries: list[EcgRecord]) -> None:  # noqa: ANN001
+    """...and the restarted server, given --report-language original, serves the reports as the carts wrote them
+    to a call that does not say otherwise."""
     from tests.conftest import start_server
 
     first = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm")
     count = points(first)
     assert first.stop() == 0
     assert "store closed" in first.log()
-    second = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm")
+    second = start_server(tmp_path, "--data-dir", str(tmp_path / "var"), "--no-llm", "--report-language", "original")
     try:
         assert points(second) == count
         assert "demo index" not in second.log()  # not re-indexed: the store was persisted
+        stub = second.stub()
+        assert stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=30).report_language == "original"
+        reply = stub.GenerateReport(report_request(demo_queries[0], report_mode="top1"), timeout=60)
+        assert (reply.report, reply.report_language) == (reply.neighbours[0].report, reply.neighbours[0].language)
     finally:
         second.stop()
 

@@ -68,7 +68,7 @@ def test_local_model_refines_the_report_as_a_stream(edge_server: ServerProcess, 
     done = events[-1].done
     assert len(deltas) > 1 and done.refined and done.fallback_reason == ""
     assert done.report == "".join(deltas).strip()
-    assert done.retrieved_report == events[0].retrieval.report == done.neighbours[0].report
+    assert done.retrieved_report == events[0].retrieval.report == done.neighbours[0].report_en
 
 
 def test_local_model_state_is_reported(edge_server: ServerProcess) -> None:
@@ -102,8 +102,8 @@ def test_llm_answer_and_the_prompt_sent(
     user = sent["messages"][1]["content"]
     assert sent["messages"][0]["content"].startswith("Given the closest ECG retrieved reports and diagnoses")
     assert 'Question: "Does this ECG show atrial fibrillation?"' in user
-    for n in reply.neighbours:  # the top-3 evidence is what the LLM saw
-        assert " ".join(n.report.split()) in user
+    for n in reply.neighbours:  # the top-3 evidence is what the LLM saw, in English
+        assert " ".join(n.report_en.split()) in user
     assert sent["response_format"]["json_schema"]["schema"]["properties"]["answer"]["items"]["enum"] == VERIFY
 
 
@@ -170,7 +170,7 @@ def test_refinement_cut_mid_way_returns_the_retrieved_report(
     done = events[-1].done
     assert [e.delta for e in events if e.HasField("delta")] == ["Sinus ", "rhythm"]
     assert not done.refined and done.fallback_reason == "connection"
-    assert done.report == done.retrieved_report == done.neighbours[0].report
+    assert done.report == done.retrieved_report == done.neighbours[0].report_en
     assert any("report not refined" in w for w in done.warnings)
 
 

@@ -136,7 +136,7 @@ def test_service_encodes_through_triton(triton: LocalTriton, triton_server: Serv
     requests = [pb.GenerateReportRequest(ecg=ecg_to_proto(r.load_ecg()), k=3) for r in demo_queries] * 2
     with ThreadPoolExecutor(16) as pool:  # a concurrent burst
         replies = list(pool.map(lambda req: triton_server.stub().GenerateReport(req, timeout=60), requests))
-    assert all(len(r.neighbours) == 3 and r.report == r.neighbours[0].report for r in replies)
+    assert all(len(r.neighbours) == 3 and r.report == r.neighbours[0].report_en for r in replies)
     with urllib.request.urlopen(triton.metrics_url, timeout=10) as response:
         metrics = response.read().decode()
 

@@ -65,6 +65,10 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--report-mode", default="", choices=["", "top1", "consensus", "statements"],
                         help="whose report: top1 (closest), consensus (agrees best with the diagnoses), statements "
                         "(written from this ECG's diagnoses and measurements); default: the server's")
+    report.add_argument("--language", default="", choices=["", "en", "original"],
+                        help="the report's language: en (a neighbour's report in English, through the corpus "
+                        "glossary) or original (as its cart wrote it); default: the server's (--report-language). "
+                        "Neighbours are shown in both")
     report.add_argument("--refine", action="store_true",
                         help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
     report.add_argument("--ptbxl", type=Path, action="append", default=[],
@@ -176,7 +180,8 @@ def run_report(args: argparse.Namespace) -> None:
         print("Refining: ", end="", flush=True)
     result = client.report(
         args.server, ecg, args.k, args.exclude_patient, refine=args.refine, report_mode=args.report_mode,
-        on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None, include_median_beat=bool(args.plot),
+        report_language=args.language, on_delta=(lambda d: print(d, end="", flush=True)) if streaming else None,
+        include_median_beat=bool(args.plot),
     )
     if streaming:
         print("\n")

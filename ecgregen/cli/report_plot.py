@@ -52,8 +52,9 @@ def _plot(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ec
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    shown = "report_en" if result["report_language"] == "en" else "report"  # the neighbours in the report's language
     columns = [(f"query {query_name}", query)] + [
-        (f"#{i + 1} ecg {n['ecg_id']}  score {n['score']:.3f}\n{_wrap(n['report'])}", ecg)
+        (f"#{i + 1} ecg {n['ecg_id']}  score {n['score']:.3f}\n{_wrap(n[shown])}", ecg)
         for i, (n, ecg) in enumerate(zip(result["neighbours"][:3], neighbour_ecgs))
     ]
     fig, axes = plt.subplots(12, len(columns) + 1, figsize=(4.2 * (len(columns) + 1), 11), sharex="col",

@@ -47,6 +47,10 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                        help="whose report is served: the closest neighbour's (top1, the paper's), the one agreeing "
                        "best with the diagnoses (consensus), one written from the ECG's own diagnoses and "
                        "measurements (statements), or auto: the mode the corpus calibration found best")
+    serve.add_argument("--report-language", default=d.report_language, choices=["en", "original"],
+                       help="the language reports are served in when a call does not say: en (a neighbour's "
+                       "report in English, through the corpus glossary; default) or original (as its cart wrote it: "
+                       "German, Swedish or English)")
     serve.add_argument("--measure-workers", type=int, default=d.measure_workers,
                        help="processes measuring the query ECGs while they are encoded (default: one per core beyond "
                        "the first, 1-4); 0 measures in the request threads")
@@ -90,7 +94,7 @@ def run_serve(args: argparse.Namespace) -> None:
         tokens_file=args.tokens, rate_limit=args.rate_limit, daily_quota=args.daily_quota,
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
         triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
-        report_mode=args.report_mode, measure_workers=args.measure_workers,
+        report_mode=args.report_mode, measure_workers=args.measure_workers, report_language=args.report_language,
     )
     asyncio.run(serve(settings))
 

@@ -9,7 +9,9 @@ retrieval predicted diagnoses (:mod:`ecgregen.diagnoses`): a "Predicted diagnose
 diagnoses, the most probable statements with their calibrated probabilities. A fourth, when the ECG was measured
 (:mod:`ecgregen.measure`): a "Measurements" line with what its own samples show - the cart line (rate, PR, QRS,
 QT/QTc, axes), rhythm, P waves, premature beats and flagged leads - evidence about this ECG rather than about its
-neighbours. Refinement gets the same line.
+neighbours. Refinement gets the same line. A fifth: the neighbours' reports are given in English (the corpus
+glossary's translation stored with each record, :mod:`ecgregen.reports`), as the paper's evaluation used them -
+most PTB-XL reports are German or Swedish cart text.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def qa_messages(
     (calibrated probabilities) and the ECG's measurements each on a line of their own when there are any."""
     user = QA_USER_TEMPLATE.substitute(
         question_prompt=QUESTION_PROMPTS[question_type],
-        reports=_numbered([h.report for h in neighbours]),
+        reports=_numbered([h.english.text_en for h in neighbours]),
         diagnoses=_numbered([describe_labels(h.scp_codes, descriptions) for h in neighbours]),
         predicted=f"Predicted diagnoses (calibrated probability): {describe_diagnoses(diagnoses)}\n" if diagnoses else "",
         measured=f"{MEASUREMENTS_LABEL}: {describe_measurements(measurements)}\n" if measurements is not None else "",
@@ -161,12 +163,13 @@ def qa_answer_schema(options: Sequence[str], question_type: str) -> dict[str, An
 
 def refine_messages(neighbours: Sequence[Hit], descriptions: Mapping[str, str],
                     measurements: Measurements | None = None) -> list[dict[str, str]]:
-    """Refinement of the top-1 report against the other neighbours' evidence and the ECG's own measurements."""
+    """Refinement of the top-1 report against the other neighbours' evidence and the ECG's own measurements.
+    The reports go in English, as the QA prompt's do: the rewrite is English whatever the carts wrote."""
     top, others = neighbours[0], neighbours[1:]
     user = REFINE_USER_TEMPLATE.substitute(
-        report=_one_line(top.report) or "(empty)",
+        report=_one_line(top.english.text_en) or "(empty)",
         diagnoses=describe_labels(top.scp_codes, descriptions),
-        other_reports=_numbered([h.report for h in others]) or "(none)",
+        other_reports=_numbered([h.english.text_en for h in others]) or "(none)",
         other_diagnoses=_numbered([describe_labels(h.scp_codes, descriptions) for h in others]) or "(none)",
         measured=f"\n{MEASUREMENTS_LABEL}: {describe_measurements(measurements)}" if measurements is not None else "",
     )
