@@ -15,7 +15,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -52,6 +52,7 @@ from ecgregen.pipeline import (
     RetrievalPipeline,
     new_batch_id,
 )
+from ecgregen.printout.served import PrintRequest, check_print, print_response
 from ecgregen.server.requests import (
     check_batch_id,
     check_hnsw_ef,
@@ -61,6 +62,7 @@ from ecgregen.server.requests import (
     with_file,
 )
 from ecgregen.server.security import SEES_PATIENT_IDS, AuditLog, Pseudonyms
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
     StreamLimiter,
@@ -217,7 +219,8 @@ class Refinement:
 
 class EcgReGenService(pb_grpc.EcgReGenServicer):
     def __init__(self, pipeline: RetrievalPipeline, llm: LlmStage, snapshot_dir: Path | None = None,
-                 max_streams: int = 64, audit: AuditLog | None = None, max_stream_s: float = 24 * 3600.0) -> None:
+                 max_streams: int = 64, audit: AuditLog | None = None, max_stream_s: float = 24 * 3600.0,
+                 signal_dirs: Sequence[Path] = (DEMO_PTBXL,)) -> None:
         dependency_ok("qdrant")  # the store answered at start-up; a failure sets it to 0
         self.pipeline = pipeline
         self.llm = llm
@@ -230,6 +233,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         # under a key of this process's own - never as they are.
         self.pseudonyms = audit.pseudonyms if audit else Pseudonyms(secrets.token_bytes(32))
         self.max_stream_s = max_stream_s  # a stream is ended (with a warning) after this long; monitors reconnect
+        self.signal_dirs = tuple(signal_dirs)  # PTB-XL-layout folders where a printed page finds neighbours' signals
 
     def _neighbours(self, hits: list[Hit], sees_patient_ids: bool | None = None) -> list[pb.Neighbour]:
         """The neighbours for the response: other patients' ids as keyed pseudonyms unless the caller's token has
@@ -253,8 +257,10 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             **fields,
         )
 
-    async def _generate(self, request: pb.GenerateReportRequest) -> tuple[GeneratedReport, Retrieval, dict[str, Any]]:
-        """The served report, its retrieval, and the response fields that describe the ECG (:func:`ecg_fields`).
+    async def _generate(self, request: pb.GenerateReportRequest
+                        ) -> tuple[GeneratedReport, Retrieval, dict[str, Any], ReceivedEcg]:
+        """The served report, its retrieval, the response fields that describe the ECG (:func:`ecg_fields`), and the
+        ECG as received (for a printed page).
 
         A refined report is written in English (the LLM reads the neighbours' reports in English), so with
         `refine` the retrieved report is served in English too and a request for the original is told so."""
@@ -266,7 +272,17 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
         if request.refine and language == ReportLanguage.ORIGINAL:
             retrieval.warnings.append("a refined report is written in English (report_language original is not "
                                       "served); original_report holds the neighbour's report as written")
-        return report, retrieval, ecg_fields(retrieval, received, request.include_median_beat)
+        return report, retrieval, ecg_fields(retrieval, received, request.include_median_beat), received
+
+    async def _printed(self, response: pb.GenerateReportResponse, ask: PrintRequest | None,
+                       request: pb.GenerateReportRequest, received: ReceivedEcg) -> pb.GenerateReportResponse:
+        """`response` with the page the request asked to print (`ask`, checked before any work), rendered in a
+        worker thread from the response itself."""
+        if ask is not None:
+            samples = request.ecg if request.HasField("ecg") else None
+            response.printout.CopyFrom(await asyncio.to_thread(
+                print_response, response, ask, received.ecg, samples, self._server_info(), self.signal_dirs))
+        return response
 
     async def _refine(self, report: GeneratedReport, retrieval: Retrieval, outcome: Refinement) -> AsyncIterator[str]:
         """Deltas of the served report refined against the other neighbours, as they come; `outcome` ends with the
@@ -299,18 +315,22 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
     @rpc
     async def GenerateReport(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> pb.GenerateReportResponse:
         start = time.perf_counter()
-        report, retrieval, ecg_info = await self._generate(request)
+        ask = check_print(request)
+        report, retrieval, ecg_info, received = await self._generate(request)
         if not request.refine:
-            return self._report_response(report, retrieval, start, **ecg_info)
+            return await self._printed(self._report_response(report, retrieval, start, **ecg_info), ask, request,
+                                       received)
         outcome = Refinement()
         async for _ in self._refine(report, retrieval, outcome):
             pass
-        return self._report_response(report, retrieval, start, **ecg_info, **self._refined_fields(outcome))
+        response = self._report_response(report, retrieval, start, **ecg_info, **self._refined_fields(outcome))
+        return await self._printed(response, ask, request, received)
 
     @rpc
     async def GenerateReportStream(self, request: pb.GenerateReportRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ReportEvent]:
         start = time.perf_counter()
-        report, retrieval, ecg_info = await self._generate(request)
+        ask = check_print(request)
+        report, retrieval, ecg_info, received = await self._generate(request)
         yield pb.ReportEvent(retrieval=self._report_response(report, retrieval, start, **ecg_info))
         fields: dict[str, Any] = dict(ecg_info)
         try:
@@ -319,7 +339,8 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                 async for delta in self._refine(report, retrieval, outcome):
                     yield pb.ReportEvent(delta=delta)
                 fields.update(self._refined_fields(outcome))
-            done = self._report_response(report, retrieval, start, **fields)
+            done = await self._printed(self._report_response(report, retrieval, start, **fields), ask, request,
+                                       received)
         except Exception:  # after events went out a status would discard them: the stream ends with an error event
             log.exception("GenerateReportStream failed after its first event")
             yield pb.ReportEvent(error=INTERNAL_STREAM_ERROR)
@@ -475,6 +496,9 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
 
     @rpc
     async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.ServerInfo:
+        return self._server_info()
+
+    def _server_info(self) -> pb.ServerInfo:
         llm = self.llm
         return pb.ServerInfo(
             version=__version__, encoder_id=self.pipeline.encoder.encoder_id,
