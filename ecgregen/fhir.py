@@ -50,6 +50,9 @@ Judgement calls, and why:
   second ``presentedForm`` (text/plain, with its ``language``), so the record keeps what its cardiologist filed.
   Each attachment says its language (BCP 47; "und" where the text is too short to tell). A neighbour's
   Observation has its report as filed as its value and the English as a note.
+* **The printed page** (``pdf``, the CLI's ``--attach-pdf``): the standard 12-lead page and its evidence pages
+  (:mod:`ecgregen.printout`) as one more ``presentedForm`` (``application/pdf``, base64), the form a hospital files
+  beside the text; it follows the same identifier rule, being printed with the same ``include_patient``.
 * **Ids** are uuid5 of each resource's content, so the same inputs give the same bundle, byte for byte.
 """
 
@@ -382,14 +385,15 @@ def _report_text(result: dict) -> str:
 
 
 def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None = None, server: dict | None = None,
-                  subject: str | None = None, include_patient: bool = False) -> dict:
+                  subject: str | None = None, include_patient: bool = False, pdf: bytes | None = None) -> dict:
     """A Bundle whose first entry is the DiagnosticReport for a :func:`ecgregen.client.report_dict` result.
 
     `source` is the file's metadata (:meth:`ecgregen.ecg_files.FileMetadata.to_dict`). Without `include_patient`
     nothing in the bundle identifies anyone (no Patient, subject, serial number or acquisition time); with it,
     ``source["patient"]`` becomes the Patient (gender from ``source["demographics"]``), and the recorder's serial
     number and the acquisition time are kept. `subject` (a reference
-    such as "Patient/123") is used as given and wins over ``source["patient"]``.
+    such as "Patient/123") is used as given and wins over ``source["patient"]``. `pdf`, the printed page
+    (:mod:`ecgregen.printout`, made with the same `include_patient`), is attached as the last ``presentedForm``.
     """
     bundle = _Bundle()
     evidence = _add_evidence(bundle, result, ecg, source, server, subject, include_patient)
@@ -403,6 +407,9 @@ def report_bundle(result: dict, *, ecg: Ecg | None = None, source: dict | None =
         forms.append({"contentType": "text/plain", "language": result.get("original_language") or None,
                       "data": base64.b64encode(data).decode(), "size": len(data),
                       "title": f"Report of corpus ECG {result['report_ecg_id']} as its cart wrote it"})
+    if pdf is not None:
+        forms.append({"contentType": "application/pdf", "data": base64.b64encode(pdf).decode(), "size": len(pdf),
+                      "title": "12-lead ECG page with the report (computer-generated, not confirmed)"})
     bundle.add({
         "resourceType": "DiagnosticReport", "status": "preliminary",
         "category": [_concept(_DIAGNOSTIC_SERVICE, "EC", "Electrocardiac")],
