@@ -175,16 +175,21 @@ def test_refinement_cut_mid_way_returns_the_retrieved_report(
 
 
 def test_unary_refinement(scripted_llm_server: ServerProcess, scripted: ScriptedLlm, demo_queries: list[EcgRecord]) -> None:
+    """GenerateReport with refine: the rewrite of the served report, given to the LLM in English - so the report
+    is English even where the request asked for the original, and a warning says so."""
     scripted.script(Step("stream", deltas=["Atrial ", "flutter."]))
     reply = scripted_llm_server.stub().GenerateReport(
-        pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), refine=True, report_mode="consensus"),
+        pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), refine=True, report_mode="consensus",
+                                 report_language="original"),
         timeout=60,
     )
     assert reply.refined and reply.report == "Atrial flutter." and reply.report_mode == "consensus"
+    assert reply.report_language == "en" and any("refined report is written in English" in w for w in reply.warnings)
     # The served (consensus) report is what the LLM was given to rewrite.
     unrefined = scripted_llm_server.stub().GenerateReport(
         pb.GenerateReportRequest(ecg=ecg_to_proto(demo_queries[0].load_ecg()), report_mode="consensus"), timeout=60)
     assert reply.retrieved_report == unrefined.report and reply.report_ecg_id == unrefined.report_ecg_id
+    assert reply.original_report == unrefined.original_report
     prompt = scripted.requests[-1]["messages"][1]["content"]
     assert " ".join(unrefined.report.split()) in " ".join(prompt.split())
 
