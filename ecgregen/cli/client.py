@@ -6,7 +6,8 @@ Sierra, SCP-ECG, DICOM, EDF, ISHNE, MFER: sent as the file's bytes, which the se
 `--format fhir` prints the answer as a FHIR R4 Bundle (:mod:`ecgregen.fhir`).
 
 Start-up is what a person waits for on every call, so this imports gRPC and the stubs only (:mod:`ecgregen.client`);
-the calls that send a record load the WFDB reader when they read it, and `report --plot` matplotlib when it plots.
+the calls that send a record load the WFDB reader when they read it, and `report --plot` / `--print` matplotlib when
+they draw.
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ def add_client(commands: argparse._SubParsersAction) -> None:
                        "diagnosis Observations, the ECG as an Observation)")
         p.add_argument("--include-patient", action="store_true",
                        help="--format fhir: put the file's patient identifiers in a Patient resource and keep the "
-                       "recorder's serial number and the acquisition time (all left out by default)")
+                       "recorder's serial number and the acquisition time (all left out by default); --print: "
+                       "print them on the page")
 
     report = client_parser("report", "generate a report for an ECG file", run_report)
     report.add_argument("record", help="a WFDB record (path without extension) or a hospital export")
@@ -71,8 +73,16 @@ def add_client(commands: argparse._SubParsersAction) -> None:
                         "Neighbours are shown in both")
     report.add_argument("--refine", action="store_true",
                         help="let the server's LLM rewrite the top-1 report against the top-k evidence (streamed)")
+    report.add_argument("--print", type=Path, metavar="FILE",
+                        help="write the standard 12-lead page (25 mm/s, 10 mm/mV, actual size) with the report, and "
+                        "an evidence page per top-3 neighbour: FILE.pdf, .png or .svg")
+    report.add_argument("--paper", default="a4", choices=["a4", "letter"], help="--print: landscape paper (default a4)")
+    report.add_argument("--ecg-page-only", action="store_true",
+                        help="--print: the 12-lead page alone, without the neighbours' evidence pages")
+    report.add_argument("--attach-pdf", action="store_true",
+                        help="--format fhir: attach the printed page (PDF) to the DiagnosticReport as presentedForm")
     report.add_argument("--ptbxl", type=Path, action="append", default=[],
-                        help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot (the demo corpus is always looked in)")
+                        help="PTB-XL-layout folder(s) holding the neighbours' signals for --plot and --print (the demo corpus is always looked in)")
 
     ask = client_parser("ask", "answer a question about an ECG file", run_ask)
     ask.add_argument("record", help="a WFDB record (path without extension) or a hospital export")
@@ -156,16 +166,17 @@ def output_format(args: argparse.Namespace) -> str:
 
 
 def fhir_bundle(args: argparse.Namespace, result: dict, local: tuple[Ecg, dict | None],
-                question: str | None = None) -> dict:
-    """The answer as a FHIR R4 Bundle, with the ECG (`local`, from :func:`local_ecg`) as an Observation and the
-    server's encoder/corpus as Device."""
+                question: str | None = None, pdf: bytes | None = None) -> dict:
+    """The answer as a FHIR R4 Bundle, with the ECG (`local`, from :func:`local_ecg`) as an Observation, the
+    server's encoder/corpus as Device and a report's printed page (`pdf`) as a presentedForm."""
     from ecgregen import client
     from ecgregen.fhir import answer_bundle, report_bundle
 
     ecg, source = local
     server = client.info(args.server)
     if question is None:
-        return report_bundle(result, ecg=ecg, source=source, server=server, include_patient=args.include_patient)
+        return report_bundle(result, ecg=ecg, source=source, server=server, include_patient=args.include_patient,
+                             pdf=pdf)
     return answer_bundle(result, question, ecg=ecg, source=source, server=server,
                          include_patient=args.include_patient)
 
@@ -174,6 +185,10 @@ def run_report(args: argparse.Namespace) -> None:
     from ecgregen import client
 
     fmt = output_format(args)
+    if args.print or args.attach_pdf:
+        from ecgregen.cli import report_print
+
+        report_print.check(args, fmt)
     ecg = ecg_message(args.record, args)
     streaming = args.refine and fmt == "text"
     if streaming:
@@ -185,7 +200,10 @@ def run_report(args: argparse.Namespace) -> None:
     )
     if streaming:
         print("\n")
-    local = local_ecg(args.record, args) if args.plot or fmt == "fhir" else None  # read here once, for both
+    local = local_ecg(args.record, args) if args.plot or args.print or fmt == "fhir" else None  # read here once
+    printed, pdf = "", None
+    if args.print or args.attach_pdf:
+        printed, pdf = report_print.outputs(args, result, local, client.info(args.server))
     if args.plot:
         from ecgregen.cli.report_plot import plot_report
         from ecgregen.ecg import STANDARD_LEADS
@@ -196,11 +214,13 @@ def run_report(args: argparse.Namespace) -> None:
                          ["mV"] * len(STANDARD_LEADS))
         plot_report(raw, Path(args.record).name, result, args.ptbxl, args.plot)
     if fmt == "fhir":
-        print(client.dumps(fhir_bundle(args, result, local)))
+        print(client.dumps(fhir_bundle(args, result, local, pdf=pdf)))
         return
     print(client.dumps(result) if fmt == "json" else client.format_report(result))
     if args.plot and fmt == "text":
         print(f"plot written to {args.plot}")
+    if printed and fmt == "text":
+        print(printed)
 
 
 def run_ask(args: argparse.Namespace) -> None:
