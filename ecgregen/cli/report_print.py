@@ -63,7 +63,7 @@ def outputs(args: argparse.Namespace, result: dict, local: tuple[Ecg, dict | Non
         fmt = print_format(args.print)
         data = render(pages, fmt)
         args.print.write_bytes(data)
-        said = f"page written to {args.print} ({len(pages.pages)} pages)"
+        said = f"page written to {args.print} ({len(pages.pages)} page{'s' if len(pages.pages) > 1 else ''})"
         pdf = data if fmt == PrintFormat.PDF else None
     if args.attach_pdf and pdf is None:
         pdf = render(pages, PrintFormat.PDF)

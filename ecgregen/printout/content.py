@@ -29,6 +29,8 @@ from ecgregen.v1 import ecgregen_pb2 as pb
 TITLE = "12-lead ECG - computer-generated, not confirmed"
 EVIDENCE_NEIGHBOURS = 3
 _NEAREST = {1: "nearest", 2: "second nearest", 3: "third nearest"}
+# The languages reports are served in (BCP 47, as the response names them).
+LANGUAGES = {"en": "English", "de": "German", "sv": "Swedish", "und": "an undetermined language"}
 
 
 def report_document(result: dict, query: PrintEcg, *, origin: str, server: dict | None = None,
@@ -104,7 +106,12 @@ def _ecg_page(result: dict, query: PrintEcg, origin: str, source: dict | None, i
     if source and source.get("statements"):
         left.append(f"The device's interpretation ({source.get('statements_source') or 'unstated'}): "
                     + "; ".join(source["statements"]))
-    right = [_report_line(result), _diagnoses_line(result.get("diagnoses", []))]
+    right = [_report_line(result)]
+    original = result.get("original_report")
+    if original and original != result["report"]:
+        language = LANGUAGES.get(result.get("original_language", ""), result.get("original_language") or "unstated")
+        right.append(f"As its cart wrote it (in {language}): {original}")
+    right.append(_diagnoses_line(result.get("diagnoses", [])))
     if result.get("warnings"):
         right.append("Notes: " + "; ".join(result["warnings"]))
     return Page(TITLE, tuple(left), tuple(right), query)
@@ -149,21 +156,24 @@ def _markers(trace: PrintEcg) -> tuple[str, ...]:
         lines.append(f"* derived lead(s) {', '.join(trace.derived)}: computed from the stored limb leads when the "
                      "file was read, not recorded")
     if trace.absent:
-        lines.append(f"not recorded: {', '.join(trace.absent)} (blank, not flat: no signal was sent)")
+        lines.append(f"Not recorded: {', '.join(trace.absent)} (blank, not flat: no signal was sent)")
     duration = trace.ecg.duration_s
     if duration < STRIP_S - 1e-6:
-        lines.append(f"the recording is {duration:g} s: the rhythm strip is blank after {duration:g} s, and each "
+        lines.append(f"The recording is {duration:g} s: the rhythm strip is blank after {duration:g} s, and each "
                      "column of leads shows the same first seconds")
     elif duration > STRIP_S + 1e-6:
-        lines.append(f"the first {STRIP_S:g} s of {duration:g} s are shown")
+        lines.append(f"The first {STRIP_S:g} s of {duration:g} s are shown")
     return tuple(lines)
 
 
 def _report_line(result: dict) -> str:
+    """The served report in the language it was served in, with its mode and whose it is."""
     if result.get("report_ecg_id"):
         whose = f"the report of corpus ECG {result['report_ecg_id']}, {result.get('report_mode') or 'unstated'} mode"
     else:
         whose = f"{result['report_mode']} mode" if result.get("report_mode") else "retrieved"
+    if result.get("report_language"):
+        whose += f", in {LANGUAGES.get(result['report_language'], result['report_language'])}"
     if result.get("refined"):
         return f"Report (reworded by {result['llm_model']} from {whose}): {result['report']}"
     suffix = f" (not reworded: {result['fallback_reason']})" if result.get("fallback_reason") else ""
@@ -189,6 +199,8 @@ def _evidence_page(rank: int, total: int, neighbour: dict, trace: PrintEcg | Non
         left += [f"Its signal: {trace.ecg.duration_s:g} s at {trace.ecg.sampling_rate_hz:g} Hz", *_markers(trace)]
     served = " - the served report" if neighbour["ecg_id"] == served_id else ""
     right = [f"Its report, as filed{served}: {neighbour.get('report') or '(none)'}"]
+    if neighbour.get("report_en") and neighbour["report_en"] != neighbour.get("report"):
+        right.append(f"In English: {neighbour['report_en']}")
     no_signal = "" if trace is not None else (
         f"No signal of corpus ECG {neighbour['ecg_id']} at hand: the corpus keeps each ECG's embedding, report and "
         f"labels, not its samples" + (f"; looked for in {signals_from}" if signals_from else "") + ".")

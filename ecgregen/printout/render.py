@@ -3,9 +3,10 @@
 Why matplotlib and not an ECG plotting package: the two on the index were checked (2026-12-03). ``pmecg`` 0.3.0 is
 GPL-3.0-or-later, which this Apache-2.0 project cannot ship inside itself. ``ecg_plot`` 0.3.0 (MIT) draws a chart of
 its own size - rows grow with the signal's amplitude and the chart is scaled to fit a page, which changes the
-paper's scale - cannot lay a 5 s recording on a 10 s strip without stretching it into the columns, labels every
-amplitude mV (a z-scored NU record would be mislabelled), has no place for a header or evidence pages, and needs
-CairoSVG and the system's Cairo for PDF and PNG. matplotlib is already a dependency and does all of it here.
+paper's scale -, cannot lay a recording shorter than 10 s on a 10 s strip (its window must lie inside the
+recording, so the chart shrinks with it), labels every amplitude mV (a z-scored NU record would be mislabelled),
+has no place for a header or evidence pages, and needs CairoSVG and the system's Cairo for PDF and PNG. matplotlib
+is already a dependency and does all of it here.
 
 Why it is drawn the way it is:
 
@@ -31,7 +32,6 @@ import textwrap
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 
 import matplotlib
 import numpy as np
@@ -44,7 +44,7 @@ from matplotlib.patches import PathPatch, Rectangle
 from matplotlib.path import Path as MplPath
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.printout.document import Document, Page, PrintEcg
+from ecgregen.printout.document import Document, Page, PrintEcg, PrintFormat
 from ecgregen.printout.paper import (
     LEAD_ROWS,
     MAJOR_MM,
@@ -90,25 +90,6 @@ class _Type:
 # report or an LLM's rewording uses are spelled out instead.
 _PDF_TYPE = _Type("medium", str.maketrans({"≥": ">=", "≤": "<=", "→": "->", "←": "<-", "≈": "~", "−": "-"}))
 _RASTER_TYPE = _Type("normal", {})
-
-
-class PrintFormat(StrEnum):
-    PDF = "pdf"
-    PNG = "png"
-    SVG = "svg"
-
-
-CONTENT_TYPES: dict[PrintFormat, str] = {PrintFormat.PDF: "application/pdf", PrintFormat.PNG: "image/png",
-                                         PrintFormat.SVG: "image/svg+xml"}
-
-
-def parse_format(name: str) -> PrintFormat:
-    """A print format by name or file suffix ("pdf", ".PNG"); raises ValueError naming the choices."""
-    key = name.strip().lower().removeprefix(".")
-    try:
-        return PrintFormat(key)
-    except ValueError:
-        raise ValueError(f"unknown print format {name!r}; one of {', '.join(PrintFormat)}") from None
 
 
 def render(document: Document, fmt: PrintFormat, dpi: int = DEFAULT_DPI) -> bytes:
