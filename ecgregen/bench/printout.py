@@ -88,7 +88,8 @@ def run_print_bench(*, ptbxl_dir: Path, formats_dir: Path, queries: Sequence[Ecg
                     neighbours: Sequence[EcgRecord], repeats: int = 5, progress: bool = True) -> dict[str, Any]:
     """CPU and wall time per render, pooled over the inputs, by format and by what is printed; JSON-able."""
     from ecgregen.printout.content import report_document
-    from ecgregen.printout.render import PrintFormat, render
+    from ecgregen.printout.document import PrintFormat
+    from ecgregen.printout.render import render
     from ecgregen.printout.sources import neighbour_signals
 
     say = Progress(progress, "print-bench")

@@ -1,8 +1,9 @@
-"""What a printed document is made of: the ECG as the page draws it, and pages of worded text around it.
+"""What a printed document is made of: the ECG as the page draws it, pages of worded text around it, and the
+formats it is drawn in.
 
 The words are made by :mod:`ecgregen.printout.content`, the ECG by :mod:`ecgregen.printout.sources`, and
 :mod:`ecgregen.printout.render` draws them; these types are all the three share, so the renderer never looks into a
-service result and the wording never into matplotlib.
+service result and the wording never into matplotlib - and a caller checks a format without importing matplotlib.
 """
 
 from __future__ import annotations
@@ -12,6 +13,25 @@ from enum import StrEnum
 
 from ecgregen.ecg import Ecg
 from ecgregen.printout.paper import Paper
+
+
+class PrintFormat(StrEnum):
+    PDF = "pdf"
+    PNG = "png"
+    SVG = "svg"
+
+
+CONTENT_TYPES: dict[PrintFormat, str] = {PrintFormat.PDF: "application/pdf", PrintFormat.PNG: "image/png",
+                                         PrintFormat.SVG: "image/svg+xml"}
+
+
+def parse_format(name: str) -> PrintFormat:
+    """A print format by name or file suffix ("pdf", ".PNG"); raises ValueError naming the choices."""
+    key = name.strip().lower().removeprefix(".")
+    try:
+        return PrintFormat(key)
+    except ValueError:
+        raise ValueError(f"unknown print format {name!r}; one of {', '.join(PrintFormat)}") from None
 
 
 class Units(StrEnum):

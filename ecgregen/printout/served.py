@@ -4,7 +4,8 @@ without running our CLI.
 The request's print fields are checked before any work (a bad one is INVALID_ARGUMENT, as every other field);
 the page is made from the response itself, worded exactly as ``client report --print`` words it, so the two pages
 of one call are the same page. It runs in a worker thread: rendering is CPU work the event loop must not do.
-Identifiers are never printed here: the server returns none either.
+Identifiers are never printed here: the server returns none either. matplotlib is imported by the first call that
+prints, so a server that never prints never loads it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from pathlib import Path
 
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.printout.content import report_document
+from ecgregen.printout.document import CONTENT_TYPES, PrintFormat, parse_format
 from ecgregen.printout.paper import Paper, parse_paper
-from ecgregen.printout.render import CONTENT_TYPES, PrintFormat, parse_format, render
 from ecgregen.printout.sources import from_file, from_request, neighbour_signals
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -56,6 +57,7 @@ def print_response(response: pb.GenerateReportResponse, ask: PrintRequest, ecg: 
     """The page of `response` for the ECG the request carried (`request_ecg`: its samples message, None for a
     file); neighbours' signals are looked for in `signal_dirs` (PTB-XL layout)."""
     from ecgregen.client import report_dict
+    from ecgregen.printout.render import render  # matplotlib: loaded by the first call that prints
 
     started = time.perf_counter()
     result = report_dict(response)
