@@ -99,6 +99,9 @@ class ServeSettings:
     rate_limit: float = 0.0  # calls per second per client; 0: unlimited
     daily_quota: int = 0  # calls per client per UTC day; 0: unlimited
     max_stream_s: float = 24 * 3600.0
+    # PTB-XL-layout folders where a printed report's evidence pages find the neighbours' signals (the store keeps
+    # none); the demo corpus is always looked in, last
+    signal_dirs: tuple[Path, ...] = (DEMO_PTBXL,)
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
     encoder_runtime: str = ENCODER_RUNTIMES[0]
     max_message_bytes: int = MAX_MESSAGE_BYTES

@@ -70,7 +70,8 @@ async def serve(settings: ServeSettings) -> None:
         )
         llm = await LlmStage.start(settings.llm, pipeline.answerer, log_dir=settings.data_dir)
         service = EcgReGenService(pipeline, llm, settings.data_dir / "snapshots", max_streams=settings.max_streams,
-                                  audit=AuditLog(settings.data_dir / "audit.log"), max_stream_s=settings.max_stream_s)
+                                  audit=AuditLog(settings.data_dir / "audit.log"), max_stream_s=settings.max_stream_s,
+                                  signal_dirs=settings.signal_dirs)
         pb_grpc.add_EcgReGenServicer_to_server(service, server)
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

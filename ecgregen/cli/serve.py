@@ -51,6 +51,9 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                        help="the language reports are served in when a call does not say: en (a neighbour's "
                        "report in English, through the corpus glossary; default) or original (as its cart wrote it: "
                        "German, Swedish or English)")
+    serve.add_argument("--signals", type=Path, action="append", default=[], metavar="DIR",
+                       help="PTB-XL-layout folder holding the corpus's signals, for the neighbours' evidence pages of "
+                       "a printed report (print_format); repeatable; the demo corpus is always looked in")
     serve.add_argument("--measure-workers", type=int, default=d.measure_workers,
                        help="processes measuring the query ECGs while they are encoded (default: one per core beyond "
                        "the first, 1-4); 0 measures in the request threads")
@@ -95,6 +98,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
         triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
         report_mode=args.report_mode, measure_workers=args.measure_workers, report_language=args.report_language,
+        signal_dirs=(*args.signals, *ServeSettings.signal_dirs),
     )
     asyncio.run(serve(settings))
 
