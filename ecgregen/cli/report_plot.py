@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
-from ecgregen.records import PTBXL_SOURCE, WfdbSignal, read_wfdb
+from ecgregen.printout.sources import neighbour_signals
+from ecgregen.records import WfdbSignal
 from ecgregen.settings import DEMO_PTBXL
 
 # How each fiducial of the median beat is drawn (FIDUCIALS of ecgregen.measure): a colour per wave, onsets dashed and
@@ -29,21 +30,8 @@ def plot_report(query: WfdbSignal, query_name: str, result: dict, folders: Seque
     # Accepted by the server, so it is a valid ECG: checked here again only to plot it in standard lead order.
     ecg = ecg_from_array(query.signal, query.sampling_rate_hz, query.lead_names, query.units)
     neighbours = result["neighbours"][:3]
-    signals = [_find_signal(n["ecg_id"], [*folders, DEMO_PTBXL]) if n["source"] == PTBXL_SOURCE else None
-               for n in neighbours]
+    signals = [trace.ecg if trace else None for trace in neighbour_signals(neighbours, [*folders, DEMO_PTBXL])]
     _plot(ecg, query_name, result, signals, out)
-
-
-def _find_signal(ecg_id: str, folders: list[Path]) -> Ecg | None:
-    """A neighbour's ECG from a PTB-XL-layout folder (None if not found)."""
-    if not ecg_id.isdigit():
-        return None
-    n = int(ecg_id)
-    for folder in folders:
-        path = folder / "records100" / f"{n // 1000 * 1000:05d}" / f"{n:05d}_lr"
-        if path.with_suffix(".hea").exists():
-            return read_wfdb(path)
-    return None
 
 
 def _plot(query: Ecg, query_name: str, result: dict, neighbour_ecgs: Sequence[Ecg | None], out: Path) -> None:
