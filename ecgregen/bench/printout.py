@@ -44,7 +44,8 @@ def sample_result(trace_ecg: Any, neighbours: Sequence[EcgRecord]) -> dict:
                   "probability": sum(c in n.scp_codes for n in neighbours) / len(neighbours),
                   "present": sum(c in n.scp_codes for n in neighbours) / len(neighbours) >= 0.5} for c in codes]
     return {
-        "report": neighbours[0].report, "report_mode": "consensus", "report_ecg_id": neighbours[0].ecg_id,
+        "report": neighbours[0].report, "report_language": "de", "report_mode": "consensus",
+        "report_ecg_id": neighbours[0].ecg_id,
         "measurements": measurements_to_dict(measurements_to_proto(measure(trace_ecg))), "diagnoses": diagnoses,
         "neighbours": [{"ecg_id": n.ecg_id, "patient_id": "", "score": 0.95 - 0.01 * i, "report": n.report,
                         "scp_codes": n.scp_codes, "source": n.source} for i, n in enumerate(neighbours)],
