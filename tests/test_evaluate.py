@@ -11,11 +11,13 @@ import pandas as pd
 import pytest
 import wfdb
 
-from ecgregen.encoders.checkpoint import load_encoder
+from ecgregen.answer import SHIPPED_SETTINGS
+from ecgregen.encoders.checkpoint import SHIPPED_CHECKPOINT, load_encoder
 from ecgregen.evaluate.corpus import open_eval_index
 from ecgregen.evaluate.qa import attribute_group, fit_measured_settings, split_by_patient
 from ecgregen.evaluate.report import retrieve_top1
 from ecgregen.preprocess import resample
+from ecgregen.pretrain.provenance import label_folds, read_training
 from ecgregen.records import MIMIC_SOURCE, load_mimic_ecg, load_ptbxl
 from ecgregen.store import SearchFilter
 from tests.conftest import DEMO_PTBXL, REPO, shared_ptbxl
@@ -209,6 +211,9 @@ def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_pa
     assert {t: s["n"] for t, s in result["majority"].items()} == types
     assert sum(s["n"] for s in result["by_template"].values()) == sum(result["answered_from"].values()) == len(questions)
     assert result["by_fold"] == {"9": {"by_type": result["by_type"], "majority": result["majority"]}}
+    # Fold 9's questions: calibrated on demo fold 8 (the shipped encoder learnt the labels of folds 1-7).
+    assert result["folds"]["diagnosis_calibration"]["by_question_fold"] == {"9": 8}
+    assert result["answerer_settings_by_fold"]["9"]["calibration"]["records"] == len(load_ptbxl(DEMO_PTBXL, [8]))
 
     # The LLM answerer against an endpoint (scripted: it answers "yes" to everything), on the same cached index.
     with ScriptedLlm() as llm:
@@ -227,10 +232,12 @@ def test_qa_generate_then_evaluate_on_generated_questions(eval_dir: Path, tmp_pa
 
 
 def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Path) -> None:
-    """The real ECG-QA questions about fold 9, answered from diagnoses calibrated on fold 8 (never on the
-    question's fold) and, for measured attributes, from the ECG's measurements; scored per attribute type against
-    the majority of the other folds, with the folds recorded; the serving settings fitted on fold 8 alone, for the
-    encoder that ran (the LLM answerer is checked on generated questions, above)."""
+    """The real ECG-QA questions about fold 9, answered from diagnoses calibrated on fold 8 - neither the question's
+    fold nor one whose labels trained the encoder (folds 1-7, read from its checkpoint) - with the band edges fitted
+    on fold 8 split by patient, so they are the shipped settings' band edges; for measured attributes, from the ECG's
+    measurements; scored per attribute type against the majority of the other folds, with the folds recorded; the
+    serving settings fitted on fold 8 alone, for the encoder that ran (the LLM answerer is checked on generated
+    questions, above)."""
     root = shared_ptbxl()
     if not ECGQA_SAMPLE.exists():
         pytest.skip(f"ECG-QA questions not found at {ECGQA_SAMPLE}")
@@ -240,9 +247,29 @@ def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Pa
     result = json.loads((tmp_path / "qa.json").read_text())
     assert result["generated"] is False and result["n"] == 22  # the real questions about fold 9 with a signal here
     assert result["folds"]["questions"] == [9] and result["folds"]["index"] == list(range(1, 9))
-    fitted = result["folds"]["diagnosis_calibration"]["fitted"]
-    assert {f["fold"] for f in fitted} == {8, 9} and "fold 8 for questions on fold 9" in result["folds"][
-        "diagnosis_calibration"]["rule"]
+    # The settings per question fold: fold 9's questions were diagnosed with a calibration fitted on fold 8's 202
+    # ECGs and answered with band edges fitted on fold 8's two halves - no ECG of fold 9 or of folds 1-7 in either.
+    labelled = label_folds(read_training(SHIPPED_CHECKPOINT))
+    assert labelled == list(range(1, 8)) and result["folds"]["encoder_label_folds"] == labelled
+    assert result["folds"]["encoder_training"] == read_training(SHIPPED_CHECKPOINT)
+    fold8 = load_ptbxl(root, [8])
+    assert result["folds"]["diagnosis_calibration"]["by_question_fold"] == {"9": 8}
+    assert result["folds"]["diagnosis_calibration"]["fitted"] == [
+        {**result["folds"]["diagnosis_calibration"]["fitted"][0], "fold": 8, "records": len(fold8)}]
+    per_fold = result["answerer_settings_by_fold"]["9"]
+    assert per_fold["calibration_fold"] == 8 and per_fold["calibration"]["records"] == len(fold8) == 202
+    assert per_fold["band_edges"]["fold"] == 8 and sum(per_fold["band_edges"]["halves"]) == len(fold8)
+    assert [c["fold"] for c in per_fold["band_edges"]["calibrations"]] == [8, 8]
+    assert [c["records"] for c in per_fold["band_edges"]["calibrations"]] == per_fold["band_edges"]["halves"]
+    edges = ("verify_yes", "verify_not_sure", "verify_binary", "verify_group", "group_thresholds", "choose", "query")
+    serving = result["settings_for_serving"]["settings"]
+    assert {e: per_fold["settings"][e] for e in edges} == {e: serving[e] for e in edges}
+    # ... and those are the shipped band edges: the shipped file is what this command fits for the shipped encoder.
+    shipped = json.loads(SHIPPED_SETTINGS.read_text())
+    assert {e: serving[e] for e in (*edges, "encoder_id")} == {e: shipped[e] for e in (*edges, "encoder_id")}
+    assert {a["calibration_fold"] for a in result["answers"]} == {8}
+    assert result["folds"]["fitted_or_chosen_on_question_folds"] == {
+        "9": ["chose the paper+contrastive stage's epoch"]}  # the self-supervised stage's epoch: said, not hidden
     assert "S-Verify" in out.stdout and "ECG-ReGen + GPT-4o mini (paper)" in out.stdout
     # Each question's row: on fold 9, and the per-type scores are the exact-match rate of those rows.
     answers = result["answers"]
@@ -271,6 +298,34 @@ def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Pa
     assert result["settings_for_serving"]["fold"] == 8 and sum(result["settings_for_serving"]["halves"]) == len(
         load_ptbxl(root, [8]))
 
+
+
+def test_evaluate_qa_refuses_calibrating_on_label_training_folds_or_for_an_unknown_encoder(tmp_path: Path) -> None:
+    """Calibration folds the shipped encoder learnt the labels of are refused, and so is an encoder whose checkpoint
+    does not say which folds trained it, unless they are named; the plan per question fold never takes the
+    question's fold (before any index is built)."""
+    from ecgregen.evaluate.qa import FoldError, calibration_plan
+    from ecgregen.pretrain.train import TrainSettings, build_model, save_serving
+
+    questions = tmp_path / "q.json"
+    run("qa-generate", "--ptbxl", str(DEMO_PTBXL), "--folds", "9", "--out", str(questions))
+    common = ["evaluate", "qa", "--ptbxl", str(DEMO_PTBXL), "--questions", str(questions), "--index-folds", "1-8",
+              "--data-dir", str(tmp_path / "eval")]
+    refused = run(*common, "--calibration-folds", "7,8", check=False)
+    assert refused.returncode != 0 and "calibration fold(s) 7" in refused.stderr and "folds 1-7" in refused.stderr
+    model, _ = build_model(TrainSettings(recipe="mem-only"))
+    save_serving(model, TrainSettings(recipe="mem-only"), tmp_path / "old.pt")  # no training record
+    unknown = run(*common, "--checkpoint", str(tmp_path / "old.pt"), check=False)
+    assert unknown.returncode != 0 and "records no training folds" in unknown.stderr
+    assert "--encoder-folds" in unknown.stderr
+    assert not (tmp_path / "eval").exists()  # refused before anything was indexed
+    # The plan: the highest index fold that is allowed, else the highest other fold; never the question's fold.
+    plan = calibration_plan([1, 7, 8, 9], list(range(1, 8)), index_folds=range(1, 9), available=range(1, 10))
+    assert plan == {1: 8, 7: 8, 8: 9, 9: 8}
+    assert calibration_plan([8, 9], [], index_folds=range(1, 9), available=range(1, 10), candidates=[9, 8]) == {
+        8: 9, 9: 8}
+    with pytest.raises(FoldError, match="no fold to calibrate on for the questions about fold 8"):
+        calibration_plan([8], list(range(1, 8)), index_folds=range(1, 9), available=range(1, 9))
 
 
 def test_split_by_patient_keeps_each_patient_in_one_half() -> None:
