@@ -62,7 +62,6 @@ from ecgregen.server.requests import (
     with_file,
 )
 from ecgregen.server.security import SEES_PATIENT_IDS, AuditLog, Pseudonyms
-from ecgregen.settings import DEMO_PTBXL
 from ecgregen.server.streaming import (
     MAX_PENDING_WINDOWS,
     StreamLimiter,
@@ -71,6 +70,7 @@ from ecgregen.server.streaming import (
     WindowBatcher,
     parse_config,
 )
+from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit, StoreError, StoreStats, StoreUnsupported
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
