@@ -239,7 +239,8 @@ def report_request(path: Path, **fields: object) -> pb.GenerateReportRequest:
 
 def test_the_page_comes_back_over_grpc(client_server: ServerProcess) -> None:
     """A hospital file sent as it is: the response carries the PDF - the 12-lead page and three evidence pages
-    with the demo corpus neighbours' signals -, worded from the response itself, with no identifier."""
+    with the demo corpus neighbours' signals -, worded from the response itself, with no identifier; a PNG on
+    Letter; nothing unasked; GenerateReportStream prints into its final response."""
     response = client_server.stub().GenerateReport(report_request(formats() / MUSE.name, print_format="pdf"),
                                                    timeout=120)
     printed = response.printout
@@ -258,6 +259,10 @@ def test_the_page_comes_back_over_grpc(client_server: ServerProcess) -> None:
     assert pixels(png.content).shape[:2] == pytest.approx((px(215.9), px(279.4)), abs=1)
     assert not client_server.stub().GenerateReport(report_request(formats() / MUSE.name), timeout=120).HasField(
         "printout")
+    events = list(client_server.stub().GenerateReportStream(report_request(formats() / MUSE.name, print_format="svg"),
+                                                            timeout=120))
+    assert not events[0].retrieval.HasField("printout")  # printed once, into the final response
+    assert events[-1].done.printout.content_type == "image/svg+xml" and events[-1].done.printout.pages == 4
 
 
 @pytest.mark.parametrize(("fields", "message"), [
