@@ -41,8 +41,8 @@ def report_document(result: dict, query: PrintEcg, *, origin: str, server: dict 
 
     `origin` names the input when it is not a file ("WFDB record 00134_lr", "samples sent over gRPC", "stream
     window 3"); `source` is the file's metadata (:meth:`ecgregen.ecg_files.FileMetadata.to_dict`, with ``patient``
-    when read with identifiers), by default the ``source_file`` the server returned; `server` is
-    :func:`ecgregen.client.server_info_dict`'s shape (encoder, corpus, calibration); `neighbours` holds the
+    when read with identifiers), by default the ``source_file`` the server returned; `server` is what
+    :func:`ecgregen.client.info` returns (version, encoder, corpus calibration); `neighbours` holds the
     signal of each of ``result["neighbours"][:3]`` (None: not at hand here), `signals_from` where they were looked
     for.
     """
@@ -68,7 +68,8 @@ def window_document(window: pb.WindowResult, trace: PrintEcg, *, server: dict | 
     """The pages of one StreamECG window: `trace` is the window's samples as the monitor sent them
     (:func:`ecgregen.printout.sources.from_window`), `window` what the server answered for it."""
     result = {
-        "report": window.report, "diagnoses": [diagnosis_to_dict(d) for d in window.diagnoses],
+        "report": window.report, "report_language": window.report_language,
+        "diagnoses": [diagnosis_to_dict(d) for d in window.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in window.neighbours], "warnings": list(window.warnings),
         "measurements": measurements_to_dict(window.measurements) if window.HasField("measurements") else None,
         "quality_flags": list(window.quality_flags),
@@ -98,9 +99,11 @@ def ids_line(server: dict, encoder_id: str) -> str:
 def _ecg_page(result: dict, query: PrintEcg, origin: str, source: dict | None, include_patient: bool) -> Page:
     left = [_patient_line(source, include_patient), _source_line(query, origin, source, include_patient),
             *_markers(query)]
-    measured = format_measurements(result.get("measurements"),
-                                   (source or {}).get("measurements")).strip().splitlines()
-    left += [f"Measured: {measured[0]}", *measured[1:]]
+    if result.get("measurements") is None:
+        left.append("Measured: not available (see the notes)")
+    else:
+        measured = format_measurements(result["measurements"], (source or {}).get("measurements")).strip()
+        left += [f"Measured: {line}" if i == 0 else line for i, line in enumerate(measured.splitlines())]
     if result.get("quality_flags"):
         left.append(f"Stream quality: {', '.join(f.replace(':', ' ') for f in result['quality_flags'])}")
     if source and source.get("statements"):
