@@ -68,6 +68,7 @@ from urllib.parse import quote
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.identifiers import shown_statements
 
 _BASE = "https://ecgregen.invalid/fhir"
 SCP_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-scp"  # PTB-XL's SCP-ECG statement acronyms
@@ -363,7 +364,8 @@ def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict |
             "resourceType": "Observation", "status": "final" if made_by in ("overread", "confirmed") else "preliminary",
             **context, "device": recorder, "derivedFrom": [ecg_ref],
             "code": _concept(CONCEPT_SYSTEM, "recording-statements", "Interpretation statements of the recording"),
-            "valueString": "\n".join(source["statements"]), "method": {"text": f"statements made by: {made_by}"}})
+            "valueString": "\n".join(shown_statements(source["statements"], include_patient)),
+            "method": {"text": f"statements made by: {made_by}"}})
     neighbours = [bundle.add(_neighbour(rank, n, encoder)) for rank, n in enumerate(result["neighbours"], 1)]
     notes = [{"text": f"warning: {w}"} for w in result.get("warnings", [])]
     diagnoses = [bundle.add(_diagnosis(d, {**context, "device": encoder}, [r for r in (ecg_ref, *neighbours) if r],

@@ -259,12 +259,14 @@ def texts_in(value: object) -> list[str]:
 def test_default_bundles_of_a_real_file_hold_no_identifying_element(result: dict, muse: dict) -> None:
     """Without include_patient, report and answer bundles of a file read with all its identifiers hold no Patient,
     subject, serial number or acquisition time, and none of the file's identifying values anywhere (the issued
-    text included)."""
+    text included) - nor the date and time of the earlier ECG its cart's statements compare with; the statements'
+    clinical content stays."""
     source = muse["source"]
     answer = {**result, "answer": ["NORM"], "answerer": "labels", "rationale": "", "fallback_reason": ""}
+    assert "When compared with ECG of 30-MAR-2023 09:09," in source["statements"]  # the file's own, as read
     identifying = [source["patient"]["patient_id"], source["patient"]["last_name"], source["patient"]["first_name"],
                    source["patient"]["birth_date"], source["device"]["serial_number"], source["acquired_at"][:10],
-                   source["acquired_at"][11:16]]
+                   source["acquired_at"][11:16], "30-MAR-2023", "09:09"]
     for bundle in (report_bundle(result, ecg=muse["ecg"], source=source, server=SERVER),
                    answer_bundle(answer, "Normal ECG?", ecg=muse["ecg"], source=source, server=SERVER)):
         assert_valid(bundle)
@@ -273,6 +275,10 @@ def test_default_bundles_of_a_real_file_hold_no_identifying_element(result: dict
         issued = [base64.b64decode(f["data"]).decode() for r in resources(bundle) for f in r.get("presentedForm", [])]
         text = "\n".join([*texts_in(bundle), *issued])
         assert not [value for value in identifying if value in text]
+        assert "When compared with ECG of [date not shown] [time not shown]," in text
+        assert "Anterior infarct , age undetermined" in text
+    kept = report_bundle(result, ecg=muse["ecg"], source=source, server=SERVER, include_patient=True)
+    assert "30-MAR-2023 09:09" in "\n".join(texts_in(kept))  # identifiers asked for: the statements as written
 
 
 def test_include_patient_gives_the_files_patient_with_gender_serial_number_and_time(result: dict, muse: dict) -> None:

@@ -184,12 +184,13 @@ def test_an_8_lead_file_marks_its_derived_leads() -> None:
 
 def test_the_default_pdf_text_layer_holds_no_identifiers(corpus: list[EcgRecord]) -> None:
     """A GE export read with its identifiers: the default page prints none of them (patient id, name, birth date,
-    the cart's serial number, the acquisition time) in its text or metadata; with include_patient all are there."""
+    the cart's serial number, the acquisition time, the earlier ECG's date and time in the cart's statements) in its
+    text or metadata; with include_patient all are there."""
     read = read_ecg_file(formats() / MUSE.name, include_patient=True)
     source = read.metadata.to_dict()
     identifying = [source["patient"]["patient_id"], source["patient"]["last_name"], source["patient"]["first_name"],
                    source["patient"]["birth_date"], source["device"]["serial_number"], source["acquired_at"][:10],
-                   source["acquired_at"][11:16]]
+                   source["acquired_at"][11:16], "30-MAR-2023"]
     result = sample_result(read.ecg, corpus)
     trace = from_file(read.ecg, source)
     default = render(report_document(result, trace, origin="", source=source), PrintFormat.PDF)

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ecgregen.client import format_measurements
+from ecgregen.identifiers import shown_statements
 from ecgregen.messages import diagnosis_to_dict, measurements_to_dict, neighbour_to_dict
 from ecgregen.printout.document import Document, Page, PrintEcg, Units
 from ecgregen.printout.paper import MAJOR_MM, MINOR_MM, MM_PER_S, MM_PER_UNIT, PAPER_NAMES, STRIP_S, Paper
@@ -108,7 +109,7 @@ def _ecg_page(result: dict, query: PrintEcg, origin: str, source: dict | None, i
         left.append(f"Stream quality: {', '.join(f.replace(':', ' ') for f in result['quality_flags'])}")
     if source and source.get("statements"):
         left.append(f"The device's interpretation ({source.get('statements_source') or 'unstated'}): "
-                    + "; ".join(source["statements"]))
+                    + "; ".join(shown_statements(source["statements"], include_patient)))
     right = [_report_line(result)]
     original = result.get("original_report")
     if original and original != result["report"]:
