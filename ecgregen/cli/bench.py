@@ -1,6 +1,6 @@
 """`ecgregen bench`: the performance suite (encoder, search against FAISS, gRPC end to end, streams, memory, the
-measurement stage), and its parts run alone at scale: `bench store` (the vector store) and `bench load` (a running
-server)."""
+measurement stage), and its parts run alone at scale: `bench store` (the vector store), `bench load` (a running
+server) and `bench burst` (a running server's event loop under heavy calls)."""
 
 from __future__ import annotations
 
@@ -82,6 +82,16 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench_load.add_argument("--duration", type=float, default=10.0, help="seconds per concurrency level")
     bench_load.add_argument("--json", type=Path, dest="json_out")
     bench_load.set_defaults(handler=run_load)
+    bench_burst = bench_sub.add_parser(
+        "burst", help="a running server's event loop (health checks) while a burst of heavy GenerateReport calls runs")
+    bench_burst.add_argument("--server", default=DEFAULT_SERVER)
+    bench_burst.add_argument("--records", type=Path, default=DEMO_PTBXL, help="PTB-XL-layout folder of queries")
+    bench_burst.add_argument("--folds", default="9")
+    bench_burst.add_argument("--clients", type=int, default=16, help="callers keeping a call in flight each")
+    bench_burst.add_argument("--rounds", type=int, default=2, help="calls per caller")
+    bench_burst.add_argument("--ecg-seconds", type=float, default=300.0, help="each ECG tiled to this length")
+    bench_burst.add_argument("--json", type=Path, dest="json_out")
+    bench_burst.set_defaults(handler=run_burst)
 
 
 def _ints(text: str, flag: str) -> list[int]:
@@ -139,6 +149,17 @@ def run_load(args: argparse.Namespace) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(rows, indent=2))
     print(format_load(rows, f"GenerateReport load on {args.server}, {args.duration:g} s per level"))
+
+
+def run_burst(args: argparse.Namespace) -> None:
+    from ecgregen.bench.burst import format_burst, run_burst
+    from ecgregen.records import load_ptbxl, parse_folds
+
+    result = run_burst(args.server, load_ptbxl(args.records, parse_folds(args.folds)), clients=args.clients,
+                       rounds=args.rounds, ecg_seconds=args.ecg_seconds)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2))
+    print(format_burst(result))
 
 
 def run_store(args: argparse.Namespace) -> None:
