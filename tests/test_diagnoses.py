@@ -140,8 +140,9 @@ def test_consensus_picks_the_neighbour_agreeing_best_with_the_diagnoses() -> Non
     assert select_report(hits, diagnoses, "top1", 4) is hits[0]
     assert select_report(hits, diagnoses, "consensus", 4) is hits[1]  # ties with hits[3]: the closer wins
     assert select_report(hits, diagnoses, "consensus", 1) is hits[0]  # only the pool is considered
-    with pytest.raises(ValueError, match="unknown report mode"):
-        select_report(hits, diagnoses, "longest", 4)
+    for mode in ("longest", "statements"):  # statements is written, not chosen among the neighbours
+        with pytest.raises(ValueError, match="does not choose a neighbour's report"):
+            select_report(hits, diagnoses, mode, 4)
 
 
 def test_calibration_is_kept_with_the_corpus_and_refused_for_another_encoder(
