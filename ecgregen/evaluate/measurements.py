@@ -50,6 +50,7 @@ from tqdm import tqdm
 from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
 from ecgregen.ecg_files import EcgFileError, read_ecg_file
 from ecgregen.measure import VALUE_FIELDS, BeatOrigin, Measurements, QualityFlag, Rhythm, cart_line, measure
+from ecgregen.measure.codes import axis_class as served_axis_class
 from ecgregen.measure.codes import rhythm_codes
 from ecgregen.records import load_ptbxl, read_wfdb_signal
 
@@ -136,15 +137,10 @@ def within_tolerance(ours: float | None, cart: float, comparison: CartComparison
 
 
 def axis_class(degrees: float | None) -> str | None:
-    """Frontal QRS axis class: normal -30..90, left -90..-30, right 90..180, extreme -180..-90."""
-    if degrees is None:
-        return None
-    angle = difference(degrees, 0.0, circular=True)
-    if -30.0 <= angle <= 90.0:
-        return NORMAL
-    if -90.0 <= angle < -30.0:
-        return LEFT
-    return RIGHT if angle > 90.0 else EXTREME
+    """The served axis class (:func:`ecgregen.measure.codes.axis_class`: normal -30..90, left -90..-30, right
+    90..180, extreme -180..-90) of an angle taken round the circle, labelled as PTB-XL's classes are here."""
+    found = served_axis_class(None if degrees is None else difference(degrees, 0.0, circular=True))
+    return EXTREME if found == "extreme" else found
 
 
 @dataclass(frozen=True)
