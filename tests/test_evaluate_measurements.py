@@ -10,6 +10,7 @@ import pytest
 
 from ecgregen.ecg import STANDARD_LEADS
 from ecgregen.ecg_files import read_ecg_file
+from ecgregen.evaluate.measurement_tables import fold_heading
 from ecgregen.evaluate.measurements import (
     CART_COMPARISONS,
     EXTREME,
@@ -21,7 +22,6 @@ from ecgregen.evaluate.measurements import (
     binary_scores,
     difference,
     evaluate_measurements,
-    fold_heading,
     load_annotated,
     parse_leads,
     within_tolerance,

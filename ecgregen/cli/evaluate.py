@@ -185,7 +185,8 @@ def run_qa(args: argparse.Namespace) -> None:
 
 
 def run_measurements(args: argparse.Namespace) -> None:
-    from ecgregen.evaluate.measurements import evaluate_measurements, format_measurements
+    from ecgregen.evaluate.measurement_tables import format_measurements
+    from ecgregen.evaluate.measurements import evaluate_measurements
     from ecgregen.records import parse_folds
 
     result = evaluate_measurements(
