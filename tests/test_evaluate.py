@@ -130,6 +130,7 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
     assert "| index records |" in out.stdout and (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
     assert result["calibration_folds"] == [8] and result["calibration"]["records"] == 32
     assert result["served_report_mode"] == result["calibration"]["report_mode_chosen"]
+    assert result["encoder_training"]["test_folds_that_chose_an_epoch"] == [9]  # said beside the numbers
     assert "| retrieval-top1 |" in out.stdout and "| retrieval-consensus |" in out.stdout
     assert "ECG-ReGen (paper)" in out.stdout and "calibrated on 32 records" in out.stdout
     assert (tmp_path / "a.md").read_text().startswith("Reports scored in English")
@@ -298,6 +299,25 @@ def test_evaluate_qa_on_real_ecgqa_questions(shared_eval_dir: Path, tmp_path: Pa
     assert result["settings_for_serving"]["fold"] == 8 and sum(result["settings_for_serving"]["halves"]) == len(
         load_ptbxl(root, [8]))
 
+
+
+def test_evaluate_report_refuses_a_label_training_calibration_fold_and_names_the_encoders_folds(
+        tmp_path: Path) -> None:
+    """`evaluate report` reads the checkpoint's training record: a calibration on a fold whose labels trained the
+    encoder is refused before anything is indexed; the shipped encoder's record is described, and the test fold that
+    chose its self-supervised epoch (9) is named beside the numbers."""
+    from ecgregen.evaluate.report import markdown_table, training_folds
+
+    refused = run("evaluate", "report", "--ptbxl", str(DEMO_PTBXL), "--index-folds", "1-8", "--test-folds", "9",
+                  "--calibration-folds", "7", "--data-dir", str(tmp_path / "eval"), check=False)
+    assert refused.returncode != 0 and "calibration fold(s) 7" in refused.stderr and "labels" in refused.stderr
+    assert not (tmp_path / "eval").exists()
+    folds = training_folds(None, load_ptbxl(DEMO_PTBXL, [8]), load_ptbxl(DEMO_PTBXL, [9]))
+    assert folds["label_folds"] == list(range(1, 8)) and folds["selection_folds"] == [8, 9]
+    assert folds["test_folds_trained_on"] == [] and folds["test_folds_that_chose_an_epoch"] == [9]
+    table = markdown_table({"n": 1, "n_index": 1, "encoder": "e", "bertscore_model": None, "wall_time_s": 0,
+                            "methods": {}, "encoder_training": folds})
+    assert "Test fold(s) 9 chose an epoch of the encoder" in table and "trained on folds 1-7" in table
 
 
 def test_evaluate_qa_refuses_calibrating_on_label_training_folds_or_for_an_unknown_encoder(tmp_path: Path) -> None:

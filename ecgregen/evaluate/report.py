@@ -96,6 +96,26 @@ def retrieve_modes(
     return by_mode, top1_codes, vote_codes
 
 
+def training_folds(checkpoint: Path | None, calibration: Sequence[EcgRecord], queries: Sequence[EcgRecord]) -> dict:
+    """What trained the encoder and chose its epochs (from its checkpoint's training record), refusing a calibration
+    on folds whose labels it learnt (its neighbours' votes would be flattered there), and which test folds carry one
+    of its choices - said beside the numbers, not hidden."""
+    from ecgregen.evaluate.qa import encoder_training
+    from ecgregen.pretrain.provenance import UNKNOWN, describe, folds_of, label_folds, selection_folds
+
+    training = encoder_training(checkpoint)
+    labelled, chose = label_folds(training), selection_folds(training)
+    refused = sorted(set(folds_of(calibration)) & set(labelled or ()))
+    if refused:
+        raise ValueError(f"calibration fold(s) {', '.join(map(str, refused))}: the encoder learnt the labels of "
+                         f"folds {', '.join(map(str, labelled))}; calibrate on another fold")
+    tested = set(folds_of(queries))
+    return {"description": describe(training), "label_folds": labelled if labelled is not None else UNKNOWN,
+            "selection_folds": chose if chose is not None else UNKNOWN,
+            "test_folds_trained_on": sorted(tested & set(labelled or ())),
+            "test_folds_that_chose_an_epoch": sorted(tested & set(chose or ()))}
+
+
 def _f1(tp: int, fp: int, fn: int) -> float | None:
     """None where it is undefined: no positive, none predicted."""
     return 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
@@ -193,6 +213,7 @@ def evaluate_reports(
     overlap = {r.ecg_id for r in calibration} & {q.ecg_id for q in queries}
     if overlap:
         raise ValueError(f"{len(overlap)} test records are also calibration records: calibrate on other folds")
+    encoder_folds = training_folds(checkpoint, calibration, queries)
     pipeline = open_eval_index(index, data_dir=data_dir, qdrant_url=qdrant_url, checkpoint=checkpoint, progress=progress)
     try:
         encoder_id = pipeline.encoder.encoder_id
@@ -242,6 +263,7 @@ def evaluate_reports(
             "measured": fitted.measured is not None,
         } if fitted else None,
         "served_report_mode": pipeline.resolved_report_mode(),
+        "encoder_training": encoder_folds,
         "examples": [
             {"ecg_id": q.ecg_id, "truth": q.report, "retrieved_ecg_id": p.ecg_id, "retrieved": p.report}
             for q, p in list(zip(queries, predictions[f"retrieval-{pipeline.resolved_report_mode()}"]))[:5]
@@ -281,6 +303,15 @@ def markdown_table(result: dict) -> str:
         + (f" English: the glossary {result['glossary_version']} applied to references and reports alike; the "
            "statements mode writes English." if "glossary_version" in result else "") + "\n"
     )
+    training = result.get("encoder_training")
+    if training:
+        notes += f"Encoder: {training['description']}."
+        for key, what in (("test_folds_trained_on", "trained the encoder with their labels"),
+                          ("test_folds_that_chose_an_epoch", "chose an epoch of the encoder")):
+            if training[key]:
+                notes += (f" **Test fold(s) {', '.join(map(str, training[key]))} {what}: the numbers above carry "
+                          "that choice.**")
+        notes += "\n"
     by_code = result.get("diagnoses_by_code")
     return "\n\n".join(tables) + "\n" + notes + (f"\n{diagnoses_table(by_code)}" if by_code else "")
 
