@@ -637,6 +637,6 @@ def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration)
                 served.append(statement_report(diagnoses, c.measurements).text)
             else:
                 hit = select_report(c.hits, diagnoses, mode, calibration.k)
-                served.append(translate(hit.report).text_en if hit else "")
+                served.append(hit.english.text_en if hit else "")  # as served: the stored translation
         bleu[mode] = round(corpus_bleu4(references, served), 4)
     return max(REPORT_MODES, key=lambda m: (bleu[m], m == "top1")), bleu

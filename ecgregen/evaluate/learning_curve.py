@@ -59,9 +59,9 @@ def learning_curve(index: Sequence[EcgRecord], queries: Sequence[EcgRecord], cal
         served = by_mode[f"retrieval-{mode}"]
         f1 = scp_f1(truth, [p.scp_codes for p in served])
         rows.append({"index_records": size, "f1_micro": f1["micro"], "f1_macro": f1["macro"], "served_mode": mode,
-                     "bleu4_en": round(corpus_bleu4(references, [in_language(p.report, "en") for p in served]), 4),
+                     "bleu4_en": round(corpus_bleu4(references, [p.text("en") for p in served]), 4),
                      "bleu4_en_by_mode": {m[len("retrieval-"):]: round(corpus_bleu4(
-                         references, [in_language(p.report, "en") for p in predictions]), 4)
+                         references, [p.text("en") for p in predictions]), 4)
                          for m, predictions in by_mode.items()}})
     return {"n": len(queries), "seed": seed, "rows": rows}
 

@@ -60,13 +60,21 @@ class Prediction:
     scp_codes: frozenset[str]
     ecg_id: str
     patient_id: str
+    english: str | None = None  # as served in English (a hit's stored translation); None: translated when scored
+
+    def text(self, language: str) -> str:
+        """The prediction as scored in `language` (``en``: what the server serves in English)."""
+        if language == "en" and self.english is not None:
+            return self.english
+        return in_language(self.report, language)
 
 
 def retrieve_top1(pipeline: RetrievalPipeline, queries: Sequence[EcgRecord], progress: bool = True) -> list[Prediction]:
     predictions = []
     for record in tqdm(queries, desc="retrieval", unit="ecg", disable=not progress, dynamic_ncols=True):
         top = neighbours_excluding_patient(pipeline, record, 1)[0]
-        predictions.append(Prediction(top.report, frozenset(top.scp_codes), top.ecg_id, top.patient_id))
+        predictions.append(Prediction(top.report, frozenset(top.scp_codes), top.ecg_id, top.patient_id,
+                                      top.english.text_en))
     return predictions
 
 
@@ -88,11 +96,12 @@ def retrieve_modes(
         for mode in REPORT_MODES:
             if mode == "statements":
                 written = statement_report(retrieval.diagnoses, retrieval.measurements).text
-                by_mode["retrieval-statements"].append(Prediction(written, codes, "", ""))
+                by_mode["retrieval-statements"].append(Prediction(written, codes, "", "", written))
                 continue
             hit = select_report(retrieval.pool, retrieval.diagnoses, mode, pipeline.diagnoser.k)
             assert hit is not None  # the index is not empty and the patient filter leaves others
-            by_mode[f"retrieval-{mode}"].append(Prediction(hit.report, codes, hit.ecg_id, hit.patient_id))
+            by_mode[f"retrieval-{mode}"].append(Prediction(hit.report, codes, hit.ecg_id, hit.patient_id,
+                                                           hit.english.text_en))
     return by_mode, top1_codes, vote_codes
 
 
@@ -242,7 +251,7 @@ def evaluate_reports(
             references = [in_language(q.report, language) for q in queries]
             methods = by_language[language] = {}
             for name in methods_order:
-                hypotheses = [in_language(p.report, language) for p in predictions[name]]
+                hypotheses = [p.text(language) for p in predictions[name]]
                 predicted = [p.scp_codes for p in predictions[name]] if has_codes else None
                 methods[name] = score_reports(references, hypotheses, true_codes, predicted, bertscore=bertscore)
     return {
