@@ -9,7 +9,7 @@ subset, a user's full PTB-XL, or the demo corpus shipped in this package.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +85,20 @@ def read_wfdb(path: str | Path) -> Ecg:
 def wfdb_comments(path: str | Path) -> list[str]:
     """Header comment lines of a WFDB record (where plain records keep their report, if any)."""
     return list(wfdb.rdheader(str(Path(path).with_suffix(""))).comments)
+
+
+def folds_text(folds: Sequence[int]) -> str:
+    """1-7, 9 for [1, ..., 7, 9] (three or more in a row as a range); "none" for none - how messages name folds."""
+    folds = sorted(set(folds))
+    if not folds:
+        return "none"
+    runs: list[list[int]] = []
+    for f in folds:
+        if runs and f == runs[-1][-1] + 1:
+            runs[-1].append(f)
+        else:
+            runs.append([f])
+    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def parse_folds(spec: str) -> list[int]:

@@ -78,7 +78,7 @@ from ecgregen.llm.stage import LlmStage
 from ecgregen.measure import Measurements, measure
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.qa_conventions import NONE, normalise, question_lead
-from ecgregen.records import EcgRecord, load_ptbxl
+from ecgregen.records import EcgRecord, folds_text, load_ptbxl
 from ecgregen.store import Hit
 
 # Templates whose questions are about SCP statements and that ECG-QA's rules answer from metadata: the questions
@@ -367,15 +367,15 @@ def calibration_plan(question_folds: Sequence[int], label_folds: Sequence[int], 
     else:
         refused = sorted(set(candidates) & labelled)
         if refused:
-            raise FoldError(f"calibration fold(s) {_folds_text(refused)}: the encoder learnt the labels of folds "
-                            f"{_folds_text(labelled)}, so a calibration fitted there is flattered; choose others")
+            raise FoldError(f"calibration fold(s) {folds_text(refused)}: the encoder learnt the labels of folds "
+                            f"{folds_text(labelled)}, so a calibration fitted there is flattered; choose others")
     plan: dict[int, int] = {}
     for fold in question_folds:
         chosen = next((c for c in candidates if c != fold), None)
         if chosen is None:
             raise FoldError(f"no fold to calibrate on for the questions about fold {fold}: candidates "
                             f"{list(candidates) or 'none'} (the question's fold and the encoder's label-training "
-                            f"folds {_folds_text(labelled) or 'none'} are never used)")
+                            f"folds {folds_text(labelled)} are never used)")
         plan[fold] = chosen
     return plan
 
@@ -457,8 +457,8 @@ def evaluate_qa(
     labelled = label_folds(training)
     if encoder_label_folds is not None:
         if labelled is not None and sorted(set(encoder_label_folds)) != labelled:
-            raise FoldError(f"the checkpoint records label-training folds {_folds_text(labelled) or 'none'}, not "
-                            f"{_folds_text(encoder_label_folds) or 'none'}")
+            raise FoldError(f"the checkpoint records label-training folds {folds_text(labelled)}, not "
+                            f"{folds_text(encoder_label_folds)}")
         labelled = sorted(set(encoder_label_folds))
     records = load_ptbxl(ptbxl_dir)
     with_signal = {r.ecg_id: r for r in records}
@@ -486,7 +486,7 @@ def evaluate_qa(
                                           available=[f for f in all_folds if f], candidates=calibration_folds)
         if serving_fold in labelled:
             raise FoldError(f"--serving-fold {serving_fold}: the encoder learnt the labels of folds "
-                            f"{_folds_text(labelled)}; fit the shipped settings on another fold")
+                            f"{folds_text(labelled)}; fit the shipped settings on another fold")
     metadata = PtbxlMetadata.from_ptbxl(ptbxl_dir)
     all_reports = Path(ptbxl_dir) / "ptbxl_database_all_reports.csv"
     lead_metadata = PtbxlMetadata.from_csv(all_reports) if all_reports.exists() else metadata
@@ -754,24 +754,13 @@ def score_by_attribute(results: Sequence[tuple[dict, frozenset[str], str]], sign
     return out
 
 
-def _folds_text(folds: Sequence[int]) -> str:
-    """[1, 2, 3, 5] -> "1-3, 5"."""
-    runs: list[list[int]] = []
-    for f in sorted(folds):
-        if runs and f == runs[-1][-1] + 1:
-            runs[-1].append(f)
-        else:
-            runs.append([f])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
-
-
 def format_qa(result: dict) -> str:
     """Markdown table of exact match (%) per type, beside the paper's Table II."""
     kind = "generated" if result["generated"] else "ECG-QA"
     lines = ["| method | S-Verify | S-Choose | S-Query |", "|---|---|---|---|"]
     method = f"LLM {result['llm']['model']}" if result.get("llm") else result["answerer"]
     fold_info = result.get("folds") or {}
-    asked = f"question folds {_folds_text(fold_info.get('questions') or result.get('test_folds') or [])}"
+    asked = f"question folds {folds_text(fold_info.get('questions') or result.get('test_folds') or [])}"
     for name, scores in ((f"retrieval + {method} (ours), {asked}", result["by_type"]),
                          (f"per-type majority (ours), {asked}", result["majority"])):
         cells = [f"{100 * scores[t]['exact_match']:.2f} (n={scores[t]['n']})" if t in scores else "-" for t in QUESTION_TYPES]
@@ -793,7 +782,7 @@ def format_qa(result: dict) -> str:
         lines += ["", "| attribute type | ours | type majority of the other folds | ours - type majority | "
                       "template majority of the other folds | n |", "|---|---|---|---|---|---|"]
         for group, part in by_attribute.items():
-            folds = f"(folds {_folds_text(part['folds'])})"
+            folds = f"(folds {folds_text(part['folds'])})"
             lines.append(f"| {group} | {100 * part['exact_match']:.1f} {folds} | "
                          f"{100 * part['majority']:.1f} {folds} | "
                          f"{100 * (part['exact_match'] - part['majority']):+.1f} {folds} | "

@@ -35,7 +35,7 @@ from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_ind
 from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session, score_reports, scp_f1
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
-from ecgregen.records import EcgRecord
+from ecgregen.records import EcgRecord, folds_text
 from ecgregen.reports import translate
 from ecgregen.reports.statements import statement_report
 
@@ -116,8 +116,8 @@ def training_folds(checkpoint: Path | None, calibration: Sequence[EcgRecord], qu
     labelled, chose = label_folds(training), selection_folds(training)
     refused = sorted(set(folds_of(calibration)) & set(labelled or ()))
     if refused:
-        raise ValueError(f"calibration fold(s) {', '.join(map(str, refused))}: the encoder learnt the labels of "
-                         f"folds {', '.join(map(str, labelled))}; calibrate on another fold")
+        raise ValueError(f"calibration fold(s) {folds_text(refused)}: the encoder learnt the labels of "
+                         f"folds {folds_text(labelled)}; calibrate on another fold")
     tested = set(folds_of(queries))
     return {"description": describe(training), "label_folds": labelled if labelled is not None else UNKNOWN,
             "selection_folds": chose if chose is not None else UNKNOWN,
@@ -318,7 +318,7 @@ def markdown_table(result: dict) -> str:
         for key, what in (("test_folds_trained_on", "trained the encoder with their labels"),
                           ("test_folds_that_chose_an_epoch", "chose an epoch of the encoder")):
             if training[key]:
-                notes += (f" **Test fold(s) {', '.join(map(str, training[key]))} {what}: the numbers above carry "
+                notes += (f" **Test fold(s) {folds_text(training[key])} {what}: the numbers above carry "
                           "that choice.**")
         notes += "\n"
     by_code = result.get("diagnoses_by_code")

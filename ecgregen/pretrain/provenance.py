@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from ecgregen.records import folds_text
+
 TRAINING_KEY = "training"
 UNKNOWN = "unknown"
 
@@ -97,20 +99,6 @@ def selection_folds(record: dict | str | None) -> list[int] | None:
     if chain is None:
         return None
     return sorted({f for stage in chain for f in stage.get("validation_folds", [])})
-
-
-def folds_text(folds: Sequence[int]) -> str:
-    """1-7, 9 for [1, ..., 7, 9]."""
-    folds = sorted(set(folds))
-    if not folds:
-        return "none"
-    runs: list[list[int]] = []
-    for f in folds:
-        if runs and f == runs[-1][-1] + 1:
-            runs[-1].append(f)
-        else:
-            runs.append([f])
-    return ", ".join(f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs)
 
 
 def describe(record: dict | str | None) -> str:
