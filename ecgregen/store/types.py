@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ class StoredRecord:
     def point_id(self) -> str:
         return point_id(self.source, self.ecg_id)
 
-    @property
+    @cached_property  # read several times per response (report, neighbours, prompts): translated once
     def english(self) -> Translation:
         """The translation written with the record: the one it carries, else one made now."""
         return self.translation or translate(self.report)
@@ -82,7 +83,7 @@ class Hit:
     # stored (until `ecgregen corpus translate` adds them).
     translation: Translation | None = None
 
-    @property
+    @cached_property  # read several times per response (report, neighbours, prompts): translated once
     def english(self) -> Translation:
         """The report in English: as stored, else translated now, so a corpus not yet updated still serves it."""
         return self.translation or translate(self.report)
