@@ -32,6 +32,14 @@ class ReportLanguage(StrEnum):
     ORIGINAL = "original"  # as the neighbour's cart wrote it (German, Swedish or English)
 
 
+class ReportEditAction(StrEnum):
+    """``ReportEdit.action``: what a ``verified`` report did to the chosen neighbour's report, so a reviewer can tell
+    a statement dropped from one the measurements made the report state."""
+
+    REMOVED = "removed"  # a sentence the measurements contradict
+    ADDED = "added"  # a measured finding out of range that the report did not state
+
+
 class FallbackReason(StrEnum):
     """``fallback_reason`` of GenerateReport (refinement) and AnswerQuestion (LLM): why the LLM's text was not used."""
 

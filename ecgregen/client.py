@@ -25,6 +25,7 @@ from ecgregen.messages import (
     file_info_to_dict,
     measurements_to_dict,
     neighbour_to_dict,
+    report_edit_to_dict,
 )
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
@@ -145,6 +146,7 @@ def report_dict(response: pb.GenerateReportResponse) -> dict:
         "original_report": response.original_report,
         "original_language": response.original_language,
         "untranslated_words": list(response.untranslated_words),
+        "report_edits": [report_edit_to_dict(e) for e in response.report_edits],
         "measurements": measurements_field(response),
         "diagnoses": [diagnosis_to_dict(d) for d in response.diagnoses],
         "neighbours": [neighbour_to_dict(n) for n in response.neighbours],
@@ -299,11 +301,13 @@ def format_neighbours(neighbours: list[dict]) -> str:
 
 
 def format_diagnoses(diagnoses: list[dict], limit: int = 8) -> str:
-    """Present diagnoses first, then the most probable others, one line each."""
+    """Present diagnoses first, then the most probable others, one line each; one a measurement decided says which
+    (its mark may then disagree with its probability and threshold)."""
     shown = [d for d in diagnoses if d["present"]] + [d for d in diagnoses if not d["present"]]
     lines = [
         f"  {'+' if d['present'] else ' '} {d['code']:<6} {d['probability']:5.2f} (threshold {d['threshold']:.2f})  "
         f"{d['description']}" + (f" [{d['superclass']}]" if d["superclass"] else "")
+        + (f" (by measurement: {d['decided_by']})" if d.get("decided_by") else "")
         for d in shown[:max(limit, sum(d["present"] for d in diagnoses))]
     ]
     return "\n".join(lines) or "  (none: no neighbour carries a label)"
@@ -397,9 +401,15 @@ def _measurements_of(result: dict) -> str:
     return format_measurements(result["measurements"], source["measurements"] if source else None)
 
 
+def format_edits(edits: Sequence[dict]) -> str:
+    """A verified report's edits, one line each under the report line, with the measurement that decided it:
+    '  edited: removed "right axis deviation." - measured QRS axis +79 degrees is normal (-30..+90)'."""
+    return "".join(f'\n  edited: {e["action"]} "{e["sentence"]}" - {e["reason"]}' for e in edits)
+
+
 def format_report(result: dict) -> str:
     text = (_measurements_of(result) + format_source_file(result.get("source_file"))
-            + f"Report ({result['report_language']}): {result['report']}")
+            + f"Report ({result['report_language']}): {result['report']}" + format_edits(result.get("report_edits", ())))
     if result["original_report"] and result["original_report"] != result["report"]:
         text += f"\nOriginal ({result['original_language']}): {result['original_report']}"
     if result["untranslated_words"]:

@@ -76,9 +76,18 @@ def signal_to_proto(signal: np.ndarray, sampling_rate_hz: float, lead_names: Seq
 
 
 def diagnosis_to_dict(d: pb.Diagnosis) -> dict:
-    """The JSON shape the CLI prints for one diagnosis."""
+    """The JSON shape the CLI prints for one diagnosis; `decided_by` is "" unless a measurement, not the calibrated
+    probability, decided `present` (so the reader knows why a probability and its mark disagree)."""
     return {"code": d.code, "description": d.description, "superclass": d.superclass,
-            "probability": round(float(d.probability), 4), "present": d.present, "threshold": round(float(d.threshold), 4)}
+            "probability": round(float(d.probability), 4), "present": d.present, "threshold": round(float(d.threshold), 4),
+            "decided_by": d.decided_by}
+
+
+def report_edit_to_dict(e: pb.ReportEdit) -> dict:
+    """The JSON shape of one edit a verified report made; `value` is None where the deciding measurement has no
+    number (the rhythm)."""
+    return {"action": e.action, "sentence": e.sentence, "measurement": e.measurement,
+            "value": e.value if e.HasField("value") else None, "reason": e.reason}
 
 
 def neighbour_to_dict(n: pb.Neighbour) -> dict:

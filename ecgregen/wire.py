@@ -19,6 +19,7 @@ from ecgregen.measure import VALUE_FIELDS, Measurements
 from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.reports.statements import StatementReport
+from ecgregen.reports.verify import ReportEdit
 from ecgregen.store import Hit, SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -127,8 +128,17 @@ def neighbour_to_proto(hit: Hit, shown_patient_id: str) -> pb.Neighbour:
 
 
 def diagnosis_to_proto(d: Diagnosis) -> pb.Diagnosis:
+    """A diagnosis with what decided it: `decided_by` names the measurement when it, not the calibrated
+    probability, set `present` (so a reader never sees a probability below threshold marked present unexplained)."""
     return pb.Diagnosis(code=d.code, description=d.description, superclass=d.superclass, probability=d.probability,
-                        present=d.present, threshold=d.threshold)
+                        present=d.present, threshold=d.threshold, decided_by=d.decided_by)
+
+
+def report_edits_to_proto(edits: tuple[ReportEdit, ...]) -> list[pb.ReportEdit]:
+    """A verified report's edits, in order, for GenerateReportResponse.report_edits. `value` stays unset when the
+    deciding measurement has no number (the rhythm), so a client tells it from a measured 0."""
+    return [pb.ReportEdit(action=e.action, sentence=e.sentence, measurement=e.measurement, value=e.value,
+                          reason=e.reason) for e in edits]
 
 
 def statements_to_proto(report: StatementReport | None) -> dict[str, Any]:

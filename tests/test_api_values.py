@@ -8,7 +8,14 @@ from enum import StrEnum
 
 import pytest
 
-from ecgregen.api_values import Answerer, FallbackReason, QuestionType, StreamErrorCode, StreamWarningCode
+from ecgregen.api_values import (
+    Answerer,
+    FallbackReason,
+    QuestionType,
+    ReportEditAction,
+    StreamErrorCode,
+    StreamWarningCode,
+)
 from ecgregen.measure.types import BeatOrigin, QualityFlag, Rhythm
 from tests.conftest import REPO
 
@@ -16,7 +23,7 @@ PROTO = (REPO / "protos" / "ecgregen" / "v1" / "ecgregen.proto").read_text()
 
 
 @pytest.mark.parametrize("values", [Answerer, QuestionType, FallbackReason, StreamWarningCode, StreamErrorCode, Rhythm,
-                                    QualityFlag, BeatOrigin])
+                                    QualityFlag, BeatOrigin, ReportEditAction])
 def test_every_value_is_documented_in_the_proto_next_to_its_definition(values: type[StrEnum]) -> None:
     """Each member appears in the proto's comments, and the proto names the defining class beside them, so a
     client reading either finds the whole set."""

@@ -64,9 +64,11 @@ def add_client(commands: argparse._SubParsersAction) -> None:
     report.add_argument("--exclude-patient", default=None, help="leave out this patient's records")
     report.add_argument("--plot", type=Path, help="write a PNG of the query beside its top-3 neighbours and its median "
                         "beat with the fiducials the intervals were measured between")
-    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus", "statements"],
+    report.add_argument("--report-mode", default="", choices=["", "top1", "consensus", "statements", "verified"],
                         help="whose report: top1 (closest), consensus (agrees best with the diagnoses), statements "
-                        "(written from this ECG's diagnoses and measurements); default: the server's")
+                        "(written from this ECG's diagnoses and measurements), verified (the top-k report that agrees "
+                        "best with the diagnoses and that no measurement contradicts, else the best one edited, "
+                        "each edit printed under it); default: the server's")
     report.add_argument("--language", default="", choices=["", "en", "original"],
                         help="the report's language: en (a neighbour's report in English, through the corpus "
                         "glossary) or original (as its cart wrote it); default: the server's (--report-language). "

@@ -43,10 +43,13 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
                        help="while Triton is unavailable, encode in-process (the same model: --checkpoint)")
     serve.add_argument("--max-stream-s", type=float, default=d.max_stream_s,
                        help="a stream is ended with a max_duration warning after this long (monitors reconnect)")
-    serve.add_argument("--report-mode", default=d.report_mode, choices=["auto", "top1", "consensus", "statements"],
+    serve.add_argument("--report-mode", default=d.report_mode,
+                       choices=["auto", "top1", "consensus", "statements", "verified"],
                        help="whose report is served: the closest neighbour's (top1, the paper's), the one agreeing "
                        "best with the diagnoses (consensus), one written from the ECG's own diagnoses and "
-                       "measurements (statements), or auto: the mode the corpus calibration found best")
+                       "measurements (statements), the top-k report agreeing best with the diagnoses that no "
+                       "measurement contradicts, else the best one edited against the measurements (verified), or "
+                       "auto: the mode the corpus calibration found best")
     serve.add_argument("--report-language", default=d.report_language, choices=["en", "original"],
                        help="the language reports are served in when a call does not say: en (a neighbour's "
                        "report in English, through the corpus glossary; default) or original (as its cart wrote it: "
