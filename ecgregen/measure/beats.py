@@ -21,8 +21,11 @@ DETECT_SHARE = 0.3
 # A beat this soon after the previous one with less than this share of its energy is that beat's T wave.
 T_WAVE_WINDOW_MS = 360.0
 T_WAVE_SHARE = 0.5
-# Premature: the RR before the beat is below this share of the local reference RR.
+# Premature: the RR before the beat is below this share of the rhythm before it, of the RR just before it and of
+# the RR after it (:func:`_premature_by_rr`).
 PREMATURE_SHARE = 0.85
+# The rhythm a beat is judged against: the median of this many RRs before its own.
+LOCAL_RRS = 3
 # Another shape: the beat's multi-lead QRS correlates less than this with the dominant one.
 SHAPE_CORRELATION = 0.8
 # Half-width of the QRS window compared between beats, and how far a beat may be shifted to align it.
@@ -83,8 +86,9 @@ def classify_beats(band: np.ndarray, usable: np.ndarray, peaks: np.ndarray, rate
     """Align each beat on the dominant QRS shape, then mark premature and other-shape beats.
 
     Alignment: each beat is shifted (up to ±ALIGN_MS) to best match the median QRS of all beats, so the
-    representative beat is not smeared by detector jitter (which would lengthen QRS). Premature: the RR before it
-    is short against the median of the RRs around it. Another shape: low correlation with the dominant QRS.
+    representative beat is not smeared by detector jitter (which would lengthen QRS). Premature: early against the
+    rhythm before it, abruptly, and followed by a pause (:func:`_premature_by_rr`). Another shape: low correlation
+    with the dominant QRS.
     """
     n = peaks.size
     if n == 0:
@@ -112,16 +116,32 @@ def classify_beats(band: np.ndarray, usable: np.ndarray, peaks: np.ndarray, rate
     widths = (energy > 0.2 * energy.max(axis=1, keepdims=True)).sum(axis=1)
     normal_width = np.median(widths[~other_shape]) if (~other_shape).any() else np.median(widths)
     wide = widths - normal_width > samples_of(40, rate_hz)
-    premature = np.zeros(n, bool)
-    if n >= 3:
-        # A few dozen RRs: plain Python medians cost a tenth of numpy's per-call overhead here.
-        rr = np.diff(peaks).tolist()
-        for i in range(1, n):
-            around = sorted(rr[max(0, i - 4): i + 3])
-            middle = len(around) // 2
-            reference = around[middle] if len(around) % 2 else 0.5 * (around[middle - 1] + around[middle])
-            premature[i] = rr[i - 1] < PREMATURE_SHARE * reference
-    return Beats(peaks, premature, other_shape, wide)
+    return Beats(peaks, _premature_by_rr(np.diff(peaks).tolist()), other_shape, wide)
+
+
+def _premature_by_rr(rr: list[float]) -> np.ndarray:
+    """Per beat (one more than `rr`): early against the local rhythm, as an ectopic beat is.
+
+    A beat is premature when the RR before it (its coupling interval) is below :data:`PREMATURE_SHARE` of
+    - the median of the up to :data:`LOCAL_RRS` RRs before that (the rhythm it interrupts),
+    - the one RR just before it (it came abruptly), and
+    - the RR after it (the pause that follows an ectopic beat, compensatory or not).
+    The RRs *after* a beat never set the rhythm it is judged against: a sinus arrhythmia's slowing phase would
+    make its faster beats look early (RR 0.67-1.01 s over a breath gave two "premature beats"). A sinus
+    arrhythmia shortens RR gradually and lengthens it gradually, so it fails the second or third test; an early
+    beat passes all three. The first two beats and the last have no rhythm before or pause after to judge by and
+    are not marked; nor is a run of two or more early beats of the usual shape (its second beat is not early
+    against the first) - a ventricular run is still marked by its shape and width (``stage._premature``).
+    """
+    premature = np.zeros(len(rr) + 1, bool)
+    # A few dozen RRs: plain Python medians cost a tenth of numpy's per-call overhead here.
+    for i in range(2, len(rr)):
+        coupling = rr[i - 1]
+        before = sorted(rr[max(0, i - 1 - LOCAL_RRS): i - 1])
+        middle = len(before) // 2
+        rhythm = before[middle] if len(before) % 2 else 0.5 * (before[middle - 1] + before[middle])
+        premature[i] = coupling < PREMATURE_SHARE * min(rhythm, rr[i - 2], rr[i])
+    return premature
 
 
 def rr_irregularity(beats: Beats) -> float | None:
