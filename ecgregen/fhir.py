@@ -29,6 +29,18 @@ Judgement calls, and why:
   ``device`` of every Observation the service computed; the recording device (from the file) is the ECG's.
 * **Machine statements** of the recording are an Observation of their own (method = who made them; "final" once
   over-read or confirmed), so the device's read and the retrieval read stay side by side and distinguishable.
+* **Report edits** (``result["report_edits"]``, a ``verified`` report's changes to the chosen neighbour's report):
+  one Observation per edit, in ``DiagnosticReport.result`` beside the diagnoses, so each sentence the service
+  removed or added is filed with what decided it. ``code`` is the project concept ``report-edit`` (text "report
+  edit"), ``valueString`` the sentence removed or added, ``method`` the action, ``note`` the reason in words; its
+  components are the action (coded in :data:`REPORT_EDIT_SYSTEM`: ``removed`` / ``added``) and the deciding
+  measurement, coded as its measurement Observation is (:data:`MEASUREMENT_CODES`, else the project concept of the
+  field's name, e.g. ``rhythm``) with its value (none for the rhythm); ``derivedFrom`` is that measurement's own
+  Observation (the rhythm Observation for the rhythm and the RR values it carries). R4's DiagnosticReport has no
+  note or extension for this that a receiver would read, and an Observation per edit keeps each edit's evidence
+  linkable. The text ``presentedForm`` lists the edits under the report too. A diagnosis a measurement decided
+  (``decided_by``: present or absent whatever its probability) says so in its Observation's ``method``, since its
+  POS/NEG then does not follow from its value and ``referenceRange``.
 * **Warnings** go where a reader of the numbers will see them: ``note`` on the diagnosis (and answer) Observations,
   and the DiagnosticReport's ``presentedForm``, the full text as issued with its provenance.
 * **Measurements** (``result["measurements"]``, as :func:`ecgregen.messages.measurements_to_dict` gives them: the
@@ -75,6 +87,7 @@ SCP_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-scp"  # PTB-XL's SCP-ECG statement acron
 SUPERCLASS_SYSTEM = f"{_BASE}/CodeSystem/ptbxl-superclass"
 CONCEPT_SYSTEM = f"{_BASE}/CodeSystem/ecgregen"  # the project's own concepts (neighbour, similarity, ...)
 RHYTHM_SYSTEM = f"{_BASE}/CodeSystem/ecgregen-rhythm"  # ecgregen.measure's rhythm names (sinus_rhythm, ...)
+REPORT_EDIT_SYSTEM = f"{_BASE}/CodeSystem/ecgregen-report-edit"  # ecgregen.api_values.ReportEditAction (removed, ...)
 ECG_ID_SYSTEM = f"{_BASE}/NamingSystem/ecg-id"  # + "/<source>": corpus ECG ids
 _UCUM = "http://unitsofmeasure.org"
 _LOINC = "http://loinc.org"
@@ -111,6 +124,15 @@ MEASUREMENT_CODES: dict[str, tuple[tuple[tuple[str, str, str | None], ...], str,
     "p_axis_deg": (((_LOINC, "8626-4", "P wave axis"),), "deg", "P axis (frontal plane)"),
     "qrs_axis_deg": (((_LOINC, "8632-2", "QRS axis"),), "deg", "QRS axis (frontal plane)"),
     "t_axis_deg": (((_LOINC, "8638-9", "T wave axis"),), "deg", "T axis (frontal plane)"),
+}
+# The rhythm Observation's code, and the measured values it carries as components (they have no Observation of
+# their own): field -> (project concept, display, unit, UCUM code).
+_RHYTHM_CODE = ("rhythm", "Rhythm read from rate, RR regularity and P waves")
+_RHYTHM_PARTS: dict[str, tuple[str, str, str, str]] = {
+    "rr_irregularity": ("rr-irregularity", "Median successive RR difference / median RR, premature beats left out",
+                        "ratio", "1"),
+    "rr_min_ms": ("rr-min", "Shortest RR interval", "ms", "ms"),
+    "rr_max_ms": ("rr-max", "Longest RR interval", "ms", "ms"),
 }
 # Rhythm (ecgregen.measure.types.Rhythm values) -> SNOMED CT finding, as the PhysioNet/CinC 2020-21 challenges map
 # them; regular_without_p_waves and undetermined have no single finding and go as text.
@@ -180,10 +202,12 @@ class _Evidence:
     statements: dict | None
     neighbours: list[dict]
     diagnoses: list[dict]  # one reference per result["diagnoses"] item, same order
-    measurements: list[dict]
+    measurements: dict[str, dict]  # by measurement field name, "rhythm" and "lead_quality"
+    edits: list[dict]  # one reference per result["report_edits"] item (a verified report's), same order
 
     def observations(self) -> list[dict]:
-        return [*self.diagnoses, *self.measurements, *(r for r in (self.ecg, self.statements) if r)]
+        return [*self.diagnoses, *self.measurements.values(), *(r for r in (self.ecg, self.statements) if r),
+                *self.edits]
 
 
 def _encoder_device(encoder_id: str, server: dict) -> dict:
@@ -263,25 +287,28 @@ def _diagnosis(d: dict, context: dict, derived_from: list[dict], notes: list[dic
                                else _concept(_INTERPRETATION, "NEG", "Negative")],
             "referenceRange": [{"low": threshold, "text": "calibrated decision threshold: the statement is reported "
                                                           "present (POS) at or above this probability"}],
+            "method": {"text": f"decided by the ECG's measurement, not by the probability: {d['decided_by']}"}
+            if d.get("decided_by") else None,
             "derivedFrom": derived_from, "note": notes}
 
 
-def _measurement_values(m: dict, context: dict) -> list[dict]:
-    """One Observation per coded value: the number in its UCUM unit, or no number and the reason it is absent."""
-    observations = []
+def _measurement_values(m: dict, context: dict) -> dict[str, dict]:
+    """One Observation per coded value, by field name: the number in its UCUM unit, or no number and the reason it
+    is absent."""
+    observations = {}
     for name, (codings, unit, text) in MEASUREMENT_CODES.items():
         value = m[name]
         category = context["category"]
         if name == "heart_rate_bpm":
             category = [*category, _concept(_OBSERVATION_CATEGORY, "vital-signs", "Vital Signs")]
-        observations.append({
+        observations[name] = {
             "resourceType": "Observation", "status": "preliminary", **context, "category": category,
             "code": {"coding": [{"system": system, "code": code, "display": display}
                                 for system, code, display in codings], "text": text},
             "valueQuantity": None if value is None else _quantity(value, unit, unit),
             "dataAbsentReason": None if value is not None else {
                 **_concept(_DATA_ABSENT, "unknown", "Unknown"), "text": m["missing"].get(name, "not measured")},
-        })
+        }
     return observations
 
 
@@ -293,12 +320,13 @@ def _rhythm(m: dict, context: dict) -> dict:
     def part(code: str, display: str, kind: str, value: object) -> dict | None:
         return None if value is None else {"code": _concept(CONCEPT_SYSTEM, code, display), kind: value}
 
-    def quantity(name: str, unit: str, ucum: str) -> dict | None:
-        return None if m[name] is None else _quantity(m[name], unit, ucum)
+    def measured(name: str) -> dict | None:
+        code, display, unit, ucum = _RHYTHM_PARTS[name]
+        return part(code, display, "valueQuantity", None if m[name] is None else _quantity(m[name], unit, ucum))
 
     return {
         "resourceType": "Observation", "status": "preliminary", **context,
-        "code": _concept(CONCEPT_SYSTEM, "rhythm", "Rhythm read from rate, RR regularity and P waves"),
+        "code": _concept(CONCEPT_SYSTEM, *_RHYTHM_CODE),
         "valueCodeableConcept": {
             "coding": [*([{"system": _SNOMED, "code": snomed[0], "display": snomed[1]}] if snomed else []),
                        {"system": RHYTHM_SYSTEM, "code": m["rhythm"]}],
@@ -307,10 +335,7 @@ def _rhythm(m: dict, context: dict) -> dict:
             part("beat-count", "Beats detected", "valueInteger", m["beat_count"]),
             part("p-waves-present", "P waves present", "valueBoolean", m["p_waves_present"]),
             part("rr-irregular", "RR intervals irregular", "valueBoolean", m["rr_irregular"]),
-            part("rr-irregularity", "Median successive RR difference / median RR, premature beats left out",
-                 "valueQuantity", quantity("rr_irregularity", "ratio", "1")),
-            part("rr-min", "Shortest RR interval", "valueQuantity", quantity("rr_min_ms", "ms", "ms")),
-            part("rr-max", "Longest RR interval", "valueQuantity", quantity("rr_max_ms", "ms", "ms")),
+            *(measured(name) for name in _RHYTHM_PARTS),
             *(part(f"premature-beats-{origin}", f"Premature beats, {origin}", "valueInteger", origins.count(origin))
               for origin in sorted(set(origins))),
         ],
@@ -330,20 +355,60 @@ def _lead_quality(m: dict, context: dict) -> dict:
     }
 
 
-def _add_measurements(bundle: _Bundle, m: dict | None, context: dict) -> list[dict]:
-    """The measurement Observations of ``result["measurements"]``: none when the ECG was not measured."""
+def _add_measurements(bundle: _Bundle, m: dict | None, context: dict) -> dict[str, dict]:
+    """The measurement Observations of ``result["measurements"]`` by name (the coded values' field names, "rhythm",
+    "lead_quality"), so a report edit can point at the one that decided it; none when the ECG was not measured."""
     if m is None:
-        return []
-    resources = [*_measurement_values(m, context), _rhythm(m, context)]
+        return {}
+    resources = {**_measurement_values(m, context), "rhythm": _rhythm(m, context)}
     if m["lead_quality"]:
-        resources.append(_lead_quality(m, context))
-    return [bundle.add(r) for r in resources]
+        resources["lead_quality"] = _lead_quality(m, context)
+    return {name: bundle.add(r) for name, r in resources.items()}
+
+
+def _edit_measurement(name: str, value: float | None) -> dict:
+    """The component naming the measurement that decided an edit, coded as the bundle codes it (its Observation, or
+    its component of the rhythm Observation), with its value (none for the rhythm itself)."""
+    unit = ucum = ""  # a value the bundle has no unit for (a field added since) goes bare
+    if name in MEASUREMENT_CODES:
+        codings, unit, text = MEASUREMENT_CODES[name]
+        ucum = unit
+        code = {"coding": [{"system": system, "code": c, "display": display} for system, c, display in codings],
+                "text": text}
+    elif name in _RHYTHM_PARTS:
+        concept, display, unit, ucum = _RHYTHM_PARTS[name]
+        code = _concept(CONCEPT_SYSTEM, concept, display)
+    else:
+        code = _concept(CONCEPT_SYSTEM, *_RHYTHM_CODE) if name == "rhythm" else _concept(CONCEPT_SYSTEM, name)
+    if value is None:
+        return {"code": code}
+    return {"code": code, "valueQuantity": _quantity(value, unit, ucum) if unit else {"value": value}}
+
+
+def _report_edit(edit: dict, context: dict, measurements: dict[str, dict]) -> dict:
+    """One edit of a verified report (see the module's notes), derived from the measurement that decided it."""
+    name = edit["measurement"]
+    decided_by = measurements.get("rhythm" if name in _RHYTHM_PARTS else name)
+    return {
+        "resourceType": "Observation", "status": "preliminary", **context,
+        "code": _concept(CONCEPT_SYSTEM, "report-edit", "Sentence removed from or added to the served report "
+                                                        "because of the ECG's measurements", "report edit"),
+        "valueString": edit["sentence"],
+        "method": {"text": f"{edit['action']} against the ECG's measurements"},
+        "component": [
+            {"code": _concept(CONCEPT_SYSTEM, "report-edit-action", "Edit made to the report"),
+             "valueCodeableConcept": _concept(REPORT_EDIT_SYSTEM, edit["action"], text=edit["action"])},
+            _edit_measurement(edit["measurement"], edit["value"]),
+        ],
+        "derivedFrom": [decided_by] if decided_by else None,
+        "note": [{"text": edit["reason"]}],
+    }
 
 
 def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict | None, server: dict | None,
                   subject: str | None, include_patient: bool) -> _Evidence:
-    """Devices, patient, ECG, machine statements, neighbours, diagnoses and measurements: everything but the
-    report/answer. The file's identifying elements only with `include_patient`."""
+    """Devices, patient, ECG, machine statements, neighbours, diagnoses, measurements and a verified report's edits:
+    everything but the report/answer. The file's identifying elements only with `include_patient`."""
     source, server = source or {}, server or {}
     encoder = bundle.add(_encoder_device(result.get("encoder_id") or server.get("encoder_id") or "", server))
     recorder = bundle.add(_recording_device(source["device"], include_patient)) if source.get("device") else None
@@ -372,13 +437,24 @@ def _add_evidence(bundle: _Bundle, result: dict, ecg: Ecg | None, source: dict |
                                        notes)) for d in result["diagnoses"]]
     measurements = _add_measurements(bundle, result.get("measurements"), {
         **context, "device": encoder, "derivedFrom": [ecg_ref] if ecg_ref else None})
-    return _Evidence(subject_ref, effective, encoder, ecg_ref, statements, neighbours, diagnoses, measurements)
+    edits = [bundle.add(_report_edit(e, {**context, "device": encoder}, measurements))
+             for e in result.get("report_edits", [])]
+    return _Evidence(subject_ref, effective, encoder, ecg_ref, statements, neighbours, diagnoses, measurements, edits)
+
+
+def _edits_text(edits: list[dict]) -> list[str]:
+    """The presentedForm's lines on a verified report's edits (none when it needed none)."""
+    if not edits:
+        return []
+    return ["Edited against the ECG's measurements:",
+            *(f'- {e["action"]} "{e["sentence"]}": {e["reason"]}' for e in edits)]
 
 
 def _report_text(result: dict) -> str:
     """The report as issued, with where it came from: the presentedForm a clinician opens."""
     lines = [result["report"], "", f"Retrieved from corpus ECG {result['report_ecg_id']} "
-                                   f"(report mode {result['report_mode']}); not reviewed by a clinician."]
+                                   f"(report mode {result['report_mode']}); not reviewed by a clinician.",
+             *_edits_text(result.get("report_edits", []))]
     if result.get("refined"):
         lines.append(f"Reworded by {result['llm_model']}; the retrieved report was: {result['retrieved_report']}")
     elif result.get("fallback_reason"):

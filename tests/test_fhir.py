@@ -17,14 +17,26 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.bundle import Bundle
 
+from ecgregen.client import report_dict
+from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg
 from ecgregen.ecg_files import read_ecg_bytes
-from ecgregen.fhir import LEAD_CODES, SAMPLE_STEP_MV, SCP_SYSTEM, answer_bundle, report_bundle
+from ecgregen.fhir import (
+    CONCEPT_SYSTEM,
+    LEAD_CODES,
+    REPORT_EDIT_SYSTEM,
+    SAMPLE_STEP_MV,
+    SCP_SYSTEM,
+    answer_bundle,
+    report_bundle,
+)
 from ecgregen.measure import Measurements, measure
 from ecgregen.messages import measurements_to_dict
 from ecgregen.records import read_wfdb
 from ecgregen.reports import translate
-from ecgregen.wire import measurements_to_proto
+from ecgregen.reports.verify import ReportEdit
+from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.wire import diagnosis_to_proto, measurements_to_proto, report_edits_to_proto
 from tests.conftest import REPO, shared_ptbxl
 
 QUERY_ID = "1"  # records100/00000/00001_lr
@@ -97,6 +109,34 @@ def measured() -> dict[str, tuple[Measurements, dict]]:
         m = measure(read_ecg_bytes((FORMATS / name).read_bytes(), name=name).ecg)
         out[name] = m, measurements_to_dict(measurements_to_proto(m))
     return out
+
+
+def verified_result(base: dict, ecg: Ecg) -> dict:
+    """`base` turned into a verified report of `ecg` as a client receives it: `ecg`'s real measurements, three edits
+    quoting them (a removed sentence decided by a value, an added one, a removed rhythm) and a diagnosis a
+    measurement ruled out, sent through the wire helpers into a GenerateReportResponse and read back by the
+    client's report_dict - the dict the CLI, the printed page and FHIR take."""
+    m = measure(ecg)
+    assert m.heart_rate_bpm is not None and m.qrs_axis_deg is not None and m.rhythm == "sinus_rhythm"
+    rate, axis = m.heart_rate_bpm, m.qrs_axis_deg
+    edits = (
+        ReportEdit("removed", "left axis deviation.", "qrs_axis_deg", axis,
+                   f"measured QRS axis {axis:+.0f} degrees is normal (-30..+90)"),
+        ReportEdit("removed", "sinus bradycardia.", "heart_rate_bpm", rate,
+                   f"measured rate {rate:.0f} bpm is not below 60"),
+        ReportEdit("added", f"Sinus rhythm (rate {rate:.0f} bpm).", "rhythm", None,
+                   "measured regular rhythm with P waves: sinus rhythm"),
+    )
+    ruled_out = Diagnosis("SBRAD", "sinus bradycardia", "", 0.62, False, 0.5,
+                          decided_by=f"measured rate {rate:.0f} bpm with P waves, regular: not sinus bradycardia "
+                                     "(< 60 bpm)")
+    response = pb.GenerateReportResponse(
+        report=f"Sinus rhythm (rate {rate:.0f} bpm). Otherwise normal ECG.", report_mode="verified",
+        report_ecg_id=base["report_ecg_id"], report_edits=report_edits_to_proto(edits),
+        diagnoses=[diagnosis_to_proto(ruled_out)], measurements=measurements_to_proto(m))
+    verified = report_dict(response)
+    return {**base, "report": verified["report"], "report_mode": "verified", "report_edits": verified["report_edits"],
+            "diagnoses": [*base["diagnoses"], *verified["diagnoses"]], "measurements": verified["measurements"]}
 
 
 def resources(bundle: dict, kind: str | None = None) -> list[dict]:
@@ -458,3 +498,46 @@ def test_atrial_fibrillation_with_leads_off_gives_no_p_wave_numbers(result: dict
     flags = {c["code"]["text"]: c["valueString"] for c in quality["component"]}
     assert all("lead_off" in flags[lead] for lead in ("V1", "V2", "V3", "V4", "V5", "V6"))
     assert "V1: " in quality["valueString"]
+
+
+def test_report_edits_are_result_observations_with_sentence_action_measurement_and_reason(result: dict,
+                                                                                         ecg: Ecg) -> None:
+    """A verified report's bundle validates; each edit is a "report edit" Observation among the report's results,
+    in order: valueString the sentence, the action coded, the deciding measurement coded as its own Observation is
+    with its value (none for the rhythm), the reason as a note, derivedFrom that measurement's Observation; the
+    issued text lists the edits under the report."""
+    verified = verified_result(result, ecg)
+    bundle = report_bundle(verified, ecg=ecg, server=SERVER)
+    assert_valid(bundle)
+    urls = by_url(bundle)
+    results = report_results(bundle)
+    observed = [o for o in results if o["code"].get("text") == "report edit"]
+    assert len(observed) == len(verified["report_edits"]) == 3
+    for o, edit in zip(observed, verified["report_edits"], strict=True):
+        assert o["status"] == "preliminary" and o["valueString"] == edit["sentence"]
+        action, measurement = o["component"]
+        assert action["valueCodeableConcept"]["coding"][0] == {"system": REPORT_EDIT_SYSTEM, "code": edit["action"]}
+        assert o["note"] == [{"text": edit["reason"]}]
+        [source] = [urls[r["reference"]] for r in o["derivedFrom"]]
+        assert measurement["code"]["coding"] == source["code"]["coding"]  # coded as the measurement it quotes
+        if edit["value"] is None:
+            assert "valueQuantity" not in measurement and code_of(source, CONCEPT_SYSTEM) == "rhythm"
+        else:
+            assert measurement["valueQuantity"]["value"] == edit["value"] == source["valueQuantity"]["value"]
+    assert [code_of(urls[o["derivedFrom"][0]["reference"]], LOINC) for o in observed[:2]] == ["8632-2", "8867-4"]
+    text = base64.b64decode(bundle["entry"][0]["resource"]["presentedForm"][0]["data"]).decode()
+    assert all(f'{e["action"]} "{e["sentence"]}": {e["reason"]}' in text for e in verified["report_edits"])
+
+
+def test_a_diagnosis_decided_by_a_measurement_says_so_in_its_method(result: dict, ecg: Ecg) -> None:
+    """The diagnosis a measurement ruled out is NEG whatever its probability and names the measurement as its
+    method; diagnoses decided by their probability have no method."""
+    verified = verified_result(result, ecg)
+    results = report_results(report_bundle(verified))
+    diagnoses = {code_of(o, SCP_SYSTEM): o for o in results if code_of(o, SCP_SYSTEM)}
+    [decided] = [d for d in verified["diagnoses"] if d.get("decided_by")]
+    observation = diagnoses.pop(decided["code"])
+    assert observation["interpretation"][0]["coding"][0]["code"] == "NEG"
+    assert observation["valueQuantity"]["value"] > observation["referenceRange"][0]["low"]["value"]
+    assert decided["decided_by"] in observation["method"]["text"]
+    assert not [o for o in diagnoses.values() if "method" in o]
