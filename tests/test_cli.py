@@ -12,11 +12,14 @@ import numpy as np
 import pytest
 import wfdb
 
+from ecgregen.client import format_report, report_dict
 from ecgregen.ecg import STANDARD_LEADS
 from ecgregen.encoders.checkpoint import save_checkpoint
 from ecgregen.encoders.model import random_encoder
-from ecgregen.records import EcgRecord
+from ecgregen.records import EcgRecord, load_ptbxl, read_wfdb
+from ecgregen.v1 import ecgregen_pb2 as pb
 from tests.conftest import DEMO_PTBXL, ECGREGEN, ServerProcess, free_port
+from tests.test_fhir import verified_result
 
 
 def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -59,6 +62,22 @@ def test_client_report_text_and_plot(edge_server: ServerProcess, demo_queries: l
     assert out.stdout.startswith("Rate ") and "\nReport (en): " in out.stdout  # the measurements' cart line first
     assert "Neighbours:" in out.stdout and f"plot written to {png}" in out.stdout
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 50_000
+
+
+def test_client_report_text_prints_each_edit_under_the_report_and_marks_a_measurement_decided_diagnosis() -> None:
+    """`client report` without --json: one 'edited:' line per edit of a verified report, right under the report
+    line, with the sentence and the measured reason; a diagnosis a measurement decided says so on its line."""
+    result = verified_result(report_dict(pb.GenerateReportResponse(report_ecg_id="2", report_language="en")),
+                             read_wfdb(load_ptbxl(DEMO_PTBXL, [9])[0].path))
+    lines = format_report(result).splitlines()
+    at = lines.index(f"Report (en): {result['report']}")
+    edits = result["report_edits"]
+    assert lines[at + 1:at + 1 + len(edits)] == [f'  edited: {e["action"]} "{e["sentence"]}" - {e["reason"]}'
+                                                 for e in edits]
+    assert lines[at + 1].startswith('  edited: removed "right axis deviation." - measured QRS axis ')
+    [decided] = [d for d in result["diagnoses"] if d["decided_by"]]
+    [line] = [line for line in lines if f" {decided['code']} " in line]
+    assert line.startswith("    AFIB ") and line.endswith(f"(by measurement: {decided['decided_by']})")
 
 
 def test_client_ask_prints_the_servers_answer_which_follows_the_normal_ecg_diagnosis(

@@ -113,25 +113,24 @@ def measured() -> dict[str, tuple[Measurements, dict]]:
 
 def verified_result(base: dict, ecg: Ecg) -> dict:
     """`base` turned into a verified report of `ecg` as a client receives it: `ecg`'s real measurements, three edits
-    quoting them (a removed sentence decided by a value, an added one, a removed rhythm) and a diagnosis a
-    measurement ruled out, sent through the wire helpers into a GenerateReportResponse and read back by the
-    client's report_dict - the dict the CLI, the printed page and FHIR take."""
+    quoting them (a sentence removed because of a value, a measured finding added, a rhythm removed) and atrial
+    fibrillation ruled out by the measured regular RR, sent through the wire helpers into a GenerateReportResponse
+    and read back by the client's report_dict - the dict the CLI, the printed page and FHIR take. `ecg` must
+    measure a regular rhythm and a QRS axis of at most +90 degrees (the edits say so)."""
     m = measure(ecg)
-    assert m.heart_rate_bpm is not None and m.qrs_axis_deg is not None and m.rhythm == "sinus_rhythm"
-    rate, axis = m.heart_rate_bpm, m.qrs_axis_deg
+    rate, axis, rhythm = m.heart_rate_bpm, m.qrs_axis_deg, m.rhythm.replace("_", " ")
+    assert rate is not None and axis is not None and axis <= 90 and m.rr_irregular is False
     edits = (
-        ReportEdit("removed", "left axis deviation.", "qrs_axis_deg", axis,
-                   f"measured QRS axis {axis:+.0f} degrees is normal (-30..+90)"),
-        ReportEdit("removed", "sinus bradycardia.", "heart_rate_bpm", rate,
-                   f"measured rate {rate:.0f} bpm is not below 60"),
-        ReportEdit("added", f"Sinus rhythm (rate {rate:.0f} bpm).", "rhythm", None,
-                   "measured regular rhythm with P waves: sinus rhythm"),
+        ReportEdit("removed", "right axis deviation.", "qrs_axis_deg", axis,
+                   f"measured QRS axis {axis:+.0f} degrees is not beyond +90"),
+        ReportEdit("added", f"Rate {rate:.0f} bpm.", "heart_rate_bpm", rate,
+                   f"measured rate {rate:.0f} bpm, out of range (60-100) and not stated"),
+        ReportEdit("removed", "atrial fibrillation.", "rhythm", None, f"measured RR regular: {rhythm}"),
     )
-    ruled_out = Diagnosis("SBRAD", "sinus bradycardia", "", 0.62, False, 0.5,
-                          decided_by=f"measured rate {rate:.0f} bpm with P waves, regular: not sinus bradycardia "
-                                     "(< 60 bpm)")
+    ruled_out = Diagnosis("AFIB", "atrial fibrillation", "", 0.62, False, 0.5,
+                          decided_by=f"measured RR regular ({rhythm}): not atrial fibrillation")
     response = pb.GenerateReportResponse(
-        report=f"Sinus rhythm (rate {rate:.0f} bpm). Otherwise normal ECG.", report_mode="verified",
+        report=f"Rate {rate:.0f} bpm. Otherwise normal ECG.", report_mode="verified",
         report_ecg_id=base["report_ecg_id"], report_edits=report_edits_to_proto(edits),
         diagnoses=[diagnosis_to_proto(ruled_out)], measurements=measurements_to_proto(m))
     verified = report_dict(response)

@@ -28,6 +28,7 @@ from ecgregen.records import EcgRecord, load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
 from ecgregen.v1 import ecgregen_pb2 as pb
 from tests.conftest import ECGREGEN, REPO, ServerProcess, shared_ptbxl
+from tests.test_fhir import verified_result
 
 FORMATS = REPO.parent / "shared" / "data" / "formats"
 MUSE = FORMATS / "muse_egm-muse-sinus_mv360_500hz.xml"  # 8 stored leads: III, aVR, aVL, aVF derived
@@ -201,6 +202,23 @@ def test_the_default_pdf_text_layer_holds_no_identifiers(corpus: list[EcgRecord]
     named = pdf_text(render(report_document(result, trace, origin="", source=source, include_patient=True),
                             PrintFormat.PDF))
     assert all(value in named for value in identifying)
+
+
+def test_a_verified_reports_edits_and_measurement_decided_diagnoses_are_printed_under_it(
+        query: PrintEcg, corpus: list[EcgRecord]) -> None:
+    """The page says, right under the served report, each sentence removed or added against the measurements with
+    why, and marks the diagnosis a measurement decided - on the page's header and in the rendered PDF's text."""
+    result = verified_result(sample_result(query.ecg, corpus), query.ecg)
+    page = report_document(result, query, origin="test", evidence=False).pages[0]
+    report, edits = page.right[:2]
+    assert report.startswith("Report (the report of corpus ECG") and "verified mode" in report
+    assert edits == "Edited against the measurements: " + "; ".join(
+        f'{e["action"]} "{e["sentence"]}" ({e["reason"]})' for e in result["report_edits"])
+    [decided] = [d for d in result["diagnoses"] if d.get("decided_by")]
+    assert f"absent by measurement: {decided['code']} ({decided['decided_by']})" in page.right[2]
+    text = " ".join(pdf_text(render(report_document(result, query, origin="test", evidence=False),
+                                    PrintFormat.PDF)).split())
+    assert "Edited against the measurements: removed \"right axis deviation.\"" in text
 
 
 def test_a_neighbour_without_a_signal_says_so(query: PrintEcg, corpus: list[EcgRecord]) -> None:

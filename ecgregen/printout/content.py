@@ -12,6 +12,9 @@ Rules, and why:
   cart line, the recording device's own values beside it, rhythm, why values are absent, quality by lead.
 * **Units** are said where a reader looks for the scale: a page of z-scored PTB-XL signals (NU) says that 10 mm is
   one NU, not one mV, and that its pulse is 1 NU.
+* **Edits**: a ``verified`` report the measurements made us edit says so under it, sentence by sentence with the
+  measurement that decided each, so a reader never takes an edited report for the neighbour's as filed; a diagnosis
+  a measurement decided (present or absent whatever its probability) is marked as such.
 * **Evidence**: each of the top-3 neighbours on a page of its own, on the same scale as the ECG, with its
   similarity, SCP codes and its report as filed; where no signal of it is at hand, the page says so and why.
 """
@@ -111,6 +114,8 @@ def _ecg_page(result: dict, query: PrintEcg, origin: str, source: dict | None, i
         left.append(f"The device's interpretation ({source.get('statements_source') or 'unstated'}): "
                     + "; ".join(shown_statements(source["statements"], include_patient)))
     right = [_report_line(result)]
+    if result.get("report_edits"):
+        right.append(_edits_line(result["report_edits"]))
     original = result.get("original_report")
     if original and original != result["report"]:
         language = LANGUAGES.get(result.get("original_language", ""), result.get("original_language") or "unstated")
@@ -184,13 +189,28 @@ def _report_line(result: dict) -> str:
     return f"Report ({whose}){suffix}: {result['report'] or '(none)'}"
 
 
+def _edits_line(edits: Sequence[dict]) -> str:
+    """'Edited against the measurements: removed "right axis deviation." (measured QRS axis +79 degrees is normal);
+    added "..." (...)'."""
+    return "Edited against the measurements: " + "; ".join(
+        f'{e["action"]} "{e["sentence"]}" ({e["reason"]})' for e in edits)
+
+
 def _diagnoses_line(diagnoses: Sequence[dict]) -> str:
+    """The present diagnoses, and those a measurement decided (absent ones too: a measured rate that rules out a
+    bradycardia the neighbours carry is worth a line to the reader)."""
     present = [d for d in diagnoses if d["present"]]
     if not present:
-        return "Present diagnoses: none reaches its threshold"
-    return "Present diagnoses (probability): " + "; ".join(
-        f"{d['code']} {d['probability']:.2f}" + (f" {d['description']}" if d.get("description") else "")
-        for d in present)
+        line = "Present diagnoses: none reaches its threshold"
+    else:
+        line = "Present diagnoses (probability): " + "; ".join(
+            f"{d['code']} {d['probability']:.2f}" + (f" {d['description']}" if d.get("description") else "")
+            + (f" (by measurement: {d['decided_by']})" if d.get("decided_by") else "")
+            for d in present)
+    ruled_out = [d for d in diagnoses if not d["present"] and d.get("decided_by")]
+    if ruled_out:
+        line += "; absent by measurement: " + "; ".join(f"{d['code']} ({d['decided_by']})" for d in ruled_out)
+    return line
 
 
 def _evidence_page(rank: int, total: int, neighbour: dict, trace: PrintEcg | None, served_id: str,
