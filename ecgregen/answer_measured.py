@@ -16,7 +16,9 @@ How a question is recognised (ECG-QA's templates 20-22 and 26-42, and the same w
 - noise: a kind named (baseline drift, static noise, burst noise, electrodes problems, any kind of noises), or
   interference / distortion / artefacts (ECG-QA's paraphrases); a lead named anywhere in the question; present in
   a lead when the lead carries the kind's quality flag, in the ECG when at least ``noise_min_leads`` leads do;
-  "which leads" questions list the flagged leads;
+  "which leads" questions list the flagged leads. Leads the ECG does not record (``Measurements.not_recorded``: a
+  monitor that sends only some) count for nothing - a lead never sent is no electrode problem; a yes/no question
+  about one such lead is answered "not sure", any other is not answered from the measurements (:class:`Unmeasured`);
 - extra systoles: "extrasystole", "extra systole", or extra / premature / ectopic beats; a kind (ventricular,
   supraventricular) is present when at least ``premature_min_beats`` premature beats of that origin were found.
   ECG-QA's plain "extrasystoles" (an annotation that does not name the kind) cannot be told apart on the signal: a
@@ -41,6 +43,7 @@ from ecgregen.qa_conventions import (
     NOISES,
     NONE,
     NORMAL_RANGES_MS,
+    NOT_SURE,
     NUMERIC_FEATURES,
     RANGES,
     SUPRAVENTRICULAR_EXTRASYSTOLES,
@@ -239,9 +242,10 @@ def _axis(question: str, options: list[str], m: Measurements) -> MeasuredAnswer 
 
 
 def _flagged(kind: str, m: Measurements) -> list[str]:
-    """The leads carrying a quality flag of this noise kind (ANY_NOISE: any kind), in standard order."""
+    """The recorded leads carrying a quality flag of this noise kind (ANY_NOISE: any kind), in standard order."""
     flags = _ANY_FLAG if kind == ANY_NOISE else NOISE_FLAGS[kind]
-    return [lead for lead in STANDARD_LEADS if flags & set(m.lead_quality.get(lead, ()))]
+    return [lead for lead in STANDARD_LEADS
+            if lead not in m.not_recorded and flags & set(m.lead_quality.get(lead, ()))]
 
 
 def _noise(question: str, options: list[str], m: Measurements, min_leads: int) -> MeasuredAnswer | Unmeasured:
@@ -250,9 +254,16 @@ def _noise(question: str, options: list[str], m: Measurements, min_leads: int) -
     q = normalise(question)
     named = question_lead(question) or (m_.group(1) if (m_ := _ANY_LEAD.search(question)) else None)
     lead = next((name for name in STANDARD_LEADS if named and name.lower() == named.lower()), None)
+    if lead in m.not_recorded:  # nothing to judge: "not sure" where offered, else the answer without measurements
+        why = f"lead {lead} not recorded (the monitor does not send it)"
+        if is_verify(options):
+            return MeasuredAnswer([_option_map(options).get(NOT_SURE, NOT_SURE)], f"{why}: its noise cannot be judged",
+                                  NOISE)
+        return Unmeasured(NOISE, why)
     flagged = {kind: _flagged(kind, m) for kind in (*NOISES, ANY_NOISE)}
     shown = "; ".join(f"{kind} in {', '.join(leads)}" for kind, leads in flagged.items() if leads and kind in NOISES)
-    evidence = f"lead quality flags: {shown or 'none'}"
+    unrecorded = f" (not recorded, not judged: {', '.join(m.not_recorded)})" if m.not_recorded else ""
+    evidence = f"lead quality flags: {shown or 'none'}{unrecorded}"
 
     def present(kind: str) -> bool:
         return lead in flagged[kind] if lead else len(flagged[kind]) >= min_leads

@@ -7,7 +7,7 @@ recording is refused with a message that says exactly what is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +32,16 @@ class EcgInputError(ValueError):
 
 @dataclass(frozen=True)
 class Ecg:
-    """A recording in canonical lead order (:data:`STANDARD_LEADS`), in millivolts (or NU)."""
+    """A recording in canonical lead order (:data:`STANDARD_LEADS`), in millivolts (or NU).
+
+    ``not_recorded`` names the leads the recording does not carry (a bedside monitor that sends II and V5): their
+    rows are zeros that the encoder takes as it always has, but the measurement stage must not read them as flat or
+    disconnected electrodes. It travels with the ECG, so it reaches the measurement worker processes too.
+    """
 
     signal: np.ndarray  # float32, shape (12, n_samples)
     sampling_rate_hz: float
+    not_recorded: tuple[str, ...] = ()  # standard lead names, in standard order
 
     @property
     def n_samples(self) -> int:
@@ -60,6 +66,26 @@ def unit_scale(units: str) -> float:
     if key not in _TO_MILLIVOLT:
         raise EcgInputError(f"unsupported units {units!r}; expected mV, uV, V or NU")
     return _TO_MILLIVOLT[key]
+
+
+def derive_limb_leads(leads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The limb leads not in `leads` that follow from two of I, II and III, in standard order (Einthoven:
+    II = I + III; Goldberger: aVR = -(I + II)/2, aVL = I - II/2, aVF = II - I/2); empty when fewer than two of
+    them are given.
+
+    The one place this arithmetic lives: hospital files that store 8 leads and bedside monitors that send 8 are
+    completed alike. NaN in a source gives NaN in what is derived from it, so a caller can mark samples it has no
+    value for (a lead off for a moment) and see exactly which derived samples they spoil.
+    """
+    i, ii, iii = leads.get("I"), leads.get("II"), leads.get("III")
+    if i is None and ii is not None and iii is not None:
+        i = ii - iii
+    if ii is None and i is not None and iii is not None:
+        ii = i + iii
+    if i is None or ii is None:
+        return {}
+    limb = {"I": i, "II": ii, "III": ii - i, "aVR": -(i + ii) / 2, "aVL": i - ii / 2, "aVF": ii - i / 2}
+    return {name: samples for name, samples in limb.items() if name not in leads}
 
 
 def assemble_ecg(

@@ -32,7 +32,16 @@ from typing import Any
 
 import numpy as np
 
-from ecgregen.ecg import MAX_DURATION_S, MAX_RATE_HZ, MIN_RATE_HZ, STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
+from ecgregen.ecg import (
+    MAX_DURATION_S,
+    MAX_RATE_HZ,
+    MIN_RATE_HZ,
+    STANDARD_LEADS,
+    Ecg,
+    EcgInputError,
+    assemble_ecg,
+    derive_limb_leads,
+)
 
 MAX_FILE_BYTES = 32 * 1024 * 1024  # the largest resting-ECG exports are a few MB; a 5-minute Holter slice fits
 MAX_ABS_MV = 50.0  # surface ECGs (pacing spikes included) stay well inside this; beyond it the gain or unit is wrong
@@ -462,16 +471,8 @@ def _within_rate_limit(leads: dict[str, np.ndarray], rate: int, notes: list[str]
 
 
 def _complete(leads: dict[str, np.ndarray], label: str, notes: list[str]) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    """Derive missing limb leads from two stored ones (Einthoven: II = I + III; Goldberger for aVR, aVL, aVF)."""
-    have = dict(leads)
-    if "I" not in have and {"II", "III"} <= have.keys():
-        have["I"] = have["II"] - have["III"]
-    if "II" not in have and {"I", "III"} <= have.keys():
-        have["II"] = have["I"] + have["III"]
-    if {"I", "II"} <= have.keys():
-        i, ii = have["I"], have["II"]
-        for name, value in (("III", ii - i), ("aVR", -(i + ii) / 2), ("aVL", i - ii / 2), ("aVF", ii - i / 2)):
-            have.setdefault(name, value)
+    """Derive missing limb leads from two stored ones (:func:`~ecgregen.ecg.derive_limb_leads`, as for streams)."""
+    have = {**leads, **derive_limb_leads(leads)}
     missing = [name for name in STANDARD_LEADS if name not in have]
     if missing:
         raise EcgFileError(f"{label}: lead(s) {', '.join(missing)} are not in the file and cannot be derived "

@@ -100,6 +100,7 @@ def measurements_to_proto(m: Measurements | None, include_median_beat: bool = Fa
                          for b in m.premature_beats],
         lead_quality=[pb.LeadQuality(lead=lead, flags=flags) for lead, flags in m.lead_quality.items()],
         limb_lead_reversal=m.limb_lead_reversal, missing=m.missing, measured_at_hz=m.measured_at_hz,
+        not_recorded_leads=m.not_recorded,
         median_beat=None if beat is None else pb.MedianBeat(
             rate_hz=beat.rate_hz, r_index=beat.r_index, fiducials_ms=beat.fiducials_ms,
             leads=[pb.Lead(name=name, samples=row.tolist(), units="mV")

@@ -613,6 +613,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
                 measure_ms=seconds["measure"] * 1e3, total_ms=(time.perf_counter() - completed_at) * 1e3,
             ),
             leads_used=used, leads_missing=[lead for lead in STANDARD_LEADS if lead not in settings.leads],
+            leads_derived=settings.derived,
             quality_flags=window.flags + flags, answer=answer,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], warnings=retrieval.warnings,
             measurements=measurements_to_proto(retrieval.measurements),

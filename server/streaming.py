@@ -9,8 +9,14 @@ Rules for what monitors really send (each produces a warning; none ends the stre
 - **Lead off** (``leads_off``) and leads that are all NaN/inf in a chunk: zero-filled for that chunk, window
   flagged ``lead_off:LEAD``. Isolated NaN/inf samples are interpolated linearly (``nan_interpolated:LEAD``).
 - **Saturation**: a lead at or beyond +-10 mV for more than 5% of a window is flagged ``saturated:LEAD``; flat
-  leads are zeroed by preprocessing (``flat:LEAD``, only for leads the monitor sends and that are not off). Missing
-  leads (not in the config) are zero-filled and listed in ``leads_missing``.
+  leads are zeroed by preprocessing (``flat:LEAD``, only for leads the monitor sends and that are not off).
+- **Leads not sent** (not in the config) are listed in ``leads_missing``. Those that follow from the sent ones are
+  **derived** (:func:`ecgregen.ecg.derive_limb_leads`, the arithmetic 8-lead hospital files get: III, aVR, aVL and
+  aVF from I and II), so an 8-lead monitor's window is encoded and measured as the 12-lead ECG it stands for; they
+  are listed in ``leads_derived`` and a warning, never in ``leads_used`` (the sent leads that carried signal). A
+  derived sample whose source lead was off is zero, like the source. The others are zero-filled and **not
+  recorded** (``Ecg.not_recorded`` -> ``Measurements.not_recorded``): the measurement stage does not judge them, so
+  a lead never sent is never flagged flat or lead off, counted in the quality metric or read as an electrode problem.
 - **Windows** are encoded like any ECG of their length (:mod:`ecgregen.preprocess`'s length policy), through the
   same :meth:`RetrievalPipeline.embed_each` and ``retrieve`` as the unary calls: a 20 s window gets the vector
   ``GenerateReport`` gives those 20 s, with the same warnings (e.g. the Triton fallback) and stage metrics. A
@@ -29,7 +35,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 
 import numpy as np
 
@@ -42,6 +49,7 @@ from ecgregen.ecg import (
     Ecg,
     EcgInputError,
     canonical_lead,
+    derive_limb_leads,
     ecg_from_array,
     unit_scale,
 )
@@ -76,6 +84,24 @@ class StreamSettings:
     @property
     def search_filter(self) -> SearchFilter | None:
         return SearchFilter(exclude_patient_id=self.patient_id) if self.patient_id else None
+
+    @cached_property
+    def derived(self) -> tuple[str, ...]:
+        """The leads not sent that follow from the sent ones, in standard order (the same for every window)."""
+        return tuple(derive_limb_leads(dict.fromkeys(self.leads, np.zeros(1))))
+
+    @cached_property
+    def not_recorded(self) -> tuple[str, ...]:
+        """The leads neither sent nor derived, in standard order."""
+        return tuple(lead for lead in STANDARD_LEADS if lead not in self.leads and lead not in self.derived)
+
+    @cached_property
+    def derivation_note(self) -> str:
+        """The warning every window of a stream with derived leads carries (worded as for 8-lead files)."""
+        if not self.derived:
+            return ""
+        return (f"lead(s) {', '.join(self.derived)} derived from the limb leads the monitor sends (it sends "
+                f"{len(self.leads)} leads)")
 
     @property
     def window_samples(self) -> int:
@@ -112,7 +138,7 @@ def parse_config(config: pb.StreamConfig, max_k: int) -> StreamSettings:
 class Window:
     index: int
     start_s: float
-    signal: np.ndarray  # (12, n) mV, missing leads zero
+    signal: np.ndarray  # (12, n) mV: derived leads computed, not recorded leads zero
     flags: list[str]
 
 
@@ -201,6 +227,10 @@ class StreamSession:
             full = np.zeros((len(STANDARD_LEADS), s.window_samples), np.float32)
             for row, name in zip(part, s.leads):
                 full[STANDARD_LEADS.index(name)] = row
+            if s.derived:  # off samples as NaN: a derived sample that depends on one is NaN, then zero
+                sent = dict(zip(s.leads, np.where(off, np.float32(np.nan), part)))
+                for name, row in derive_limb_leads(sent).items():
+                    full[STANDARD_LEADS.index(name)] = np.nan_to_num(row, nan=0.0)
             out.append(Window(self.next_window // s.hop_samples if s.hop_samples else 0,
                               self.next_window / s.rate_hz, full, flags))
             self.next_window += s.hop_samples
@@ -264,7 +294,8 @@ class WindowBatcher:
         windows: list[Ecg | EcgInputError] = []
         for job in jobs:
             try:
-                windows.append(ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV"))
+                ecg = ecg_from_array(job.window.signal, job.settings.rate_hz, STANDARD_LEADS, "mV")
+                windows.append(replace(ecg, not_recorded=job.settings.not_recorded))
             except EcgInputError as exc:
                 windows.append(exc)
         pending = {id(w): self.pipeline.measurer.submit(w) for w in windows if isinstance(w, Ecg)}
@@ -285,8 +316,9 @@ class WindowBatcher:
                 continue
             s, seconds = job.settings, dict(shared)
             measurements, notes = pending[id(ecg)].result(seconds)  # per window: its own stage time
-            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, [*done.warnings, *notes], seconds,
-                                               measurements=measurements)
+            derivation = [s.derivation_note] if s.derivation_note else []
+            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter,
+                                               [*derivation, *done.warnings, *notes], seconds, measurements=measurements)
             sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]
             results.append((retrieval, [f"flat:{lead}" for lead in done.flat_leads if lead in sent], None))
         return results

@@ -8,9 +8,15 @@ annotations, at the best F1 on folds 1-8 (lead level for drift and bursts, recor
 annotations are weakly predictable from any of these criteria (best lead-level F1 0.25 drift, 0.25 static, 0.10
 burst on folds 1-8): most records were band-passed and z-scored before we got them, which removed much of what the
 annotators saw. ``ecgregen evaluate measurements`` reports them on other folds.
+
+Leads the ECG does not record (:attr:`ecgregen.ecg.Ecg.not_recorded`: a monitor that sends II and V5) are not
+judged at all: they get no entry in the flags (a zero row is no electrode problem), take no part in what the typical
+lead is, and are never usable.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import numpy as np
 
@@ -45,42 +51,48 @@ def _longest_run(mask: np.ndarray) -> int:
     return int((edges[1::2] - edges[::2]).max())
 
 
-def dead_leads(x: np.ndarray, rate_hz: float
+def dead_leads(x: np.ndarray, rate_hz: float, not_recorded: Collection[str] = ()
                ) -> tuple[dict[str, list[QualityFlag]], np.ndarray, np.ndarray, np.ndarray]:
     """Flags for leads without usable signal, which leads may be used, each lead's band-passed amplitude, and the
     0.5-40 Hz band-passed leads (the noise pass reuses them).
 
     `x` is (12, n) at `rate_hz`. Flat: no signal at all, or far below the other leads. Saturated: clipped at a
-    rail. Lead off: flat while other leads carry signal, or railed most of the time.
+    rail. Lead off: flat while other leads carry signal, or railed most of the time. The flags hold the recorded
+    leads only (`not_recorded` are left out and unusable).
     """
-    flags: dict[str, list[QualityFlag]] = {lead: [] for lead in STANDARD_LEADS}
+    recorded = np.array([lead not in not_recorded for lead in STANDARD_LEADS])
+    flags: dict[str, list[QualityFlag]] = {lead: [] for lead, kept in zip(STANDARD_LEADS, recorded) if kept}
     bandpassed = filtered(x, rate_hz, 0.5, 40.0)
     amplitude = spread(bandpassed, 0.005)  # robust peak-to-peak: one spike does not make a lead look alive
     top, bottom = x.max(axis=1), x.min(axis=1)
     raw_range = top - bottom
-    typical = float(np.percentile(amplitude, 75))
+    typical = float(np.percentile(amplitude[recorded], 75))
     flat = (raw_range < FLAT_PEAK_TO_PEAK) | (amplitude < FLAT_RELATIVE * typical)
+    all_flat = bool(flat[recorded].all())
     tolerance = (0.002 * raw_range)[:, None]
     railed = (x >= (top[:, None] - tolerance)) | (x <= (bottom[:, None] + tolerance))
     shares = railed.mean(axis=1)
     run = max(2, samples_of(RAIL_RUN_MS, rate_hz))
     for i, lead in enumerate(STANDARD_LEADS):
+        if lead not in flags:
+            continue
         if flat[i]:
             flags[lead].append(QualityFlag.FLAT)
-            if not flat.all():
+            if not all_flat:
                 flags[lead].append(QualityFlag.LEAD_OFF)
             continue
         if shares[i] >= RAIL_SHARE and _longest_run(railed[i]) >= run:
             flags[lead].append(QualityFlag.SATURATED)
             if shares[i] >= OFF_RAIL_SHARE:
                 flags[lead].append(QualityFlag.LEAD_OFF)
-    usable = np.array([not flags[lead] for lead in STANDARD_LEADS])
+    usable = np.array([lead in flags and not flags[lead] for lead in STANDARD_LEADS])
     return flags, usable, amplitude, bandpassed
 
 
 def noise_flags(x: np.ndarray, bandpassed: np.ndarray, rate_hz: float, r_peaks: np.ndarray, amplitude: np.ndarray,
                 flags: dict[str, list[QualityFlag]]) -> None:
-    """Add baseline drift, static and burst noise to `flags` (in place) for the leads that carry signal.
+    """Add baseline drift, static and burst noise to `flags` (in place) for the leads that carry signal (those in
+    `flags` without a flag yet: a lead not recorded is not in it).
 
     Drift: what the 0.5-40 Hz band-pass removed, smoothed over half a second. Noise: the band-passed lead minus
     its 1/15 s moving average (its content above ~10 Hz) outside the QRS complexes (``r_peaks``, samples), per 1 s
@@ -88,7 +100,7 @@ def noise_flags(x: np.ndarray, bandpassed: np.ndarray, rate_hz: float, r_peaks: 
     more filters: this pass runs on every request.
     """
     n = x.shape[1]
-    alive = [i for i, lead in enumerate(STANDARD_LEADS) if not flags[lead]]
+    alive = [i for i, lead in enumerate(STANDARD_LEADS) if lead in flags and not flags[lead]]
     if not alive:
         return
     band = bandpassed[alive]

@@ -7,6 +7,8 @@ included) and any rate from 50 Hz to 1 kHz.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS, Ecg
@@ -45,10 +47,15 @@ def _lead_list(leads: list[str]) -> str:
 
 
 def measure(ecg: Ecg) -> Measurements:
-    """Measure one ECG. Never raises for a poor signal: what cannot be measured is absent with its reason."""
+    """Measure one ECG. Never raises for a poor signal: what cannot be measured is absent with its reason. Leads
+    the ECG does not record (``ecg.not_recorded``) take no part and are said to be not recorded."""
+    return replace(_measure_recorded(ecg), not_recorded=ecg.not_recorded)
+
+
+def _measure_recorded(ecg: Ecg) -> Measurements:
     x, fs = working_signal(ecg.signal, ecg.sampling_rate_hz)
     xd, fsd = detection_signal(x, fs)
-    flags, usable, amplitude, bandpassed = dead_leads(xd, fsd)
+    flags, usable, amplitude, bandpassed = dead_leads(xd, fsd, ecg.not_recorded)
     missing: dict[str, str] = {}
     if not usable.any():
         reason = "no lead carries signal"
@@ -138,7 +145,7 @@ def _premature(beats: Beats, fs: float, fibrillating: bool) -> tuple[PrematureBe
 
 
 def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag, ...]]:
-    return {lead: tuple(dict.fromkeys(flags[lead])) for lead in STANDARD_LEADS}
+    return {lead: tuple(dict.fromkeys(flags[lead])) for lead in STANDARD_LEADS if lead in flags}
 
 
 def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],

@@ -100,6 +100,9 @@ class Measurements:
     missing: dict[str, str] = field(default_factory=dict)  # value field -> why it is absent
     measured_at_hz: float = 0.0  # the rate the fiducials were found at
     median_beat: MedianBeat | None = None
+    # Leads the ECG does not carry (a monitor that sends only some and they cannot be derived): not measured, so
+    # absent from lead_quality - never "flat" or "lead_off".
+    not_recorded: tuple[str, ...] = ()
 
     def value(self, name: str) -> float | None:
         """One of :data:`VALUE_FIELDS` by name."""
