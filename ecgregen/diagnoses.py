@@ -126,7 +126,10 @@ class Diagnosis:
     superclass: str
     probability: float
     present: bool
-    threshold: float  # present = probability >= threshold
+    threshold: float  # present = probability >= threshold, unless a measurement decided it (`decided_by`)
+    # "" when `present` is the calibrated probability against the threshold; else the measurement that decided it
+    # ("measured rate 55 bpm with P waves: sinus bradycardia"), see reconcile().
+    decided_by: str = ""
 
 
 def _sigmoid(z: float) -> float:

@@ -37,6 +37,7 @@ from ecgregen.metrics import (
 from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.reports import translate
 from ecgregen.reports.statements import StatementReport, statement_report
+from ecgregen.reports.verify import ReportEdit
 from ecgregen.store import (
     Hit,
     IndexSettings,
@@ -87,6 +88,7 @@ class GeneratedReport:
     statements: StatementReport | None = None  # the statements mode's sentences and their evidence
     language: str = "en"  # of `text`: en, or served as written, the neighbour's (de, sv, en, und)
     untranslated: tuple[str, ...] = ()  # served in English: the words of `text` the glossary does not know
+    edits: tuple[ReportEdit, ...] = ()  # what was removed from / added to the chosen report, and why (verified)
 
 
 @dataclass(frozen=True)
