@@ -26,7 +26,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ecgregen.measure.codes import rhythm_codes
+from ecgregen.measure.findings import QRS_COMPLETE_MS, Finding, check, clinical_rhythm
 from ecgregen.measure.types import BeatOrigin, Measurements, Rhythm
 from ecgregen.settings import DEMO_PTBXL
 from ecgregen.store import Hit
@@ -62,7 +63,9 @@ _THRESHOLD_GRID = np.round(np.arange(0.02, 0.96, 0.02), 2)
 # Whose words the report is: a neighbour's (top1: the closest, the paper's; consensus: the one agreeing best with the
 # diagnoses) or this ECG's own statements (:mod:`ecgregen.reports.statements`).
 NEIGHBOUR_REPORT_MODES = ("top1", "consensus")
-REPORT_MODES = (*NEIGHBOUR_REPORT_MODES, "statements")
+# verified: the best-agreeing neighbour report the measurements do not contradict, edited where none qualifies
+# (:mod:`ecgregen.reports.verify`); the service's default.
+REPORT_MODES = (*NEIGHBOUR_REPORT_MODES, "statements", "verified")
 
 # The measured statements' fit (:func:`_fit_measured`). Chosen by two-fold cross-validation by patient within PTB-XL
 # fold 8, four random splits (label-aware encoder, `scripts/calibration_cv.py --seeds 4`, docs/calibration-cv.md):
@@ -333,10 +336,13 @@ class Diagnoser:
         """Neighbours the diagnoses are computed from (searched even when a caller asks for fewer)."""
         return self.calibration.k if self.calibration else UNCALIBRATED_K
 
-    def diagnose(self, hits: Sequence[Hit], measurements: Measurements | None = None) -> list[Diagnosis]:
+    def diagnose(self, hits: Sequence[Hit], measurements: Measurements | None = None, *,
+                 agree: bool = True) -> list[Diagnosis]:
         """Every code some neighbour carries, and every measured statement its measurement points to (positive
         evidence), most probable first. A measured statement takes its measurement where the calibration has a map
-        for it and the measurement is there; otherwise its vote alone, as every other code."""
+        for it and the measurement is there; otherwise its vote alone, as every other code. With `agree` (served),
+        the present decisions then agree with the measurements (:func:`reconcile`); without, they are the
+        calibration's alone (PTB-XL's labelling conventions, for the evaluation's comparison)."""
         cal = self.calibration
         votes = neighbour_votes(hits, self.k, cal.temperature if cal else UNCALIBRATED_TEMPERATURE)
         scored = {code: (cal.probability(code, vote), cal.threshold(code)) if cal else (vote, 0.5)
@@ -357,6 +363,7 @@ class Diagnoser:
                 superclass=statement.superclass if statement else "", probability=round(probability, 4),
                 present=round(probability, 4) >= threshold, threshold=threshold,
             ))
+        out = reconcile(out, measurements, self.statements) if agree else out
         return sorted(out, key=lambda d: (-d.probability, d.code))
 
     def measurement_note(self, measurements: Measurements | None) -> str:
@@ -366,8 +373,77 @@ class Diagnoser:
         return MEASUREMENTS_UNUSED if cal is not None and cal.measured is None and measurements is not None else ""
 
 
+# SCP codes whose meaning a measurement defines (:mod:`ecgregen.measure.findings`): a present one the measurements
+# contradict is not present.
+CODE_FINDINGS: dict[str, Finding] = {
+    "SR": Finding.SINUS_RHYTHM, "SBRAD": Finding.SINUS_BRADYCARDIA, "STACH": Finding.SINUS_TACHYCARDIA,
+    "SARRH": Finding.SINUS_ARRHYTHMIA, "AFIB": Finding.ATRIAL_FIBRILLATION, "AFLT": Finding.ATRIAL_FLUTTER,
+    "1AVB": Finding.AV_BLOCK_1, "LPR": Finding.AV_BLOCK_1, "CLBBB": Finding.BBB_COMPLETE,
+    "CRBBB": Finding.BBB_COMPLETE, "ILBBB": Finding.BBB_INCOMPLETE, "IRBBB": Finding.BBB_INCOMPLETE,
+    "IVCD": Finding.IVCD, "LAFB": Finding.LAFB, "LPFB": Finding.LPFB, "LNGQT": Finding.QT_PROLONGED,
+    "PVC": Finding.PREMATURE_BEATS, "PAC": Finding.PREMATURE_BEATS, "NORM": Finding.NORMAL_ECG,
+}
+# One rhythm: the codes of the measured rhythm by the clinical definitions; a measured one makes the others absent.
+RHYTHM_CODES: dict[Finding, str] = {
+    Finding.SINUS_RHYTHM: "SR", Finding.SINUS_BRADYCARDIA: "SBRAD", Finding.SINUS_TACHYCARDIA: "STACH",
+    Finding.ATRIAL_FIBRILLATION: "AFIB",
+}
+# Pairs that exclude each other where the QRS duration decides which one holds.
+_EXCLUSIVE_QRS = (("CRBBB", "IRBBB"), ("CLBBB", "ILBBB"))
+
+
+def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
+              statements: Mapping[str, Statement] | None = None) -> list[Diagnosis]:
+    """The diagnoses with every present decision agreeing with the measurements (probabilities unchanged; a decision
+    a measurement made says so in `decided_by`):
+
+    * one rhythm: where the measured rhythm is determined (a sinus rhythm with P waves, or atrial fibrillation),
+      its code by the clinical definitions (SR 60-100 bpm, SBRAD < 60, STACH > 100, AFIB) is present - listed if no
+      neighbour carried it - and SR, SBRAD, STACH and AFIB other than it are not;
+    * a present code a measurement contradicts beyond its margin (:func:`ecgregen.measure.findings.check`) is not;
+    * of a complete and an incomplete bundle branch block of one side, the one the QRS duration contradicts goes.
+    """
+    if m is None:
+        return list(diagnoses)
+    rhythm = clinical_rhythm(m)
+    rhythm_code = RHYTHM_CODES.get(rhythm) if rhythm is not None else None
+    words = ""
+    if rhythm_code is not None:
+        rate = f"rate {m.heart_rate_bpm:.0f} bpm, " if m.heart_rate_bpm is not None else ""
+        words = (f"measured {rate}{'irregular without P waves' if rhythm_code == 'AFIB' else 'P waves present'}: "
+                 f"{rhythm.value.replace('_', ' ')}")
+    out: list[Diagnosis] = []
+    for d in diagnoses:
+        if rhythm_code is not None and d.code in RHYTHM_CODES.values():
+            out.append(replace(d, present=d.code == rhythm_code, decided_by=words)
+                       if d.present != (d.code == rhythm_code) else d)
+            continue
+        finding = CODE_FINDINGS.get(d.code)
+        verdict = check(finding, m) if d.present and finding is not None else None
+        out.append(replace(d, present=False, decided_by=verdict.reason) if verdict and verdict.contradicted else d)
+    qrs = m.qrs_duration_ms
+    present = {d.code for d in out if d.present}
+    for complete, incomplete in _EXCLUSIVE_QRS:
+        if qrs is not None and {complete, incomplete} <= present:
+            drop = incomplete if qrs >= QRS_COMPLETE_MS else complete
+            why = f"measured QRS {qrs:.0f} ms: {'complete' if drop == incomplete else 'incomplete'} block"
+            out = [replace(d, present=False, decided_by=why) if d.code == drop else d for d in out]
+    if rhythm_code is not None and all(d.code != rhythm_code for d in out):
+        statement = (statements or {}).get(rhythm_code)
+        out.append(Diagnosis(rhythm_code, statement.description if statement else "",
+                             statement.superclass if statement else "", 0.0, True, 1.0, words))
+    return out
+
+
 def present_codes(diagnoses: Sequence[Diagnosis]) -> frozenset[str]:
     return frozenset(d.code for d in diagnoses if d.present)
+
+
+def agreement(hit: Hit, present: frozenset[str]) -> float:
+    """How well a neighbour's codes agree with the present diagnoses: Jaccard (0 when neither has any)."""
+    codes = set(hit.scp_codes)
+    union = codes | present
+    return len(codes & present) / len(union) if union else 0.0
 
 
 def select_report(hits: Sequence[Hit], diagnoses: Sequence[Diagnosis], mode: str, pool: int) -> Hit | None:
@@ -385,14 +461,9 @@ def select_report(hits: Sequence[Hit], diagnoses: Sequence[Diagnosis], mode: str
     present = present_codes(diagnoses)
     if not present:
         return hits[0]
-
-    def agreement(hit: Hit) -> float:
-        codes = set(hit.scp_codes)
-        return len(codes & present) / len(codes | present)
-
     candidates = list(hits[:pool])
-    best = max(agreement(h) for h in candidates)
-    return next(h for h in candidates if agreement(h) == best)
+    best = max(agreement(h, present) for h in candidates)
+    return next(h for h in candidates if agreement(h, present) == best)
 
 
 # --- fitting ------------------------------------------------------------------------------------------------
@@ -624,7 +695,7 @@ def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration)
     statements report as written."""
     from ecgregen.evaluate.text_metrics import corpus_bleu4  # the evaluation and reports import this module
     from ecgregen.reports import translate
-    from ecgregen.reports.statements import statement_report
+    from ecgregen.reports.select import serve_report
 
     diagnoser = Diagnoser(load_statements(), calibration)  # the statements report words them by description
     scored = [c for c in cases if c.report.strip()]
@@ -635,11 +706,8 @@ def _best_report_mode(cases: Sequence[ValidationCase], calibration: Calibration)
     for mode in REPORT_MODES:
         served = []
         for c in scored:
-            diagnoses = diagnoser.diagnose(c.hits, c.measurements)
-            if mode == "statements":
-                served.append(statement_report(diagnoses, c.measurements).text)
-            else:
-                hit = select_report(c.hits, diagnoses, mode, calibration.k)
-                served.append(hit.english.text_en if hit else "")  # as served: the stored translation
+            report = serve_report(mode, c.hits, diagnoser.diagnose(c.hits, c.measurements), c.measurements,
+                                  calibration.k)
+            served.append(report.text_en if report else "")  # as served: the stored translation
         bleu[mode] = round(corpus_bleu4(references, served), 4)
     return max(REPORT_MODES, key=lambda m: (bleu[m], m == "top1")), bleu

@@ -20,7 +20,7 @@ import numpy as np
 
 from ecgregen.answer import Answer, LabelVocabulary, LabelVoteAnswerer, default_scp_statements
 from ecgregen.api_values import ReportLanguage
-from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, load_statements, select_report
+from ecgregen.diagnoses import REPORT_MODES, Calibration, Diagnoser, Diagnosis, load_statements
 from ecgregen.ecg import Ecg, EcgInputError
 from ecgregen.encoders.base import Encoder, embed_prepared
 from ecgregen.encoders.factory import open_encoder
@@ -36,7 +36,8 @@ from ecgregen.metrics import (
 )
 from ecgregen.preprocess import Preprocessed, preprocess
 from ecgregen.reports import translate
-from ecgregen.reports.statements import StatementReport, statement_report
+from ecgregen.reports.select import serve_report
+from ecgregen.reports.statements import StatementReport
 from ecgregen.reports.verify import ReportEdit
 from ecgregen.store import (
     Hit,
@@ -114,7 +115,7 @@ def utc_now() -> str:
 
 class RetrievalPipeline:
     def __init__(self, encoder: Encoder, store: VectorStore, answerer: LabelVoteAnswerer,
-                 diagnoser: Diagnoser | None = None, report_mode: str = "auto",
+                 diagnoser: Diagnoser | None = None, report_mode: str = "verified",
                  measurer: MeasureWorkers | None = None, report_language: str = ReportLanguage.EN) -> None:
         self.encoder = encoder
         self.measurer = measurer or MeasureWorkers(0)  # where query ECGs are measured (serving: worker processes)
@@ -250,18 +251,21 @@ class RetrievalPipeline:
         translation stored with it; the words the glossary lacks are counted as served."""
         language = self.resolved_report_language(language)
         with stage_timer("answer", retrieval.seconds):
-            if mode == "statements":
-                written = statement_report(retrieval.diagnoses, retrieval.measurements)
-                return GeneratedReport(written.text, mode, None, written)
-            source = select_report(retrieval.pool, retrieval.diagnoses, mode, self.diagnoser.k)
-        if source is None:
+            served = serve_report(mode, retrieval.pool, retrieval.diagnoses, retrieval.measurements, self.diagnoser.k)
+        if served is None:
             retrieval.warnings.append("no record matches the filter; no report")
             return GeneratedReport("", mode, None, language="en" if language == ReportLanguage.EN else "und")
-        english = source.english
+        if served.hit is None:  # written from the diagnoses and measurements: English
+            return GeneratedReport(served.text_en, mode, None, served.statements, edits=served.edits)
+        english = served.hit.english
         if language == ReportLanguage.ORIGINAL:
-            return GeneratedReport(source.report, mode, source, language=english.language)
+            if not served.edits:
+                return GeneratedReport(served.hit.report, mode, served.hit, language=english.language)
+            retrieval.warnings.append("the report was edited against the measurements, in English: served in English "
+                                      "(report_language original asked for)")
         REPORT_UNTRANSLATED_WORDS.labels("served").inc(len(english.untranslated))
-        return GeneratedReport(english.text_en, mode, source, language="en", untranslated=english.untranslated)
+        return GeneratedReport(served.text_en, mode, served.hit, language="en", untranslated=english.untranslated,
+                               edits=served.edits)
 
     def answer(
         self, ecg: Ecg, question: str, options: Sequence[str], k: int, filt: SearchFilter | None = None
@@ -331,7 +335,7 @@ def open_pipeline(
     data_dir: Path, qdrant_url: str | None, checkpoint: Path | None, *, collection: str = "ecgregen",
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
-    encoder_runtime: str = "onnxruntime", report_mode: str = "auto", measure_workers: int = 0,
+    encoder_runtime: str = "onnxruntime", report_mode: str = "verified", measure_workers: int = 0,
     load_calibration: bool = True, report_language: str = ReportLanguage.EN,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.

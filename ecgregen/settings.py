@@ -105,7 +105,7 @@ class ServeSettings:
     triton_fallback_local: bool = False  # encode in-process while Triton is unavailable
     encoder_runtime: str = ENCODER_RUNTIMES[0]
     max_message_bytes: int = MAX_MESSAGE_BYTES
-    report_mode: str = "auto"  # top1, consensus, or auto: the corpus calibration's best
+    report_mode: str = "verified"  # verified, top1, consensus, statements, or auto: the corpus calibration's best
     report_language: str = "en"  # en (neighbours' reports through the corpus glossary) or original
     measure_workers: int = field(default_factory=default_measure_workers)  # 0: in the request threads
 

@@ -30,14 +30,14 @@ import numpy as np
 from tqdm import tqdm
 
 from ecgregen.calibrate import calibrate_records
-from ecgregen.diagnoses import MEASURED_STATEMENTS, REPORT_MODES, Diagnoser, present_codes, select_report
+from ecgregen.diagnoses import MEASURED_STATEMENTS, REPORT_MODES, Diagnoser, present_codes
 from ecgregen.evaluate.corpus import neighbours_excluding_patient, open_eval_index, retrieval_excluding_patient
 from ecgregen.evaluate.text_metrics import BERTSCORE_MODEL_NAME, meteor_session, score_reports, scp_f1
 from ecgregen.pipeline import RetrievalPipeline
 from ecgregen.preprocess import preprocess
 from ecgregen.records import EcgRecord, folds_text
 from ecgregen.reports import translate
-from ecgregen.reports.statements import statement_report
+from ecgregen.reports.select import serve_report
 
 RETRIEVAL_METHODS = tuple(f"retrieval-{mode}" for mode in REPORT_MODES)
 LANGUAGES = ("en", "original")  # the languages reports are scored in (the first is the headline)
@@ -94,14 +94,13 @@ def retrieve_modes(
         top1_codes.append(frozenset(retrieval.pool[0].scp_codes))
         vote_codes.append(present_codes(votes_only.diagnose(retrieval.pool)))
         for mode in REPORT_MODES:
-            if mode == "statements":
-                written = statement_report(retrieval.diagnoses, retrieval.measurements).text
-                by_mode["retrieval-statements"].append(Prediction(written, codes, "", "", written))
-                continue
-            hit = select_report(retrieval.pool, retrieval.diagnoses, mode, pipeline.diagnoser.k)
-            assert hit is not None  # the index is not empty and the patient filter leaves others
-            by_mode[f"retrieval-{mode}"].append(Prediction(hit.report, codes, hit.ecg_id, hit.patient_id,
-                                                           hit.english.text_en))
+            served = serve_report(mode, retrieval.pool, retrieval.diagnoses, retrieval.measurements,
+                                  pipeline.diagnoser.k)
+            assert served is not None  # the index is not empty and the patient filter leaves others
+            hit = served.hit
+            by_mode[f"retrieval-{mode}"].append(Prediction(hit.report if hit else served.text_en, codes,
+                                                           hit.ecg_id if hit else "", hit.patient_id if hit else "",
+                                                           served.text_en))
     return by_mode, top1_codes, vote_codes
 
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.measure.codes import PTBXL_BRADYCARDIA_BPM, PTBXL_TACHYCARDIA_BPM, axis_class
+from ecgregen.measure.findings import axis_words
 from ecgregen.measure.types import BeatOrigin, Measurements, Rhythm
 
 # Sections in the order carts print them, and the SCP codes each one states.
@@ -57,7 +58,6 @@ WORDING = {
     "QWAVE": "Q waves present",
 }
 NO_FINDING = "no abnormality stated; normal ECG not confirmed"
-_AXIS_WORDS = {"left": "left axis deviation", "right": "right axis deviation", "extreme": "extreme axis deviation"}
 # A measured value is quoted beside the finding it rests on, or alone when it is outside these limits.
 PR_LONG_MS, QRS_WIDE_MS, QTC_LONG_MS = 200.0, 120.0, 470.0
 RATE_CODES = frozenset({"SBRAD", "STACH", "AFIB", "AFLT", "SVTAC", "PSVT"})
@@ -176,11 +176,12 @@ def _section(section: str, chosen: list[Diagnosis], m: Measurements | None) -> l
 
 
 def _axis(m: Measurements | None) -> list[Statement]:
-    """A deviated QRS axis (a normal one is on the measurement line; the fascicular blocks are stated under
-    conduction, where they belong)."""
-    if m is None or m.qrs_axis_deg is None or axis_class(m.qrs_axis_deg) == "normal":
+    """An axis outside -30..+90, in the corpus's classes (:func:`ecgregen.measure.findings.axis_words`: +90..+120
+    is a "rightward axis", right axis deviation is beyond +120); a normal one is on the measurement line, and the
+    fascicular blocks are stated under conduction, where they belong."""
+    if m is None or m.qrs_axis_deg is None or axis_words(m.qrs_axis_deg) == "normal axis":
         return []
-    words = _AXIS_WORDS[axis_class(m.qrs_axis_deg)]
+    words = axis_words(m.qrs_axis_deg)
     return [Statement("axis", f"{words} ({m.qrs_axis_deg:+.0f} degrees)", {}, {"qrs_axis_deg": m.qrs_axis_deg})]
 
 
