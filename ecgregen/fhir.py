@@ -34,11 +34,10 @@ Judgement calls, and why:
   removed or added is filed with what decided it. ``code`` is the project concept ``report-edit`` (text "report
   edit"), ``valueString`` the sentence removed or added, ``method`` the action, ``note`` the reason in words; its
   components are the action (coded in :data:`REPORT_EDIT_SYSTEM`: ``removed`` / ``added``) and the deciding
-  measurement, coded as its measurement Observation is (:data:`MEASUREMENT_CODES`, else the project concept of the
-  field's name, e.g. ``rhythm``) with its value (none for the rhythm); ``derivedFrom`` is that measurement's own
-  Observation (the rhythm Observation for the rhythm and the RR values it carries). R4's DiagnosticReport has no
-  note or extension for this that a receiver would read, and an Observation per edit keeps each edit's evidence
-  linkable. The text ``presentedForm`` lists the edits under the report too. A diagnosis a measurement decided
+  measurement, coded as the bundle codes it (:data:`MEASUREMENT_CODES`; the rhythm and what its Observation
+  carries - RR values, premature beats - under the project's concepts) with its value (none for the rhythm);
+  ``derivedFrom`` is the Observation holding that measurement. R4's DiagnosticReport has no note, and an extension
+  is what a receiver would not read; an Observation per edit is filed and linked like every other result. The text ``presentedForm`` lists the edits under the report too. A diagnosis a measurement decided
   (``decided_by``: present or absent whatever its probability) says so in its Observation's ``method``, since its
   POS/NEG then does not follow from its value and ``referenceRange``.
 * **Warnings** go where a reader of the numbers will see them: ``note`` on the diagnosis (and answer) Observations,
@@ -134,6 +133,10 @@ _RHYTHM_PARTS: dict[str, tuple[str, str, str, str]] = {
     "rr_min_ms": ("rr-min", "Shortest RR interval", "ms", "ms"),
     "rr_max_ms": ("rr-max", "Longest RR interval", "ms", "ms"),
 }
+# What a report edit may quote from the rhythm Observation: those values, and the premature beats it counts per
+# origin (an edit quotes their total).
+_RHYTHM_QUOTED = {**_RHYTHM_PARTS, "premature_beats": ("premature-beats", "Premature beats, all origins", "beats",
+                                                       "{beats}")}
 # Rhythm (ecgregen.measure.types.Rhythm values) -> SNOMED CT finding, as the PhysioNet/CinC 2020-21 challenges map
 # them; regular_without_p_waves and undetermined have no single finding and go as text.
 RHYTHM_SNOMED: dict[str, tuple[str, str]] = {
@@ -368,15 +371,15 @@ def _add_measurements(bundle: _Bundle, m: dict | None, context: dict) -> dict[st
 
 def _edit_measurement(name: str, value: float | None) -> dict:
     """The component naming the measurement that decided an edit, coded as the bundle codes it (its Observation, or
-    its component of the rhythm Observation), with its value (none for the rhythm itself)."""
+    its part of the rhythm Observation), with its value (none for the rhythm itself)."""
     unit = ucum = ""  # a value the bundle has no unit for (a field added since) goes bare
     if name in MEASUREMENT_CODES:
         codings, unit, text = MEASUREMENT_CODES[name]
         ucum = unit
         code = {"coding": [{"system": system, "code": c, "display": display} for system, c, display in codings],
                 "text": text}
-    elif name in _RHYTHM_PARTS:
-        concept, display, unit, ucum = _RHYTHM_PARTS[name]
+    elif name in _RHYTHM_QUOTED:
+        concept, display, unit, ucum = _RHYTHM_QUOTED[name]
         code = _concept(CONCEPT_SYSTEM, concept, display)
     else:
         code = _concept(CONCEPT_SYSTEM, *_RHYTHM_CODE) if name == "rhythm" else _concept(CONCEPT_SYSTEM, name)
@@ -388,7 +391,7 @@ def _edit_measurement(name: str, value: float | None) -> dict:
 def _report_edit(edit: dict, context: dict, measurements: dict[str, dict]) -> dict:
     """One edit of a verified report (see the module's notes), derived from the measurement that decided it."""
     name = edit["measurement"]
-    decided_by = measurements.get("rhythm" if name in _RHYTHM_PARTS else name)
+    decided_by = measurements.get("rhythm" if name in _RHYTHM_QUOTED else name)
     return {
         "resourceType": "Observation", "status": "preliminary", **context,
         "code": _concept(CONCEPT_SYSTEM, "report-edit", "Sentence removed from or added to the served report "
