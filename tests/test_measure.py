@@ -8,11 +8,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ecgregen.ecg import STANDARD_LEADS, Ecg
+from ecgregen.ecg import STANDARD_LEADS, Ecg, ecg_from_array
 from ecgregen.ecg_files import read_ecg_bytes
 from ecgregen.measure import BeatOrigin, QualityFlag, Rhythm, measure
+from ecgregen.records import read_wfdb_signal
+from ecgregen.wire import measurements_to_proto
 
 FORMATS = Path(__file__).resolve().parents[2] / "shared" / "data" / "formats"
+PTBXL = Path(__file__).resolve().parents[2] / "shared" / "data" / "ptbxl"
 # The issue's tolerances (a cart's against ours).
 TOLERANCE = {"heart_rate_bpm": 3, "pr_interval_ms": 20, "qrs_duration_ms": 15, "qt_interval_ms": 30,
              "qtc_bazett_ms": 30, "qtc_fridericia_ms": 30, "qrs_axis_deg": 20, "p_axis_deg": 30, "t_axis_deg": 30}
@@ -213,3 +216,48 @@ def test_swapped_arm_electrodes_are_suspected_and_a_correct_recording_is_not():
     assert swapped.limb_lead_reversal is True
     for name in CART_FILES:
         assert measure(_file(name).ecg).limb_lead_reversal is False, name
+
+
+def test_a_sinus_arrhythmia_with_rr_from_0_67_to_1_01_s_has_no_premature_beats():
+    """RR follows a breath (a 5 s cycle) smoothly between 0.67 and 1.01 s: no beat is early against the rhythm
+    before it, whatever the RRs after it."""
+    times, t = [], 0.4
+    while t < 29.0:
+        times.append(t)
+        t += 0.84 + 0.17 * np.sin(2 * np.pi * t / 5.0)
+    rr = np.diff(times)
+    assert rr.min() < 0.69 and rr.max() > 0.99
+    m = measure(synthetic_ecg(seconds=30, beat_times=times))
+    assert m.premature_beats == () and m.rhythm is Rhythm.SINUS_ARRHYTHMIA
+
+
+def test_a_real_early_second_beat_is_still_premature():
+    """PTB-XL 5434 (fold 9, annotated SVES): its second beat comes 0.70 s after the first, then 1.11 s, 1.06 s..."""
+    raw = read_wfdb_signal(PTBXL / "records100" / "05000" / "05434_lr")
+    m = measure(ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw.units)
+    assert [b.origin for b in m.premature_beats] == [BeatOrigin.SUPRAVENTRICULAR]
+    assert m.premature_beats[0].coupling_ms < 750
+
+
+@pytest.mark.parametrize(("fs", "expected"), [(100, 100), (500, 500), (1000, 500)])
+def test_measured_at_hz_is_the_rate_of_the_samples_the_fiducials_rest_on(fs, expected):
+    m = measure(synthetic_ecg(fs=fs))
+    assert m.measured_at_hz == expected and m.median_beat is not None and m.median_beat.rate_hz == 500
+
+
+def test_the_median_beat_says_nu_for_a_z_scored_ptbxl_record_and_mv_for_a_cart_file():
+    raw = read_wfdb_signal(PTBXL / "records100" / "05000" / "05434_lr")
+    assert set(raw.units) == {"NU"}
+    nu = measure(ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw.units)
+    assert nu.median_beat is not None and nu.median_beat.units == "NU"
+    assert {lead.units for lead in measurements_to_proto(nu, include_median_beat=True).median_beat.leads} == {"NU"}
+    mv = measure(_file("muse_egm-muse-sinus_mv360_500hz.xml").ecg)
+    assert mv.median_beat is not None and mv.median_beat.units == "mV"
+
+
+@pytest.mark.parametrize("name", [n for n in CART_FILES if not n.startswith("scp")])
+def test_qt_is_within_20_ms_of_each_cart_that_states_it(name):
+    """T end at the knee of the magnitude's tail: the tangent alone put QT 14-22 ms short of three of the carts."""
+    read = _file(name)
+    m = measure(read.ecg)
+    assert abs(m.qt_interval_ms - read.metadata.measurements["qt_interval"]) <= 20

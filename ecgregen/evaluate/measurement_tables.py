@@ -100,12 +100,30 @@ def format_carts(carts: dict[str, Any]) -> str:
         f"{'met' if rate_ok else 'NOT met'})"
         + (f"; ours absent on {', '.join(s['rate_absent_on'])}" if s["rate_absent_on"] else "") + ".",
     ]
+    lines += ["", "### Held out of tuning (carts)", "",
+              f"T end's threshold was tuned on {', '.join(carts['tuned_on']) or 'none'} (and their copies); "
+              f"held out of tuning: {', '.join(carts['held_out']) or 'none'}. The thresholds before it (issue 25) "
+              "had seen every file.", "",
+              "| ECGs | pairs | within tolerance |", "|---|---|---|"]
+    for label, part in (("tuned on", carts["tuned_summary"]), ("held out of tuning", carts["held_out_summary"])):
+        lines.append(f"| {label} | {part['pairs']} | {part['within']} ({_pct(part['within_share'])}%) |")
+    qt = s["qt_errors_ms"]
+    qt_ok = bool(qt) and all(e is not None and e <= s["target_qt_ms"] for e in qt.values())
+    verdict = "met" if qt_ok else "NOT met"
+    lines += ["", f"**QT within {s['target_qt_ms']:g} ms of every cart that states one: {verdict}** ("
+              + ", ".join(f"{name}{' (held out)' if _held(carts, name) else ''} "
+                          f"{'absent' if e is None else f'{e:.0f} ms'}" for name, e in qt.items()) + ")."]
     silent = [f for f in carts["files"] if not f["rows"]]
     if silent:
         lines += ["", "Files stating no cart measurements (ours only):"]
         lines += [f"- {f['file']} ({f['format']}, {f['duration_s']:g} s): {_ours_line(f)}" for f in silent]
     lines += [f"- not read: {u['file']}: {u['reason']}" for u in carts["unreadable"]]
     return "\n".join(lines)
+
+
+def _held(carts: dict[str, Any], name: str) -> bool:
+    """Whether file `name` is (a copy of) an ECG held out of tuning."""
+    return next(f["ecg"] for f in carts["files"] if f["file"] == name) in carts["held_out"]
 
 
 def _ours_line(f: dict[str, Any]) -> str:

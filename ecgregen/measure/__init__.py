@@ -6,6 +6,8 @@ rhythm, premature beats, P-wave presence and per-lead signal quality. Intervals 
 the representative (median) beat across all usable leads, as carts do.
 """
 
+from collections.abc import Sequence
+
 from ecgregen.ecg import Ecg
 from ecgregen.measure.types import (
     FIDUCIALS,
@@ -25,12 +27,13 @@ __all__ = [
 ]
 
 
-def measure(ecg: Ecg) -> Measurements:
-    """Measure one ECG (:func:`ecgregen.measure.stage.measure`).
+def measure(ecg: Ecg, units: str | Sequence[str] = "mV") -> Measurements:
+    """Measure one ECG (:func:`ecgregen.measure.stage.measure`; `units` as the input stated them, for the median
+    beat's).
 
     Imported on first call: the types above are what the wire, FHIR and the CLI need, and they must not pay for
     scipy (the client starts at once).
     """
     from ecgregen.measure.stage import measure as measure_samples
 
-    return measure_samples(ecg)
+    return measure_samples(ecg, units)

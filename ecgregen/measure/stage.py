@@ -7,6 +7,7 @@ included) and any rate from 50 Hz to 1 kHz.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import numpy as np
@@ -46,13 +47,25 @@ def _lead_list(leads: list[str]) -> str:
     return "I-aVF" if len(leads) == 6 else ", ".join(leads)
 
 
-def measure(ecg: Ecg) -> Measurements:
+def measure(ecg: Ecg, units: str | Sequence[str] = "mV") -> Measurements:
     """Measure one ECG. Never raises for a poor signal: what cannot be measured is absent with its reason. Leads
-    the ECG does not record (``ecg.not_recorded``) take no part and are said to be not recorded."""
-    return replace(_measure_recorded(ecg), not_recorded=ecg.not_recorded)
+    the ECG does not record (``ecg.not_recorded``) take no part and are said to be not recorded.
+
+    `units` are the input's as it stated them (one for all leads, or one per lead): an :class:`Ecg` holds NU
+    (signals z-scored upstream) unscaled beside mV, so only the caller knows which it has, and the median beat
+    must not call z-scores millivolts (:attr:`MedianBeat.units`).
+    """
+    return replace(_measure_recorded(ecg, median_units(units)), not_recorded=ecg.not_recorded)
 
 
-def _measure_recorded(ecg: Ecg) -> Measurements:
+def median_units(units: str | Sequence[str]) -> str:
+    """"NU" when any lead is in normalised units (its amplitudes are not mV), else "mV" (every other unit the
+    service accepts is scaled to mV on the way in)."""
+    given = [units] if isinstance(units, str) else list(units)
+    return "NU" if any(u.strip().upper() == "NU" for u in given) else "mV"
+
+
+def _measure_recorded(ecg: Ecg, units: str) -> Measurements:
     x, fs = working_signal(ecg.signal, ecg.sampling_rate_hz)
     xd, fsd = detection_signal(x, fs)
     flags, usable, amplitude, bandpassed = dead_leads(xd, fsd, ecg.not_recorded)
@@ -67,7 +80,7 @@ def _measure_recorded(ecg: Ecg) -> Measurements:
     if beats.peaks.size < 2:
         for f in _RATE_FIELDS + _BEAT_FIELDS:
             missing[f] = "too few beats" if beats.peaks.size else "no QRS complexes found"
-        return _result(values, beats, flags, missing, fsd, None, None, None)
+        return _result(values, beats, flags, missing, fsd, fs, None, None, None)
     rr = np.diff(beats.peaks) * 1000.0 / fsd
     values.update(rr_interval_ms=float(rr.mean()), rr_min_ms=float(rr.min()), rr_max_ms=float(rr.max()))
     values["heart_rate_bpm"] = 60000.0 / values["rr_interval_ms"]
@@ -86,7 +99,7 @@ def _measure_recorded(ecg: Ecg) -> Measurements:
     if found is None:
         for f in _BEAT_FIELDS:
             missing[f] = "too few beats (none wholly inside the recording)"
-        return _result(values, beats, flags, missing, fsd, irregular, None, None)
+        return _result(values, beats, flags, missing, fsd, fs, irregular, None, None)
     beat, r_index, windows = found
     d = delineate(beat, r_index, usable, fs, windows, ms(rr_dominant, fs))
     missing.update(d.missing)
@@ -111,9 +124,9 @@ def _measure_recorded(ecg: Ecg) -> Measurements:
     for f in ("p_axis_deg", "qrs_axis_deg", "t_axis_deg"):
         if values.get(f) is None and limb_dead:
             missing[f] = f"limb lead(s) {_lead_list(limb_dead)} unusable"
-    median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms)
+    median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms, units)
     reversed_arms = arm_leads_reversed(d.beat, d.points, usable)
-    return _result(values, beats, flags, missing, fsd, irregular, p_present if on is not None else None, median,
+    return _result(values, beats, flags, missing, fsd, fs, irregular, p_present if on is not None else None, median,
                    reversed_arms)
 
 
@@ -149,8 +162,11 @@ def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag
 
 
 def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],
-            missing: dict[str, str], fs: float, irregular: bool | None, p_present: bool | None,
-            median: MedianBeat | None, reversed_arms: bool = False) -> Measurements:
+            missing: dict[str, str], fs: float, measured_at_hz: float, irregular: bool | None,
+            p_present: bool | None, median: MedianBeat | None, reversed_arms: bool = False) -> Measurements:
+    """`fs`: the rate beats were detected at; `measured_at_hz`: the rate of the samples the fiducials rest on (the
+    input's, at most 500 Hz). A slower ECG's median beat is interpolated to 500 Hz for the search, which adds no
+    information: saying 500 Hz for a 100 Hz ECG would claim 2 ms where it has 10."""
     rate = values.get("heart_rate_bpm")
     rr_share = 0.0
     if rate is not None and values.get("rr_interval_ms"):
@@ -169,7 +185,7 @@ def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list
         rr_irregular=irregular, p_waves_present=p_present, rhythm=rhythm,
         premature_beats=_premature(beats, fs, fibrillating), lead_quality=_quality(flags),
         limb_lead_reversal=reversed_arms,
-        missing={k: missing[k] for k in _VALUE_NAMES if k in missing}, measured_at_hz=MEASURE_RATE_HZ if median else fs,
+        missing={k: missing[k] for k in _VALUE_NAMES if k in missing}, measured_at_hz=measured_at_hz,
         median_beat=median,
     )
 
