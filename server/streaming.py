@@ -316,9 +316,9 @@ class WindowBatcher:
                 continue
             s, seconds = job.settings, dict(shared)
             measurements, notes = pending[id(ecg)].result(seconds)  # per window: its own stage time
-            derivation = [s.derivation_note] if s.derivation_note else []
-            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter,
-                                               [*derivation, *done.warnings, *notes], seconds, measurements=measurements)
+            warnings = [s.derivation_note] if s.derivation_note else []
+            retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, [*warnings, *done.warnings, *notes],
+                                               seconds, measurements=measurements)
             sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]
             results.append((retrieval, [f"flat:{lead}" for lead in done.flat_leads if lead in sent], None))
         return results
