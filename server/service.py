@@ -81,6 +81,7 @@ from ecgregen.wire import (
     measurements_to_proto,
     neighbour_to_proto,
     record_from_proto,
+    report_edits_to_proto,
     statements_to_proto,
 )
 
@@ -251,6 +252,7 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             warnings=retrieval.warnings, encoder_id=self.pipeline.encoder.encoder_id, retrieved_report=served.text,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], report_mode=served.mode,
             report_ecg_id=source.ecg_id if source else "", **statements_to_proto(served.statements),
+            report_edits=report_edits_to_proto(served.edits),
             report_language=served.language, untranslated_words=served.untranslated,
             original_report=source.report if source else "",
             original_language=source.english.language if source else "",

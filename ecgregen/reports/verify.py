@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ecgregen.api_values import ReportEditAction
 from ecgregen.measure.findings import (
     AXIS_RANGES,
     RATE_FINDINGS,
@@ -185,14 +186,14 @@ def verify_text(text: str, m: Measurements | None) -> VerifiedText:
                 instead.append(said)
             if not whole:
                 verdict = verdicts[claim]
-                edits.append(ReportEdit("removed", claim.phrase, verdict.measurement, verdict.value, verdict.reason))
+                edits.append(ReportEdit(ReportEditAction.REMOVED, claim.phrase, verdict.measurement, verdict.value, verdict.reason))
         if whole:  # one edit for the sentence, with every reason
             first = verdicts[bad[0]]
             reasons = "; ".join(dict.fromkeys(verdicts[c].reason for c in bad))
-            edits.append(ReportEdit("removed", text[span[0]:span[1]].strip(), first.measurement, first.value, reasons))
+            edits.append(ReportEdit(ReportEditAction.REMOVED, text[span[0]:span[1]].strip(), first.measurement, first.value, reasons))
         new = "".join(f"{s}. " for s, *_ in instead)
         for sentence, field, value, reason in instead:
-            edits.append(ReportEdit("added", sentence + ".", field, value, f"{reason}, stated in place of the removed "
+            edits.append(ReportEdit(ReportEditAction.ADDED, sentence + ".", field, value, f"{reason}, stated in place of the removed "
                                                                              "statement"))
         if whole:
             end = span[1] + (len(text[span[1]:]) - len(text[span[1]:].lstrip()))
@@ -213,7 +214,7 @@ def verify_text(text: str, m: Measurements | None) -> VerifiedText:
         if finding.sentence in stated:
             continue
         (before if finding.finding in _RHYTHMS else after).append(finding)
-        edits.append(ReportEdit("added", finding.sentence + ".", finding.measurement, finding.value,
+        edits.append(ReportEdit(ReportEditAction.ADDED, finding.sentence + ".", finding.measurement, finding.value,
                                 f"{finding.reason}; the report did not state it"))
     if before:
         out = " ".join(f"{f.sentence}." for f in before) + (" " + out if out else "")
