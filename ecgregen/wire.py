@@ -103,7 +103,7 @@ def measurements_to_proto(m: Measurements | None, include_median_beat: bool = Fa
         not_recorded_leads=m.not_recorded,
         median_beat=None if beat is None else pb.MedianBeat(
             rate_hz=beat.rate_hz, r_index=beat.r_index, fiducials_ms=beat.fiducials_ms,
-            leads=[pb.Lead(name=name, samples=row.tolist(), units="mV")
+            leads=[pb.Lead(name=name, samples=row.tolist(), units=beat.units)
                    for name, row in zip(STANDARD_LEADS, beat.signal)],
         ),
     )

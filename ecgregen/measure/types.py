@@ -70,6 +70,7 @@ class MedianBeat:
     rate_hz: float
     r_index: int  # sample of the alignment point (time 0 of the fiducials)
     fiducials_ms: dict[str, float]  # a subset of FIDUCIALS: those found
+    units: str = "mV"  # the input's amplitude units: "NU" (z-scored upstream, e.g. most PTB-XL records) or "mV"
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class Measurements:
     lead_quality: dict[str, tuple[QualityFlag, ...]] = field(default_factory=dict)  # every lead; () = ok
     limb_lead_reversal: bool = False  # suspected LA/RA reversal
     missing: dict[str, str] = field(default_factory=dict)  # value field -> why it is absent
-    measured_at_hz: float = 0.0  # the rate the fiducials were found at
+    measured_at_hz: float = 0.0  # the rate of the samples the fiducials rest on: the input's, at most 500 Hz
     median_beat: MedianBeat | None = None
     # Leads the ECG does not carry (a monitor that sends only some and they cannot be derived): not measured, so
     # absent from lead_quality - never "flat" or "lead_off".
