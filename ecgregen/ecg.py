@@ -42,6 +42,9 @@ class Ecg:
     signal: np.ndarray  # float32, shape (12, n_samples)
     sampling_rate_hz: float
     not_recorded: tuple[str, ...] = ()  # standard lead names, in standard order
+    # "mV", or "NU" when a lead came in normalised units: the samples are then z-scores, not millivolts, and what is
+    # drawn or measured from them (the median beat) must say so.
+    units: str = "mV"
 
     @property
     def n_samples(self) -> int:
@@ -128,7 +131,8 @@ def assemble_ecg(
         if bad:
             raise EcgInputError(f"lead {name} has {bad} non-finite samples (NaN or infinity)")
     signal = np.stack([by_name[name] for name in STANDARD_LEADS]).astype(np.float32)
-    return Ecg(signal=signal, sampling_rate_hz=float(sampling_rate_hz))
+    normalised = any((units or "").strip().upper() == "NU" for _, _, units in leads)
+    return Ecg(signal=signal, sampling_rate_hz=float(sampling_rate_hz), units="NU" if normalised else "mV")
 
 
 def ecg_from_array(signal: np.ndarray, sampling_rate_hz: float, lead_names: Sequence[str], units: Sequence[str] | str = "mV") -> Ecg:

@@ -27,13 +27,13 @@ __all__ = [
 ]
 
 
-def measure(ecg: Ecg, units: str | Sequence[str] = "mV") -> Measurements:
+def measure(ecg: Ecg, units: str | Sequence[str] | None = None) -> Measurements:
     """Measure one ECG (:func:`ecgregen.measure.stage.measure`; `units` as the input stated them, for the median
-    beat's).
+    beat's; None: the ECG's own, :attr:`Ecg.units`, so a server's workers label a z-scored ECG's beat NU).
 
     Imported on first call: the types above are what the wire, FHIR and the CLI need, and they must not pay for
     scipy (the client starts at once).
     """
     from ecgregen.measure.stage import measure as measure_samples
 
-    return measure_samples(ecg, units)
+    return measure_samples(ecg, ecg.units if units is None else units)
