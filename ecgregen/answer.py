@@ -258,7 +258,11 @@ class LabelVoteAnswerer:
 
     @staticmethod
     def _holds(codes: frozenset[str], by_code: dict[str, Diagnosis], threshold: float | None) -> bool:
-        """Some code at or over `threshold` (None: the diagnosis's own present threshold)."""
+        """Some code at or over `threshold` (None: the diagnosis's own present threshold); where a measurement
+        decided the statement (:func:`_decided`), what it decided."""
+        decided = _decided(codes, by_code)
+        if decided is not None:
+            return decided
         return any(
             by_code[c].probability >= (by_code[c].threshold if threshold is None else threshold)
             for c in codes if c in by_code
@@ -303,6 +307,15 @@ class LabelVoteAnswerer:
         state = self.verify_state(evidence["rule"], evidence["p"], evidence["lead"] is not None, s)
         if state not in allowed:  # options without "no" (or "yes"): the nearest one offered
             state = next((o for o in ("not sure", "yes", "no") if o in allowed), normalise(options[0]))
+        decided = _decided(frozenset(evidence["codes"]), by_code)
+        if decided is not None and evidence["lead"] is None and not evidence["rule"].startswith("group"):
+            state = "yes" if decided else "no"
+            if state in allowed:
+                why = "; ".join(dict.fromkeys(by_code[c].decided_by for c in evidence["codes"]
+                                              if c in by_code and by_code[c].decided_by))
+                return Answer([allowed[state]], f"statement(s) {', '.join(evidence['statements'])} "
+                                                f"({', '.join(evidence['codes'])}) decided by the ECG's measurements, "
+                                                f"as the served diagnoses are: {why}")
         group = evidence["rule"].partition(":")[2]
         rule = {"binary": f"band {s.verify_binary}",
                 "bands": f"bands no < {s.verify_not_sure} <= not sure < {s.verify_yes} <= yes"}.get(
@@ -354,7 +367,7 @@ class LabelVoteAnswerer:
         candidates = frozenset().union(*(c for _, c in asked)) if asked else frozenset(by_code)
         threshold = self.settings.query
         present = [d for c, d in by_code.items() if c in candidates
-                   and d.probability >= (d.threshold if threshold is None else threshold)]
+                   and (d.present if d.decided_by else d.probability >= (d.threshold if threshold is None else threshold))]
         codes = [d.code for d in sorted(present, key=lambda d: (-d.probability, d.code))]
         return Answer(codes, "predicted diagnoses at or over their threshold: "
                              + (", ".join(f"{d.code} {d.probability:.2f}" for d in present) or "none"))
@@ -413,6 +426,15 @@ class LabelVoteAnswerer:
         candidates = frozenset().union(*(c for _, c in asked)) if asked else frozenset(counts)
         codes = sorted((c for c in candidates if counts[c] > majority), key=lambda c: (-counts[c], c))
         return Answer(codes, f"SCP codes carried by a majority of {len(neighbours)} neighbours: {dict(counts)}")
+
+
+def _decided(codes: frozenset[str], by_code: dict[str, Diagnosis]) -> bool | None:
+    """Whether the statement of `codes` holds, where a measurement decided one of them (the served diagnoses'
+    rhythm, a code the measurements contradict: :func:`ecgregen.diagnoses.reconcile`); None where none was, so
+    the answer never says what the served diagnoses and measurements do not."""
+    if not any(c in by_code and by_code[c].decided_by for c in codes):
+        return None
+    return any(by_code[c].present for c in codes if c in by_code)
 
 
 def default_scp_statements() -> Path:

@@ -57,6 +57,7 @@ class FallbackReason(StrEnum):
     EMPTY = "empty"  # no answer / no text
     NO_NEIGHBOURS = "no_neighbours"  # nothing retrieved to refine
     LLM_DISABLED = "llm_disabled"  # the server runs without an LLM
+    CONTRADICTS_MEASUREMENTS = "contradicts_measurements"  # a refined report stated what the measurements contradict
 
 
 class StreamWarningCode(StrEnum):

@@ -53,6 +53,7 @@ from ecgregen.pipeline import (
     new_batch_id,
 )
 from ecgregen.printout.served import PrintRequest, check_print, print_response
+from ecgregen.reports.verify import contradictions
 from ecgregen.server.requests import (
     check_batch_id,
     check_hnsw_ef,
@@ -307,6 +308,12 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             return
         if not outcome.text:
             outcome.fail(FallbackReason.EMPTY, "the LLM returned no text", retrieval)
+            return
+        wrong = contradictions(outcome.text, retrieval.measurements)
+        if wrong:  # checked as every served report is: one reading of the ECG
+            stated = "; ".join(f"'{w.claim.phrase}' ({w.verdict.reason})" for w in wrong)
+            outcome.fail(FallbackReason.CONTRADICTS_MEASUREMENTS,
+                         f"the refined report contradicts the ECG's measurements: {stated}", retrieval)
 
     def _refined_fields(self, outcome: Refinement) -> dict[str, Any]:
         fields: dict[str, Any] = {"fallback_reason": outcome.reason, "llm_model": self.llm.model}
