@@ -129,29 +129,16 @@ def _premature_by_rr(rr: list[float]) -> np.ndarray:
     The RRs *after* a beat never set the rhythm it is judged against: a sinus arrhythmia's slowing phase would
     make its faster beats look early (RR 0.67-1.01 s over a breath gave two "premature beats"). A sinus
     arrhythmia shortens RR gradually and lengthens it gradually, so it fails the second or third test; an early
-    beat passes all three. At the recording's edges one side is missing (a 10 s ECG has few beats, and an early
-    second or last beat is common): the second beat is judged by the pause and the median of the up to
-    :data:`LOCAL_RRS` RRs from it, and only when the RR after the pause is not longer still (a rhythm slowing
-    gradually from the start is not an early beat); the last beat by the rhythm before it, and only when the RR
-    before it was steady - not shorter than the one before that (a rhythm speeding up into the end), nor a pause
-    after an early beat (bigeminy's next beat is on time). A run of two
-    or more early beats of the usual shape is not marked (its second beat is not early against the first); a
-    ventricular run still is, by its shape and width (``stage._premature``).
+    beat passes all three. The first two beats and the last have no rhythm before or pause after to judge by and
+    are not marked: judging them one-sided (the second by the pause after it, the last by the rhythm before it)
+    found 5 more of PTB-XL folds 1-8's records with extra beats but 15 more false ones (any-extra-beat F1 0.634
+    against 0.644 without). Nor is a run of two or more early beats of the usual shape marked (its second beat is
+    not early against the first); a ventricular run still is, by its shape and width (``stage._premature``).
     """
-    n = len(rr) + 1
-    premature = np.zeros(n, bool)
-    if n < 4:
-        return premature
-    for i in range(1, n):
-        coupling = rr[i - 1]
-        if i == 1:
-            limit = min(rr[1], _median(rr[1: 1 + LOCAL_RRS])) if rr[2] <= rr[1] else 0.0
-        elif i == n - 1:
-            steady = PREMATURE_SHARE * rr[i - 2] <= rr[i - 3] <= rr[i - 2]
-            limit = min(_median(rr[max(0, i - 1 - LOCAL_RRS): i - 1]), rr[i - 2]) if steady else 0.0
-        else:
-            limit = min(_median(rr[max(0, i - 1 - LOCAL_RRS): i - 1]), rr[i - 2], rr[i])
-        premature[i] = coupling < PREMATURE_SHARE * limit
+    premature = np.zeros(len(rr) + 1, bool)
+    for i in range(2, len(rr)):
+        rhythm = _median(rr[max(0, i - 1 - LOCAL_RRS): i - 1])
+        premature[i] = rr[i - 1] < PREMATURE_SHARE * min(rhythm, rr[i - 2], rr[i])
     return premature
 
 
