@@ -350,15 +350,20 @@ def _lead_runs(leads: Sequence[str], indices: Sequence[int]) -> str:
     return ", ".join(f"{leads[r[0]]}-{leads[r[-1]]}" if len(r) >= 3 else ", ".join(leads[i] for i in r) for r in runs)
 
 
-def format_quality(lead_quality: Sequence[dict], limb_lead_reversal: bool) -> str:
-    """'Quality: V1-V6 lead_off, flat; II baseline_drift', or 'Quality: all leads ok'."""
+def format_quality(lead_quality: Sequence[dict], limb_lead_reversal: bool, not_recorded: Sequence[str] = ()) -> str:
+    """'Quality: V1-V6 lead_off, flat; II baseline_drift', or 'Quality: all leads ok'; leads a monitor did not send
+    (and that could not be derived) are said apart - 'not recorded: V1, V2, V3' - so a reader never takes them for
+    electrodes that came off: they are not in `lead_quality` at all."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for i, q in enumerate(lead_quality):
         if q["flags"]:
             groups.setdefault(tuple(q["flags"]), []).append(i)
     leads = [q["lead"] for q in lead_quality]
     text = "; ".join(f"{_lead_runs(leads, indices)} {', '.join(flags)}" for flags, indices in groups.items())
-    return "Quality: " + (text or "all leads ok") + ("; limb lead reversal suspected" if limb_lead_reversal else "")
+    text = text or ("all recorded leads ok" if not_recorded else "all leads ok")
+    absent = f"not recorded: {', '.join(not_recorded)}" if not_recorded else ""
+    return ("Quality: " + "; ".join(part for part in (text, absent) if part)
+            + ("; limb lead reversal suspected" if limb_lead_reversal else ""))
 
 
 def format_rhythm(m: dict) -> str:
@@ -392,7 +397,7 @@ def format_measurements(m: dict | None, device: Mapping[str, int] | None = None)
     if reasons:
         lines.append("Not measured: "
                      + "; ".join(f"{', '.join(names)} ({reason})" for reason, names in reasons.items()))
-    lines.append(format_quality(m["lead_quality"], m["limb_lead_reversal"]))
+    lines.append(format_quality(m["lead_quality"], m["limb_lead_reversal"], m.get("not_recorded", ())))
     return "\n".join(lines) + "\n\n"
 
 

@@ -57,6 +57,7 @@ def measurements_to_dict(m: pb.Measurements) -> dict:
                          for b in m.premature_beats],
         lead_quality=[{"lead": q.lead, "flags": list(q.flags)} for q in m.lead_quality],
         limb_lead_reversal=m.limb_lead_reversal, missing=dict(m.missing), measured_at_hz=m.measured_at_hz,
+        not_recorded=list(m.not_recorded_leads),
     )
     if m.HasField("median_beat"):
         beat = m.median_beat

@@ -1,5 +1,6 @@
 """The paper's tables, `evaluate` {report (Table I), qa (Table II)}, `qa-generate`, the ECG-QA-style questions
-Table II can be run on, and `evaluate measurements`, the measurement stage against the carts and PTB-XL."""
+Table II can be run on, `evaluate measurements`, the measurement stage against the carts and PTB-XL, and `evaluate
+consistency`, how often what is served contradicts what was measured."""
 
 from __future__ import annotations
 
@@ -76,6 +77,33 @@ def add_evaluate(commands: argparse._SubParsersAction) -> None:
     ev_report.set_defaults(handler=run_report)
     ev_qa.set_defaults(handler=run_qa)
     add_evaluate_measurements(esub)
+    add_evaluate_consistency(esub)
+
+
+def add_evaluate_consistency(esub: argparse._SubParsersAction) -> None:
+    ev_consistency = esub.add_parser(
+        "consistency", help="how often served reports, diagnoses and answers contradict the ECG's own measurements")
+    ev_consistency.add_argument("--ptbxl", type=Path, required=True, help="PTB-XL-layout folder (index and test)")
+    ev_consistency.add_argument("--index-folds", default="1-8")
+    ev_consistency.add_argument("--test-folds", default="9")
+    ev_consistency.add_argument("--calibration-folds", default="auto",
+                                help="folds that fit the diagnosis calibration; auto = the highest index fold; "
+                                     "none = raw votes")
+    ev_consistency.add_argument("--formats", type=Path, default=SHARED_FORMATS,
+                                help="folder of hospital ECG files, each read and searched as the server does; none "
+                                     "to skip (default: %(default)s)")
+    ev_consistency.add_argument("--stream-records", type=int, default=10,
+                                help="the first N test records also sent through a real StreamECG call to an "
+                                     "in-process server (0: none; default: %(default)s)")
+    ev_consistency.add_argument("--limit", type=int, help="at most N test records (the first N by id)")
+    ev_consistency.add_argument("--max-contradicted", type=float, metavar="SHARE",
+                                help="exit non-zero when the verified or statements mode's share of contradicted "
+                                     "reports exceeds SHARE (0-1) for any input")
+    ev_consistency.add_argument("--json", type=Path, dest="json_out", help="write the result as JSON")
+    ev_consistency.add_argument("--data-dir", type=Path, default=EVAL_DIR, help="where the cached evaluation index lives")
+    ev_consistency.add_argument("--qdrant-url", default=None)
+    ev_consistency.add_argument("--checkpoint", type=Path, default=None)
+    ev_consistency.set_defaults(handler=run_consistency)
 
 
 def add_evaluate_measurements(esub: argparse._SubParsersAction) -> None:
@@ -196,6 +224,40 @@ def run_measurements(args: argparse.Namespace) -> None:
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(format_measurements(result), end="")
+
+
+def run_consistency(args: argparse.Namespace) -> None:
+    from ecgregen.evaluate.consistency import evaluate_consistency, gate, markdown_table
+    from ecgregen.records import load_ptbxl, parse_folds
+
+    index_folds, test_folds = parse_folds(args.index_folds), parse_folds(args.test_folds)
+    index = load_ptbxl(args.ptbxl, index_folds)
+    queries = sorted(load_ptbxl(args.ptbxl, test_folds), key=lambda r: int(r.ecg_id))[: args.limit]
+    if not index or not queries:
+        raise SystemExit(f"nothing to evaluate: {len(index)} index records, {len(queries)} test records")
+    calibration_folds = (
+        [] if args.calibration_folds == "none"
+        else [max(index_folds)] if args.calibration_folds == "auto" else parse_folds(args.calibration_folds)
+    )
+    formats = None if str(args.formats) == "none" else args.formats
+    if formats is not None and not formats.is_dir():
+        raise SystemExit(f"--formats {formats}: no such folder (none to skip the hospital files)")
+    try:
+        result = evaluate_consistency(
+            index, queries, calibration=load_ptbxl(args.ptbxl, calibration_folds) if calibration_folds else [],
+            formats_dir=formats, stream_records=args.stream_records, data_dir=args.data_dir,
+            qdrant_url=args.qdrant_url, checkpoint=args.checkpoint,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"evaluate consistency: {exc}") from None
+    result.update(index=f"{args.ptbxl} folds {args.index_folds}", test=f"{args.ptbxl} folds {args.test_folds}")
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
+    print(markdown_table(result), end="")
+    if args.max_contradicted is not None:
+        failures = gate(result, args.max_contradicted)
+        if failures:
+            raise SystemExit("contradicted reports above --max-contradicted:\n" + "\n".join(failures))
 
 
 def run_qa_generate(args: argparse.Namespace) -> None:
