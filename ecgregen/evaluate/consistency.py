@@ -32,6 +32,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -56,6 +57,9 @@ from ecgregen.records import EcgRecord, folds_text
 from ecgregen.reports.select import serve_report
 from ecgregen.reports.verify import contradictions
 from ecgregen.v1 import ecgregen_pb2 as pb
+
+if TYPE_CHECKING:  # the server's side is imported only when a stream is judged
+    from ecgregen.v1.ecgregen_pb2_grpc import EcgReGenStub
 
 # A report mode the evaluation adds to the server's: English text from a retrieval (its pool, served diagnoses and
 # measurements) - e.g. a refined report, or a test's deliberately contradicting one.
@@ -308,7 +312,7 @@ def measurements_from_wire(msg: pb.Measurements) -> Measurements:
     )
 
 
-def _stream_window(stub: object, record: EcgRecord, question: str) -> pb.WindowResult:
+def _stream_window(stub: EcgReGenStub, record: EcgRecord, question: str) -> pb.WindowResult:
     """One StreamECG call carrying `record` (its 10 s in chunks, the patient excluded as a monitor says it)."""
     ecg = record.load_ecg()
     config = pb.StreamConfig(sampling_rate_hz=ecg.sampling_rate_hz, lead_names=list(STANDARD_LEADS),
