@@ -231,6 +231,23 @@ def test_a_sinus_arrhythmia_with_rr_from_0_67_to_1_01_s_has_no_premature_beats()
     assert m.premature_beats == () and m.rhythm is Rhythm.SINUS_ARRHYTHMIA
 
 
+def _ptbxl(ecg_id: int):
+    raw = read_wfdb_signal(PTBXL / "records100" / f"{ecg_id // 1000 * 1000:05d}" / f"{ecg_id:05d}_lr")
+    return measure(ecg_from_array(raw.signal, raw.sampling_rate_hz, raw.lead_names, raw.units), raw.units)
+
+
+def test_a_real_atrial_flutter_with_2_to_1_block_is_flutter_not_sinus_tachycardia():
+    """PTB-XL 14083 (fold 3, AFLT, 129 bpm): a flutter wave before each QRS was taken for a P wave."""
+    m = _ptbxl(14083)
+    assert m.rhythm is Rhythm.ATRIAL_FLUTTER and 120 < m.heart_rate_bpm < 140
+
+
+def test_a_real_sinus_tachycardia_stays_sinus_tachycardia():
+    """PTB-XL 1970 (fold 5, STACH, 133 bpm): one P wave per QRS, so its cycle's power is not at twice its rate."""
+    m = _ptbxl(1970)
+    assert m.rhythm is Rhythm.SINUS_TACHYCARDIA and m.heart_rate_bpm > 120
+
+
 @pytest.mark.parametrize(("fs", "expected"), [(100, 100), (500, 500), (1000, 500)])
 def test_measured_at_hz_is_the_rate_of_the_samples_the_fiducials_rest_on(fs, expected):
     m = measure(synthetic_ecg(fs=fs))

@@ -111,15 +111,14 @@ QUALITY_COLUMNS: dict[str, frozenset[QualityFlag]] = {
     "electrodes_problems": frozenset({QualityFlag.LEAD_OFF, QualityFlag.FLAT, QualityFlag.SATURATED}),
 }
 
-# SCP rhythm statement -> our rhythm that states it. Our closed set has no flutter: AFLT is set beside a regular
-# rhythm without P waves (flutter with fixed block), the nearest of ours.
+# SCP rhythm statement -> our rhythm that states it.
 RHYTHM_CODES: dict[str, Rhythm] = {
     "SR": Rhythm.SINUS, "SBRAD": Rhythm.SINUS_BRADYCARDIA, "STACH": Rhythm.SINUS_TACHYCARDIA,
-    "SARRH": Rhythm.SINUS_ARRHYTHMIA, "AFIB": Rhythm.ATRIAL_FIBRILLATION, "AFLT": Rhythm.REGULAR_WITHOUT_P,
+    "SARRH": Rhythm.SINUS_ARRHYTHMIA, "AFIB": Rhythm.ATRIAL_FIBRILLATION, "AFLT": Rhythm.ATRIAL_FLUTTER,
 }
 # Scored by ecgregen.measure.codes.rhythm_codes (PTB-XL's rate conventions, chosen on folds 1-8: SBRAD below 50 bpm);
 # the others by the rhythm itself.
-PTBXL_CODED = frozenset({"SR", "SBRAD", "STACH", "SARRH", "AFIB"})
+PTBXL_CODED = frozenset({"SR", "SBRAD", "STACH", "SARRH", "AFIB", "AFLT"})
 RHYTHM_PRECEDENCE = ("AFIB", "AFLT", "STACH", "SBRAD", "SARRH", "SR")  # one label per record for the confusion table
 NO_RHYTHM_CODE = "none of these"
 

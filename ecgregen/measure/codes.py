@@ -31,11 +31,13 @@ def axis_class(degrees: float | None) -> str | None:
 
 
 def rhythm_codes(m: Measurements) -> frozenset[str]:
-    """SR, SBRAD, STACH, SARRH, AFIB as PTB-XL codes them, from the measured rhythm and rate."""
+    """SR, SBRAD, STACH, SARRH, AFIB, AFLT as PTB-XL codes them, from the measured rhythm and rate."""
     codes: set[str] = set()
     rate = m.heart_rate_bpm
     if m.rhythm is Rhythm.ATRIAL_FIBRILLATION:
         codes.add("AFIB")
+    elif m.rhythm is Rhythm.ATRIAL_FLUTTER:
+        codes.add("AFLT")
     elif m.rhythm in _SINUS and rate is not None:
         if rate < PTBXL_BRADYCARDIA_BPM:
             codes.add("SBRAD")

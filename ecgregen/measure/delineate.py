@@ -50,6 +50,13 @@ T_MIN_RATIO = 2.0
 # How far past the tangent's end the T wave's knee is looked for (chosen on the two Mortara ECGs among 80, 120 ms
 # and the whole search window; the GE MUSE and Philips files were held out of this choice).
 T_KNEE_REACH_MS = 80.0
+# Where flutter waves are largest: the inferior leads' sawtooth and V1's discrete waves.
+ATRIAL_LEADS = np.array([STANDARD_LEADS.index(n) for n in ("II", "III", "aVF", "V1")])
+# Harmonics of the ventricular rate the cycle's power is shared among (a flutter wave is 200-250 ms wide, its
+# sawtooth's power mostly in its first three harmonics; at 2:1 those are the cycle's 2nd, 4th and 6th).
+CYCLE_HARMONICS = 5
+# The QRS core left out of the cycle (ms before and after its peak).
+QRS_BLANK_MS = (50.0, 70.0)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,33 @@ def median_beat(x: np.ndarray, peaks: np.ndarray, dominant: np.ndarray, rr_sampl
         return None
     windows = windows_minus_moving_average(x, int(rr_samples), use - pre, pre + post + 1)
     return median_along(windows, 1), pre, windows
+
+
+def twice_rate_share(beat: np.ndarray, r_index: int, rr_samples: float, usable: np.ndarray,
+                     rate_hz: float) -> float | None:
+    """The share of one cardiac cycle's power, QRS left out, at twice the ventricular rate (2nd harmonic, of
+    harmonics 1-:data:`CYCLE_HARMONICS`) in II, III, aVF and V1; None when no full cycle or none of those leads.
+
+    Why: in atrial flutter with 2:1 block every QRS follows every second flutter wave, so the atrial activity
+    repeats exactly twice per cycle (a flutter wave before the QRS, another hidden in its ST-T) and is locked to
+    the QRS - subtracting the median beat would cancel it along with the QRS-T. Within one cycle it shows as power
+    at the 2nd harmonic. In sinus rhythm P and T each come once per cycle, so the 1st harmonic carries more. The
+    QRS core (:data:`QRS_BLANK_MS` around its peak) is replaced by a line: its sharp power is the ventricles'.
+    `beat` is the median beat at `rate_hz`, its QRS peak at `r_index`; the cycle is the RR centred on that peak.
+    """
+    leads = ATRIAL_LEADS[usable[ATRIAL_LEADS]]
+    length = int(round(rr_samples))
+    start = r_index - length // 2
+    if leads.size == 0 or start < 0 or start + length > beat.shape[1]:
+        return None
+    onset = r_index - start - samples_of(QRS_BLANK_MS[0], rate_hz)
+    offset = r_index - start + samples_of(QRS_BLANK_MS[1], rate_hz)
+    cycle = beat[leads, start: start + length].copy()
+    cycle[:, onset: offset + 1] = cycle[:, onset: onset + 1] + np.outer(
+        cycle[:, offset] - cycle[:, onset], np.linspace(0.0, 1.0, offset - onset + 1))
+    power = (np.abs(np.fft.rfft(cycle, axis=1)[:, 1: CYCLE_HARMONICS + 1]) ** 2).sum(axis=0)
+    total = float(power.sum())
+    return float(power[1]) / total if total > 0 else None
 
 
 def _quiet_crossing(v: np.ndarray, start: int, stop: int, threshold: float, quiet: int) -> int | None:

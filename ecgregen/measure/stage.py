@@ -21,6 +21,7 @@ from ecgregen.measure.delineate import (
     delineate,
     frontal_axis,
     median_beat,
+    twice_rate_share,
 )
 from ecgregen.measure.quality import dead_leads, noise_flags
 from ecgregen.measure.signal import detection_signal, ms, working_signal
@@ -40,6 +41,11 @@ IRREGULAR = 0.08
 SINUS_ARRHYTHMIA_RANGE = 0.25
 BRADYCARDIA_BPM = 60.0
 TACHYCARDIA_BPM = 100.0
+# A regular tachycardia is atrial flutter (2:1 block) when more than this share of its cycle's power, QRS left out,
+# is at twice the ventricular rate (:func:`~ecgregen.measure.delineate.twice_rate_share`). Chosen on PTB-XL folds
+# 1-8, which hold one flutter (ecg_id 14083: 0.66) among 97 ECGs above 100 bpm; the highest of the others was 0.58
+# (an AF, 10613), the highest sinus 0.55 (STACH 18241). One flutter cannot say how far below 0.66 others fall.
+FLUTTER_TWICE_RATE_SHARE = 0.6
 
 
 def _lead_list(leads: list[str]) -> str:
@@ -101,6 +107,8 @@ def _measure_recorded(ecg: Ecg, units: str) -> Measurements:
             missing[f] = "too few beats (none wholly inside the recording)"
         return _result(values, beats, flags, missing, fsd, fs, irregular, None, None)
     beat, r_index, windows = found
+    flutter = bool(values["heart_rate_bpm"] > TACHYCARDIA_BPM and irregular is False
+                   and (twice_rate_share(beat, r_index, rr_dominant, usable, fs) or 0.0) > FLUTTER_TWICE_RATE_SHARE)
     d = delineate(beat, r_index, usable, fs, windows, ms(rr_dominant, fs))
     missing.update(d.missing)
     p_present = "p_onset" in d.points
@@ -127,12 +135,17 @@ def _measure_recorded(ecg: Ecg, units: str) -> Measurements:
     median = MedianBeat(d.beat.astype(np.float32), MEASURE_RATE_HZ, d.r_index, points_ms, units)
     reversed_arms = arm_leads_reversed(d.beat, d.points, usable)
     return _result(values, beats, flags, missing, fsd, fs, irregular, p_present if on is not None else None, median,
-                   reversed_arms)
+                   reversed_arms, flutter)
 
 
-def _rhythm(rate: float | None, irregular: bool | None, p_present: bool | None, rr_range_share: float) -> Rhythm:
+def _rhythm(rate: float | None, irregular: bool | None, p_present: bool | None, rr_range_share: float,
+            flutter: bool) -> Rhythm:
+    """By the clinical definitions; `flutter` (a regular tachycardia whose atrial activity repeats twice per cycle)
+    comes before P waves, since a flutter wave before each QRS is taken for a P wave."""
     if rate is None or irregular is None or p_present is None:
         return Rhythm.UNDETERMINED
+    if flutter:
+        return Rhythm.ATRIAL_FLUTTER
     if not p_present:
         return Rhythm.ATRIAL_FIBRILLATION if irregular else Rhythm.REGULAR_WITHOUT_P
     if rate < BRADYCARDIA_BPM:
@@ -163,7 +176,8 @@ def _quality(flags: dict[str, list[QualityFlag]]) -> dict[str, tuple[QualityFlag
 
 def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list[QualityFlag]],
             missing: dict[str, str], fs: float, measured_at_hz: float, irregular: bool | None,
-            p_present: bool | None, median: MedianBeat | None, reversed_arms: bool = False) -> Measurements:
+            p_present: bool | None, median: MedianBeat | None, reversed_arms: bool = False,
+            flutter: bool = False) -> Measurements:
     """`fs`: the rate beats were detected at; `measured_at_hz`: the rate of the samples the fiducials rest on (the
     input's, at most 500 Hz). A slower ECG's median beat is interpolated to 500 Hz for the search, which adds no
     information: saying 500 Hz for a 100 Hz ECG would claim 2 ms where it has 10."""
@@ -173,7 +187,7 @@ def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list
         rr_share = (values["rr_max_ms"] - values["rr_min_ms"]) / values["rr_interval_ms"]
         if any(beats.premature) or any(beats.other_shape):
             rr_share = 0.0  # the range then says "ectopic beats", not sinus arrhythmia
-    rhythm = _rhythm(rate, irregular, p_present, rr_share)
+    rhythm = _rhythm(rate, irregular, p_present, rr_share, flutter)
     fibrillating = rhythm is Rhythm.ATRIAL_FIBRILLATION
     for name in _VALUE_NAMES:
         if values.get(name) is None and name not in missing:

@@ -22,7 +22,8 @@ class Rhythm(StrEnum):
     SINUS_TACHYCARDIA = "sinus_tachycardia"  # P waves, rate > 100
     SINUS_ARRHYTHMIA = "sinus_arrhythmia"  # P waves, RR varies gradually (not by premature beats)
     ATRIAL_FIBRILLATION = "atrial_fibrillation"  # irregularly irregular RR, no P waves
-    REGULAR_WITHOUT_P = "regular_without_p_waves"  # e.g. junctional rhythm, flutter with fixed block
+    REGULAR_WITHOUT_P = "regular_without_p_waves"  # e.g. junctional rhythm
+    ATRIAL_FLUTTER = "atrial_flutter"  # regular, flutter waves twice per QRS (2:1 block); not a sinus rhythm
     UNDETERMINED = "undetermined"  # too few beats or too much noise to say
 
 
