@@ -81,8 +81,9 @@ MEASURED_PRIOR_PRECISION = 1.0
 MEASURED_OWN_POSITIVES = 5
 MEASURED_MIN_POSITIVES = 30
 MEASURED_PRIOR_THRESHOLD = 0.5
-MEASUREMENTS_UNUSED = ("the diagnosis calibration predates the measurements: the diagnoses are the neighbours' votes "
-                       "only (rate, rhythm, PR, QTc, axis and premature beats not used); run `ecgregen calibrate`")
+MEASUREMENTS_UNUSED = ("the diagnosis calibration predates the measurements: the probabilities are the neighbours' "
+                       "votes only (rate, rhythm, PR, QTc, axis and premature beats not used; the present decisions "
+                       "still agree with them); run `ecgregen calibrate`")
 
 
 class CalibrationError(ValueError):
@@ -399,8 +400,9 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
 
     * one rhythm: where the measured rhythm is determined (a sinus rhythm with P waves, or atrial fibrillation),
       its code by the clinical definitions (SR 60-100 bpm, SBRAD < 60, STACH > 100, AFIB) is present - listed if no
-      neighbour carried it - and SR, SBRAD, STACH and AFIB other than it are not;
-    * a present code a measurement contradicts beyond its margin (:func:`ecgregen.measure.findings.check`) is not;
+      neighbour carried it - and SR, SBRAD, STACH and AFIB other than it are not, each decided by the measurement;
+    * a code a measurement contradicts beyond its margin (:func:`ecgregen.measure.findings.check`) is not present,
+      and says so even where its probability left it absent (the answers then follow the measurement too);
     * of a complete and an incomplete bundle branch block of one side, the one the QRS duration contradicts goes.
     """
     if m is None:
@@ -415,11 +417,10 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
     out: list[Diagnosis] = []
     for d in diagnoses:
         if rhythm_code is not None and d.code in RHYTHM_CODES.values():
-            out.append(replace(d, present=d.code == rhythm_code, decided_by=words)
-                       if d.present != (d.code == rhythm_code) else d)
+            out.append(replace(d, present=d.code == rhythm_code, decided_by=words))
             continue
         finding = CODE_FINDINGS.get(d.code)
-        verdict = check(finding, m) if d.present and finding is not None else None
+        verdict = check(finding, m) if finding is not None else None
         out.append(replace(d, present=False, decided_by=verdict.reason) if verdict and verdict.contradicted else d)
     qrs = m.qrs_duration_ms
     present = {d.code for d in out if d.present}

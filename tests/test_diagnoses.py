@@ -28,6 +28,7 @@ from ecgregen.diagnoses import (
     load_statements,
     neighbour_votes,
     present_codes,
+    reconcile,
     select_report,
 )
 from ecgregen.evaluate.corpus import open_eval_index
@@ -289,6 +290,7 @@ def test_a_measured_af_is_diagnosed_although_no_neighbour_carries_it(
 def test_a_calibration_without_measured_statements_serves_votes_and_says_so(
     demo_pipeline: RetrievalPipeline, measured_af_and_sinus: tuple[Measurements, Measurements]
 ) -> None:
+    """The probabilities are the votes alone; the present decisions are still reconciled with the measurements."""
     calibration = demo_pipeline.diagnoser.calibration
     old = calibration.to_json()
     del old["measured"]  # as written before the measurements were used
@@ -299,15 +301,22 @@ def test_a_calibration_without_measured_statements_serves_votes_and_says_so(
 
     hits = [hit(i, 0.9 - i / 100, ["NORM", "SR"]) for i in range(10)]
     diagnoser = Diagnoser(load_statements(), loaded)
-    assert diagnoser.diagnose(hits, measured_af_and_sinus[0]) == diagnoser.diagnose(hits)
+    assert diagnoser.diagnose(hits, measured_af_and_sinus[0], agree=False) == diagnoser.diagnose(hits)
+    served = diagnoser.diagnose(hits, measured_af_and_sinus[0])
+    assert served == sorted(reconcile(diagnoser.diagnose(hits), measured_af_and_sinus[0], load_statements()),
+                            key=lambda d: (-d.probability, d.code))
+    assert "AFIB" in present_codes(served) and not {"SR", "NORM"} & present_codes(served)  # measured AF decides
     assert diagnoser.measurement_note(measured_af_and_sinus[0]) == MEASUREMENTS_UNUSED
     assert diagnoser.measurement_note(None) == ""  # a failed measurement has its own warning
     try:
         demo_pipeline.use_calibration(loaded)
         retrieval = demo_pipeline.search(demo_record("11045").load_ecg(), 3)
         assert MEASUREMENTS_UNUSED in retrieval.warnings
-        assert retrieval.diagnoses == diagnoser.diagnose(retrieval.pool)
-        assert {d.code for d in retrieval.diagnoses} <= {c for h in retrieval.pool[:loaded.k] for c in h.scp_codes}
+        assert retrieval.diagnoses == diagnoser.diagnose(retrieval.pool, retrieval.measurements)
+        assert [(d.code, d.probability) for d in retrieval.diagnoses if d.probability] == [
+            (d.code, d.probability) for d in diagnoser.diagnose(retrieval.pool)]  # votes only, nothing measured
+        assert {d.code for d in retrieval.diagnoses if not d.decided_by} <= {
+            c for h in retrieval.pool[:loaded.k] for c in h.scp_codes}
     finally:
         demo_pipeline.use_calibration(calibration)
 

@@ -243,3 +243,22 @@ def test_bad_stream_request_is_invalid_argument(client_server: ServerProcess) ->
     with pytest.raises(grpc.RpcError) as error:
         list(client_server.stub().GenerateReportStream(pb.GenerateReportRequest(refine=True), timeout=10))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and error.value.details().startswith("request has no ECG: give ecg")
+
+
+def test_a_refined_report_that_contradicts_the_measurements_falls_back_to_the_verified_report(
+    scripted_llm_server: ServerProcess, scripted: ScriptedLlm, demo_queries: list[EcgRecord]
+) -> None:
+    """One reading: the LLM's rewrite is checked as every served report is. Demo record 343 is measured as a sinus
+    rhythm at about 72 bpm with P waves and a normal axis; a rewrite saying "Atrial fibrillation. Right axis
+    deviation." is not served - the verified report is, with fallback_reason contradicts_measurements and a warning
+    naming the statements."""
+    query = next(q for q in demo_queries if q.ecg_id == "343")
+    scripted.script(Step("stream", deltas=["Atrial fibrillation. ", "Right axis deviation."]))
+    reply = scripted_llm_server.stub().GenerateReport(
+        pb.GenerateReportRequest(ecg=ecg_to_proto(query.load_ecg()), refine=True), timeout=60)
+    assert reply.measurements.rhythm == "sinus_rhythm" and reply.measurements.p_waves_present
+    assert not reply.refined and reply.fallback_reason == "contradicts_measurements"
+    assert reply.report_mode == "verified" and reply.report == reply.retrieved_report
+    assert "atrial fibrillation" not in reply.report.lower()
+    warning = next(w for w in reply.warnings if "contradicts the ECG's measurements" in w)
+    assert "'Atrial fibrillation'" in warning and "'Right axis deviation'" in warning
