@@ -76,7 +76,7 @@ PATTERNS: tuple[tuple[str, Finding | None, str], ...] = (
                    r"|digitalis|electrolyte|hypokal\w*|hyperkal\w*|drug effect|myocardial involvement|pericarditis"
                    r"|transition zone|r-s transition|u waves?|\bt (?:negative|tall|flat|inverted)|(?:infero|antero)?(?:lateral|septal"
                    r"|inferior|anterior) leads|^(?:infero|antero|high )?(?:lateral|inferior)$"),
-    ("normal", F.NORMAL_ECG, r"(?:otherwise |probably )?normal ecg|ecg (?:is )?normal|no definite pathology"
+    ("normal", F.NORMAL_ECG, r"(?:otherwise |probably )?\bnormal ecg|ecg (?:is )?normal|no definite pathology"
                              r"|within normal limits|(?:tracing )?(?:is )?otherwise normal|^normal$"),
     ("summary", None, r"(?:borderline|abnormal) ecg|ecg (?:is )?(?:abnormal|borderline)|^(?:abnormal|borderline)$"
                       r"|probably normal|qrs\(t\) abnormal"),
