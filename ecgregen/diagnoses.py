@@ -387,7 +387,7 @@ CODE_FINDINGS: dict[str, Finding] = {
 # One rhythm: the codes of the measured rhythm by the clinical definitions; a measured one makes the others absent.
 RHYTHM_CODES: dict[Finding, str] = {
     Finding.SINUS_RHYTHM: "SR", Finding.SINUS_BRADYCARDIA: "SBRAD", Finding.SINUS_TACHYCARDIA: "STACH",
-    Finding.ATRIAL_FIBRILLATION: "AFIB",
+    Finding.ATRIAL_FIBRILLATION: "AFIB", Finding.ATRIAL_FLUTTER: "AFLT",
 }
 # Pairs that exclude each other where the QRS duration decides which one holds.
 _EXCLUSIVE_QRS = (("CRBBB", "IRBBB"), ("CLBBB", "ILBBB"))
@@ -399,8 +399,9 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
     a measurement made says so in `decided_by`):
 
     * one rhythm: where the measured rhythm is determined (a sinus rhythm with P waves, or atrial fibrillation),
-      its code by the clinical definitions (SR 60-100 bpm, SBRAD < 60, STACH > 100, AFIB) is present - listed if no
-      neighbour carried it - and SR, SBRAD, STACH and AFIB other than it are not, each decided by the measurement;
+      its code by the clinical definitions (SR 60-100 bpm, SBRAD < 60, STACH > 100, AFIB, AFLT) is present - listed
+      if no neighbour carried it - and SR, SBRAD, STACH, AFIB and AFLT other than it are not, each decided by the
+      measurement;
     * a code a measurement contradicts beyond its margin (:func:`ecgregen.measure.findings.check`) is not present,
       and says so even where its probability left it absent (the answers then follow the measurement too);
     * of a complete and an incomplete bundle branch block of one side, the one the QRS duration contradicts goes.
@@ -412,8 +413,9 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
     words = ""
     if rhythm_code is not None:
         rate = f"rate {m.heart_rate_bpm:.0f} bpm, " if m.heart_rate_bpm is not None else ""
-        words = (f"measured {rate}{'irregular without P waves' if rhythm_code == 'AFIB' else 'P waves present'}: "
-                 f"{rhythm.value.replace('_', ' ')}")
+        how = {"AFIB": "irregular without P waves", "AFLT": "atrial activity twice per QRS"}.get(rhythm_code,
+                                                                                                 "P waves present")
+        words = f"measured {rate}{how}: {rhythm.value.replace('_', ' ')}"
     out: list[Diagnosis] = []
     for d in diagnoses:
         if rhythm_code is not None and d.code in RHYTHM_CODES.values():

@@ -145,6 +145,7 @@ RHYTHM_SNOMED: dict[str, tuple[str, str]] = {
     "sinus_tachycardia": ("427084000", "Sinus tachycardia"),
     "sinus_arrhythmia": ("427393009", "Sinus arrhythmia"),
     "atrial_fibrillation": ("164889003", "Atrial fibrillation"),
+    "atrial_flutter": ("164890007", "Atrial flutter"),
 }
 
 

@@ -123,10 +123,13 @@ def sinus_with_p_waves(m: Measurements) -> bool:
 
 def clinical_rhythm(m: Measurements) -> Finding | None:
     """The measured rhythm by the clinical definitions: sinus rhythm, sinus bradycardia (< 60 bpm), sinus
-    tachycardia (> 100 bpm) for a sinus rhythm with P waves, atrial fibrillation; None when undetermined."""
+    tachycardia (> 100 bpm) for a sinus rhythm with P waves, atrial fibrillation, atrial flutter; None when
+    undetermined (or another rhythm: regular without P waves)."""
     rate = m.heart_rate_bpm
     if m.rhythm is Rhythm.ATRIAL_FIBRILLATION:
         return Finding.ATRIAL_FIBRILLATION
+    if m.rhythm is Rhythm.ATRIAL_FLUTTER:
+        return Finding.ATRIAL_FLUTTER
     if not sinus_with_p_waves(m) or rate is None:
         return None
     if rate < BRADYCARDIA_BPM:
@@ -152,10 +155,20 @@ def _rate(m: Measurements, low: float | None, high: float | None, words: str) ->
                    f"measured rate {rate:.0f} bpm {'is not' if wrong else 'is within margin of'} {words}")
 
 
-def _sinus_rate(finding: Finding, m: Measurements) -> Verdict | None:
-    """A sinus rhythm statement: contradicted by atrial fibrillation, or by a rate beyond its range."""
+def _not_sinus(m: Measurements) -> Verdict | None:
+    """A measured atrial fibrillation or flutter contradicts every sinus statement."""
     if m.rhythm is Rhythm.ATRIAL_FIBRILLATION:
         return Verdict(True, "rhythm", None, "measured rhythm is irregular without P waves (atrial fibrillation)")
+    if m.rhythm is Rhythm.ATRIAL_FLUTTER:
+        return Verdict(True, "rhythm", None, "measured rhythm is atrial flutter (atrial activity twice per QRS)")
+    return None
+
+
+def _sinus_rate(finding: Finding, m: Measurements) -> Verdict | None:
+    """A sinus rhythm statement: contradicted by atrial fibrillation or flutter, or by a rate beyond its range."""
+    not_sinus = _not_sinus(m)
+    if not_sinus is not None and finding not in (Finding.BRADYCARDIA, Finding.TACHYCARDIA):
+        return not_sinus
     bounds = {Finding.SINUS_RHYTHM: (BRADYCARDIA_BPM, TACHYCARDIA_BPM, f"{BRADYCARDIA_BPM:.0f}-{TACHYCARDIA_BPM:.0f} bpm"),
               Finding.SINUS_BRADYCARDIA: (None, BRADYCARDIA_BPM, f"below {BRADYCARDIA_BPM:.0f} bpm"),
               Finding.SINUS_TACHYCARDIA: (TACHYCARDIA_BPM, None, f"above {TACHYCARDIA_BPM:.0f} bpm"),
@@ -168,8 +181,9 @@ def _sinus_rate(finding: Finding, m: Measurements) -> Verdict | None:
 
 
 def _sinus_arrhythmia(finding: Finding, m: Measurements) -> Verdict | None:
-    if m.rhythm is Rhythm.ATRIAL_FIBRILLATION:
-        return Verdict(True, "rhythm", None, "measured rhythm is irregular without P waves (atrial fibrillation)")
+    not_sinus = _not_sinus(m)
+    if not_sinus is not None:
+        return not_sinus
     if m.rr_min_ms is None or m.rr_max_ms is None or not m.rr_interval_ms or m.premature_beats:
         return None  # premature beats make the RR range say nothing of the sinus node
     share = (m.rr_max_ms - m.rr_min_ms) / m.rr_interval_ms
@@ -308,15 +322,17 @@ class MeasuredFinding:
 
 
 def measured_findings(m: Measurements) -> list[MeasuredFinding]:
-    """The out-of-range findings of `m`, in the order a cart prints them: the rhythm (atrial fibrillation, sinus
-    bradycardia or tachycardia), PR > 200 ms, QRS >= 120 ms, a deviated axis, QTc > 460 ms."""
+    """The out-of-range findings of `m`, in the order a cart prints them: the rhythm (atrial fibrillation or
+    flutter, sinus bradycardia or tachycardia), PR > 200 ms, QRS >= 120 ms, a deviated axis, QTc > 460 ms."""
     out: list[MeasuredFinding] = []
     rate, pr, qrs, qtc, axis = m.heart_rate_bpm, m.pr_interval_ms, m.qrs_duration_ms, m.qtc_bazett_ms, m.qrs_axis_deg
     rhythm = clinical_rhythm(m)
-    if rhythm is Finding.ATRIAL_FIBRILLATION:
+    if rhythm in (Finding.ATRIAL_FIBRILLATION, Finding.ATRIAL_FLUTTER):
         rate_words = f" (rate {rate:.0f} bpm)" if rate is not None else ""
-        out.append(MeasuredFinding(rhythm, f"atrial fibrillation{rate_words}", "rhythm", None,
-                                   "measured rhythm is irregular without P waves", True))
+        how = ("irregular without P waves" if rhythm is Finding.ATRIAL_FIBRILLATION
+               else "regular with atrial activity twice per QRS")
+        out.append(MeasuredFinding(rhythm, f"{rhythm.value.replace('_', ' ')}{rate_words}", "rhythm", None,
+                                   f"measured rhythm is {how}", True))
     elif rhythm in (Finding.SINUS_BRADYCARDIA, Finding.SINUS_TACHYCARDIA) and rate is not None:
         words = rhythm.value.replace("_", " ")
         clear = rate < BRADYCARDIA_BPM - MARGINS["rate"] or rate > TACHYCARDIA_BPM + MARGINS["rate"]

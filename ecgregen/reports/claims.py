@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from functools import lru_cache
 
 from ecgregen.measure.findings import Finding
 
@@ -113,9 +114,11 @@ def sentences(text: str) -> list[tuple[int, int]]:
     return out
 
 
-def read_claims(text: str) -> list[Claim]:
+@lru_cache(maxsize=8192)
+def read_claims(text: str) -> tuple[Claim, ...]:
     """The statements of a report's English, in order. Each phrase is read once, by the first (most specific)
-    pattern that matches it."""
+    pattern that matches it. Cached: a corpus repeats a few thousand report texts, and every verified report reads
+    its k candidates."""
     lower = text.lower()
     out: list[Claim] = []
     for s_start, s_end in sentences(text):
@@ -128,7 +131,7 @@ def read_claims(text: str) -> list[Claim]:
                 taken[m.start():m.end()] = [True] * (m.end() - m.start())
                 out.append(Claim(section, finding, text[s_start + m.start():s_start + m.end()], s_start + m.start(),
                                  s_start + m.end(), s_start, s_end))
-    return sorted(out, key=lambda c: c.start)
+    return tuple(sorted(out, key=lambda c: c.start))
 
 
 def coverage(reports: Iterable[str]) -> dict[str, float | int | dict[str, int]]:

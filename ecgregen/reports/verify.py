@@ -66,6 +66,7 @@ class Contradiction:
 # Which statements state a measured out-of-range finding (so it is not added again).
 _COVERS: dict[Finding, frozenset[Finding]] = {
     F.ATRIAL_FIBRILLATION: frozenset({F.ATRIAL_FIBRILLATION, F.ATRIAL_FLUTTER, F.WITHOUT_P_WAVES}),
+    F.ATRIAL_FLUTTER: frozenset({F.ATRIAL_FIBRILLATION, F.ATRIAL_FLUTTER, F.WITHOUT_P_WAVES, F.TACHYCARDIA}),
     F.SINUS_BRADYCARDIA: frozenset({F.SINUS_BRADYCARDIA, F.BRADYCARDIA}),
     F.SINUS_TACHYCARDIA: frozenset({F.SINUS_TACHYCARDIA, F.TACHYCARDIA}),
     F.AV_BLOCK_1: frozenset({F.AV_BLOCK_1}),
@@ -224,7 +225,7 @@ def verify_text(text: str, m: Measurements | None) -> VerifiedText:
     return VerifiedText(out.strip(), tuple(edits))
 
 
-_RHYTHMS = frozenset({F.ATRIAL_FIBRILLATION, F.SINUS_BRADYCARDIA, F.SINUS_TACHYCARDIA})
+_RHYTHMS = frozenset({F.ATRIAL_FIBRILLATION, F.ATRIAL_FLUTTER, F.SINUS_BRADYCARDIA, F.SINUS_TACHYCARDIA})
 
 
 def _phrase_span(text: str, claim: Claim) -> tuple[int, int, str]:
