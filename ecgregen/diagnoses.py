@@ -364,8 +364,17 @@ class Diagnoser:
                 superclass=statement.superclass if statement else "", probability=round(probability, 4),
                 present=round(probability, 4) >= threshold, threshold=threshold,
             ))
-        out = reconcile(out, measurements, self.statements) if agree else out
+        out = reconcile(out, measurements, self.statements, self.threshold) if agree else out
         return sorted(out, key=lambda d: (-d.probability, d.code))
+
+    def threshold(self, code: str) -> float:
+        """The present threshold `code` is served with: its measured map's, its own or its band's; 0.5 uncalibrated."""
+        cal = self.calibration
+        if cal is None:
+            return 0.5
+        if cal.measured and code in cal.measured:
+            return cal.measured[code].threshold
+        return cal.threshold(code)
 
     def measurement_note(self, measurements: Measurements | None) -> str:
         """The warning of an answer whose measurements the diagnoses could have used but did not: the calibration
@@ -394,7 +403,8 @@ _EXCLUSIVE_QRS = (("CRBBB", "IRBBB"), ("CLBBB", "ILBBB"))
 
 
 def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
-              statements: Mapping[str, Statement] | None = None) -> list[Diagnosis]:
+              statements: Mapping[str, Statement] | None = None,
+              threshold: Callable[[str], float] = lambda code: 0.5) -> list[Diagnosis]:
     """The diagnoses with every present decision agreeing with the measurements (probabilities unchanged; a decision
     a measurement made says so in `decided_by`):
 
@@ -405,6 +415,9 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
     * a code a measurement contradicts beyond its margin (:func:`ecgregen.measure.findings.check`) is not present,
       and says so even where its probability left it absent (the answers then follow the measurement too);
     * of a complete and an incomplete bundle branch block of one side, the one the QRS duration contradicts goes.
+
+    A measured rhythm code no neighbour carried is listed with probability 0 (nothing voted for it) and the
+    `threshold` its code is served with, present by the measurement.
     """
     if m is None:
         return list(diagnoses)
@@ -434,7 +447,7 @@ def reconcile(diagnoses: Sequence[Diagnosis], m: Measurements | None,
     if rhythm_code is not None and all(d.code != rhythm_code for d in out):
         statement = (statements or {}).get(rhythm_code)
         out.append(Diagnosis(rhythm_code, statement.description if statement else "",
-                             statement.superclass if statement else "", 0.0, True, 1.0, words))
+                             statement.superclass if statement else "", 0.0, True, threshold(rhythm_code), words))
     return out
 
 

@@ -626,4 +626,5 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             quality_flags=window.flags + flags, answer=answer,
             diagnoses=[diagnosis_to_proto(d) for d in retrieval.diagnoses], warnings=retrieval.warnings,
             measurements=measurements_to_proto(retrieval.measurements),
+            report_edits=report_edits_to_proto(report.edits),
         ))

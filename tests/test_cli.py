@@ -37,10 +37,11 @@ def write_record(directory: Path, name: str, leads: list[str], seconds: float = 
 
 
 def test_client_report_json(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
-    """The report in the server's default language, English: the closest neighbour's report_en, with its original
-    and the words the glossary lacks beside it, and every neighbour in both; `--language original` serves it as the
-    cart wrote it; another language is refused."""
-    command = ("client", "report", str(demo_queries[0].path), "--server", edge_server.address, "--k", "3", "--json")
+    """The report in the server's default language, English: in the paper's mode the closest neighbour's report_en,
+    with its original and the words the glossary lacks beside it, and every neighbour in both; `--language original`
+    serves it as the cart wrote it; another language is refused."""
+    command = ("client", "report", str(demo_queries[0].path), "--server", edge_server.address, "--k", "3", "--json",
+               "--report-mode", "top1")
     result = json.loads(run(*command).stdout)
     assert set(result) >= {"report", "neighbours", "latency_ms", "untranslated_words"}
     first = result["neighbours"][0]

@@ -20,6 +20,7 @@ from ecgregen.diagnoses import (
     MEASURED_PRIOR_THRESHOLD,
     MEASURED_STATEMENTS,
     MEASUREMENTS_UNUSED,
+    RHYTHM_CODES,
     Calibration,
     CalibrationError,
     Diagnoser,
@@ -101,7 +102,7 @@ def test_calibration_fitted_on_real_demo_ecgs_serves_probabilities_for_the_neigh
         assert len(retrieval.hits) == 3 and len(retrieval.pool) == calibration.k
         assert retrieval.diagnoses and all(0.0 <= d.probability <= 1.0 for d in retrieval.diagnoses)
         assert {d.code for d in retrieval.diagnoses} <= {c for h in retrieval.pool for c in h.scp_codes} | set(
-            MEASURED_STATEMENTS)
+            MEASURED_STATEMENTS) | set(RHYTHM_CODES.values())  # the measured rhythm is listed where none voted
 
 
 def test_calibrated_probabilities_and_thresholds_on_a_hand_made_calibration(
@@ -130,7 +131,10 @@ def test_calibrated_probabilities_and_thresholds_on_a_hand_made_calibration(
     with_af = {d.code: d for d in Diagnoser(load_statements(), calibration).diagnose(hits, af)}
     assert (with_af["AFIB"].probability, with_af["AFIB"].present, with_af["AFIB"].threshold) == (
         round(1 / (1 + math.exp(-(0.5 + evidence - 3.0))), 4), True, 0.4)
-    assert with_af["NORM"] == next(d for d in diagnoses if d.code == "NORM")  # unmeasured statements unchanged
+    # NORM's probability and decision are the votes' (it has no measured map); the measured AF, which speaks
+    # against a normal ECG, is named as deciding it.
+    assert dataclasses.replace(with_af["NORM"], decided_by="") == next(d for d in diagnoses if d.code == "NORM")
+    assert not with_af["NORM"].present and "irregular without P waves" in with_af["NORM"].decided_by
 
 
 def test_consensus_picks_the_neighbour_agreeing_best_with_the_diagnoses() -> None:
@@ -303,8 +307,8 @@ def test_a_calibration_without_measured_statements_serves_votes_and_says_so(
     diagnoser = Diagnoser(load_statements(), loaded)
     assert diagnoser.diagnose(hits, measured_af_and_sinus[0], agree=False) == diagnoser.diagnose(hits)
     served = diagnoser.diagnose(hits, measured_af_and_sinus[0])
-    assert served == sorted(reconcile(diagnoser.diagnose(hits), measured_af_and_sinus[0], load_statements()),
-                            key=lambda d: (-d.probability, d.code))
+    assert served == sorted(reconcile(diagnoser.diagnose(hits), measured_af_and_sinus[0], load_statements(),
+                                      diagnoser.threshold), key=lambda d: (-d.probability, d.code))
     assert "AFIB" in present_codes(served) and not {"SR", "NORM"} & present_codes(served)  # measured AF decides
     assert diagnoser.measurement_note(measured_af_and_sinus[0]) == MEASUREMENTS_UNUSED
     assert diagnoser.measurement_note(None) == ""  # a failed measurement has its own warning

@@ -430,7 +430,8 @@ def test_every_fixture_gets_a_report_from_a_real_server(server: ServerProcess, n
     """GenerateReport with the file's bytes: a report with its neighbours, and what the server read from the file
     (format, rate, duration, derived leads; no identifiers), the file's warnings first among the warnings."""
     fmt, rate, seconds, derived = FIXTURES[name]
-    response = server.stub().GenerateReport(pb.GenerateReportRequest(ecg_file=file_message(name), k=3), timeout=60)
+    response = server.stub().GenerateReport(pb.GenerateReportRequest(ecg_file=file_message(name), k=3,
+                                                                     report_mode="top1"), timeout=60)
     assert response.report and len(response.neighbours) == 3 and response.report == response.neighbours[0].report_en
     info = response.source_file
     assert (info.format, info.sampling_rate_hz, tuple(info.leads_derived)) == (fmt, rate, derived)

@@ -110,7 +110,8 @@ def test_evaluate_report_end_to_end(eval_dir: Path, tmp_path: Path) -> None:
         neighbour = index[example["retrieved_ecg_id"]]
         assert example["retrieved"] == neighbour.report and neighbour.patient_id != query.patient_id
     assert result["encoder"] == load_encoder(None).encoder_id and "MiniLM" in result["bertscore_model"]
-    names = {"retrieval-top1", "retrieval-consensus", "retrieval-statements", "random", "common", "raw_knn"}
+    names = {"retrieval-top1", "retrieval-consensus", "retrieval-statements", "retrieval-verified", "random", "common",
+             "raw_knn"}
     assert result["language"] == "en" and set(result["methods_by_language"]) == {"en", "original"}
     assert result["methods"] == result["methods_by_language"]["en"]
     for methods in result["methods_by_language"].values():
@@ -184,7 +185,7 @@ def test_served_diagnoses_and_reports_beat_the_baselines_on_held_out_fold(shared
             assert served[f1] > methods[baseline][f1], (baseline, f1, served[f1])
     assert served["scp_f1_micro"] > methods["random"]["scp_f1_micro"] + 0.2, (served, methods["random"])
     assert served["scp_f1_micro"] > result["top1_neighbour_codes"]["micro"]
-    for mode in ("retrieval-top1", "retrieval-consensus"):
+    for mode in ("retrieval-top1", "retrieval-consensus", "retrieval-verified"):
         for metric in ("bleu1", "bleu2", "bleu3", "bleu4", "meteor", "rouge_l"):
             assert methods[mode][metric] > methods["random"][metric], (mode, metric, methods[mode], methods["random"])
 

@@ -201,10 +201,11 @@ def test_stream_windows_follow_a_rate_change(edge_server: ServerProcess) -> None
     assert all(r.latency.measure_ms > 0 and len(r.measurements.lead_quality) == 12 for r in results)
 
 
-def test_a_monitor_with_leads_off_sees_them_flagged_in_the_measurements(edge_server: ServerProcess,
-                                                                        demo_queries: list[EcgRecord]) -> None:
-    """A monitor sending six leads: the missing ones are zero-filled and measured as flat; the window is still
-    measured from the leads it has."""
+def test_a_monitor_sending_limb_leads_only_has_the_chest_leads_not_recorded_never_flagged(
+        edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
+    """A monitor sending the six limb leads: the chest leads it does not send (and that nothing derives) are not
+    recorded - listed as such, with no quality entry, so never flagged flat or off; the window is still measured
+    from the leads it has."""
     ecg = demo_queries[4].load_ecg()
     sent = ["I", "II", "III", "aVR", "aVL", "aVF"]
     rows = ecg.signal[[STANDARD_LEADS.index(lead) for lead in sent]]
@@ -214,8 +215,9 @@ def test_a_monitor_with_leads_off_sees_them_flagged_in_the_measurements(edge_ser
                  if r.HasField("window_result")]
     m = result.measurements
     assert m.heart_rate_bpm == pytest.approx(r_peak_rate(ecg), rel=0.08)
-    chest = {q.lead: list(q.flags) for q in m.lead_quality if q.lead.startswith("V")}
-    assert all(QualityFlag.FLAT in flags for flags in chest.values()) and len(chest) == 6
+    assert not [q.lead for q in m.lead_quality if q.lead.startswith("V")]
+    assert list(m.not_recorded_leads) == ["V1", "V2", "V3", "V4", "V5", "V6"]
+    assert {q.lead for q in m.lead_quality} == set(sent)
 
 
 # ---- the command line -----------------------------------------------------------------------------------------------

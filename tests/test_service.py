@@ -50,13 +50,15 @@ def check_neighbours(response: pb.GenerateReportResponse, k: int) -> None:
 
 
 def check_diagnoses(diagnoses: list[pb.Diagnosis]) -> None:
-    """Probabilities in [0, 1], most probable first, present exactly when at or above the threshold."""
+    """Probabilities in [0, 1], most probable first, present exactly when at or above the threshold unless a
+    measurement decided it."""
     assert diagnoses
     probabilities = [d.probability for d in diagnoses]
     assert probabilities == sorted(probabilities, reverse=True)
     for d in diagnoses:
         assert 0.0 <= d.probability <= 1.0 and 0.0 < d.threshold <= 1.0
-        assert d.present == (d.probability >= d.threshold - 1e-6), d
+        # Where a measurement decided the statement (one reading of the ECG), it says which; else the probability.
+        assert d.decided_by or d.present == (d.probability >= d.threshold - 1e-6), d
         assert d.code and d.description
 
 
@@ -150,8 +152,9 @@ def test_demo_corpus_is_calibrated_on_first_start(edge_server: ServerProcess, de
     info = edge_server.stub().GetServerInfo(pb.GetServerInfoRequest(), timeout=10)
     assert info.calibration.calibrated and info.calibration.fitted_on == "demo corpus fold 8"
     assert info.calibration.cases == 32 and info.calibration.corpus_points >= 270 and info.calibration.k > 0
-    assert info.report_mode == "auto" and info.calibration.report_mode in ("top1", "consensus", "statements")
-    response = edge_server.stub().GenerateReport(report_request(demo_queries[2]), timeout=30)
+    assert info.report_mode == "verified"  # the default: a report that never contradicts the measurements
+    assert info.calibration.report_mode in ("top1", "consensus", "statements", "verified")
+    response = edge_server.stub().GenerateReport(report_request(demo_queries[2], report_mode="auto"), timeout=30)
     assert response.report_mode == info.calibration.report_mode  # auto serves the calibration's choice
     assert not any("calibrat" in w for w in response.warnings)
     check_diagnoses(response.diagnoses)
@@ -165,7 +168,7 @@ def test_report_modes(demo_server: ServerProcess, demo_queries: list[EcgRecord])
     import dataclasses
 
     stub = demo_server.stub()
-    query = demo_queries[1]
+    query = next(q for q in demo_queries if q.ecg_id == "343")  # a sinus rhythm: nothing measured speaks against NORM
     ecg = query.load_ecg()
     rng = np.random.default_rng(0)
     scale = float(np.std(ecg.signal))
@@ -347,10 +350,14 @@ def test_answer_question_from_the_diagnoses(edge_server: ServerProcess, demo_que
     )
     response = edge_server.stub().AnswerQuestion(request, timeout=30)
     assert response.answerer == "labels" and len(response.neighbours) == 3
-    # Sinus rhythm is a rhythm statement: yes when its calibrated probability reaches the binary band edge.
-    probability = next((d.probability for d in response.diagnoses if d.code == "SR"), 0.0)
-    assert response.answer == (["yes"] if probability >= DEFAULT_SETTINGS.verify_binary else ["no"])
-    assert "sinus rhythm" in response.rationale
+    # Sinus rhythm is a rhythm statement: where the measured rhythm decided SR (as here: 56 bpm with P waves, a
+    # sinus bradycardia, so not SR), the served decision; else yes when its calibrated probability reaches the
+    # binary band edge.
+    sr = next((d for d in response.diagnoses if d.code == "SR"), None)
+    assert sr is not None and sr.decided_by and not sr.present
+    holds = sr.present if sr.decided_by else sr.probability >= DEFAULT_SETTINGS.verify_binary
+    assert response.answer == (["yes"] if holds else ["no"])
+    assert "sinus rhythm" in response.rationale and "decided by the ECG's measurements" in response.rationale
 
 
 def test_unknown_answerer_is_invalid_argument(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:

@@ -61,8 +61,14 @@ def test_local_model_answers_within_the_options(edge_server: ServerProcess, demo
         assert len(reply.neighbours) == 3 and reply.latency.llm_ms > 0
 
 
+def sinus_query(queries: list[EcgRecord]) -> EcgRecord:
+    """Demo record 343: a normal ECG (sinus rhythm at 72 bpm, normal axis), so a sound rewrite contradicts nothing
+    measured and is served (one that does is not: see the last test)."""
+    return next(q for q in queries if q.ecg_id == "343")
+
+
 def test_local_model_refines_the_report_as_a_stream(edge_server: ServerProcess, demo_queries: list[EcgRecord]) -> None:
-    events = report_stream(edge_server, demo_queries[0])
+    events = report_stream(edge_server, sinus_query(demo_queries))
     assert events[0].HasField("retrieval") and events[-1].HasField("done")
     deltas = [e.delta for e in events if e.HasField("delta")]
     done = events[-1].done
@@ -154,7 +160,7 @@ def test_streamed_refinement_over_grpc(
     scripted_llm_server: ServerProcess, scripted: ScriptedLlm, demo_queries: list[EcgRecord]
 ) -> None:
     scripted.script(Step("stream", deltas=["Sinus ", "rhythm. ", "Normal ECG."]))
-    events = report_stream(scripted_llm_server, demo_queries[0])
+    events = report_stream(scripted_llm_server, sinus_query(demo_queries))
     assert [e.WhichOneof("event") for e in events] == ["retrieval", "delta", "delta", "delta", "done"]
     assert [e.delta for e in events[1:4]] == ["Sinus ", "rhythm. ", "Normal ECG."]
     done = events[-1].done
@@ -252,7 +258,7 @@ def test_a_refined_report_that_contradicts_the_measurements_falls_back_to_the_ve
     rhythm at about 72 bpm with P waves and a normal axis; a rewrite saying "Atrial fibrillation. Right axis
     deviation." is not served - the verified report is, with fallback_reason contradicts_measurements and a warning
     naming the statements."""
-    query = next(q for q in demo_queries if q.ecg_id == "343")
+    query = sinus_query(demo_queries)
     scripted.script(Step("stream", deltas=["Atrial fibrillation. ", "Right axis deviation."]))
     reply = scripted_llm_server.stub().GenerateReport(
         pb.GenerateReportRequest(ecg=ecg_to_proto(query.load_ecg()), refine=True), timeout=60)

@@ -133,7 +133,8 @@ def test_each_precision_of_an_export_has_its_own_encoder_id() -> None:
 def test_service_encodes_through_triton(triton: LocalTriton, triton_server: ServerProcess,
                                         demo_queries: list[EcgRecord]) -> None:
     assert "(Triton 127.0.0.1:" in triton_server.log()
-    requests = [pb.GenerateReportRequest(ecg=ecg_to_proto(r.load_ecg()), k=3) for r in demo_queries] * 2
+    requests = [pb.GenerateReportRequest(ecg=ecg_to_proto(r.load_ecg()), k=3, report_mode="top1")
+                for r in demo_queries] * 2
     with ThreadPoolExecutor(16) as pool:  # a concurrent burst
         replies = list(pool.map(lambda req: triton_server.stub().GenerateReport(req, timeout=60), requests))
     assert all(len(r.neighbours) == 3 and r.report == r.neighbours[0].report_en for r in replies)

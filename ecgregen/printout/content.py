@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 from ecgregen.client import format_measurements
 from ecgregen.identifiers import shown_statements
-from ecgregen.messages import diagnosis_to_dict, measurements_to_dict, neighbour_to_dict
+from ecgregen.messages import diagnosis_to_dict, measurements_to_dict, neighbour_to_dict, report_edit_to_dict
 from ecgregen.printout.document import Document, Page, PrintEcg, Units
 from ecgregen.printout.paper import MAJOR_MM, MINOR_MM, MM_PER_S, MM_PER_UNIT, PAPER_NAMES, STRIP_S, Paper
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -77,6 +77,7 @@ def window_document(window: pb.WindowResult, trace: PrintEcg, *, server: dict | 
         "neighbours": [neighbour_to_dict(n) for n in window.neighbours], "warnings": list(window.warnings),
         "measurements": measurements_to_dict(window.measurements) if window.HasField("measurements") else None,
         "quality_flags": list(window.quality_flags),
+        "report_edits": [report_edit_to_dict(e) for e in window.report_edits],
     }
     origin = f"stream window {window.window_index}, {window.start_s:g}-{window.end_s:g} s of the stream"
     return report_document(result, trace, origin=origin, server=server, neighbours=neighbours,

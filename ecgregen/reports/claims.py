@@ -7,8 +7,9 @@ So a report's English is read with a table of phrases, not a model: :data:`PATTE
 (regular expressions over the lower-cased English, most specific first, so "incomplete right bundle branch block"
 is never also read as a complete one) with its section and, where a measurement defines it, its
 :class:`~ecgregen.measure.findings.Finding`. Statements that no measurement defines (infarction, ST-T, hypertrophy)
-are typed too: they are what the report says, and the coverage figure counts them. Sentences that state nothing
-about the ECG (a cart's "unconfirmed report", an editor's note, "trace only requested") are ``meta``.
+are typed too: they are what the report says, and the coverage figure counts them. A measured value quoted as such
+("QRS 140 ms", "rate 52 bpm") is ``measured``: it states the measurement, never against it. Sentences that state
+nothing about the ECG (a cart's "unconfirmed report", an editor's note, "trace only requested") are ``meta``.
 
 :func:`coverage` measures the reader on a corpus: the share of sentences with a statement it recognises.
 """
@@ -77,6 +78,8 @@ PATTERNS: tuple[tuple[str, Finding | None, str], ...] = (
                    r"|digitalis|electrolyte|hypokal\w*|hyperkal\w*|drug effect|myocardial involvement|pericarditis"
                    r"|transition zone|r-s transition|u waves?|\bt (?:negative|tall|flat|inverted)|(?:infero|antero)?(?:lateral|septal"
                    r"|inferior|anterior) leads|^(?:infero|antero|high )?(?:lateral|inferior)$"),
+    ("summary", None, r"no abnormality stated|normal ecg not confirmed"),
+    ("measured", None, r"(?:rate|pr|qrs|qtc?|qt/qtc) \d+(?:/\d+)? (?:ms|bpm)(?: \(bazett\))?"),
     ("normal", F.NORMAL_ECG, r"(?:otherwise |probably )?\bnormal ecg|ecg (?:is )?normal|no definite pathology"
                              r"|within normal limits|(?:tracing )?(?:is )?otherwise normal|^normal$"),
     ("summary", None, r"(?:borderline|abnormal) ecg|ecg (?:is )?(?:abnormal|borderline)|^(?:abnormal|borderline)$"

@@ -80,6 +80,9 @@ _COVERS: dict[Finding, frozenset[Finding]] = {
 # Statements without a finding of their own that still account for a wide QRS or a deviated axis.
 _WIDE_QRS_WORDS = ("pace", "wpw", "wolff", "pre-excitation", "preexcitation", "aberrant", "bundle branch")
 _AXIS_WORDS = ("borderline left axis deviation",)
+# A quoted measured value ("QRS 140 ms") states the finding of that value.
+_QUOTED = {F.IVCD: "qrs ", F.AV_BLOCK_1: "pr ", F.QT_PROLONGED: "qtc", F.SINUS_BRADYCARDIA: "rate ",
+           F.SINUS_TACHYCARDIA: "rate "}
 
 
 def contradictions(text: str, m: Measurements | None) -> list[Contradiction]:
@@ -106,6 +109,8 @@ def _covered(finding: MeasuredFinding, claims: Sequence[Claim]) -> bool:
         if claim.finding in covers:
             return True
         phrase = claim.phrase.lower()
+        if claim.section == "measured" and phrase.startswith(_QUOTED.get(finding.finding, "-")):
+            return True  # the value itself is stated ("QRS 140 ms")
         if finding.finding is F.IVCD and any(w in phrase for w in _WIDE_QRS_WORDS):
             return True
         if finding.finding is F.AXIS_LEFT_DEVIATION and phrase in _AXIS_WORDS:
