@@ -231,7 +231,11 @@ def _check_complete(record: Any, path: Path, label: str) -> list[str]:
     checksum fails (SCP-ECG, GE MUSE, ISHNE state one)."""
     size = path.stat().st_size
     if record.source_format in ("edf", "edf_plus"):
-        declared, complete = _edf_records(path, size)
+        try:
+            declared, complete = _edf_records(path, size)
+        except (ValueError, ZeroDivisionError):  # a header field the parser let through is not a number
+            raise EcgFileError(f"{label}: the EDF header's record counts or samples per record are not numbers: "
+                               "the file is damaged") from None
         if declared > complete:
             raise EcgFileError(f"{label}: the file is truncated: its header declares {declared} data records, "
                                f"{complete} are complete")

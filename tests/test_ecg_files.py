@@ -388,6 +388,7 @@ def fuzz_base(name: str) -> bytes:
 @example("zero-rate.edf", 0, 0, 1.0)
 @example("empty-group-first.dcm", 0, 0, 1.0)
 @example("mu-law-padding.dcm", 0, 0, 1.0)
+@example("edf_contec-ecg90a_0000050_12sig_800hz.edf", 6099, 26, 0.05)  # a samples-per-record field not a number
 def test_any_damaged_file_reads_or_is_refused_clearly(name: str, seed: int, flips: int, keep: float) -> None:
     """A real file (or one of the damaged ones made from them) cut short and with random bytes changed gives a
     checked 12-lead ECG or an EcgFileError - never another exception (which would be an INTERNAL error on the

@@ -235,45 +235,30 @@ def _fascicular(finding: Finding, m: Measurements) -> Verdict | None:
     return Verdict(wrong, "qrs_axis_deg", axis, f"measured QRS axis {axis:+.0f} degrees; {words}")
 
 
-def _pr(finding: Finding, m: Measurements) -> Verdict | None:
-    pr = m.pr_interval_ms
-    if pr is None:
+# Statements defined by one interval beyond a limit: (field, its name, limit, margin, whether the statement needs
+# the value above the limit (else below), what the statement needs in words).
+_LIMITS: dict[Finding, tuple[str, str, float, str, bool, str]] = {
+    Finding.AV_BLOCK_1: ("pr_interval_ms", "PR", PR_LONG_MS, "pr", True, "first degree AV block: PR > 200 ms"),
+    Finding.PR_NORMAL: ("pr_interval_ms", "PR", PR_LONG_MS, "pr", False, "a normal PR is at most 200 ms"),
+    Finding.BBB_COMPLETE: ("qrs_duration_ms", "QRS", QRS_COMPLETE_MS, "qrs", True,
+                           "a complete bundle branch block needs QRS >= 120 ms"),
+    Finding.BBB_INCOMPLETE: ("qrs_duration_ms", "QRS", QRS_COMPLETE_MS, "qrs", False,
+                             "an incomplete bundle branch block has QRS < 120 ms"),
+    Finding.IVCD: ("qrs_duration_ms", "QRS", QRS_IVCD_MS, "qrs", True,
+                   "an intraventricular conduction delay needs QRS > 110 ms"),
+    Finding.QT_PROLONGED: ("qtc_bazett_ms", "QTc (Bazett)", QTC_LONG_MS, "qtc", True, "prolonged QT: QTc > 460 ms"),
+}
+
+
+def _limit(finding: Finding, m: Measurements) -> Verdict | None:
+    """A statement that needs an interval above (or below) its limit: contradicted only on the wrong side of the
+    limit by more than the margin."""
+    field, name, limit, margin, above, needs = _LIMITS[finding]
+    value = getattr(m, field)
+    if value is None:
         return None
-    margin = MARGINS["pr"]
-    if finding is Finding.AV_BLOCK_1:
-        wrong = pr < PR_LONG_MS - margin
-        return Verdict(wrong, "pr_interval_ms", pr, f"measured PR {pr:.0f} ms "
-                       + ("is not prolonged" if wrong else "") + f" (first degree AV block: > {PR_LONG_MS:.0f} ms)")
-    wrong = pr > PR_LONG_MS + margin
-    return Verdict(wrong, "pr_interval_ms", pr, f"measured PR {pr:.0f} ms {'is' if wrong else 'is not'} prolonged "
-                   f"(> {PR_LONG_MS:.0f} ms)")
-
-
-def _qrs(finding: Finding, m: Measurements) -> Verdict | None:
-    qrs = m.qrs_duration_ms
-    if qrs is None:
-        return None
-    margin = MARGINS["qrs"]
-    if finding is Finding.BBB_COMPLETE:
-        wrong = qrs < QRS_COMPLETE_MS - margin
-        words = f"a complete bundle branch block needs QRS >= {QRS_COMPLETE_MS:.0f} ms"
-    elif finding is Finding.BBB_INCOMPLETE:
-        wrong = qrs >= QRS_COMPLETE_MS + margin
-        words = f"an incomplete bundle branch block has QRS < {QRS_COMPLETE_MS:.0f} ms"
-    else:
-        wrong = qrs < QRS_IVCD_MS - margin
-        words = f"an intraventricular conduction delay needs QRS > {QRS_IVCD_MS:.0f} ms"
-    return Verdict(wrong, "qrs_duration_ms", qrs, f"measured QRS {qrs:.0f} ms; {words}")
-
-
-def _qt(finding: Finding, m: Measurements) -> Verdict | None:
-    qtc = m.qtc_bazett_ms
-    if qtc is None:
-        return None
-    wrong = qtc < QTC_LONG_MS - MARGINS["qtc"]
-    return Verdict(wrong, "qtc_bazett_ms", qtc,
-                   f"measured QTc {qtc:.0f} ms (Bazett) {'is not' if wrong else 'is'} prolonged "
-                   f"(> {QTC_LONG_MS:.0f} ms)")
+    wrong = value < limit - MARGINS[margin] if above else value > limit + MARGINS[margin]
+    return Verdict(wrong, field, value, f"measured {name} {value:.0f} ms; {needs}")
 
 
 def _ectopy(finding: Finding, m: Measurements) -> Verdict | None:
@@ -301,9 +286,7 @@ _RULES = {
     Finding.ATRIAL_FIBRILLATION: _atrial, Finding.ATRIAL_FLUTTER: _atrial, Finding.WITHOUT_P_WAVES: _atrial,
     **{f: _axis for f in AXIS_RANGES},
     Finding.LAFB: _fascicular, Finding.LPFB: _fascicular,
-    Finding.AV_BLOCK_1: _pr, Finding.PR_NORMAL: _pr,
-    Finding.BBB_COMPLETE: _qrs, Finding.BBB_INCOMPLETE: _qrs, Finding.IVCD: _qrs,
-    Finding.QT_PROLONGED: _qt,
+    **{f: _limit for f in _LIMITS},
     Finding.PREMATURE_BEATS: _ectopy,
     Finding.NORMAL_ECG: _normal,
 }
