@@ -139,6 +139,11 @@ class SourceResult:
                 "clinical": diagnoses_by_code(self.clinical_truth, self.convention_codes, self.served_codes,
                                               RHYTHM_F1_CODES),
             }
+            out["f1_micro_all_codes"] = {  # what reconciling costs or gains over all codes, by either truth
+                "ptbxl_labels": {"served": scp_f1(self.truth, self.served_codes)["micro"],
+                                 "ptbxl_conventions": scp_f1(self.truth, self.convention_codes)["micro"]},
+                "clinical": {"served": scp_f1(self.clinical_truth, self.served_codes)["micro"],
+                             "ptbxl_conventions": scp_f1(self.clinical_truth, self.convention_codes)["micro"]}}
             # PTB-XL gives many ECGs no rhythm statement at all (e.g. only ISC_ and LVH): their rhythm is unknown,
             # not "none", so the clinical reading is also scored on the ECGs that have one.
             rhythm_codes = {c for c, s in load_statements().items() if s.kind == "rhythm"}
@@ -486,6 +491,16 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _micro_note(micro: dict | None) -> str:
+    """All codes' micro-F1, served beside the calibration's own decisions, against both truths."""
+    if not micro:
+        return ""
+    labels, clinical = micro["ptbxl_labels"], micro["clinical"]
+    return (f"; over all codes, served / PTB-XL conventions: {labels['served']:.3f} / "
+            f"{labels['ptbxl_conventions']:.3f} against PTB-XL's labels, {clinical['served']:.3f} / "
+            f"{clinical['ptbxl_conventions']:.3f} by the clinical definitions")
+
+
 def _notes(result: dict) -> str:
     training = result["encoder_training"]
     cal = result["calibration"]
@@ -511,7 +526,8 @@ def _notes(result: dict) -> str:
              "diagnosis when the measurements contradict its code's finding beyond the margin, or it is one of "
              "SR/SBRAD/STACH/AFIB beside another; an answer when it says yes to a finding the measurements "
              f"contradict or no to the measured rhythm ({len(QUESTIONS)} questions, options yes/no/not sure). "
-             "micro-F1: the served diagnoses against PTB-XL's labels (the same for every mode). The service serves "
+             "micro-F1: the served diagnoses against PTB-XL's labels (the same for every mode)"
+             + _micro_note(sources.get("ptbxl", {}).get("f1_micro_all_codes")) + ". The service serves "
              "the clinical reading (served = reconciled with the measurements); PTB-XL conventions = the "
              "calibration's own decisions. Clinical truth: a PTB-XL sinus label re-read by the measured rate "
              "(< 60 SBRAD, > 100 STACH, else SR), AFIB and SARRH as labelled.")
