@@ -39,6 +39,7 @@ from ecgregen.reports import translate
 from ecgregen.reports.select import serve_report
 from ecgregen.reports.statements import StatementReport
 from ecgregen.reports.verify import ReportEdit
+from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 from ecgregen.store import (
     Hit,
     IndexSettings,
@@ -49,7 +50,6 @@ from ecgregen.store import (
     open_store,
     point_id,
 )
-from ecgregen.settings import TRITON_MODEL, TRITON_WAIT_S
 
 MAX_K = 100
 

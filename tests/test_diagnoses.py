@@ -16,11 +16,11 @@ import pytest
 from ecgregen.calibrate import calibrate_records, save, validation_cases
 from ecgregen.diagnoses import (
     BAND_NAMES,
-    BandMap,
     MEASURED_PRIOR_THRESHOLD,
     MEASURED_STATEMENTS,
     MEASUREMENTS_UNUSED,
     RHYTHM_CODES,
+    BandMap,
     Calibration,
     CalibrationError,
     Diagnoser,

@@ -227,7 +227,7 @@ def run_measurements(args: argparse.Namespace) -> None:
 
 
 def run_consistency(args: argparse.Namespace) -> None:
-    from ecgregen.evaluate.consistency import evaluate_consistency, gate, markdown_table
+    from ecgregen.evaluate.consistency import evaluate_consistency, gate, markdown_table, reader_coverage
     from ecgregen.records import load_ptbxl, parse_folds
 
     index_folds, test_folds = parse_folds(args.index_folds), parse_folds(args.test_folds)
@@ -251,6 +251,10 @@ def run_consistency(args: argparse.Namespace) -> None:
     except ValueError as exc:
         raise SystemExit(f"evaluate consistency: {exc}") from None
     result.update(index=f"{args.ptbxl} folds {args.index_folds}", test=f"{args.ptbxl} folds {args.test_folds}")
+    reports = next((p for p in (args.ptbxl / "ptbxl_database_all_reports.csv", args.ptbxl / "ptbxl_database.csv")
+                    if p.is_file()), None)
+    if reports is not None:
+        result["reader_coverage"] = {"file": str(reports), **reader_coverage(reports)}
     if args.json_out:
         args.json_out.write_text(json.dumps(result, indent=2, ensure_ascii=False))
     print(markdown_table(result), end="")

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import pandas as pd
 
 from ecgregen.calibrate import calibrate_records
 from ecgregen.diagnoses import CODE_FINDINGS, REPORT_MODES, RHYTHM_CODES, load_statements, present_codes
@@ -55,6 +56,8 @@ from ecgregen.measure.types import (
 )
 from ecgregen.pipeline import Retrieval, RetrievalPipeline
 from ecgregen.records import EcgRecord, folds_text
+from ecgregen.reports import translate
+from ecgregen.reports.claims import coverage
 from ecgregen.reports.select import serve_report
 from ecgregen.reports.verify import contradictions
 from ecgregen.v1 import ecgregen_pb2 as pb
@@ -476,6 +479,11 @@ def markdown_table(result: dict) -> str:
                          f"{_number(labelled['before']['f1'])} | {_number(clinical['after']['f1'])} | "
                          f"{_number(clinical['before']['f1'])} | {_number(known['after']['f1'])} | "
                          f"{_number(known['before']['f1'])} |")
+    read = result.get("reader_coverage")
+    if read:
+        lines += ["", f"Statements read from the {read['reports']:,} reports of {read['file']} (in English): "
+                      f"{read['sentences_read']:.1%} of {read['sentences']:,} sentences, "
+                      f"{read['reports_fully_read']:.1%} of the reports whole."]
     lines += ["", _notes(result)]
     examples = [f"- {SOURCE_NAMES[source]}, {what}: {e['record']}: \"{e['statement']}\" - {e['reason']}"
                 for source, judged in result["sources"].items()
@@ -489,6 +497,13 @@ def markdown_table(result: dict) -> str:
     if skipped:
         lines += ["", "Files the server refuses (not judged):", *skipped]
     return "\n".join(lines) + "\n"
+
+
+def reader_coverage(reports_csv: Path) -> dict:
+    """How much of a PTB-XL-layout database's reports (every report it lists, with or without a signal here) the
+    statement reader recognises, read in English through the glossary as served."""
+    reports = pd.read_csv(reports_csv, usecols=["report"])["report"].fillna("")
+    return coverage(translate(r).text_en for r in reports)
 
 
 def _micro_note(micro: dict | None) -> str:

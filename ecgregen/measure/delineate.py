@@ -21,10 +21,10 @@ from ecgregen.measure.signal import (
     MEASURE_RATE_HZ,
     filtered,
     median_along,
-    windows_minus_moving_average,
     quantiles,
     rows_dot,
     samples_of,
+    windows_minus_moving_average,
 )
 from ecgregen.preprocess import resample
 
