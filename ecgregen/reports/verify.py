@@ -166,68 +166,74 @@ def verify_text(text: str, m: Measurements | None) -> VerifiedText:
     first, as carts print it; the others at the end)."""
     if m is None:
         return VerifiedText(text, ())
-    wrong = contradictions(text, m)
+    wrong = {x.claim: x.verdict for x in contradictions(text, m)}
     if not wrong and not _missing(read_claims(text), m):
         return VerifiedText(text, ())
-    claims = read_claims(text)
-    wrong_ids = {x.claim for x in wrong}
     by_sentence: dict[tuple[int, int], list[Claim]] = {}
-    for claim in claims:
+    for claim in read_claims(text):
         by_sentence.setdefault((claim.sentence_start, claim.sentence_end), []).append(claim)
     edits: list[ReportEdit] = []
     replacements: list[tuple[int, int, str]] = []  # (start, end, new text)
-    stated: set[str] = set()
-    verdicts = {x.claim: x.verdict for x in wrong}
+    stated: set[str] = set()  # what was measured, said in place of removed statements
     for span in sentences(text):
         members = by_sentence.get(span, [])
-        bad = [c for c in members if c in wrong_ids]
-        if not bad:
-            continue
-        whole = all(c in wrong_ids or c.section in ("meta", "summary") for c in members)
-        instead = []
-        for claim in bad:
-            said = _stated_instead(claim, m)
-            if said is not None and said[0] not in stated:
-                stated.add(said[0])
-                instead.append(said)
-            if not whole:
-                verdict = verdicts[claim]
-                edits.append(ReportEdit(ReportEditAction.REMOVED, claim.phrase, verdict.measurement, verdict.value, verdict.reason))
-        if whole:  # one edit for the sentence, with every reason
-            first = verdicts[bad[0]]
-            reasons = "; ".join(dict.fromkeys(verdicts[c].reason for c in bad))
-            edits.append(ReportEdit(ReportEditAction.REMOVED, text[span[0]:span[1]].strip(), first.measurement, first.value, reasons))
-        new = "".join(f"{s}. " for s, *_ in instead)
-        for sentence, field, value, reason in instead:
-            edits.append(ReportEdit(ReportEditAction.ADDED, sentence + ".", field, value, f"{reason}, stated in place of the removed "
-                                                                             "statement"))
-        if whole:
-            end = span[1] + (len(text[span[1]:]) - len(text[span[1]:].lstrip()))
-            replacements.append((span[0], end, new))
-        else:
-            for claim in bad:
-                replacements.append(_phrase_span(text, claim))
-            if new:
-                closed = text[:span[1]].rstrip().endswith((".", ";"))
-                replacements.append((span[1], span[1], ("" if closed else ".") + " " + new))
+        if any(c in wrong for c in members):
+            replacements.extend(_edit_sentence(text, span, members, wrong, m, stated, edits))
     out = text
     for start, end, new in sorted(replacements, key=lambda r: (r[0], r[1]), reverse=True):
         out = out[:start] + new + out[end:]
-    out = " ".join(out.split())
-    kept = read_claims(out)
+    return _add_missing(" ".join(out.split()), m, stated, edits)
+
+
+def _edit_sentence(text: str, span: tuple[int, int], members: Sequence[Claim], wrong: dict[Claim, Verdict],
+                   m: Measurements, stated: set[str], edits: list[ReportEdit]) -> list[tuple[int, int, str]]:
+    """The replacements that take one sentence's contradicted statements out (the whole sentence where nothing else
+    it says is about the ECG, else the phrases) and state what was measured in their place; its edits are appended
+    to `edits`."""
+    bad = [c for c in members if c in wrong]
+    whole = all(c in wrong or c.section in ("meta", "summary") for c in members)
+    instead = []
+    for claim in bad:
+        said = _stated_instead(claim, m)
+        if said is not None and said[0] not in stated:
+            stated.add(said[0])
+            instead.append(said)
+    if whole:  # one edit for the sentence, with every reason
+        reasons = "; ".join(dict.fromkeys(wrong[c].reason for c in bad))
+        edits.append(ReportEdit(ReportEditAction.REMOVED, text[span[0]:span[1]].strip(), wrong[bad[0]].measurement,
+                                wrong[bad[0]].value, reasons))
+    else:
+        edits.extend(ReportEdit(ReportEditAction.REMOVED, c.phrase, wrong[c].measurement, wrong[c].value,
+                                wrong[c].reason) for c in bad)
+    edits.extend(ReportEdit(ReportEditAction.ADDED, f"{sentence}.", field, value,
+                            f"{reason}, stated in place of the removed statement")
+                 for sentence, field, value, reason in instead)
+    new = "".join(f"{sentence}. " for sentence, *_ in instead)
+    if whole:
+        end = span[1] + len(text[span[1]:]) - len(text[span[1]:].lstrip())
+        return [(span[0], end, new)]
+    out = [_phrase_span(text, c) for c in bad]
+    if new:
+        closed = text[:span[1]].rstrip().endswith((".", ";"))
+        out.append((span[1], span[1], ("" if closed else ".") + " " + new))
+    return out
+
+
+def _add_missing(text: str, m: Measurements, stated: set[str], edits: list[ReportEdit]) -> VerifiedText:
+    """`text` with the clear out-of-range measured findings it does not state added (the rhythm first)."""
     before, after = [], []
-    for finding in _missing(kept, m):
+    for finding in _missing(read_claims(text), m):
         if finding.sentence in stated:
             continue
         (before if finding.finding in _RHYTHMS else after).append(finding)
         edits.append(ReportEdit(ReportEditAction.ADDED, finding.sentence + ".", finding.measurement, finding.value,
                                 f"{finding.reason}; the report did not state it"))
     if before:
-        out = " ".join(f"{f.sentence}." for f in before) + (" " + out if out else "")
+        text = " ".join(f"{f.sentence}." for f in before) + (" " + text if text else "")
     if after:
-        out = (out.rstrip() + ("" if not out or out.rstrip().endswith(".") else ".") + " "
-               + " ".join(f"{f.sentence}." for f in after)).strip()
-    return VerifiedText(out.strip(), tuple(edits))
+        text = (text.rstrip() + ("" if not text or text.rstrip().endswith(".") else ".") + " "
+                + " ".join(f"{f.sentence}." for f in after)).strip()
+    return VerifiedText(text.strip(), tuple(edits))
 
 
 _RHYTHMS = frozenset({F.ATRIAL_FIBRILLATION, F.ATRIAL_FLUTTER, F.SINUS_BRADYCARDIA, F.SINUS_TACHYCARDIA})
