@@ -367,7 +367,8 @@ class LabelVoteAnswerer:
         candidates = frozenset().union(*(c for _, c in asked)) if asked else frozenset(by_code)
         threshold = self.settings.query
         present = [d for c, d in by_code.items() if c in candidates
-                   and (d.present if d.decided_by else d.probability >= (d.threshold if threshold is None else threshold))]
+                   and (d.present if d.decided_by
+                        else d.probability >= (d.threshold if threshold is None else threshold))]
         codes = [d.code for d in sorted(present, key=lambda d: (-d.probability, d.code))]
         return Answer(codes, "predicted diagnoses at or over their threshold: "
                              + (", ".join(f"{d.code} {d.probability:.2f}" for d in present) or "none"))

@@ -169,7 +169,8 @@ def _sinus_rate(finding: Finding, m: Measurements) -> Verdict | None:
     not_sinus = _not_sinus(m)
     if not_sinus is not None and finding not in (Finding.BRADYCARDIA, Finding.TACHYCARDIA):
         return not_sinus
-    bounds = {Finding.SINUS_RHYTHM: (BRADYCARDIA_BPM, TACHYCARDIA_BPM, f"{BRADYCARDIA_BPM:.0f}-{TACHYCARDIA_BPM:.0f} bpm"),
+    bounds = {Finding.SINUS_RHYTHM: (BRADYCARDIA_BPM, TACHYCARDIA_BPM,
+                                     f"{BRADYCARDIA_BPM:.0f}-{TACHYCARDIA_BPM:.0f} bpm"),
               Finding.SINUS_BRADYCARDIA: (None, BRADYCARDIA_BPM, f"below {BRADYCARDIA_BPM:.0f} bpm"),
               Finding.SINUS_TACHYCARDIA: (TACHYCARDIA_BPM, None, f"above {TACHYCARDIA_BPM:.0f} bpm"),
               Finding.BRADYCARDIA: (None, BRADYCARDIA_BPM, f"below {BRADYCARDIA_BPM:.0f} bpm"),

@@ -51,7 +51,8 @@ PATTERNS: tuple[tuple[str, Finding | None, str], ...] = (
     ("axis", F.AXIS_NORMAL, r"normal axis|axis normal(?: for age)?|normal qrs axis"),
     ("conduction", None, r"(?:second|third|2nd|3rd) degree av block|2:1 av block|complete (?:av|heart) block"
                          r"|wenckebach|mobitz|short pr(?: interval)?|wpw|wolff-?\s?parkinson-?\s?white|pre-?excitation"
-                         r"|aberrant (?:intraventricular )?conduction|aberrantly conducted|av dissociation|p waves are inconspicuous"),
+                         r"|aberrant (?:intraventricular )?conduction|aberrantly conducted|av dissociation"
+                         r"|p waves are inconspicuous"),
     ("conduction", F.AV_BLOCK_1, r"(?:first|1st) degree av block|av block (?:i|1)\b|(?:slightly )?prolonged pr"
                                  r"(?: interval)?|pr interval (?:is )?prolonged"),
     ("conduction", F.PR_NORMAL, r"pr interval (?:is )?(?:at upper limit of )?normal|normal pr interval"),
@@ -76,8 +77,9 @@ PATTERNS: tuple[tuple[str, Finding | None, str], ...] = (
                          r"|r wave progression|necros\w*|tiny r waves?|aneurysm"),
     ("st_t", None, r"\bst\b|st-t|st segments?|\bt waves?|\bt abnormal|t wave|ischa?emi\w*|lv strain|repolari[sz]\w*"
                    r"|digitalis|electrolyte|hypokal\w*|hyperkal\w*|drug effect|myocardial involvement|pericarditis"
-                   r"|transition zone|r-s transition|u waves?|\bt (?:negative|tall|flat|inverted)|(?:infero|antero)?(?:lateral|septal"
-                   r"|inferior|anterior) leads|^(?:infero|antero|high )?(?:lateral|inferior)$"),
+                   r"|transition zone|r-s transition|u waves?|\bt (?:negative|tall|flat|inverted)"
+                   r"|(?:infero|antero)?(?:lateral|septal|inferior|anterior) leads"
+                   r"|^(?:infero|antero|high )?(?:lateral|inferior)$"),
     ("summary", None, r"no abnormality stated|normal ecg not confirmed"),
     ("measured", None, r"(?:rate|pr|qrs|qtc?|qt/qtc) \d+(?:/\d+)? (?:ms|bpm)(?: \(bazett\))?"),
     ("normal", F.NORMAL_ECG, r"(?:otherwise |probably )?\bnormal ecg|ecg (?:is )?normal|no definite pathology"
@@ -86,7 +88,8 @@ PATTERNS: tuple[tuple[str, Finding | None, str], ...] = (
                       r"|probably normal|qrs\(t\) abnormal"),
     ("meta", None, r"unconfirmed|trace only|edit:|^[\d\s]+$|suggest|repeat|if clinically|quality|noise|artefact"
                    r"|artifact|baseline|compared with|no longer|now present|interpretation|findings are|consistent with"
-                   r"|cause of|may be|cannot be excluded|age undetermined|heart disease|physiological|obscures|age of the"
+                   r"|cause of|may be|cannot be excluded|age undetermined|heart disease|physiological|obscures"
+                   r"|age of the"
                    r"|significan\w*|normal variant|please ignore|seconds?\b|\bsec\b|whether|unusual tracing"),
 )
 _COMPILED = tuple((section, finding, re.compile(pattern)) for section, finding, pattern in PATTERNS)

@@ -140,7 +140,8 @@ def _stated_instead(claim: Claim, m: Measurements) -> tuple[str, str, float | No
         words = rhythm.value.replace("_", " ")
         return (f"{words} ({rate_words})" if rate_words else words, "rhythm", None, f"measured rhythm: {words}")
     value_of: dict[Finding, tuple[str, str, float | None]] = {
-        F.AV_BLOCK_1: ("PR", "pr_interval_ms", m.pr_interval_ms), F.PR_NORMAL: ("PR", "pr_interval_ms", m.pr_interval_ms),
+        F.AV_BLOCK_1: ("PR", "pr_interval_ms", m.pr_interval_ms),
+        F.PR_NORMAL: ("PR", "pr_interval_ms", m.pr_interval_ms),
         F.BBB_COMPLETE: ("QRS", "qrs_duration_ms", m.qrs_duration_ms),
         F.BBB_INCOMPLETE: ("QRS", "qrs_duration_ms", m.qrs_duration_ms),
         F.IVCD: ("QRS", "qrs_duration_ms", m.qrs_duration_ms),
