@@ -14,7 +14,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal as sps
 
-from ecgregen.preprocess import resample
+from ecgregen.preprocess import resample, zero_phase
 
 MEASURE_RATE_HZ = 500.0
 
@@ -60,15 +60,7 @@ def filtered(x: np.ndarray, rate_hz: float, low: float | None = None, high: floa
     (odd extension at both ends, steady-state start) with the start states cached: the stage filters a dozen
     times per ECG and must cost a few milliseconds."""
     key = (float(rate_hz), low, high, order)
-    sos, zi = _sos(*key), _sos_zi(*key)
-    pad = min(x.shape[-1] - 1, 3 * (2 * order + 1) * 4)
-    ext = np.concatenate([2 * x[..., :1] - x[..., pad:0:-1], x, 2 * x[..., -1:] - x[..., -2:-pad - 2:-1]], axis=-1)
-    shape = (sos.shape[0],) + (1,) * (x.ndim - 1) + (2,)
-    zi = zi.reshape(shape)
-    y, _ = sps.sosfilt(sos, ext, axis=-1, zi=zi * ext[..., :1][None, ...])
-    y = y[..., ::-1]
-    y, _ = sps.sosfilt(sos, y, axis=-1, zi=zi * y[..., :1][None, ...])
-    return y[..., ::-1][..., pad: pad + x.shape[-1]]
+    return zero_phase(x, _sos(*key), _sos_zi(*key), 3 * (2 * order + 1) * 4)
 
 
 def _window_sums(x: np.ndarray, width: int) -> tuple[np.ndarray, int]:
