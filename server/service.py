@@ -69,6 +69,7 @@ from ecgregen.server.streaming import (
     StreamSession,
     StreamSettings,
     WindowBatcher,
+    WindowOutcome,
     parse_config,
 )
 from ecgregen.settings import DEMO_PTBXL
@@ -598,20 +599,18 @@ class EcgReGenService(pb_grpc.EcgReGenServicer):
             return pb.StreamEcgResponse(error=item[1])
         _, window, future, completed_at = item
         try:
-            retrieval, flags, error = await future
+            outcome: WindowOutcome = await future
         finally:
             slots.release()
             STREAM_PENDING.dec()
-        if error is not None:
+        if outcome.error is not None or outcome.retrieval is None or outcome.report is None:
             STREAM_WINDOWS.labels("dropped_unusable").inc()
             return pb.StreamEcgResponse(warning=pb.StreamWarning(
-                code=StreamWarningCode.WINDOW_DROPPED, message=f"window {window.index} at {window.start_s:.1f} s: {error}"))
+                code=StreamWarningCode.WINDOW_DROPPED,
+                message=f"window {window.index} at {window.start_s:.1f} s: {outcome.error}"))
         STREAM_WINDOWS.labels("answered").inc()
+        retrieval, report, answer, flags = outcome.retrieval, outcome.report, outcome.answer, outcome.flags
         hits, seconds = retrieval.hits, retrieval.seconds
-        report = self.pipeline.report_of(retrieval, self.pipeline.resolved_report_mode())
-        answer = self.pipeline.answerer.answer(
-            settings.question, settings.options, hits, diagnoses=retrieval.diagnoses,
-            measurements=retrieval.measurements).answer if settings.question else []
         used = [lead for lead in settings.leads if f"lead_off:{lead}" not in window.flags]
         return pb.StreamEcgResponse(window_result=pb.WindowResult(
             window_index=window.index, start_s=window.start_s, end_s=window.start_s + settings.window_s,

@@ -54,7 +54,7 @@ from ecgregen.ecg import (
     unit_scale,
 )
 from ecgregen.metrics import STREAM_WINDOWS, STREAMS_ACTIVE
-from ecgregen.pipeline import Retrieval, RetrievalPipeline
+from ecgregen.pipeline import GeneratedReport, Retrieval, RetrievalPipeline
 from ecgregen.store import SearchFilter
 from ecgregen.v1 import ecgregen_pb2 as pb
 
@@ -246,6 +246,18 @@ def _warning(sequence: int, code: StreamWarningCode, message: str) -> pb.StreamW
     return pb.StreamWarning(sequence=sequence, code=code, message=message)
 
 
+@dataclass(frozen=True)
+class WindowOutcome:
+    """What the batcher's thread made of one window: its retrieval, report and answer (None and the error where the
+    window could not be encoded), and its flat-lead flags - so the event loop only turns it into a response."""
+
+    retrieval: Retrieval | None
+    report: GeneratedReport | None
+    answer: list[str]
+    flags: list[str]
+    error: Exception | None = None
+
+
 @dataclass
 class _Job:
     window: Window
@@ -288,9 +300,10 @@ class WindowBatcher:
                 if not job.future.done():
                     job.future.set_result(result)
 
-    def _process(self, jobs: list[_Job]) -> list[tuple[Retrieval | None, list[str], Exception | None]]:
+    def _process(self, jobs: list[_Job]) -> list[WindowOutcome]:
         """Embed every window in one call (the unary calls' path) while the measurement workers measure each
-        window, then search each with its stream's filter."""
+        window, then search each with its stream's filter, and write its report and answer (here, off the event
+        loop)."""
         windows: list[Ecg | EcgInputError] = []
         for job in jobs:
             try:
@@ -312,7 +325,7 @@ class WindowBatcher:
             if isinstance(done, EcgInputError):
                 if id(ecg) in pending:
                     pending[id(ecg)].cancel()
-                results.append((None, [], done))
+                results.append(WindowOutcome(None, None, [], [], done))
                 continue
             s, seconds = job.settings, dict(shared)
             measurements, notes = pending[id(ecg)].result(seconds)  # per window: its own stage time
@@ -320,7 +333,12 @@ class WindowBatcher:
             retrieval = self.pipeline.retrieve(done.vector, s.k, s.search_filter, [*warnings, *done.warnings, *notes],
                                                seconds, measurements=measurements)
             sent = [lead for lead in s.leads if f"lead_off:{lead}" not in job.window.flags]
-            results.append((retrieval, [f"flat:{lead}" for lead in done.flat_leads if lead in sent], None))
+            report = self.pipeline.report_of(retrieval, self.pipeline.resolved_report_mode())
+            answer = self.pipeline.answerer.answer(
+                s.question, s.options, retrieval.hits, diagnoses=retrieval.diagnoses,
+                measurements=retrieval.measurements).answer if s.question else []
+            results.append(WindowOutcome(retrieval, report, answer,
+                                         [f"flat:{lead}" for lead in done.flat_leads if lead in sent]))
         return results
 
 
