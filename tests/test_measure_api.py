@@ -349,7 +349,7 @@ def test_a_failing_measurement_stage_costs_the_measurements_only(small_pipeline:
     """A unary search and a stream window: results as usual, no measurements, a warning, the failure counted."""
     from ecgregen.measure import workers
     from ecgregen.metrics import REGISTRY
-    from ecgregen.server.streaming import Window, WindowBatcher, parse_config
+    from ecgregen.server.streaming import Window, WindowBatcher, WindowOutcome, parse_config
 
     def broken(ecg: Ecg) -> Measurements:
         raise FloatingPointError("a bug on an unusual signal")
@@ -363,13 +363,15 @@ def test_a_failing_measurement_stage_costs_the_measurements_only(small_pipeline:
     assert retrieval.hits and retrieval.diagnoses and retrieval.measurements is None
     assert workers.MEASUREMENT_FAILED in retrieval.warnings and retrieval.seconds["measure"] > 0
 
-    async def one_window() -> tuple:
+    async def one_window() -> WindowOutcome:
         settings = parse_config(pb.StreamConfig(sampling_rate_hz=ecg.sampling_rate_hz,
                                                 lead_names=list(STANDARD_LEADS)), 100)
         return await WindowBatcher(small_pipeline).submit(Window(0, 0.0, ecg.signal, []), settings)
 
-    window, _, error = asyncio.run(one_window())
-    assert error is None and window.hits and window.measurements is None
+    outcome = asyncio.run(one_window())
+    window = outcome.retrieval
+    assert outcome.error is None and window is not None and window.hits and window.measurements is None
+    assert outcome.report is not None and not outcome.report.edits  # nothing measured: nothing to edit against
     assert workers.MEASUREMENT_FAILED in window.warnings
     assert failures() == before + 2
     assert measurements_to_proto(None) is None  # the responses leave the field unset
