@@ -13,9 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ecgregen.bench.budget import STAGES, sampling_error_ms
 from ecgregen.bench.encoder import run_encoder_bench
 from ecgregen.bench.side_by_side import capacity_verdict, side_by_side_targets, summarise
-from ecgregen.bench.suite import check_targets
+from ecgregen.bench.suite import check_targets, cpu_gate
 from ecgregen.encoders.checkpoint import load_encoder
 from ecgregen.records import load_ptbxl
 from ecgregen.settings import DEMO_PTBXL
@@ -159,3 +160,43 @@ def test_bench_command_quick_writes_every_section(tmp_path: Path) -> None:
                     "## 7. Printed page"):
         assert heading in markdown
     assert markdown in run.stdout  # the same report is printed
+
+
+def test_cpu_gate_exits_over_the_threshold_and_the_budget_stages_add_up_to_the_measured_cpu(tmp_path: Path) -> None:
+    """One short real run of the measure section (side by side, this checkout as the "before" code) and the budget
+    section: a threshold every run exceeds (0.01x) makes the command exit 1 naming both rates, and a generous one
+    (100x) passes on the same figures; each budget's stages add up to the server's measured CPU per call within
+    their sampling error, py-spy followed the measurement workers (their samples are in), and it saw a real part
+    of the CPU it split."""
+    out = tmp_path / "out"
+    run = subprocess.run(
+        [sys.executable, "-m", "ecgregen.cli", "bench", "--sections", "measure,budget", "--quick",
+         "--work-dir", str(tmp_path / "work"), "--out", str(out), "--before-tree", str(ROOT),
+         "--formats", str(tmp_path / "no-files"), "--compare-monitors", "none",
+         "--max-cpu-ratio", "0.01"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 1, run.stderr[-3000:]
+    gate_lines = [line for line in run.stdout.splitlines() if line.startswith("CPU gate:")]
+    assert [("100 Hz" in line, "500 Hz" in line, "OVER 0.01x" in line) for line in gate_lines] == [
+        (True, False, True), (False, True, True)]
+    result = json.loads(next(out.glob("bench-*.json")).read_text())
+    passed, lines = cpu_gate(result, 100.0)
+    assert passed and all("within 100x" in line for line in lines)
+
+    runs = result["budget"]["runs"]
+    assert [(r["call"], r["code"]) for r in runs] == [
+        ("GenerateReport 100 Hz", "today"), ("GenerateReport 100 Hz", "before"),
+        ("GenerateReport 500 Hz", "before"), ("GenerateReport 500 Hz", "today"),
+        ("stream window 100 Hz", "before"), ("stream window 100 Hz", "today")]
+    for r in runs:
+        assert r["calls"] > 0 and not r["errors"] and r["samples"] > 0 and r["cpu_ms_per_call"] > 0
+        assert [s["stage"] for s in r["stages"]] == STAGES
+        assert sum(s["samples"] for s in r["stages"]) == r["samples"]  # every sample is in one stage
+        stage_sum = sum(s["ms"] for s in r["stages"])
+        assert abs(stage_sum - r["cpu_ms_per_call"]) <= sampling_error_ms(r["stages"]) + 0.001 * len(STAGES)
+        assert r["sampled_cpu_ratio"] > 0.3
+        by_stage = {s["stage"]: s["samples"] for s in r["stages"]}
+        assert by_stage["encode"] > 0
+        assert by_stage["measure: worker measuring"] > 0 or r["code"] == "before"  # e4ad49e has no workers
+    assert "## 8. CPU budget per call" in (md := next(out.glob("bench-*.md")).read_text()) and "± " in md

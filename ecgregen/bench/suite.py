@@ -1,7 +1,8 @@
 """`ecgregen bench`: the whole performance picture in one run - encoder, search, service, streams, memory, and what
 the measurement stage costs (alone, and the service beside the code before it).
 
-Each section is its own module (encoder.py, store.py, service.py, measurements.py + side_by_side.py, printout.py); this one
+Each section is its own module (encoder.py, store.py, service.py, measurements.py + side_by_side.py, printout.py,
+budget.py); this one
 runs them in order, checks the targets the project set itself, and writes one JSON (everything measured) and one
 markdown report (the tables a reader compares), both named by date so that docs/bench/ keeps a history.
 """
@@ -20,7 +21,7 @@ from ecgregen.bench.measure import Progress, machine, table
 from ecgregen.cli.evaluate import SHARED_FORMATS
 from ecgregen.settings import BENCH_DIR
 
-SECTIONS = ("encoder", "search", "service", "measure", "print")
+SECTIONS = ("encoder", "search", "service", "measure", "print", "budget")
 
 # The targets of issue 12 on the 2-core CPU machine.
 E2E_P99_MS, E2E_CONCURRENCY, E2E_CORPUS = 50.0, 8, 20_000
@@ -68,6 +69,9 @@ class BenchConfig:
     # folds' first three records as every page's neighbours
     print_records: int = 5
     print_repeats: int = 5
+    # budget: the server's CPU per call split by stage (py-spy), today's code and before_tree's; concurrency 8 as the
+    # side by side's GenerateReport runs, duration_s per run, budget_monitors 100 Hz monitors for stream_seconds
+    budget_monitors: int = 100
     seed: int = 0
     command: str = ""
 
@@ -77,7 +81,7 @@ class BenchConfig:
         small = dict(batch_sizes=(1, 8), triton=None, encoder_min_seconds=0.3, sizes=(2_000,), hnsw_ef=(64,),
                      queries=50, corpus_size=2_000, concurrency=(1, 8), duration_s=1.5, monitors=(4,),
                      stream_seconds=10.0, stream_speed=5.0, measure_repeats=1, measure_records=5, compare_rounds=1,
-                     compare_monitors=(4,), print_records=1, print_repeats=1)
+                     compare_monitors=(4,), print_records=1, print_repeats=1, budget_monitors=4)
         return cls(ptbxl_dir=ptbxl_dir, **{**small, **overrides})
 
 
@@ -124,9 +128,10 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             stream_speed=config.stream_speed, stream_rate_hz=config.stream_rate_hz, runtime=config.encoder_runtime,
             compare_runtime=config.compare_runtime, seed=config.seed, progress=progress,
         )
+    compared_corpus: dict[str, Any] = {}  # built by the first section that compares servers, for both
     if "measure" in config.sections:
         say("measure")
-        result["measure"] = run_measure_section(config, work_dir, progress)
+        result["measure"] = run_measure_section(config, work_dir, progress, compared_corpus)
     if "print" in config.sections:
         from ecgregen.bench.printout import run_print_bench
         from ecgregen.records import load_ptbxl
@@ -138,12 +143,15 @@ def run_bench(config: BenchConfig, progress: bool = True) -> dict[str, Any]:
             neighbours=load_ptbxl(config.ptbxl_dir, config.index_folds)[:3], repeats=config.print_repeats,
             progress=progress,
         )
+    if "budget" in config.sections:
+        say("budget")
+        result["budget"] = run_budget_section(config, work_dir, progress, compared_corpus)
     result["targets"] = check_targets(result)
     result["wall_s"] = round(time.perf_counter() - started, 1)
     return result
 
 
-def run_measure_section(config: BenchConfig, work_dir: Path, progress: bool) -> dict[str, Any]:
+def run_measure_section(config: BenchConfig, work_dir: Path, progress: bool, built: dict[str, Any]) -> dict[str, Any]:
     """The stage's CPU cost; with ``config.before_tree`` also the service of today's code beside that code, on a
     corpus of ``config.corpus_size`` records built for the two servers."""
     from ecgregen.bench.measurements import run_stage_bench
@@ -155,15 +163,9 @@ def run_measure_section(config: BenchConfig, work_dir: Path, progress: bool) -> 
         repeats=config.measure_repeats, progress=progress,
     ), "side_by_side": None}
     if config.before_tree is not None:
-        from ecgregen.bench.service import build_corpus
         from ecgregen.bench.side_by_side import run_side_by_side
-        from ecgregen.store import IndexSettings
 
-        say = Progress(progress, "compare-corpus")
-        say(f"building a {config.corpus_size}-record corpus for both servers")
-        corpus = build_corpus(work_dir / "compare-corpus", config.corpus_size, ptbxl_dir=config.ptbxl_dir,
-                              index_folds=config.index_folds, work_dir=work_dir, seed=config.seed,
-                              index=IndexSettings(), say=say)
+        corpus = compare_corpus(config, work_dir, progress, built)
         section["side_by_side"] = {"corpus": corpus, **run_side_by_side(
             before_tree=Path(config.before_tree), data_dir=work_dir / "compare-corpus", queries=queries,
             work_dir=work_dir, rounds=config.compare_rounds, duration_s=config.duration_s,
@@ -172,6 +174,58 @@ def run_measure_section(config: BenchConfig, work_dir: Path, progress: bool) -> 
             stream_rate_hz=config.stream_rate_hz, runtime=config.encoder_runtime, progress=progress,
         )}
     return section
+
+
+def compare_corpus(config: BenchConfig, work_dir: Path, progress: bool, built: dict[str, Any]) -> dict[str, Any]:
+    """The corpus the compared servers copy, ``config.corpus_size`` records at ``work_dir/compare-corpus``: built
+    once per run (``built`` remembers it; the measure and budget sections share it, and building it is much of a
+    quick run)."""
+    from ecgregen.bench.service import build_corpus
+    from ecgregen.store import IndexSettings
+
+    if built:
+        return built
+    say = Progress(progress, "compare-corpus")
+    say(f"building a {config.corpus_size}-record corpus for the compared servers")
+    corpus = build_corpus(work_dir / "compare-corpus", config.corpus_size, ptbxl_dir=config.ptbxl_dir,
+                          index_folds=config.index_folds, work_dir=work_dir, seed=config.seed, index=IndexSettings(),
+                          say=say)
+    built.update(corpus)
+    return corpus
+
+
+def run_budget_section(config: BenchConfig, work_dir: Path, progress: bool, built: dict[str, Any]) -> dict[str, Any]:
+    """Where the server's CPU per call goes, by stage (budget.py), today's code beside ``config.before_tree``'s."""
+    from ecgregen.bench.budget import run_budget
+    from ecgregen.records import load_ptbxl
+
+    corpus = compare_corpus(config, work_dir, progress, built)
+    return {"corpus": corpus, **run_budget(
+        before_tree=Path(config.before_tree) if config.before_tree is not None else None,
+        data_dir=work_dir / "compare-corpus", queries=load_ptbxl(config.ptbxl_dir, config.query_folds),
+        work_dir=work_dir, concurrency=max(config.compare_concurrency), duration_s=config.duration_s,
+        monitors=config.budget_monitors, stream_seconds=config.stream_seconds, stream_speed=config.stream_speed,
+        runtime=config.encoder_runtime, progress=progress,
+    )}
+
+
+def cpu_gate(result: dict[str, Any], max_ratio: float) -> tuple[bool, list[str]]:
+    """The regression gate: the server's CPU per GenerateReport today / before (the side by side's median of
+    paired ratios) at every ECG rate and concurrency measured, each at most ``max_ratio``; passed, and one line per
+    ratio. A ratio that could not be measured fails: a gate that measured nothing must not pass."""
+    compared = (result.get("measure") or {}).get("side_by_side")
+    if not compared:
+        return False, ["CPU gate: nothing to compare (it needs the measure section and --before-tree)"]
+    passed, lines = True, []
+    for calls in compared["summary"]["calls"]:
+        ratio = calls["server_cpu_per_call_ratio"]
+        ok = ratio is not None and ratio <= max_ratio
+        passed &= ok
+        lines.append(f"CPU gate: GenerateReport {calls['rate_hz']:g} Hz, concurrency {calls['concurrency']}: server "
+                     f"CPU per call {calls['today']['server_cpu_ms_per_call']} ms today / "
+                     f"{calls['before']['server_cpu_ms_per_call']} ms before = {ratio}x "
+                     f"({'within' if ok else 'OVER'} {max_ratio:g}x; median of {calls['pairs']} paired run(s))")
+    return passed, lines
 
 
 def check_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -362,6 +416,11 @@ def format_bench(result: dict[str, Any]) -> str:
         from ecgregen.bench.printout import format_print_bench
 
         lines += ["", "## 7. Printed page", "", *format_print_bench(result["print"])]
+    if "budget" in result:
+        from ecgregen.bench.budget import format_budget
+
+        lines += ["", "## 8. CPU budget per call", "", f"Corpus {result['budget']['corpus']['points']:,} records "
+                  f"(as for the side by side), one copy per server.", "", *format_budget(result["budget"])]
     return "\n".join(lines) + "\n"
 
 

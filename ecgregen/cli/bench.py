@@ -27,7 +27,8 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--index-folds", default="1-8")
     bench.add_argument("--query-folds", default="9")
     bench.add_argument("--sections", default="encoder,search,service,measure,print",
-                       help="which parts to run, comma-separated")
+                       help="which parts to run, comma-separated; 'budget' (the server's CPU per call by stage, "
+                            "py-spy, beside --before-tree) runs only when named")
     bench.add_argument("--quick", action="store_true", help="toy sizes (about a minute): checks the command works")
     bench.add_argument("--batch-sizes", help="encoder batch sizes (default 1,8,32,64)")
     bench.add_argument("--triton", help="Triton row of the encoder table: 'local' (bundled tritonserver, CPU, the "
@@ -53,6 +54,11 @@ def add_bench(commands: argparse._SubParsersAction) -> None:
     bench.add_argument("--compare-monitors", help="monitor levels per code beside --before-tree (default "
                        "200,250,300,350,400,500, close steps where this 2-core machine's capacity lies; "
                        "--stream-seconds each; 'none' skips)")
+    bench.add_argument("--max-cpu-ratio", type=float, help="regression gate: exit 1 when the server's CPU per "
+                       "GenerateReport today / --before-tree's (measure section) exceeds this at any ECG rate; "
+                       "with --quick about two minutes")
+    bench.add_argument("--budget-monitors", type=int, help="100 Hz monitors whose windows the budget section "
+                       "profiles (default 100; 0 skips)")
     bench.add_argument("--print-records", type=int, help="query records printed beside the hospital files (default 5)")
     bench.add_argument("--print-repeats", type=int, help="counted renders per ECG and format (default 5)")
     bench.add_argument("--work-dir", type=Path, default=BENCH_DIR)
@@ -118,7 +124,7 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
                       ("stream_seconds", "stream_seconds"), ("formats", "formats_dir"),
                       ("measure_repeats", "measure_repeats"), ("before_tree", "before_tree"),
                       ("compare_rounds", "compare_rounds"), ("print_records", "print_records"),
-                      ("print_repeats", "print_repeats")):
+                      ("print_repeats", "print_repeats"), ("budget_monitors", "budget_monitors")):
         if getattr(args, flag) is not None:
             given[key] = getattr(args, flag)
     if args.triton:
@@ -130,12 +136,21 @@ def _bench_config(args: argparse.Namespace) -> BenchConfig:
 
 
 def run_suite(args: argparse.Namespace) -> None:
-    from ecgregen.bench.suite import format_bench, run_bench, write_bench
+    from ecgregen.bench.suite import cpu_gate, format_bench, run_bench, write_bench
 
-    result = run_bench(_bench_config(args))
+    config = _bench_config(args)
+    if args.max_cpu_ratio is not None and ("measure" not in config.sections or config.before_tree is None):
+        raise SystemExit("--max-cpu-ratio compares with the code before: it needs the measure section and "
+                         "--before-tree")
+    result = run_bench(config)
     json_path, md_path = write_bench(result, args.out)
     print(format_bench(result))
     print(f"wrote {json_path} and {md_path}", file=sys.stderr)
+    if args.max_cpu_ratio is not None:
+        passed, lines = cpu_gate(result, args.max_cpu_ratio)
+        print("\n".join(lines))
+        if not passed:
+            raise SystemExit(1)
 
 
 def run_load(args: argparse.Namespace) -> None:
