@@ -36,7 +36,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -44,14 +43,12 @@ import grpc
 
 from ecgregen.bench.load import closed_loop
 from ecgregen.bench.measure import Progress, cpu_seconds, table
-from ecgregen.bench.measurements import at_rate
-from ecgregen.bench.service import Server, start_server
-from ecgregen.bench.side_by_side import CODES, describe_tree, wait_idle
+from ecgregen.bench.service import Server
+from ecgregen.bench.side_by_side import CODES, describe_tree, requests_by_rate, servers_of, wait_idle
 from ecgregen.records import EcgRecord
 from ecgregen.simulate import simulate
 from ecgregen.v1 import ecgregen_pb2 as pb
 from ecgregen.v1 import ecgregen_pb2_grpc as pb_grpc
-from ecgregen.wire import ecg_to_proto
 
 SAMPLE_RATE_HZ = 200
 PY_SPY_START_S = 1.0  # py-spy attaches to the server and finds its workers before the load starts
@@ -208,23 +205,13 @@ def run_budget(*, before_tree: Path | None, data_dir: Path, queries: Sequence[Ec
     One profiled GenerateReport run per rate and code (the order alternating by rate), then one profiled monitor
     run per code (``monitors`` 100 Hz monitors for ``stream_seconds``; 0 skips)."""
     say = Progress(progress, "budget")
-    trees: dict[str, Path | None] = {"today": None, "before": before_tree}
-    codes = [c for c in CODES if c == "today" or before_tree is not None]
-    described = {"today": describe_tree(Path(__file__).resolve().parents[2]),
-                 **({"before": describe_tree(before_tree)} if before_tree is not None else {})}
-    for code in codes:
-        shutil.rmtree(work_dir / f"budget-{code}", ignore_errors=True)
-        shutil.copytree(data_dir, work_dir / f"budget-{code}")
-    ecgs = [q.load_ecg() for q in queries]
-    requests = {rate: [pb.GenerateReportRequest(ecg=ecg_to_proto(at_rate(e, rate)), k=3) for e in ecgs]
-                for rate in request_rates_hz}
+    trees: dict[str, Path | None] = {"today": None, **({"before": before_tree} if before_tree is not None else {})}
+    codes = [c for c in CODES if c in trees]
+    described = {code: describe_tree(tree or Path(__file__).resolve().parents[2]) for code, tree in trees.items()}
+    requests = requests_by_rate(queries, request_rates_hz)
     say(f"starting {' and '.join(codes)}'s servers")
-    with ThreadPoolExecutor(len(codes)) as pool:
-        started = {code: pool.submit(start_server, work_dir / f"budget-{code}", work_dir / f"budget-{code}.log",
-                                     runtime, tree=trees[code]) for code in codes}
     runs: list[dict[str, Any]] = []
-    try:
-        servers = {code: future.result() for code, future in started.items()}
+    with servers_of(trees, data_dir, work_dir, "budget", runtime) as servers:
         for i, (rate, batch) in enumerate(requests.items()):
             for code in codes if i % 2 == 0 else codes[::-1]:
                 wait_idle(list(servers.values()), say)
@@ -240,14 +227,29 @@ def run_budget(*, before_tree: Path | None, data_dir: Path, queries: Sequence[Ec
                                            work_dir / f"budget-{code}-stream.raw", sample_rate_hz))
                 runs.append({"call": "stream window 100 Hz", "code": code, **row})
                 say(f"{code} stream windows: {row['cpu_ms_per_call']} ms CPU per window, {row['samples']} samples")
-    finally:
-        for future in started.values():
-            if future.exception() is None:
-                future.result().stop()
     return {"codes": described, "before_tree": str(before_tree) if before_tree else None, "runtime": runtime,
             "concurrency": concurrency, "duration_s": duration_s, "monitors": monitors,
             "stream_seconds": stream_seconds, "stream_speed": stream_speed, "sample_rate_hz": sample_rate_hz,
             "queries": len(queries), "runs": runs}
+
+
+def _cell(run: dict[str, Any], stage: str) -> str:
+    """A stage's ms of a run, ± its sampling error, and its share."""
+    row = next(s for s in run["stages"] if s["stage"] == stage)
+    return f"{row['ms']:.2f} ± {row['error_ms']:.2f} ({row['share']:.0%})" if row["error_ms"] is not None else "-"
+
+
+def _stage_ms(run: dict[str, Any], stages: Sequence[str]) -> tuple[float, float]:
+    """The ms of some stages of a run together, and their sampling error."""
+    rows = [s for s in run["stages"] if s["stage"] in stages]
+    return sum(r["ms"] for r in rows), sampling_error_ms(rows)
+
+
+def _change(by_code: dict[str, dict[str, Any]], stages: Sequence[str]) -> list[str]:
+    """today - before of some stages' ms, as a table cell (none without the code before)."""
+    if "before" not in by_code:
+        return []
+    return [f"{_stage_ms(by_code['today'], stages)[0] - _stage_ms(by_code['before'], stages)[0]:+.2f}"]
 
 
 def format_budget(result: dict[str, Any]) -> list[str]:
@@ -269,24 +271,12 @@ def format_budget(result: dict[str, Any]) -> list[str]:
     for call in calls:
         by_code = {r["code"]: r for r in result["runs"] if r["call"] == call}
         shown = [c for c in CODES if c in by_code]
-
-        def cell(code: str, stage: str) -> str:
-            row = next(s for s in by_code[code]["stages"] if s["stage"] == stage)
-            return f"{row['ms']:.2f} ± {row['error_ms']:.2f} ({row['share']:.0%})" if row["error_ms"] is not None \
-                else "-"
-
-        def stage_ms(code: str, stages: Sequence[str]) -> tuple[float, float]:
-            rows = [s for s in by_code[code]["stages"] if s["stage"] in stages]
-            return sum(r["ms"] for r in rows), sampling_error_ms(rows)
-
         both = len(shown) == 2
-        rows = [[stage, *(cell(c, stage) for c in shown),
-                 *([f"{stage_ms('today', [stage])[0] - stage_ms('before', [stage])[0]:+.2f}"] if both else [])]
-                for stage in STAGES]
+        rows = [[stage, *(_cell(by_code[c], stage) for c in shown), *_change(by_code, [stage])] for stage in STAGES]
         measuring = [s for s in STAGES if s.startswith("measure")]
         rows.append(["measure in all (the three measure rows)",
-                     *(f"{ms:.2f} ± {err:.2f}" for ms, err in (stage_ms(c, measuring) for c in shown)),
-                     *([f"{stage_ms('today', measuring)[0] - stage_ms('before', measuring)[0]:+.2f}"] if both else [])])
+                     *(f"{ms:.2f} ± {err:.2f}" for ms, err in (_stage_ms(by_code[c], measuring) for c in shown)),
+                     *_change(by_code, measuring)])
         rows.append(["**total (measured)**", *(f"**{by_code[c]['cpu_ms_per_call']:.2f}**" for c in shown),
                      *([f"**{by_code['today']['cpu_ms_per_call'] - by_code['before']['cpu_ms_per_call']:+.2f}**"]
                        if both else [])])

@@ -31,8 +31,9 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,33 @@ def describe_tree(tree: Path) -> str:
                               text=True, check=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def requests_by_rate(queries: Sequence[EcgRecord], rates_hz: Sequence[float]) -> dict[float, list]:
+    """The GenerateReport requests of `queries` (k 3) at each rate: the held-out records as stored or resampled."""
+    ecgs = [q.load_ecg() for q in queries]
+    return {rate: [pb.GenerateReportRequest(ecg=ecg_to_proto(at_rate(e, rate)), k=3) for e in ecgs]
+            for rate in rates_hz}
+
+
+@contextmanager
+def servers_of(trees: dict[str, Path | None], data_dir: Path, work_dir: Path, prefix: str,
+               runtime: str) -> Iterator[dict[str, Server]]:
+    """One server per code of `trees` (None: today's checkout), started at once, each on its own copy of the store
+    at `data_dir` (under `work_dir`, named by `prefix`); every one that started is stopped on the way out, also when
+    another did not start."""
+    for code in trees:
+        shutil.rmtree(work_dir / f"{prefix}-{code}", ignore_errors=True)
+        shutil.copytree(data_dir, work_dir / f"{prefix}-{code}")
+    with ThreadPoolExecutor(len(trees)) as pool:
+        started = {code: pool.submit(start_server, work_dir / f"{prefix}-{code}", work_dir / f"{prefix}-{code}.log",
+                                     runtime, tree=tree) for code, tree in trees.items()}
+    try:
+        yield {code: future.result() for code, future in started.items()}
+    finally:
+        for future in started.values():
+            if future.exception() is None:
+                future.result().stop()
 
 
 def wait_idle(servers: Sequence[Server], say: Progress) -> float:
@@ -118,21 +146,11 @@ def run_side_by_side(
     Each round runs GenerateReport at every rate of ``request_rates_hz`` and every level of ``concurrency`` on both
     servers; then each level of ``monitors`` on both."""
     say = Progress(progress, "side-by-side")
-    trees: dict[str, Path | None] = {"today": None, "before": before_tree}
     # Named as the servers start: today's tree is a shared working copy that may move on during the run.
     codes = {"today": describe_tree(Path(__file__).resolve().parents[2]), "before": describe_tree(before_tree)}
-    for code in CODES:
-        shutil.rmtree(work_dir / f"compare-{code}", ignore_errors=True)
-        shutil.copytree(data_dir, work_dir / f"compare-{code}")
-    ecgs = [q.load_ecg() for q in queries]
-    requests = {rate: [pb.GenerateReportRequest(ecg=ecg_to_proto(at_rate(e, rate)), k=3) for e in ecgs]
-                for rate in request_rates_hz}
+    requests = requests_by_rate(queries, request_rates_hz)
     say(f"starting a server of today's code and one of {before_tree}")
-    with ThreadPoolExecutor(len(CODES)) as pool:
-        started = {code: pool.submit(start_server, work_dir / f"compare-{code}", work_dir / f"serve-{code}.log",
-                                     runtime, tree=trees[code]) for code in CODES}
-    try:
-        servers = {code: future.result() for code, future in started.items()}
+    with servers_of({"today": None, "before": before_tree}, data_dir, work_dir, "compare", runtime) as servers:
         for server in servers.values():
             for batch in requests.values():
                 asyncio.run(_warm_up(server, batch))
@@ -155,10 +173,6 @@ def run_side_by_side(
                 (row,) = asyncio.run(stream_levels(servers[code], queries, [n], seconds=stream_seconds,
                                                    speed=stream_speed, rate_hz=stream_rate_hz, say=say))
                 streams.append({"code": code, "waited_idle_s": idle_s, "load_1m": load, **row})
-    finally:
-        for future in started.values():  # every server that started, also when the other one did not
-            if future.exception() is None:
-                future.result().stop()
     return {
         "codes": codes,
         "before_tree": str(before_tree), "runtime": runtime, "concurrency": list(concurrency), "rounds": rounds,
