@@ -61,7 +61,6 @@ FORMAT_KEYS: dict[str, str] = {
 }
 # Formats made of several files cannot arrive as one file's bytes.
 _MULTI_FILE_FORMATS = {"wfdb": "WFDB (a .hea header with its .dat)", "edan_arc": "EDAN ARC (patient.hea + ecgraw.dat)"}
-_LIMB_DERIVED = ("III", "aVR", "aVL", "aVF")
 _MDC_LEAD_PREFIX = "MDC_ECG_LEAD_"
 # DICOM Waveform Sample Interpretation (PS3.3 C.10.9.1.4.1) with Waveform Bits Allocated: the plain integer codes
 # (MB and AB are companded: mu-law and A-law), and the interpretation a group that states none has.

@@ -7,7 +7,9 @@ statement libraries plus short cardiologist additions, so a glossary translates 
 :mod:`~ecgregen.reports.language` decides what to translate; :func:`translate` does it, English passing
 unchanged; :mod:`~ecgregen.reports.coverage` measures what the table misses on a corpus.
 :mod:`~ecgregen.reports.statements` writes the other English report: one from this ECG's own diagnoses and
-measurements rather than a neighbour's text.
+measurements rather than a neighbour's text. :mod:`~ecgregen.reports.claims` reads any report as typed statements,
+:mod:`~ecgregen.reports.verify` checks and edits one against the measurements, and
+:mod:`~ecgregen.reports.select` is where each report mode's report is made.
 
 Importing the package loads only the translation (standard library only), so the server and the CLI can use it
 without a start-up cost.

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.measure.codes import PTBXL_BRADYCARDIA_BPM, PTBXL_TACHYCARDIA_BPM, axis_class
-from ecgregen.measure.findings import axis_words
+from ecgregen.measure.findings import PR_LONG_MS, QRS_COMPLETE_MS, axis_words
 from ecgregen.measure.types import BeatOrigin, Measurements, Rhythm
 
 # Sections in the order carts print them, and the SCP codes each one states.
@@ -59,7 +59,9 @@ WORDING = {
 }
 NO_FINDING = "no abnormality stated; normal ECG not confirmed"
 # A measured value is quoted beside the finding it rests on, or alone when it is outside these limits.
-PR_LONG_MS, QRS_WIDE_MS, QTC_LONG_MS = 200.0, 120.0, 470.0
+# (PR and QRS at the definitions' limits, ecgregen.measure.findings; QTc is quoted from 470 ms, above the 460 ms
+# that defines a prolonged QT there, as it was written before those definitions.)
+QTC_QUOTED_MS = 470.0
 RATE_CODES = frozenset({"SBRAD", "STACH", "AFIB", "AFLT", "SVTAC", "PSVT"})
 PR_CODES = frozenset({"1AVB", "LPR", "WPW"})
 QRS_CODES = frozenset({"CLBBB", "ILBBB", "CRBBB", "IRBBB", "IVCD", "WPW"})
@@ -161,9 +163,9 @@ def _section(section: str, chosen: list[Diagnosis], m: Measurements | None) -> l
         if section == "conduction":
             if pr is not None and (pr > PR_LONG_MS or stated & PR_CODES):
                 quoted.append(("pr_interval_ms", pr, f"PR {pr:.0f} ms"))
-            if qrs is not None and (qrs >= QRS_WIDE_MS or stated & QRS_CODES):
+            if qrs is not None and (qrs >= QRS_COMPLETE_MS or stated & QRS_CODES):
                 quoted.append(("qrs_duration_ms", qrs, f"QRS {qrs:.0f} ms"))
-        if section == "st_t" and qtc is not None and (qtc >= QTC_LONG_MS or "LNGQT" in stated):
+        if section == "st_t" and qtc is not None and (qtc >= QTC_QUOTED_MS or "LNGQT" in stated):
             quoted.append(("qtc_bazett_ms", qtc, f"QTc {qtc:.0f} ms (Bazett)"))
     if not chosen and not quoted:
         return []
