@@ -15,7 +15,7 @@ import numpy as np
 from ecgregen.diagnoses import Diagnosis
 from ecgregen.ecg import STANDARD_LEADS, Ecg, EcgInputError, assemble_ecg
 from ecgregen.ecg_files import FileMetadata, read_ecg_bytes
-from ecgregen.measure import VALUE_FIELDS, Measurements
+from ecgregen.measure import VALUE_FIELDS, BeatOrigin, Measurements, PrematureBeat, QualityFlag, Rhythm
 from ecgregen.messages import signal_to_proto
 from ecgregen.pipeline import RecordToInsert
 from ecgregen.reports.statements import StatementReport
@@ -106,6 +106,22 @@ def measurements_to_proto(m: Measurements | None, include_median_beat: bool = Fa
             leads=[pb.Lead(name=name, samples=row.tolist(), units=beat.units)
                    for name, row in zip(STANDARD_LEADS, beat.signal)],
         ),
+    )
+
+
+def measurements_from_proto(msg: pb.Measurements) -> Measurements:
+    """The measurements as a client received them, back as the library's type (the inverse of
+    :func:`measurements_to_proto`, the median beat left out): what a client judges is what was sent."""
+    return Measurements(
+        **{name: getattr(msg, name) if msg.HasField(name) else None for name in VALUE_FIELDS},
+        beat_count=msg.beat_count,
+        rr_irregular=msg.rr_irregular if msg.HasField("rr_irregular") else None,
+        p_waves_present=msg.p_waves_present if msg.HasField("p_waves_present") else None,
+        rhythm=Rhythm(msg.rhythm) if msg.rhythm else Rhythm.UNDETERMINED,
+        premature_beats=tuple(PrematureBeat(b.time_s, BeatOrigin(b.origin), b.coupling_ms) for b in msg.premature_beats),
+        lead_quality={q.lead: tuple(QualityFlag(f) for f in q.flags) for q in msg.lead_quality},
+        limb_lead_reversal=msg.limb_lead_reversal, missing=dict(msg.missing), measured_at_hz=msg.measured_at_hz,
+        not_recorded=tuple(msg.not_recorded_leads),
     )
 
 

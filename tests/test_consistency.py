@@ -18,14 +18,13 @@ from ecgregen.evaluate.consistency import (
     contradicted_diagnoses,
     evaluate_consistency,
     gate,
-    measurements_from_wire,
 )
 from ecgregen.measure.findings import Finding
 from ecgregen.measure.types import BeatOrigin, Measurements, PrematureBeat, QualityFlag, Rhythm
 from ecgregen.messages import measurements_to_dict
 from ecgregen.pipeline import Retrieval
 from ecgregen.records import load_ptbxl
-from ecgregen.wire import measurements_to_proto
+from ecgregen.wire import measurements_from_proto, measurements_to_proto
 from tests.conftest import DEMO_PTBXL
 from tests.test_cli import run
 
@@ -129,7 +128,7 @@ def test_the_measurements_a_stream_client_receives_read_back_as_sent() -> None:
     sent = replace(SINUS_72, premature_beats=(PrematureBeat(4.2, BeatOrigin.VENTRICULAR, 510.0),),
                    lead_quality={"I": (), "II": (QualityFlag.BASELINE_DRIFT,)},
                    missing={"p_duration_ms": "P wave edges not found"}, not_recorded=("V1",))
-    assert measurements_from_wire(measurements_to_proto(sent)) == sent
+    assert measurements_from_proto(measurements_to_proto(sent)) == sent
 
 
 def test_the_client_says_which_leads_were_not_recorded_beside_the_quality_of_the_recorded_ones() -> None:

@@ -47,12 +47,7 @@ from ecgregen.evaluate.report import diagnoses_by_code, in_language, training_fo
 from ecgregen.evaluate.text_metrics import corpus_bleu4, scp_f1
 from ecgregen.measure.findings import BRADYCARDIA_BPM, TACHYCARDIA_BPM, Finding, check, clinical_rhythm
 from ecgregen.measure.types import (
-    VALUE_FIELDS,
-    BeatOrigin,
     Measurements,
-    PrematureBeat,
-    QualityFlag,
-    Rhythm,
 )
 from ecgregen.pipeline import Retrieval, RetrievalPipeline
 from ecgregen.records import EcgRecord, folds_text
@@ -61,6 +56,7 @@ from ecgregen.reports.claims import coverage
 from ecgregen.reports.select import serve_report
 from ecgregen.reports.verify import contradictions
 from ecgregen.v1 import ecgregen_pb2 as pb
+from ecgregen.wire import measurements_from_proto
 
 if TYPE_CHECKING:  # the server's side is imported only when a stream is judged
     from ecgregen.v1.ecgregen_pb2_grpc import EcgReGenStub
@@ -318,21 +314,6 @@ def loopback_server(pipeline: RetrievalPipeline) -> Iterator[str]:
         loop.close()
 
 
-def measurements_from_wire(msg: pb.Measurements) -> Measurements:
-    """The measurements a client received, back as the library's type: the stream is judged on what it sent."""
-    return Measurements(
-        **{name: getattr(msg, name) if msg.HasField(name) else None for name in VALUE_FIELDS},
-        beat_count=msg.beat_count,
-        rr_irregular=msg.rr_irregular if msg.HasField("rr_irregular") else None,
-        p_waves_present=msg.p_waves_present if msg.HasField("p_waves_present") else None,
-        rhythm=Rhythm(msg.rhythm) if msg.rhythm else Rhythm.UNDETERMINED,
-        premature_beats=tuple(PrematureBeat(b.time_s, BeatOrigin(b.origin), b.coupling_ms) for b in msg.premature_beats),
-        lead_quality={q.lead: tuple(QualityFlag(f) for f in q.flags) for q in msg.lead_quality},
-        limb_lead_reversal=msg.limb_lead_reversal, missing=dict(msg.missing), measured_at_hz=msg.measured_at_hz,
-        not_recorded=tuple(msg.not_recorded_leads),
-    )
-
-
 def _stream_window(stub: EcgReGenStub, record: EcgRecord, question: str) -> pb.WindowResult:
     """One StreamECG call carrying `record` (its 10 s in chunks, the patient excluded as a monitor says it)."""
     ecg = record.load_ecg()
@@ -370,7 +351,7 @@ def judge_stream(pipeline: RetrievalPipeline, records: Sequence[EcgRecord]) -> S
                     mode = REPORT_MODES[i] if i < len(REPORT_MODES) else default_mode
                     pipeline.report_mode = mode
                     window = _stream_window(stub, record, questions[i] if i < len(questions) else "")
-                    m = measurements_from_wire(window.measurements) if window.HasField("measurements") else None
+                    m = measurements_from_proto(window.measurements) if window.HasField("measurements") else None
                     if i < len(REPORT_MODES):
                         _judge_reports(result, name, {mode: window.report}, m)
                     if i < len(questions):
