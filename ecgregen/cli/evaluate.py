@@ -227,7 +227,8 @@ def run_measurements(args: argparse.Namespace) -> None:
 
 
 def run_consistency(args: argparse.Namespace) -> None:
-    from ecgregen.evaluate.consistency import evaluate_consistency, gate, markdown_table, reader_coverage
+    from ecgregen.evaluate.consistency import evaluate_consistency, gate, reader_coverage
+    from ecgregen.evaluate.consistency_tables import markdown_table
     from ecgregen.records import load_ptbxl, parse_folds
 
     index_folds, test_folds = parse_folds(args.index_folds), parse_folds(args.test_folds)
