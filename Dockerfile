@@ -13,8 +13,10 @@ RUN python -m grpc_tools.protoc -Iprotos --python_out=. --pyi_out=. --grpc_pytho
  && touch ecgregen/v1/__init__.py && pip install --no-cache-dir --no-deps -e .
 # The in-process encoder serves through onnxruntime: export the shipped weights once at build time (checked against
 # PyTorch again at every start) instead of at every start of a container whose user has no home.
-ENV XDG_CACHE_HOME=/app/.cache
-RUN python -c "from ecgregen.pipeline import in_process_encoder; in_process_encoder(None)" && chown -R 10001 /app/.cache
+ENV XDG_CACHE_HOME=/app/.cache NUMBA_CACHE_DIR=/app/.cache/numba
+# ... and compile the filters (numba) into the same cache, so no start compiles them.
+RUN python -c "from ecgregen.pipeline import in_process_encoder; in_process_encoder(None)" \
+ && python -c "from ecgregen.measure.workers import warm; warm()" && chown -R 10001 /app/.cache
 USER 10001
 EXPOSE 50051 9464
 # gRPC on 50051 (grpc.health.v1 for probes), Prometheus metrics on 9464

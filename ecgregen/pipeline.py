@@ -336,12 +336,13 @@ def open_pipeline(
     recreate: bool = False, index: IndexSettings | None = None, triton_url: str | None = None,
     triton_model: str = TRITON_MODEL, triton_wait_s: float = TRITON_WAIT_S, triton_fallback_local: bool = False,
     encoder_runtime: str = "onnxruntime", report_mode: str = "verified", measure_workers: int = 0,
-    load_calibration: bool = True, report_language: str = ReportLanguage.EN,
+    load_calibration: bool = True, report_language: str = ReportLanguage.EN, encoder_threads: int = 0,
 ) -> RetrievalPipeline:
     """Encoder + store (checked to belong to this encoder) + label answerer: what serving and indexing share.
 
     The encoder runs in-process from `checkpoint` (default: the shipped one) with `encoder_runtime`
-    (onnxruntime, or eager PyTorch), or in Triton at `triton_url`.
+    (onnxruntime with `encoder_threads` per forward pass - 0: one per core - or eager PyTorch), or in Triton at
+    `triton_url`.
     A store built with another encoder is refused (its vectors live in another space); `recreate` empties it.
     `index` applies when the collection is created (an existing one keeps its settings). The corpus's diagnosis
     calibration is loaded with it; one fitted for another encoder (or unreadable) is refused
@@ -351,7 +352,8 @@ def open_pipeline(
     :mod:`ecgregen.measure.workers`). Reports are served in `report_language` unless a call asks otherwise.
     """
     encoder = open_encoder(checkpoint, encoder_runtime, triton_url=triton_url, triton_model=triton_model,
-                           triton_wait_s=triton_wait_s, triton_fallback_local=triton_fallback_local)
+                           triton_wait_s=triton_wait_s, triton_fallback_local=triton_fallback_local,
+                           threads=encoder_threads)
     store = open_store(data_dir, qdrant_url, collection)
     try:
         store.ensure_collection(encoder.dim, encoder.encoder_id, recreate=recreate, index=index)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
 
+import numba
 import numpy as np
 from scipy import signal as sps
 
@@ -104,14 +105,56 @@ def _bandpass(rate_hz: float, low: float, high: float, order: int) -> tuple[np.n
 def zero_phase(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, pad: int) -> np.ndarray:
     """``scipy.signal.sosfiltfilt(sos, x, axis=-1, padlen=pad)`` to the bit (odd extension at both ends, forward and
     backward passes from the steady state), with the steady state `zi` (``sosfilt_zi(sos)``) given rather than
-    solved for again: the encoder's preprocessing and the measurement stage filter every ECG."""
-    pad = min(pad, x.shape[-1] - 1)
-    ext = np.concatenate([2 * x[..., :1] - x[..., pad:0:-1], x, 2 * x[..., -1:] - x[..., -2:-pad - 2:-1]], axis=-1)
-    zi = zi.reshape((sos.shape[0],) + (1,) * (x.ndim - 1) + (2,))
-    y, _ = sps.sosfilt(sos, ext, axis=-1, zi=zi * ext[..., :1][None, ...])
-    y = y[..., ::-1]
-    y, _ = sps.sosfilt(sos, y, axis=-1, zi=zi * y[..., :1][None, ...])
-    return y[..., ::-1][..., pad: pad + x.shape[-1]]
+    solved for again: the encoder's preprocessing and the measurement stage filter every ECG.
+
+    Compiled (:func:`_zero_phase_rows`): scipy's ``sosfilt`` runs each lead's recursion alone, one dependent step
+    after the other, and spends as long again checking and copying its arguments; the kernel steps all leads at
+    once (their recursions are independent, so the processor overlaps them) and is 3-7x faster on the arrays the
+    service filters (12 x 650-2,500 samples; 2026-12-07), with the same operations in the same order, hence the same
+    bits (``tests/test_preprocess_filter.py``)."""
+    rows = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    out = _zero_phase_rows(rows, np.ascontiguousarray(sos, dtype=np.float64),
+                           np.ascontiguousarray(zi, dtype=np.float64), min(int(pad), x.shape[-1] - 1))
+    return out.reshape(x.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _zero_phase_rows(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, pad: int) -> np.ndarray:  # pragma: no cover
+    """:func:`zero_phase` of each row of the C-contiguous float64 (rows, n) `x`: extension, forward pass from
+    ``zi`` x the first sample, backward pass from ``zi`` x the last, as scipy's ``sosfiltfilt`` and its
+    direct-form-II-transposed ``sosfilt`` compute them (time outermost, leads innermost)."""
+    rows, n = x.shape
+    m = n + 2 * pad
+    ext = np.empty((m, rows))
+    for r in range(rows):
+        for k in range(pad):
+            ext[k, r] = 2 * x[r, 0] - x[r, pad - k]
+            ext[pad + n + k, r] = 2 * x[r, n - 1] - x[r, n - 2 - k]
+        for k in range(n):
+            ext[pad + k, r] = x[r, k]
+    z0 = np.empty((sos.shape[0], rows))
+    z1 = np.empty((sos.shape[0], rows))
+    for backward in (False, True):
+        start = m - 1 if backward else 0
+        for s in range(sos.shape[0]):
+            for r in range(rows):
+                z0[s, r] = zi[s, 0] * ext[start, r]
+                z1[s, r] = zi[s, 1] * ext[start, r]
+        for step in range(m):
+            k = m - 1 - step if backward else step
+            for s in range(sos.shape[0]):
+                b0, b1, b2, a1, a2 = sos[s, 0], sos[s, 1], sos[s, 2], sos[s, 4], sos[s, 5]
+                for r in range(rows):
+                    cur = ext[k, r]
+                    new = b0 * cur + z0[s, r]
+                    z0[s, r] = b1 * cur - a1 * new + z1[s, r]
+                    z1[s, r] = b2 * cur - a2 * new
+                    ext[k, r] = new
+    out = np.empty((rows, n))
+    for r in range(rows):
+        for k in range(n):
+            out[r, k] = ext[pad + k, r]
+    return out
 
 
 def preprocess(ecg: Ecg, config: PreprocessConfig = PreprocessConfig()) -> Preprocessed:

@@ -17,6 +17,7 @@ from ecgregen.calibrate import save as save_calibration
 from ecgregen.errors import EncoderUnavailable
 from ecgregen.indexer.build import LocalSink, index_records
 from ecgregen.llm.stage import LlmStage
+from ecgregen.measure.workers import warm
 from ecgregen.metrics import BUILD_INFO, observe_corpus, serve_metrics, watch_event_loop
 from ecgregen.pipeline import RetrievalPipeline, open_pipeline
 from ecgregen.records import load_ptbxl
@@ -55,9 +56,11 @@ async def serve(settings: ServeSettings) -> None:
                                  triton_wait_s=settings.triton_wait_s,
                                  triton_fallback_local=settings.triton_fallback_local,
                                  encoder_runtime=settings.encoder_runtime, report_mode=settings.report_mode,
-                                 measure_workers=settings.measure_workers, report_language=settings.report_language)
+                                 measure_workers=settings.measure_workers, report_language=settings.report_language,
+                                 encoder_threads=settings.encoder_threads)
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
+    warm()  # the compiled filters of preprocessing, before the first call needs them
     llm: LlmStage | None = None
     try:
         keys = load_keys(settings.tokens_file) if settings.tokens_file else None

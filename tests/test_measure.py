@@ -270,3 +270,21 @@ def test_qt_is_within_20_ms_of_each_cart_that_states_it(name):
     read = _file(name)
     m = measure(read.ecg)
     assert abs(m.qt_interval_ms - read.metadata.measurements["qt_interval"]) <= 20
+
+
+def test_values_are_those_of_the_code_before_the_speed_work() -> None:
+    """Issue 33 made the stage cheaper on condition that its values stay: the hospital files and 12 PTB-XL fold-9
+    records (100 Hz and resampled to 500 Hz) measure as the code before it did (`tests/data/measure_reference.json`,
+    written by ``python -m ecgregen.bench.same_values --before-tree <5f15e17> --limit 12 --write-reference``):
+    intervals within 2 ms, rate 1 bpm, axes 2 degrees; rhythm, beats, premature beats, flags and reasons equal."""
+    import json
+
+    from ecgregen.bench.same_values import check_ecgs, differences, summary
+
+    if not (PTBXL / "ptbxl_database.csv").exists() or not FORMATS.is_dir():
+        pytest.skip("the shared PTB-XL records and hospital files are needed")
+    reference = json.loads((Path(__file__).parent / "data" / "measure_reference.json").read_text())
+    named = check_ecgs(PTBXL, [9], FORMATS, limit=12)
+    assert sorted(name for name, _ in named) == sorted(reference)
+    today = [summary(measure(ecg)) for _, ecg in named]
+    assert differences([n for n, _ in named], [reference[n] for n, _ in named], today) == []

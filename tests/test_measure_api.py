@@ -413,6 +413,39 @@ def test_a_killed_measurement_worker_costs_one_call_its_measurements_and_is_repl
         pool.close()
 
 
+def test_a_hung_measurement_worker_costs_one_call_its_measurements_and_is_replaced(
+        demo_queries: list[EcgRecord]) -> None:
+    """A real worker stopped mid-flight (SIGSTOP: it never answers): the call waiting on it gets the warning at the
+    deadline, the stuck worker is killed, a new one measures the next call as the calling thread would, and the
+    ECGs queued behind the stuck one are measured by the new worker."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from ecgregen.measure import workers
+
+    ecg = demo_queries[0].load_ecg()
+    pool = workers.MeasureWorkers(1, timeout_s=2.0)
+    try:
+        assert pool.submit(ecg).result()[1] == []  # started and warm
+        stuck = [p for p in multiprocessing.active_children() if p.name == "ecgregen-measure"]
+        assert len(stuck) == 1
+        os.kill(stuck[0].pid, signal.SIGSTOP)
+        hung, queued = pool.submit(ecg), pool.submit(ecg)
+        start = time.monotonic()
+        assert hung.result() == (None, [workers.MEASUREMENT_FAILED])
+        assert 1.5 < time.monotonic() - start < 10
+        measurements, notes = queued.result()
+        assert notes == [] and measurements is not None
+        assert measurements_to_proto(measurements, True) == measurements_to_proto(workers.measure(ecg), True)
+        now = [p for p in multiprocessing.active_children() if p.name == "ecgregen-measure"]
+        assert len(now) == 1 and now[0].pid != stuck[0].pid
+        assert not stuck[0].is_alive()
+    finally:
+        pool.close()
+
+
 def test_measurement_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
     """A process holding measurement workers is killed outright (SIGKILL: no shutdown runs); its worker process
     ends on its own instead of waiting forever on its task queue."""

@@ -60,6 +60,10 @@ def add_serve(commands: argparse._SubParsersAction) -> None:
     serve.add_argument("--measure-workers", type=int, default=d.measure_workers,
                        help="processes measuring the query ECGs while they are encoded (default: one per core beyond "
                        "the first, 1-4); 0 measures in the request threads")
+    serve.add_argument("--encoder-threads", type=int, default=d.encoder_threads,
+                       help="onnxruntime threads per encoder pass (default 1: concurrent calls are batched and the "
+                       "other cores measure, so a second thread costs CPU without more throughput; 0: one per core, "
+                       "the lowest latency of a single call on an idle machine)")
     add_store_flags(serve)
     add_runtime_flag(serve)
     add_index_flags(serve)
@@ -101,6 +105,7 @@ def run_serve(args: argparse.Namespace) -> None:
         max_message_bytes=int(args.max_message_mb * 1024 * 1024), max_stream_s=args.max_stream_s,
         triton_fallback_local=args.triton_fallback_local, encoder_runtime=args.encoder_runtime,
         report_mode=args.report_mode, measure_workers=args.measure_workers, report_language=args.report_language,
+        encoder_threads=args.encoder_threads,
         signal_dirs=(*args.signals, *ServeSettings.signal_dirs),
     )
     asyncio.run(serve(settings))

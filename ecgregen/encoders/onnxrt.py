@@ -51,8 +51,9 @@ def export_onnx(bundle: EncoderBundle, path: Path) -> None:
         )
 
 
-def _session(path: Path):  # -> onnxruntime.InferenceSession (imported lazily: a heavy import)
-    """A CPU session whose idle threads sleep instead of spinning.
+def _session(path: Path, threads: int = 0):  # -> onnxruntime.InferenceSession (imported lazily: a heavy import)
+    """A CPU session whose idle threads sleep instead of spinning, with `threads` per forward pass (0: one per core,
+    onnxruntime's default).
 
     onnxruntime's threads spin after each run by default; in a server the cores they spin on are the ones the
     event loop and the next requests need (measured: GenerateReport at concurrency 8 over gRPC, 2 cores, 198
@@ -63,6 +64,7 @@ def _session(path: Path):  # -> onnxruntime.InferenceSession (imported lazily: a
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
@@ -86,14 +88,15 @@ def _difference(bundle: EncoderBundle, session) -> float:
     return float(np.abs(run_session(session, x, lengths) - embed_batch(bundle.model, x, lengths)).max())
 
 
-def load_or_export(bundle: EncoderBundle, cache_dir: Path | None = None):
-    """An onnxruntime session equal to ``bundle``'s PyTorch model, from the cache or freshly exported into it."""
+def load_or_export(bundle: EncoderBundle, cache_dir: Path | None = None, threads: int = 0):
+    """An onnxruntime session equal to ``bundle``'s PyTorch model, from the cache or freshly exported into it, with
+    `threads` per forward pass (0: one per core)."""
     directory = (cache_dir or default_cache_dir()) / "onnx"
     path = directory / (f"encoder-{weights_digest(bundle.model)}-{bundle.preprocess.window_samples}"
                         f"-v{EXPORT_FORMAT}.onnx")
     if path.exists():
         try:
-            session = _session(path)
+            session = _session(path, threads)
             if _difference(bundle, session) <= TOLERANCE:
                 return session
             log.warning("cached ONNX encoder %s differs from the weights; exporting it again", path)
@@ -105,10 +108,10 @@ def load_or_export(bundle: EncoderBundle, cache_dir: Path | None = None):
     except OSError as exc:  # no writable cache: export for this process only (a few seconds at every start)
         log.warning("cannot cache the ONNX encoder in %s (%s); exporting it for this run only", directory, exc)
         with tempfile.TemporaryDirectory(prefix="ecgregen-onnx-") as scratch:
-            return _export_checked(bundle, Path(scratch) / path.name)
+            return _export_checked(bundle, Path(scratch) / path.name, threads)
     os.close(fd)
     try:
-        session = _export_checked(bundle, Path(tmp))
+        session = _export_checked(bundle, Path(tmp), threads)
         os.replace(tmp, path)  # atomic: concurrent starts never see half a file
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -116,10 +119,10 @@ def load_or_export(bundle: EncoderBundle, cache_dir: Path | None = None):
     return session
 
 
-def _export_checked(bundle: EncoderBundle, path: Path):
+def _export_checked(bundle: EncoderBundle, path: Path, threads: int = 0):
     """Export to ``path`` and open it; refuse an export that does not compute what PyTorch computes."""
     export_onnx(bundle, path)
-    session = _session(path)
+    session = _session(path, threads)
     difference = _difference(bundle, session)
     if difference > TOLERANCE:
         raise RuntimeError(f"the ONNX export differs from PyTorch by {difference:.2e} > {TOLERANCE:g}")
@@ -128,11 +131,21 @@ def _export_checked(bundle: EncoderBundle, path: Path):
 
 
 class OnnxRuntimeEncoder(BatchingEncoder):
-    """The bundle's model run by onnxruntime (CPU), callers batched as in :class:`BatchingEncoder`."""
+    """The bundle's model run by onnxruntime (CPU), callers batched as in :class:`BatchingEncoder`, with `threads`
+    per forward pass (0: one per core).
 
-    def __init__(self, bundle: EncoderBundle, cache_dir: Path | None = None, max_batch: int = 64) -> None:
+    A server passes 1 (``ServeSettings.encoder_threads``): its concurrent calls are batched into one pass and its
+    other cores measure, so a pass split over two threads pays for the split - waking and joining the second
+    thread for each of the graph's operators - without finishing sooner under load. Measured on this 2-core
+    machine (2026-12-07, `/tmp` microbenchmark of this session, batch 1 / 4 / 8): 7.3 / 7.0 / 6.7 ms of CPU per ECG
+    with 1 thread against 9.2 / 9.7 / 8.5 ms with 2, whose passes end sooner only when the machine is otherwise idle
+    (5.8 / 5.7 / 4.7 ms wall against 7.3 / 7.0 / 6.7).
+    """
+
+    def __init__(self, bundle: EncoderBundle, cache_dir: Path | None = None, max_batch: int = 64,
+                 threads: int = 0) -> None:
         super().__init__(bundle, max_batch)
-        self._session = load_or_export(bundle, cache_dir)
+        self._session = load_or_export(bundle, cache_dir, threads)
 
     def _forward(self, windows: np.ndarray, lengths: np.ndarray) -> np.ndarray:
         return run_session(self._session, windows, lengths)
