@@ -59,7 +59,7 @@ PY_SPY_START_S = 1.0  # py-spy attaches to the server and finds its workers befo
 RULES: list[tuple[str, tuple[str, ...]]] = [
     ("measure: worker measuring", ("_measure_timed (",)),
     # The worker's loop today, the process pool's before (issue 33 replaced it).
-    ("measure: worker receiving, pool loop", ("_serve (", "_process_worker (", "spawn_main (")),
+    ("measure: worker receiving, pool loop", ("_worker_loop (", "_process_worker (")),
     ("measure: server sending, collecting", ("ecgregen/measure/workers.py", "concurrent/futures/process.py",
                                              "multiprocessing/")),
     ("receive/parse (proto -> Ecg)", ("ecg_from_proto (", "received_ecg (", "parse_query (", "check_print (",

@@ -70,7 +70,7 @@ def warm() -> None:
     measure(Ecg(np.tile(np.sin(2 * np.pi * 1.2 * t).astype(np.float32), (12, 1)), 500.0))
 
 
-def _serve(conn: Connection) -> None:
+def _worker_loop(conn: Connection) -> None:
     """A worker's life: warm up, then measure each ECG announced on `conn` from the shared buffer it names, until
     the server says stop (None) or goes away (end of file: a server killed outright never says stop, and a worker
     must not outlive it)."""
@@ -114,7 +114,7 @@ class _Worker:
     def __init__(self, owner: MeasureWorkers) -> None:
         context = multiprocessing.get_context("spawn")  # not fork: the server's threads must not be forked mid-flight
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child,), name="ecgregen-measure", daemon=True)
+        self.process = context.Process(target=_worker_loop, args=(child,), name="ecgregen-measure", daemon=True)
         self.process.start()
         child.close()  # the worker holds the only other end: it reads end-of-file when this process is gone
         self.buffer: SharedMemory | None = None
