@@ -108,9 +108,8 @@ class ServeSettings:
     report_mode: str = "verified"  # verified, top1, consensus, statements, or auto: the corpus calibration's best
     report_language: str = "en"  # en (neighbours' reports through the corpus glossary) or original
     measure_workers: int = field(default_factory=default_measure_workers)  # 0: in the request threads
-    # onnxruntime threads per forward pass: one, since concurrent calls are batched and the other cores measure
-    # (ecgregen.encoders.onnxrt.OnnxRuntimeEncoder); 0: one per core, the fastest single call on an idle machine
-    encoder_threads: int = 1
+    # onnxruntime threads per forward pass; 0: one per core (the trade: ecgregen.encoders.onnxrt.OnnxRuntimeEncoder)
+    encoder_threads: int = 0
 
 
 

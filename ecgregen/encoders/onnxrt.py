@@ -134,12 +134,13 @@ class OnnxRuntimeEncoder(BatchingEncoder):
     """The bundle's model run by onnxruntime (CPU), callers batched as in :class:`BatchingEncoder`, with `threads`
     per forward pass (0: one per core).
 
-    A server passes 1 (``ServeSettings.encoder_threads``): its concurrent calls are batched into one pass and its
-    other cores measure, so a pass split over two threads pays for the split - waking and joining the second
-    thread for each of the graph's operators - without finishing sooner under load. Measured on this 2-core
-    machine (2026-12-07, `/tmp` microbenchmark of this session, batch 1 / 4 / 8): 7.3 / 7.0 / 6.7 ms of CPU per ECG
-    with 1 thread against 9.2 / 9.7 / 8.5 ms with 2, whose passes end sooner only when the machine is otherwise idle
-    (5.8 / 5.7 / 4.7 ms wall against 7.3 / 7.0 / 6.7).
+    The trade (``ecgregen serve --encoder-threads``): a pass split over several threads pays for waking and joining
+    them at each of the graph's operators, and finishes sooner only while the other cores are free. Measured on
+    the 2-core development machine, 2026-12-07: alone, batch 1 / 4 / 8, 7.3 / 7.0 / 6.7 ms of CPU per ECG with one
+    thread against 9.2 / 9.7 / 8.5 ms with two (5.8 / 5.7 / 4.7 ms wall against 7.3 / 7.0 / 6.7); in the server,
+    beside its measurement worker (``ecgregen bench --sections measure --before-tree`` of a tree serving with two),
+    one thread saved 1-6 % of the server's CPU per GenerateReport but answered 11 % fewer 100 Hz calls at
+    concurrency 8 and took 1.2 ms longer per call at concurrency 1. So the default stays one thread per core.
     """
 
     def __init__(self, bundle: EncoderBundle, cache_dir: Path | None = None, max_batch: int = 64,
