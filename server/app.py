@@ -33,6 +33,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["EcgReGen"].full_name
 LLM_HEALTH_NAME = "ecgregen.v1.llm"  # SERVING when the LLM stage is up; NOT_SERVING when retrieval-only
 DEMO_FOLDS = range(1, 9)  # fold 9 of the demo corpus stays out of the index: queries to try
 DEMO_CALIBRATION_FOLDS = (8,)  # never trained on by the shipped encoder's label stage (folds 1-7)
+WORKERS_READY_S = 60.0  # how long a start waits for its measurement workers to warm up
 
 
 def seed_demo_corpus(pipeline: RetrievalPipeline) -> None:
@@ -61,6 +62,9 @@ async def serve(settings: ServeSettings) -> None:
     except EncoderUnavailable as exc:
         raise SystemExit(f"cannot start: {exc}") from None
     warm()  # the compiled filters of preprocessing, before the first call needs them
+    if not pipeline.measurer.wait_ready(WORKERS_READY_S):
+        log.warning("the measurement workers were not ready within %.0f s; serving anyway (the first calls wait)",
+                    WORKERS_READY_S)
     llm: LlmStage | None = None
     try:
         keys = load_keys(settings.tokens_file) if settings.tokens_file else None

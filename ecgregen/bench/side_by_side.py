@@ -53,6 +53,10 @@ CODES = ("today", "before")
 # one process holds with window p99 under 1 s within 15% of the earlier code's.
 MIN_THROUGHPUT_RATIO, CONCURRENCY = 0.85, 8
 MAX_CAPACITY_LOSS, WINDOW_P99_LIMIT_MS = 0.15, 1000.0
+# Issue 33's: no dearer and no slower than the code before, 500 monitors held, the first call within a second and
+# the start within 5 s of the code before's.
+MAX_COST_RATIO, MIN_RATE_RATIO, TARGET_MONITORS = 1.0, 1.0, 500
+FIRST_CALL_LIMIT_MS, START_MARGIN_S = 1000.0, 5.0
 IDLE_CORES, IDLE_WAIT_S = 0.1, 60.0
 
 
@@ -120,6 +124,15 @@ async def _throughput(server: Server, requests: Sequence[pb.GenerateReportReques
     return row
 
 
+async def _first_call(server: Server, request: pb.GenerateReportRequest) -> float:
+    """The latency of a server's first GenerateReport at one rate, in ms (what start-up left undone is in it)."""
+    async with grpc.aio.insecure_channel(server.address) as channel:
+        stub = pb_grpc.EcgReGenStub(channel)
+        start = time.perf_counter()
+        await stub.GenerateReport(request, timeout=60)
+        return round((time.perf_counter() - start) * 1000, 1)
+
+
 async def _warm_up(server: Server, requests: Sequence[pb.GenerateReportRequest]) -> None:
     """The first calls build lazily made parts (sessions, filters, caches); they are not measured."""
     async with grpc.aio.insecure_channel(server.address) as channel:
@@ -151,6 +164,12 @@ def run_side_by_side(
     requests = requests_by_rate(queries, request_rates_hz)
     say(f"starting a server of today's code and one of {before_tree}")
     with servers_of({"today": None, "before": before_tree}, data_dir, work_dir, "compare", runtime) as servers:
+        start = {code: {"start_s": server.start_s,
+                        "first_call_ms": {f"{rate:g}": asyncio.run(_first_call(server, batch[0]))
+                                          for rate, batch in requests.items()}}
+                 for code, server in servers.items()}
+        for code, first in start.items():
+            say(f"{code}: started in {first['start_s']} s, first calls {first['first_call_ms']} ms")
         for server in servers.values():
             for batch in requests.values():
                 asyncio.run(_warm_up(server, batch))
@@ -177,7 +196,7 @@ def run_side_by_side(
         "codes": codes,
         "before_tree": str(before_tree), "runtime": runtime, "concurrency": list(concurrency), "rounds": rounds,
         "duration_s": duration_s, "request_rates_hz": list(request_rates_hz), "queries": len(queries),
-        "throughput": throughput,
+        "throughput": throughput, "start": start,
         "streams": {"rate_hz": stream_rate_hz, "seconds": stream_seconds, "speed": stream_speed, "levels": streams},
         "summary": summarise(throughput, streams),
     }
@@ -234,7 +253,7 @@ def summarise(throughput: list[dict[str, Any]], streams: list[dict[str, Any]]) -
 
 
 def side_by_side_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """Issue 25's two service targets, judged on the pairs of this run."""
+    """Issue 25's two service targets, then issue 33's (:func:`cost_targets`), judged on the pairs of this run."""
     summary, codes = result["summary"], result["codes"]
     targets = []
     for calls in summary["calls"]:
@@ -261,6 +280,57 @@ def side_by_side_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
                       f"before, same run (at the levels measured: {', '.join(str(r['monitors']) for r in levels)})",
             "measured": f"{bounds}{'' if met is not None else ': the levels are too coarse to tell'} ({measured})",
             "met": met,
+        })
+    return targets + cost_targets(result)
+
+
+def cost_targets(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 33's targets: server CPU per GenerateReport at most the code before's and throughput at least its, at
+    concurrency 8 and each rate; at 500 monitors, window p99 under 1 s where the code before holds them, with no
+    more CPU per window; the first call of a fresh server within a second, its start within 5 s of the code
+    before's. A target whose runs are missing from this result is left out."""
+    summary, before = result["summary"], result["codes"]["before"]
+    targets = []
+    for calls in summary["calls"]:
+        if calls["concurrency"] != CONCURRENCY or calls["server_cpu_per_call_ratio"] is None:
+            continue
+        rate, today, then = f"{calls['rate_hz']:g} Hz", calls["today"], calls["before"]
+        cpu, pace = calls["server_cpu_per_call_ratio"], calls["throughput_ratio"]
+        targets.append({
+            "target": f"(issue 33) server CPU per GenerateReport, {rate} ECGs, <= {MAX_COST_RATIO:g}x the code before "
+                      f"({before})",
+            "measured": f"{cpu:.2f}x ({today['server_cpu_ms_per_call']} vs {then['server_cpu_ms_per_call']} ms, "
+                        f"median of {calls['pairs']} paired round(s))",
+            "met": cpu <= MAX_COST_RATIO,
+        })
+        targets.append({
+            "target": f"(issue 33) GenerateReport throughput at concurrency {CONCURRENCY}, {rate} ECGs, >= "
+                      f"{MIN_RATE_RATIO:g}x the code before",
+            "measured": f"{pace:.2f}x ({today['ok_per_s']} vs {then['ok_per_s']} calls/s)",
+            "met": pace >= MIN_RATE_RATIO,
+        })
+    level = next((r for r in summary["monitors"] if r["monitors"] == TARGET_MONITORS), None)
+    if level is not None and "today_held" in level and "before_held" in level:
+        cpu = level["cpu_per_window_ratio"]
+        targets.append({
+            "target": f"(issue 33) {TARGET_MONITORS} live 100 Hz monitors: window p99 < 1 s where the code before "
+                      f"holds them, server CPU per window <= {MAX_COST_RATIO:g}x",
+            "measured": f"p99 {level['today_p99_ms']} vs {level['before_p99_ms']} ms (held: today "
+                        f"{level['today_held']}, before {level['before_held']}); CPU per window "
+                        f"{level['today_cpu_ms_per_window']} vs {level['before_cpu_ms_per_window']} ms ({cpu}x)",
+            "met": (None if not level["before_held"]
+                    else bool(level["today_held"]) and cpu is not None and cpu <= MAX_COST_RATIO),
+        })
+    start = result.get("start")
+    if start:
+        first = max(start["today"]["first_call_ms"].values())
+        slower = start["today"]["start_s"] - start["before"]["start_s"]
+        targets.append({
+            "target": f"(issue 33) a fresh server's first GenerateReport within {FIRST_CALL_LIMIT_MS:g} ms, and its "
+                      f"start within {START_MARGIN_S:g} s of the code before's",
+            "measured": f"first calls {start['today']['first_call_ms']} ms (before {start['before']['first_call_ms']}"
+                        f"); started in {start['today']['start_s']} s vs {start['before']['start_s']} s, both at once",
+            "met": first <= FIRST_CALL_LIMIT_MS and slower <= START_MARGIN_S,
         })
     return targets
 
@@ -307,6 +377,9 @@ def format_side_by_side(result: dict[str, Any]) -> list[str]:
                  f"{c['before']['p50_ms']}/{c['before']['p99_ms']}",
                  f"{c['today']['server_cpu_ms_per_call']} / {c['before']['server_cpu_ms_per_call']}",
                  c["server_cpu_per_call_ratio"]] for c in summary["calls"]]),
+        "", *[f"Start: {code} served {first['start_s']} s after its command (both started at once); its first "
+              f"GenerateReport per ECG rate: {', '.join(f'{r} Hz {ms} ms' for r, ms in first['first_call_ms'].items())}."
+              for code, first in result.get("start", {}).items()],
         "", "Every run:", "",
         *table(["round", "ECG rate", "concurrency", "code", "load avg", "calls/s", "p50/p99 ms", "server cores",
                 "server CPU ms per call", "errors"],

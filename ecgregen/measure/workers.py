@@ -75,6 +75,7 @@ def _worker_loop(conn: Connection) -> None:
     the server says stop (None) or goes away (end of file: a server killed outright never says stop, and a worker
     must not outlive it)."""
     warm()
+    conn.send(None)  # ready
     buffer: SharedMemory | None = None
     try:
         while True:
@@ -119,6 +120,7 @@ class _Worker:
         child.close()  # the worker holds the only other end: it reads end-of-file when this process is gone
         self.buffer: SharedMemory | None = None
         self.job: _Job | None = None
+        self.ready = threading.Event()  # warmed up: its first message
         self.collector = threading.Thread(target=owner._collect, args=(self,), name="measure-collector", daemon=True)
         self.collector.start()
 
@@ -243,10 +245,14 @@ class MeasureWorkers:
         worker dies or is killed, its job fails and a new worker takes its place."""
         while True:
             try:
-                ok, value = worker.conn.recv()
+                message = worker.conn.recv()
             except (EOFError, OSError):
                 self._replace(worker)
                 return
+            if message is None:
+                worker.ready.set()
+                continue
+            ok, value = message
             with self._lock:
                 job, worker.job = worker.job, None
                 if job is not None and not job.future.done():
@@ -293,6 +299,14 @@ class MeasureWorkers:
                 self._next(replacement)
         if closing:
             replacement.stop(1.0)
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until every worker has warmed up (imported the stage, compiled its filters), at most `timeout_s`:
+        a server that answered before would make its first callers wait for that. False: not all of them did."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            workers = list(self._all)
+        return all(w.ready.wait(max(0.0, deadline - time.monotonic())) for w in workers)
 
     def give_up(self, job: _Job | None) -> None:
         """`job` had no result by the deadline: if a worker is still measuring it, that worker is stuck (a running
