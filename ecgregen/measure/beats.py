@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy import signal as sps
 
-from ecgregen.measure.signal import filtered, median_along, moving_average, quantiles, rows_dot, samples_of
+from ecgregen.measure.signal import filtered, median_along, moving_average, quantiles, samples_of
 
 # Beats closer than this cannot both be QRS complexes (300 bpm).
 REFRACTORY_MS = 200.0
@@ -98,16 +99,15 @@ def classify_beats(band: np.ndarray, usable: np.ndarray, peaks: np.ndarray, rate
     leads = band[usable] if usable.any() else band
     wide_segments = _qrs_segments(leads, peaks, half + shift)
     template = median_along(wide_segments[:, :, shift: shift + 2 * half + 1], 0)
-    best = np.zeros(n, int)
-    best_corr = np.full(n, -1.0)
     t = (template - template.mean()).ravel()
     t_norm = float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0
-    for s in range(-shift, shift + 1):
-        seg = wide_segments[:, :, shift + s: shift + s + 2 * half + 1].reshape(n, -1)
-        seg = seg - seg.mean(axis=1, keepdims=True)
-        corr = rows_dot(seg, t) / (np.sqrt(rows_dot(seg * seg, None)) * t_norm + 1e-12)
-        better = corr > best_corr
-        best[better], best_corr[better] = s, corr[better]
+    # Every shift of every beat at once: (beats, shifts, leads x window), each row as one shift's segment.
+    shifted = sliding_window_view(wide_segments, 2 * half + 1, axis=2)
+    seg = np.ascontiguousarray(shifted.transpose(0, 2, 1, 3)).reshape(n, 2 * shift + 1, -1)
+    seg = seg - seg.mean(axis=2, keepdims=True)
+    corr = np.einsum("nsj,j->ns", seg, t) / (np.sqrt(np.einsum("nsj,nsj->ns", seg, seg)) * t_norm + 1e-12)
+    first_best = np.argmax(corr, axis=1)  # the earliest shift of the highest correlation, as the loop kept it
+    best, best_corr = first_best - shift, corr[np.arange(n), first_best]
     peaks = np.clip(peaks + best, 0, band.shape[1] - 1)
     other_shape = best_corr < SHAPE_CORRELATION
     # Width: how long the beat's QRS energy stays above a fifth of its peak, against the dominant beats'.

@@ -21,7 +21,7 @@ from collections.abc import Collection
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.measure.signal import filtered, moving_average, samples_of, spread
+from ecgregen.measure.signal import filtered, moving_average, percentile, samples_of, spread
 from ecgregen.measure.types import QualityFlag
 from ecgregen.preprocess import FLAT_PEAK_TO_PEAK
 
@@ -66,7 +66,7 @@ def dead_leads(x: np.ndarray, rate_hz: float, not_recorded: Collection[str] = ()
     amplitude = spread(bandpassed, 0.005)  # robust peak-to-peak: one spike does not make a lead look alive
     top, bottom = x.max(axis=1), x.min(axis=1)
     raw_range = top - bottom
-    typical = float(np.percentile(amplitude[recorded], 75))
+    typical = percentile(amplitude[recorded], 0.75)
     flat = (raw_range < FLAT_PEAK_TO_PEAK) | (amplitude < FLAT_RELATIVE * typical)
     all_flat = bool(flat[recorded].all())
     tolerance = (0.002 * raw_range)[:, None]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
+import numba
 import numpy as np
 from scipy import signal as sps
 
@@ -62,37 +63,56 @@ def filtered(x: np.ndarray, rate_hz: float, low: float | None = None, high: floa
     return zero_phase(x, _sos(*key), _sos_zi(*key), 3 * (2 * order + 1) * 4)
 
 
-def _window_sums(x: np.ndarray, width: int) -> tuple[np.ndarray, int]:
-    """The edge-padded cumulative sum whose differences `width` apart are the centred window sums."""
-    pad = width // 2
-    # One extra sample in front: window sums are then differences of the cumulative sum, with no zero prepended.
-    padded = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad + 1, width - 1 - pad)], mode="edge")
-    return np.cumsum(padded, axis=-1), width
-
-
 def moving_average(x: np.ndarray, width: int) -> np.ndarray:
-    """Centred moving average along the last axis (same length), by cumulative sums."""
+    """Centred moving average along the last axis (same length, float64), by cumulative sums of the edge-padded
+    signal: the differences `width` apart of ``cumsum(pad(x, (width // 2 + 1, width - 1 - width // 2), "edge"))``.
+
+    Compiled (:func:`_moving_average_rows`): numpy's edge padding alone cost more than the sums, and the stage
+    takes five of these per ECG over whole recordings; the kernel adds in numpy's order (a running sum), so the
+    values are the same to the bit."""
     width = max(1, int(width))
     if width == 1:
         return x
-    c, width = _window_sums(x, width)
-    return (c[..., width:] - c[..., :-width]) / width
+    rows = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
+    return _moving_average_rows(rows, width).reshape(x.shape)
+
+
+@numba.njit(cache=True, nogil=True)
+def _moving_average_rows(x: np.ndarray, width: int) -> np.ndarray:  # pragma: no cover
+    """:func:`moving_average` of each row of the C-contiguous float64 (rows, n) `x`, `width` > 1."""
+    rows, n = x.shape
+    before, after = width // 2 + 1, width - 1 - width // 2
+    sums = np.empty(n + width)
+    out = np.empty((rows, n))
+    for r in range(rows):
+        total = x[r, 0]  # cumsum starts from the first value itself, not from 0 + it
+        sums[0] = total
+        for j in range(1, before):
+            total += x[r, 0]
+            sums[j] = total
+        for k in range(n):
+            total += x[r, k]
+            sums[before + k] = total
+        for j in range(after):
+            total += x[r, n - 1]
+            sums[before + n + j] = total
+        for k in range(n):
+            out[r, k] = (sums[k + width] - sums[k]) / width
+    return out
 
 
 def windows_minus_moving_average(x: np.ndarray, width: int, starts: np.ndarray, length: int) -> np.ndarray:
     """(leads, len(starts), length): the stretches of `length` samples of (leads, n) `x` from each of `starts`,
-    less :func:`moving_average` of `x` there. The median beat needs the baseline under its windows only; each
-    window is cut as a slice (a gather of the windows through a sliding view, as before issue 33, cost 2.5x more
-    at 500 Hz: numpy copies a strided view element by element)."""
+    less :func:`moving_average` of `x` there. Each window is cut as a slice (a gather of the windows through a
+    sliding view, as before issue 33, cost 2.5x more at 500 Hz: numpy copies a strided view element by element)."""
     width = max(1, int(width))
     out = np.empty((x.shape[0], starts.size, length))
     if width == 1:
         out.fill(0.0)
         return out
-    c, width = _window_sums(x, width)
-    sums = c[:, width:] - c[:, :-width]
+    baseline = moving_average(x, width)
     for k, start in enumerate(starts.tolist()):
-        np.subtract(x[:, start: start + length], sums[:, start: start + length] / width, out=out[:, k])
+        np.subtract(x[:, start: start + length], baseline[:, start: start + length], out=out[:, k])
     return out
 
 
@@ -117,6 +137,18 @@ def quantiles(x: np.ndarray, shares: tuple[float, ...]) -> list[np.ndarray]:
         ranks.append((below, position - below))
     p = np.partition(x, sorted({r for below, _ in ranks for r in (below, below + 1)}), axis=-1)
     return [p[..., below] + weight * (p[..., below + 1] - p[..., below]) for below, weight in ranks]
+
+
+def percentile(values: np.ndarray, share: float) -> float:
+    """``np.percentile(values, 100 * share)`` of a few values (linear, numpy's two-sided interpolation), to the bit,
+    without its 100-microsecond argument handling."""
+    s = np.sort(np.asarray(values, dtype=np.float64).ravel())
+    position = share * (s.size - 1)
+    below = int(np.floor(position))
+    if below + 1 >= s.size:
+        return float(s[-1])
+    a, b, t = float(s[below]), float(s[below + 1]), position - below
+    return b - (b - a) * (1 - t) if t >= 0.5 else a + (b - a) * t
 
 
 def spread(x: np.ndarray, share: float) -> np.ndarray:
