@@ -1,6 +1,7 @@
 """The compiled and hand-written signal kernels compute what the numpy and scipy calls they replace compute, to the
 bit (issue 33 made them cheaper on that condition): the zero-phase filter (``sosfiltfilt``), the moving average
-(``cumsum`` of the edge-padded signal) and the percentile of a few values (``np.percentile``)."""
+(``cumsum`` of the edge-padded signal), the percentile and median of a few values (``np.percentile``,
+``np.median``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import signal as sps
 
-from ecgregen.measure.signal import filtered, moving_average, percentile
+from ecgregen.measure.signal import filtered, median_of, moving_average, percentile
 from ecgregen.preprocess import zero_phase
 
 
@@ -54,11 +55,15 @@ def test_moving_average_is_the_cumsum_of_the_edge_padded_signal_to_the_bit(width
     assert moving_average(x, 1) is x
 
 
-def test_percentile_is_numpys_to_the_bit() -> None:
-    """Every count of values from 1 to 29 and the shares the stage uses or could: equal to ``np.percentile``."""
+def test_percentile_and_median_are_numpys_to_the_bit() -> None:
+    """Every count of values from 1 to 29, and the shares the stage uses or could: equal to ``np.percentile`` and
+    ``np.median`` (also of integers, as beat widths are)."""
     rng = np.random.default_rng(11)
     for n in range(1, 30):
         for _ in range(20):
             values = rng.standard_normal(n) * rng.uniform(0.001, 100.0)
             for share in (0.0, 0.05, 0.25, 0.5, 0.75, 0.99, 1.0):
                 assert percentile(values, share) == float(np.percentile(values, 100 * share))
+            assert median_of(values) == float(np.median(values))
+            counts = rng.integers(0, 90, n)
+            assert median_of(counts) == float(np.median(counts))

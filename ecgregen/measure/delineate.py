@@ -21,6 +21,7 @@ from ecgregen.measure.signal import (
     MEASURE_RATE_HZ,
     filtered,
     median_along,
+    median_of,
     quantiles,
     rows_dot,
     samples_of,
@@ -264,7 +265,7 @@ def _p_consistency(windows: np.ndarray, start: int, stop: int, scale: float) -> 
     s = np.moveaxis(single, 1, 0).reshape(single.shape[1], -1)
     corr = rows_dot(s, t) / (np.sqrt(rows_dot(s * s, None)) * (float(np.sqrt(np.einsum("i,i->", t, t))) or 1.0)
                                + 1e-12)
-    return float(np.median(corr))
+    return median_of(corr)
 
 
 def frontal_axis(beat: np.ndarray, start: int, stop: int, usable: np.ndarray) -> float | None:

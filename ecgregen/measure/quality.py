@@ -21,7 +21,7 @@ from collections.abc import Collection
 import numpy as np
 
 from ecgregen.ecg import STANDARD_LEADS
-from ecgregen.measure.signal import filtered, moving_average, percentile, samples_of, spread
+from ecgregen.measure.signal import filtered, median_of, moving_average, percentile, samples_of, spread
 from ecgregen.measure.types import QualityFlag
 from ecgregen.preprocess import FLAT_PEAK_TO_PEAK
 
@@ -123,7 +123,7 @@ def noise_flags(x: np.ndarray, bandpassed: np.ndarray, rate_hz: float, r_peaks: 
         rms = np.where(kept >= second // 4, np.sqrt(power / np.maximum(kept, 1)), np.nan)
     # A lead nearly perpendicular to the heart's axis has a tiny QRS; its noise is judged against a quarter of the
     # typical lead's amplitude at least, or every such lead would read as noisy.
-    floor = 0.25 * float(np.median(amplitude[alive]))
+    floor = 0.25 * median_of(amplitude[alive])
     judged = np.isfinite(rms).sum(axis=1)
     ordered = np.sort(rms, axis=1)  # the unjudged stretches (NaN) sort last
     rows = np.arange(len(alive))

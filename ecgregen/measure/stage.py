@@ -24,7 +24,7 @@ from ecgregen.measure.delineate import (
     twice_rate_share,
 )
 from ecgregen.measure.quality import dead_leads, noise_flags
-from ecgregen.measure.signal import detection_signal, ms, working_signal
+from ecgregen.measure.signal import detection_signal, median_of, ms, working_signal
 from ecgregen.measure.types import (
     BeatOrigin,
     Measurements,
@@ -100,7 +100,7 @@ def _measure_recorded(ecg: Ecg, units: str) -> Measurements:
         dominant = ~beats.other_shape if (~beats.other_shape).any() else np.ones_like(dominant)
     # Back to the measuring rate for the median beat.
     peaks_full = np.minimum(np.round(beats.peaks * (fs / fsd)).astype(int), x.shape[1] - 1)
-    rr_dominant = float(np.median(np.diff(peaks_full)))
+    rr_dominant = median_of(np.diff(peaks_full))
     found = median_beat(x, peaks_full, dominant, rr_dominant, fs)
     if found is None:
         for f in _BEAT_FIELDS:
