@@ -446,6 +446,43 @@ def test_a_hung_measurement_worker_costs_one_call_its_measurements_and_is_replac
         pool.close()
 
 
+def test_workers_that_die_before_they_are_ready_are_given_up_after_three(demo_queries: list[EcgRecord]) -> None:
+    """Each worker killed while it still starts (as a broken installation would end it): two are replaced, the
+    third gives the stage up - the start does not wait for it, and every call goes on at once without
+    measurements instead of queueing behind workers that never come."""
+    import multiprocessing
+    import os
+    import signal
+    import time
+
+    from ecgregen.measure import workers
+
+    def next_worker(seen: set[int]) -> int:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fresh = [p.pid for p in multiprocessing.active_children()
+                     if p.name == "ecgregen-measure" and p.pid not in seen]
+            if fresh:
+                return fresh[0]
+            time.sleep(0.005)
+        pytest.fail("no measurement worker started")
+
+    pool = workers.MeasureWorkers(1)
+    try:
+        seen: set[int] = set()
+        for _ in range(workers.MAX_FAILED_STARTS):
+            pid = next_worker(seen)
+            seen.add(pid)
+            os.kill(pid, signal.SIGKILL)
+        assert pool.wait_ready(30) is False
+        start = time.monotonic()
+        assert pool.submit(demo_queries[0].load_ecg()).result() == (None, [workers.MEASUREMENT_FAILED])
+        assert time.monotonic() - start < 1
+        assert not [p for p in multiprocessing.active_children() if p.name == "ecgregen-measure"]
+    finally:
+        pool.close()
+
+
 def test_measurement_workers_end_when_their_server_is_killed(tmp_path: Path) -> None:
     """A process holding measurement workers is killed outright (SIGKILL: no shutdown runs); its worker process
     ends on its own instead of waiting forever on its task queue."""

@@ -49,6 +49,9 @@ MEASUREMENT_FAILED = ("measurements not available: measuring this ECG failed (th
                       "the neighbours and diagnoses are unaffected")
 # A result not back by then is given up: the stage takes milliseconds, so only a stuck or swamped worker is this slow.
 RESULT_TIMEOUT_S = 30.0
+# Workers that die before they are ready (a broken installation: an import or the filters' compilation fails) are
+# replaced this many times in a row; then the stage is given up and every call goes on without measurements.
+MAX_FAILED_STARTS = 3
 # A worker's sample buffer starts at a 10 s 12-lead ECG at 500 Hz and grows in these steps when a longer one comes.
 BUFFER_STEP_BYTES = 1 << 18
 
@@ -209,6 +212,8 @@ class MeasureWorkers:
         self._queue: deque[_Job] = deque()  # waiting for a free worker
         self._idle: list[_Worker] = []
         self._closed = False
+        self._failed_starts = 0
+        self._broken = ""  # why the workers were given up, once they were
         if workers:
             # The buffers' tracker runs before the workers start, so they share it: a worker attaching a buffer then
             # registers it with the server's tracker, not with one of its own that would unlink it when it exits.
@@ -224,6 +229,9 @@ class MeasureWorkers:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the measurement workers are closed")
+            if self._broken:
+                job.future.set_exception(WorkerLost(self._broken))
+                return PendingMeasurement(self, ecg, job)
             if not self._idle:
                 self._queue.append(job)
                 return PendingMeasurement(self, ecg, job)
@@ -251,6 +259,8 @@ class MeasureWorkers:
                 return
             if message is None:
                 worker.ready.set()
+                with self._lock:
+                    self._failed_starts = 0
                 continue
             ok, value = message
             with self._lock:
@@ -274,7 +284,9 @@ class MeasureWorkers:
         self._idle.append(worker)
 
     def _replace(self, worker: _Worker) -> None:
-        """`worker` is gone: fail its job, free its buffer, and start another in its place (unless closing)."""
+        """`worker` is gone: fail its job, free its buffer, and start another in its place (unless closing, or
+        unless :data:`MAX_FAILED_STARTS` workers in a row died before they were ready: then the stage is given up)."""
+        worker.process.join(1.0)  # ended: its exit code, for the log
         with self._lock:
             job, worker.job = worker.job, None
             if job is not None and not job.future.done():
@@ -285,16 +297,24 @@ class MeasureWorkers:
             if self._closed or worker not in self._all:
                 return
             self._all.remove(worker)
-        worker.process.join(1.0)
+            self._failed_starts += 0 if worker.ready.is_set() else 1
+            if self._failed_starts >= MAX_FAILED_STARTS:
+                self._broken = (f"the measurement workers cannot start ({self._failed_starts} died before they were "
+                                "ready; the server log has their errors)")
+                queued, self._queue = list(self._queue), deque()
+                for waiting in queued:
+                    if waiting.future.set_running_or_notify_cancel():
+                        waiting.future.set_exception(WorkerLost(self._broken))
         worker.free_buffer()
+        if self._broken:
+            log.error("%s: serving without measurements", self._broken)
+            return
         log.error("measurement worker %s ended (exit code %s); starting a new one", worker.process.pid,
                   worker.process.exitcode)
         replacement = _Worker(self)
         with self._lock:
-            if self._closed:
-                closing = True
-            else:
-                closing = False
+            closing = self._closed
+            if not closing:
                 self._all.append(replacement)
                 self._next(replacement)
         if closing:
@@ -302,11 +322,17 @@ class MeasureWorkers:
 
     def wait_ready(self, timeout_s: float) -> bool:
         """Wait until every worker has warmed up (imported the stage, compiled its filters), at most `timeout_s`:
-        a server that answered before would make its first callers wait for that. False: not all of them did."""
+        a server that answered before would make its first callers wait for that. False: not all of them did in
+        time, or the workers were given up (:data:`MAX_FAILED_STARTS`)."""
         deadline = time.monotonic() + timeout_s
-        with self._lock:
-            workers = list(self._all)
-        return all(w.ready.wait(max(0.0, deadline - time.monotonic())) for w in workers)
+        while True:
+            with self._lock:
+                if self._broken:
+                    return False
+                ready = len(self._all) == self.workers and all(w.ready.is_set() for w in self._all)
+            if ready or time.monotonic() >= deadline:
+                return ready
+            time.sleep(0.02)
 
     def give_up(self, job: _Job | None) -> None:
         """`job` had no result by the deadline: if a worker is still measuring it, that worker is stuck (a running
