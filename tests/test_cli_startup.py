@@ -17,7 +17,7 @@ from ecgregen.cli import build_parser
 from ecgregen.records import EcgRecord
 from tests.conftest import ServerProcess
 
-HEAVY = {"torch", "scipy", "qdrant_client", "qdrant_edge", "openai", "pandas"}
+HEAVY = {"torch", "scipy", "numba", "qdrant_client", "qdrant_edge", "openai", "pandas"}
 
 # Runs `ecgregen` in this interpreter once per argv (JSON) given, then writes the top-level packages it imported.
 PROBE = """
