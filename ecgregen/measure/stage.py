@@ -189,9 +189,9 @@ def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list
             rr_share = 0.0  # the range then says "ectopic beats", not sinus arrhythmia
     rhythm = _rhythm(rate, irregular, p_present, rr_share, flutter)
     fibrillating = rhythm is Rhythm.ATRIAL_FIBRILLATION
-    for name in _VALUE_NAMES:
+    for name in _ALL:  # a list: the reasons must not depend on a set's order, which differs from process to process
         if values.get(name) is None and name not in missing:
-            missing[name] = _derived_reason(name, missing)
+            missing[name] = _derived_reason(name, missing, values)
     clean = {k: (round(float(v), 3 if k == "rr_irregularity" else 1) if v is not None else None)
              for k, v in values.items()}
     return Measurements(
@@ -199,16 +199,19 @@ def _result(values: dict[str, float | None], beats: Beats, flags: dict[str, list
         rr_irregular=irregular, p_waves_present=p_present, rhythm=rhythm,
         premature_beats=_premature(beats, fs, fibrillating), lead_quality=_quality(flags),
         limb_lead_reversal=reversed_arms,
-        missing={k: missing[k] for k in _VALUE_NAMES if k in missing}, measured_at_hz=measured_at_hz,
+        missing={k: missing[k] for k in _ALL if k in missing}, measured_at_hz=measured_at_hz,
         median_beat=median,
     )
 
 
-def _derived_reason(name: str, missing: dict[str, str]) -> str:
-    """The reason of a value that depends on another that is missing (QTc on QT, P axis on P waves, ...)."""
+def _derived_reason(name: str, missing: dict[str, str], values: dict[str, float | None]) -> str:
+    """The reason of a value that depends on another that is missing (QTc on QT, P axis on P waves, ...), followed
+    down the chain when that one has no reason of its own yet (the P axis on the PR interval on the QRS)."""
     for source in _DEPENDS.get(name, ()):
         if source in missing:
             return missing[source]
+        if values.get(source) is None:
+            return _derived_reason(source, missing, values)
     return "not measurable"
 
 

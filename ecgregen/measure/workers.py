@@ -93,12 +93,15 @@ def _worker_loop(conn: Connection) -> None:
                 if buffer is not None:
                     buffer.close()
                 buffer = SharedMemory(name)
-            # The view is copied: the measurements must not hold the buffer the next ECG overwrites.
-            signal = np.ndarray((12, n_samples), np.float32, buffer=buffer.buf).copy()
+            # Measured where it lies (the stage's first step copies it to float64); no view outlives the call, so the
+            # buffer can be closed when the server replaces it with a larger one.
+            ecg = Ecg(np.ndarray((12, n_samples), np.float32, buffer=buffer.buf), rate_hz, not_recorded, units)
             try:
-                reply: tuple[bool, object] = (True, _measure_timed(Ecg(signal, rate_hz, not_recorded, units)))
+                reply: tuple[bool, object] = (True, _measure_timed(ecg))
             except Exception as exc:  # the caller logs it: the worker lives on
                 reply = (False, exc)
+            finally:
+                del ecg
             conn.send(reply)
     finally:
         if buffer is not None:
