@@ -111,7 +111,7 @@ def zero_phase(x: np.ndarray, sos: np.ndarray, zi: np.ndarray, pad: int) -> np.n
     after the other, and spends as long again checking and copying its arguments; the kernel steps all leads at
     once (their recursions are independent, so the processor overlaps them) and is 3-7x faster on the arrays the
     service filters (12 x 650-2,500 samples; 2026-12-07), with the same operations in the same order, hence the same
-    bits (``tests/test_preprocess_filter.py``)."""
+    bits (``tests/test_signal_kernels.py``)."""
     rows = np.ascontiguousarray(x, dtype=np.float64).reshape(-1, x.shape[-1])
     out = _zero_phase_rows(rows, np.ascontiguousarray(sos, dtype=np.float64),
                            np.ascontiguousarray(zi, dtype=np.float64), min(int(pad), x.shape[-1] - 1))

@@ -63,8 +63,8 @@ async def serve(settings: ServeSettings) -> None:
         raise SystemExit(f"cannot start: {exc}") from None
     warm()  # the compiled filters of preprocessing, before the first call needs them
     if not pipeline.measurer.wait_ready(WORKERS_READY_S):
-        log.warning("the measurement workers were not ready within %.0f s; serving anyway (the first calls wait)",
-                    WORKERS_READY_S)
+        log.warning("the measurement workers were not ready within %.0f s, or were given up; serving anyway (calls "
+                    "wait for them, or go without measurements)", WORKERS_READY_S)
     llm: LlmStage | None = None
     try:
         keys = load_keys(settings.tokens_file) if settings.tokens_file else None

@@ -106,10 +106,9 @@ def windows_minus_moving_average(x: np.ndarray, width: int, starts: np.ndarray, 
     less :func:`moving_average` of `x` there. Each window is cut as a slice (a gather of the windows through a
     sliding view, as before issue 33, cost 2.5x more at 500 Hz: numpy copies a strided view element by element)."""
     width = max(1, int(width))
-    out = np.empty((x.shape[0], starts.size, length))
     if width == 1:
-        out.fill(0.0)
-        return out
+        return np.zeros((x.shape[0], starts.size, length))
+    out = np.empty((x.shape[0], starts.size, length))
     baseline = moving_average(x, width)
     for k, start in enumerate(starts.tolist()):
         np.subtract(x[:, start: start + length], baseline[:, start: start + length], out=out[:, k])

@@ -286,6 +286,13 @@ class MeasureWorkers:
                 return
         self._idle.append(worker)
 
+    def _fail_queued(self, why: str) -> None:
+        """Every ECG still waiting for a worker fails with `why` (under the lock: closing, or the workers given up)."""
+        queued, self._queue = self._queue, deque()
+        for job in queued:
+            if job.future.set_running_or_notify_cancel():
+                job.future.set_exception(WorkerLost(why))
+
     def _replace(self, worker: _Worker) -> None:
         """`worker` is gone: fail its job, free its buffer, and start another in its place (unless closing, or
         unless :data:`MAX_FAILED_STARTS` workers in a row died before they were ready: then the stage is given up)."""
@@ -304,10 +311,7 @@ class MeasureWorkers:
             if self._failed_starts >= MAX_FAILED_STARTS:
                 self._broken = (f"the measurement workers cannot start ({self._failed_starts} died before they were "
                                 "ready; the server log has their errors)")
-                queued, self._queue = list(self._queue), deque()
-                for waiting in queued:
-                    if waiting.future.set_running_or_notify_cancel():
-                        waiting.future.set_exception(WorkerLost(self._broken))
+                self._fail_queued(self._broken)
         worker.free_buffer()
         if self._broken:
             log.error("%s: serving without measurements", self._broken)
@@ -358,10 +362,7 @@ class MeasureWorkers:
                 return
             self._closed = True
             workers, self._all, self._idle = list(self._all), [], []
-            queued, self._queue = list(self._queue), deque()
-        for job in queued:
-            if job.future.set_running_or_notify_cancel():
-                job.future.set_exception(WorkerLost("the measurement workers were closed"))
+            self._fail_queued("the measurement workers were closed")
         for worker in workers:
             worker.stop(5.0)
             worker.collector.join(5.0)
